@@ -1,0 +1,37 @@
+# The two commands a new machine needs: `make run` and `make test`. Both set everything up on first use
+# (virtualenv, Python packages, the Debian tools the tests use as independent oracles) and are idempotent.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kinoray-installed
+DATA_DIR ?= ./data
+
+.PHONY: run test setup system-deps lint clean
+
+setup: $(STAMP) system-deps
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# ffmpeg/ffprobe (Debian) are not used by the product: the tests use them as an independent decoder and the
+# benchmarks as a peer. Installed only when missing.
+system-deps:
+	@command -v ffprobe >/dev/null 2>&1 && command -v ffmpeg >/dev/null 2>&1 || { \
+	  echo "installing Debian ffmpeg (independent oracle for tests and benchmarks)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; }
+
+run: setup
+	$(BIN)/kinoray demo --data-dir $(DATA_DIR)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check kinoray tests benchmarks
+	$(BIN)/mypy kinoray
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) .pytest_cache

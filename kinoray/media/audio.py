@@ -1,0 +1,178 @@
+"""Audio: decoded and encoded once per asset (never per chunk), on the video's timeline."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from kinoray.errors import InvalidMediaError
+from kinoray.media.packets import PacketStoreWriter, StreamParameters
+from kinoray.media.probe import stream_at, AudioStreamInfo, open_input
+
+__all__ = ["AudioResult", "encode_audio", "output_audio_format"]
+
+log = logging.getLogger(__name__)
+
+_KEPT_RATES = (44100, 48000)
+
+
+@dataclass(frozen=True)
+class AudioResult:
+    store: str
+    codec: str  # "aac"
+    channels: int
+    sample_rate: int
+    bitrate: int
+    samples: int  # encoded samples, padding excluded
+    packets: int
+    bytes: int
+
+    @property
+    def duration_seconds(self) -> Fraction:
+        return Fraction(self.samples, self.sample_rate)
+
+
+def output_audio_format(audio: AudioStreamInfo) -> tuple[int, str, int]:
+    """(channels, layout, rate): mono stays mono, everything else becomes stereo (5.1 is downmixed);
+    44.1 and 48 kHz are kept, other rates become 48 kHz."""
+    channels = 1 if audio.channels == 1 else 2
+    rate = audio.sample_rate if audio.sample_rate in _KEPT_RATES else 48000
+    return channels, "mono" if channels == 1 else "stereo", rate
+
+
+def encode_audio(
+    path: str,
+    audio: AudioStreamInfo,
+    store: Path,
+    *,
+    origin_seconds: Fraction | None,
+    duration_seconds: Fraction | None,
+    bitrate: int = 128_000,
+) -> AudioResult:
+    """Encode the first audio stream of ``path`` to AAC-LC into the packet store at ``store``.
+
+    With a video timeline (``origin_seconds``/``duration_seconds`` of the video output), audio before the
+    origin is cut, a late start is padded with silence, and the end is cut or padded so the audio lasts
+    exactly as long as the video. Without one (audio-only assets) the whole stream is kept.
+    """
+    channels, layout, rate = output_audio_format(audio)
+    encoder = av.CodecContext.create("aac", "w")
+    encoder.sample_rate = rate
+    encoder.layout = layout
+    encoder.format = "fltp"
+    encoder.bit_rate = bitrate
+    encoder.time_base = Fraction(1, rate)
+    encoder.flags |= av.codec.context.Flags.global_header
+    encoder.open()
+    frame_size = encoder.frame_size or 1024
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+    total_samples = round(duration_seconds * rate) if duration_seconds is not None else None
+    fifo = av.AudioFifo()
+    written = 0  # samples handed to the encoder
+    samples_seen = 0
+    params = StreamParameters(codec="aac", time_base=Fraction(1, rate), extradata=b"", sample_rate=rate,
+                              channels=channels)
+    writer = PacketStoreWriter(store, params)
+
+    def emit(frame: av.AudioFrame | None) -> None:
+        for packet in encoder.encode(frame):
+            writer.write(packet, packet.duration or frame_size)
+
+    def feed(frame: av.AudioFrame) -> None:
+        nonlocal written
+        fifo.write(frame)
+        while fifo.samples >= frame_size:
+            block = fifo.read(frame_size)
+            if total_samples is not None and written + block.samples > total_samples:
+                block = _truncate(block, total_samples - written, layout, rate)
+                if block is None:
+                    return
+            block.pts = written
+            block.time_base = Fraction(1, rate)
+            written += block.samples
+            emit(block)
+
+    try:
+        container = open_input(path)
+        try:
+            stream = stream_at(container, audio.index)
+            first = True
+            for decoded in _decoded_audio(container, stream):
+                for frame in resampler.resample(decoded):
+                    if first and origin_seconds is not None and frame.pts is not None and frame.time_base:
+                        first = False
+                        offset = round((frame.pts * Fraction(frame.time_base) - origin_seconds) * rate)
+                        if offset > 0:
+                            feed(_silence(offset, layout, rate))
+                        elif offset < 0:
+                            frame = _skip(frame, -offset, layout, rate)
+                            if frame is None:
+                                first = True
+                                continue
+                    first = False
+                    samples_seen += frame.samples
+                    feed(frame)
+            for frame in resampler.resample(None):
+                feed(frame)
+        finally:
+            container.close()
+        if samples_seen == 0:
+            raise InvalidMediaError("the audio stream has no decodable samples")
+        if total_samples is not None and written + fifo.samples < total_samples:
+            feed(_silence(total_samples - written - fifo.samples, layout, rate))
+        if fifo.samples:
+            tail = fifo.read()
+            if total_samples is not None:
+                tail = _truncate(tail, total_samples - written, layout, rate) if written < total_samples else None
+            if tail is not None:
+                tail.pts = written
+                tail.time_base = Fraction(1, rate)
+                written += tail.samples
+                emit(tail)
+        emit(None)
+        writer.params = StreamParameters(**{**params.__dict__, "extradata": bytes(encoder.extradata or b"")})
+        writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+    return AudioResult(store=str(store), codec="aac", channels=channels, sample_rate=rate, bitrate=bitrate,
+                       samples=written, packets=len(writer.rows), bytes=writer.bytes_written)
+
+
+def _decoded_audio(container: av.container.InputContainer, stream: av.AudioStream):  # type: ignore[no-untyped-def]
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.FFmpegError as e:
+            log.warning("undecodable audio packet skipped", extra={"pts": packet.pts, "error": str(e)})
+
+
+def _silence(samples: int, layout: str, rate: int) -> av.AudioFrame:
+    channels = 1 if layout == "mono" else 2
+    frame = av.AudioFrame.from_ndarray(np.zeros((channels, samples), dtype=np.float32), format="fltp",
+                                       layout=layout)
+    frame.sample_rate = rate
+    return frame
+
+
+def _truncate(frame: av.AudioFrame, keep: int, layout: str, rate: int) -> av.AudioFrame | None:
+    if keep <= 0:
+        return None
+    data = frame.to_ndarray()[:, :keep]
+    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format="fltp", layout=layout)
+    out.sample_rate = rate
+    return out
+
+
+def _skip(frame: av.AudioFrame, drop: int, layout: str, rate: int) -> av.AudioFrame | None:
+    if drop >= frame.samples:
+        return None
+    data = frame.to_ndarray()[:, drop:]
+    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format="fltp", layout=layout)
+    out.sample_rate = rate
+    return out

@@ -1,0 +1,305 @@
+"""The whole-asset transcode: probe → index → plan → (chunks ∥ audio) → package → publish.
+
+Pure orchestration over the media functions. Parallelism is injected as an :data:`Executor` (sequential
+here; :mod:`kinoray.cluster` supplies a Ray one), so this module never imports Ray. Output is built in a
+staging directory beside ``out_dir`` and renamed into place only when everything succeeded, so a failure
+never leaves a half-published asset and never touches what ``out_dir`` already held.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kinoray.encoders import EncoderChoice, get_backend, select_encoder
+from kinoray.errors import TranscodeError
+from kinoray.media.audio import AudioResult, encode_audio
+from kinoray.media.keyframes import index_keyframes
+from kinoray.media.ladder import Rendition, build_ladder
+from kinoray.media.manifest import dash_mpd, hls_master_playlist, hls_media_playlist
+from kinoray.media.package import Track, build_track, write_cmaf_track, write_static_mp4
+from kinoray.media.plan import ChunkPlan, plan_chunks
+from kinoray.media.probe import MediaInfo, probe
+from kinoray.media.transcode import ChunkResult, EncodeOptions, transcode_chunk
+from kinoray.settings import InputLimits
+
+__all__ = ["Executor", "TranscodeOptions", "TranscodeResult", "sequential_executor", "transcode_file"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Runs zero-argument picklable callables, yielding ``(position, result)`` as each finishes.
+Executor = Callable[[list[Callable[[], Any]]], Iterator[tuple[int, Any]]]
+ProgressCallback = Callable[[int, int], None]  # (frames done, frames total)
+
+AUDIO_DIR = "audio"
+STATIC_VIDEO = "highest.mp4"
+STATIC_AUDIO = "audio.m4a"
+
+
+def sequential_executor(calls: list[Callable[[], Any]]) -> Iterator[tuple[int, Any]]:
+    """Run in this process, in order."""
+    for position, call in enumerate(calls):
+        yield position, call()
+
+
+@dataclass(frozen=True)
+class TranscodeOptions:
+    codec: str = "h264"
+    encoder: str = "auto"
+    ladder: tuple[int, ...] | None = None  # short sides; None = the default ladder
+    segment_seconds: float = 4.0
+    chunk_seconds: float = 20.0
+    max_frame_rate: int = 60
+    preset: str | None = None
+    quality: int | None = None
+    threads: int = 1
+    audio_bitrate: int = 128_000
+    limits: InputLimits = field(default_factory=InputLimits)
+
+    def encode_options(self) -> EncodeOptions:
+        return EncodeOptions(codec=self.codec, preset=self.preset, quality=self.quality, threads=self.threads)
+
+
+@dataclass(frozen=True)
+class RenditionSummary:
+    name: str
+    width: int
+    height: int
+    codec_string: str
+    bandwidth: int
+    average_bandwidth: int
+    segments: int
+    frames: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class TranscodeResult:
+    out_dir: str
+    master_playlist: str
+    dash_manifest: str
+    static_rendition: str
+    duration_seconds: float
+    frames: int
+    frame_rate: str | None
+    segments: int
+    renditions: tuple[RenditionSummary, ...]
+    audio: dict[str, Any] | None
+    encoder: str | None
+    fallback_from: str | None
+    fallback_reason: str | None
+    chunks: int
+    wall_seconds: float
+    encode_cpu_seconds: float
+    realtime_factor: float  # asset seconds per wall second
+    cfr_rule: str | None
+    chunk_stats: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _staging_paths(out_dir: Path) -> tuple[Path, Path]:
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return out_dir.parent / f".{out_dir.name}.staging-{tag}", out_dir.parent / f".{out_dir.name}.work-{tag}"
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Swap the finished staging directory into ``out_dir`` (replacing a previous output at the end)."""
+    if out_dir.exists():
+        backup = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out_dir, backup)
+        os.replace(staging, out_dir)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)
+
+
+def transcode_file(
+    source: str,
+    out_dir: str | Path,
+    options: TranscodeOptions | None = None,
+    *,
+    executor: Executor = sequential_executor,
+    progress: ProgressCallback | None = None,
+) -> TranscodeResult:
+    """Transcode ``source`` into a CMAF HLS/DASH package in ``out_dir``.
+
+    ``out_dir`` receives ``master.m3u8``, ``manifest.mpd``, one folder per rendition (``init.mp4``,
+    ``seg_NNNNN.m4s``, ``index.m3u8``), ``audio/`` and ``highest.mp4`` (``audio.m4a`` for audio-only input).
+
+    Raises:
+        InvalidMediaError / MediaLimitError: from probing, before any work.
+        EncoderUnavailableError: the requested encoder cannot run here.
+        TranscodeError: a chunk or packaging step failed; nothing is published.
+    """
+    options = options or TranscodeOptions()
+    started = time.perf_counter()
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    info = probe(source, options.limits)
+    plan: ChunkPlan | None = None
+    ladder: tuple[Rendition, ...] = ()
+    choice: EncoderChoice | None = None
+    if info.video is not None:
+        index = index_keyframes(source, info.video.index)
+        plan = plan_chunks(info, index, segment_seconds=options.segment_seconds,
+                           chunk_seconds=options.chunk_seconds, max_frame_rate=options.max_frame_rate)
+        ladder = build_ladder(info.video, options.ladder, options.codec)
+        choice = select_encoder(options.codec, options.encoder)
+    staging, work = _staging_paths(out_dir)
+    staging.mkdir()
+    work.mkdir()
+    try:
+        chunk_results, audio = _encode(info, plan, ladder, choice, work, options, executor, progress)
+        tracks, audio_track = _package(info, plan, ladder, chunk_results, audio, staging, options)
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    wall = time.perf_counter() - started
+    return _summarise(info, plan, ladder, choice, chunk_results, audio, tracks, audio_track, out_dir, wall)
+
+
+def _encode(
+    info: MediaInfo,
+    plan: ChunkPlan | None,
+    ladder: tuple[Rendition, ...],
+    choice: EncoderChoice | None,
+    work: Path,
+    options: TranscodeOptions,
+    executor: Executor,
+    progress: ProgressCallback | None,
+) -> tuple[list[ChunkResult], AudioResult | None]:
+    calls: list[Callable[[], Any]] = []
+    if plan is not None and choice is not None:
+        # Longest-first is moot for equal chunks; the first chunks go first so playback could start early.
+        calls += [
+            functools.partial(run_chunk, plan, chunk.index, ladder, options.codec, choice.name, str(work),
+                              options.encode_options())
+            for chunk in plan.chunks
+        ]
+    if info.audio is not None:
+        calls.append(functools.partial(
+            encode_audio, info.path, info.audio, work / "audio" / "audio",
+            origin_seconds=plan.origin_seconds if plan else None,
+            duration_seconds=plan.duration_seconds if plan else None,
+            bitrate=options.audio_bitrate,
+        ))
+    results: dict[int, Any] = {}
+    total = plan.frame_count if plan else 1
+    done = 0
+    for position, result in executor(calls):
+        results[position] = result
+        if isinstance(result, ChunkResult):
+            done += result.frame_count
+        if progress is not None:
+            progress(done if plan else int(isinstance(result, AudioResult)), total)
+    chunk_results = [results[i] for i in range(len(plan.chunks))] if plan else []
+    audio = results.get(len(calls) - 1) if info.audio is not None else None
+    return chunk_results, audio
+
+
+def run_chunk(plan: ChunkPlan, chunk_index: int, ladder: tuple[Rendition, ...], codec: str, backend: str,
+              work_dir: str, options: EncodeOptions) -> ChunkResult:
+    """Picklable entry point for one chunk (what an executor ships to a worker)."""
+    return transcode_chunk(plan, plan.chunks[chunk_index], ladder, get_backend(codec, backend),
+                           work_dir=Path(work_dir), options=options)
+
+
+def _package(
+    info: MediaInfo,
+    plan: ChunkPlan | None,
+    ladder: tuple[Rendition, ...],
+    chunk_results: list[ChunkResult],
+    audio: AudioResult | None,
+    staging: Path,
+    options: TranscodeOptions,
+) -> tuple[list[Track], Track | None]:
+    segment_seconds = Fraction(options.segment_seconds).limit_denominator(1000)
+    tracks: list[Track] = []
+    if plan is not None:
+        ticks = plan.frame_ticks
+        durations = [(end - start) * ticks for start, end in map(plan.segment_frame_range, range(plan.segment_count))]
+        for position, rendition in enumerate(ladder):
+            stores = [result.renditions[position].store for result in chunk_results]
+            params, files = write_cmaf_track(stores, staging / rendition.name, cut_every_keyframe=True,
+                                             segment_seconds=segment_seconds)
+            if len(files) != plan.segment_count:
+                raise TranscodeError(f"{rendition.name}: muxer wrote {len(files)} segments, the plan has "
+                                     f"{plan.segment_count}")
+            tracks.append(build_track("video", rendition.name, staging / rendition.name, params, files,
+                                      timescale=plan.timescale, known_durations=durations,
+                                      frame_rate=plan.frame_rate))
+    audio_track = None
+    if audio is not None:
+        params, files = write_cmaf_track([audio.store], staging / AUDIO_DIR, cut_every_keyframe=False,
+                                         segment_seconds=segment_seconds)
+        audio_track = build_track("audio", AUDIO_DIR, staging / AUDIO_DIR, params, files,
+                                  timescale=audio.sample_rate)
+    for track in tracks + ([audio_track] if audio_track else []):
+        (staging / track.name / "index.m3u8").write_text(hls_media_playlist(track))
+    (staging / "master.m3u8").write_text(hls_master_playlist(tracks, audio_track))
+    duration = plan.duration_seconds if plan else (audio.duration_seconds if audio else Fraction(0))
+    (staging / "manifest.mpd").write_text(dash_mpd(tracks, audio_track, duration, segment_seconds))
+    if plan is not None:
+        write_static_mp4(staging / STATIC_VIDEO, [r.renditions[0].store for r in chunk_results],
+                         audio.store if audio else None)
+    elif audio is not None:
+        write_static_mp4(staging / STATIC_AUDIO, [], audio.store)
+    return tracks, audio_track
+
+
+def _summarise(info: MediaInfo, plan: ChunkPlan | None, ladder: tuple[Rendition, ...], choice: EncoderChoice | None,
+               chunk_results: list[ChunkResult], audio: AudioResult | None, tracks: list[Track],
+               audio_track: Track | None, out_dir: Path, wall: float) -> TranscodeResult:
+    duration = float(plan.duration_seconds if plan else (audio.duration_seconds if audio else 0))
+    renditions = tuple(
+        RenditionSummary(
+            name=track.name, width=track.width, height=track.height, codec_string=track.codec_string,
+            bandwidth=track.peak_bandwidth, average_bandwidth=track.average_bandwidth,
+            segments=len(track.segments), frames=plan.frame_count if plan else 0,
+            bytes=sum(s.bytes for s in track.segments),
+        )
+        for track in tracks
+    )
+    stats = {key: sum(getattr(r, f"{key}_frames") for r in chunk_results)
+             for key in ("decoded", "preroll", "repeated", "dropped", "concealed")}
+    return TranscodeResult(
+        out_dir=str(out_dir),
+        master_playlist=str(out_dir / "master.m3u8"),
+        dash_manifest=str(out_dir / "manifest.mpd"),
+        static_rendition=str(out_dir / (STATIC_VIDEO if plan else STATIC_AUDIO)),
+        duration_seconds=duration,
+        frames=plan.frame_count if plan else 0,
+        frame_rate=str(plan.frame_rate) if plan else None,
+        segments=plan.segment_count if plan else (len(audio_track.segments) if audio_track else 0),
+        renditions=renditions,
+        audio=None if audio_track is None or audio is None else {
+            "codec_string": audio_track.codec_string, "channels": audio.channels,
+            "sample_rate": audio.sample_rate, "bandwidth": audio_track.peak_bandwidth,
+            "segments": len(audio_track.segments), "duration_seconds": float(audio.duration_seconds)},
+        encoder=choice.name if choice else None,
+        fallback_from=choice.fallback_from if choice else None,
+        fallback_reason=choice.fallback_reason if choice else None,
+        chunks=len(chunk_results),
+        wall_seconds=wall,
+        encode_cpu_seconds=sum(r.cpu_seconds for r in chunk_results),
+        realtime_factor=duration / wall if wall else 0.0,
+        cfr_rule=plan.cfr_rule if plan else None,
+        chunk_stats=stats,
+    )
+
+

@@ -1,0 +1,241 @@
+"""Chunk plan: the output timeline, its segment grid and the chunks that cover it.
+
+Computed from :class:`MediaInfo` and :class:`KeyframeIndex` alone — no decoding — so playlists can be
+written before a single frame is encoded.
+
+Timeline rule (recorded in :attr:`ChunkPlan.cfr_rule`): output frame ``n`` is shown at ``n / frame_rate``
+seconds after the first decodable source frame (the *origin*). Each source frame is assigned the slot
+``round((pts - origin) × time_base × frame_rate)`` (halves round up); slot ``n`` shows the latest source frame
+whose slot is ≤ ``n``. CFR input at its own rate maps one-to-one. VFR input is resampled to its average rate;
+frames that share a slot are dropped (the later one is kept) and empty slots repeat the previous frame.
+Rates above ``max_frame_rate`` are divided by the smallest integer that brings them under it
+(120 → 60, 100 → 50, 119.88 → 59.94), so the cadence stays regular.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from dataclasses import dataclass
+from fractions import Fraction
+
+from kinoray.errors import InvalidMediaError
+from kinoray.media.keyframes import KeyframeIndex
+from kinoray.media.probe import MediaInfo, VideoStreamInfo
+
+__all__ = ["Chunk", "ChunkPlan", "plan_chunks", "timescale_for"]
+
+_COMMON_RATES = tuple(
+    Fraction(r) for r in ("24000/1001", "24", "25", "30000/1001", "30", "48", "50", "60000/1001", "60")
+)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A run of whole segments: output frames ``[start_frame, end_frame)``."""
+
+    index: int
+    start_frame: int
+    end_frame: int
+    first_segment: int
+    segment_count: int
+    decode_from_pts: int  # source pts of the random-access point decoding starts at
+    first_source_pts: int  # source pts of the frame shown at start_frame
+    last_source_pts: int  # source pts of the frame shown at end_frame - 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start_frame < self.end_frame:
+            raise ValueError(f"chunk {self.index}: empty or negative frame range")
+        if self.decode_from_pts > self.first_source_pts:
+            raise ValueError(f"chunk {self.index}: decoding would start after its first frame")
+
+    @property
+    def frame_count(self) -> int:
+        return self.end_frame - self.start_frame
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    source_path: str
+    video: VideoStreamInfo
+    stream_index: int
+    source_time_base: Fraction
+    origin_pts: int
+    frame_rate: Fraction
+    frame_count: int
+    segment_frames: int
+    timescale: int  # output track timescale; one frame lasts exactly frame_ticks
+    chunks: tuple[Chunk, ...]
+    source_frame_count: int
+    is_cfr: bool
+    cfr_rule: str
+
+    def __post_init__(self) -> None:
+        if self.frame_count <= 0 or self.segment_frames <= 0:
+            raise ValueError("plan must cover at least one frame and segments of at least one frame")
+        if (self.timescale * self.frame_rate.denominator) % self.frame_rate.numerator:
+            raise ValueError("timescale must hold a whole number of ticks per frame")
+        covered = [c.frame_count for c in self.chunks]
+        if sum(covered) != self.frame_count or self.chunks[0].start_frame != 0:
+            raise ValueError("chunks must cover every output frame exactly once")
+
+    @property
+    def frame_ticks(self) -> int:
+        return self.timescale * self.frame_rate.denominator // self.frame_rate.numerator
+
+    @property
+    def segment_count(self) -> int:
+        return -(-self.frame_count // self.segment_frames)
+
+    @property
+    def duration_seconds(self) -> Fraction:
+        return self.frame_count / self.frame_rate
+
+    @property
+    def origin_seconds(self) -> Fraction:
+        return self.origin_pts * self.source_time_base
+
+    def segment_frame_range(self, segment: int) -> tuple[int, int]:
+        start = segment * self.segment_frames
+        return start, min(start + self.segment_frames, self.frame_count)
+
+    def segment_durations(self) -> list[Fraction]:
+        """Duration of every segment in seconds (all equal but possibly the last)."""
+        return [
+            Fraction(end - start) / self.frame_rate
+            for start, end in map(self.segment_frame_range, range(self.segment_count))
+        ]
+
+    def slot_of(self, pts: int) -> int:
+        """Output frame slot of a source timestamp (see the module's timeline rule)."""
+        exact = (pts - self.origin_pts) * self.source_time_base * self.frame_rate
+        return math.floor(exact + Fraction(1, 2))
+
+    def is_segment_start(self, frame: int) -> bool:
+        return frame % self.segment_frames == 0
+
+
+def timescale_for(frame_rate: Fraction) -> int:
+    """An MP4 track timescale in which one frame is a whole number of ticks (90 kHz when possible)."""
+    if (90000 * frame_rate.denominator) % frame_rate.numerator == 0:
+        return 90000
+    return frame_rate.numerator * math.ceil(90000 / frame_rate.numerator)
+
+
+def _snap_rate(rate: Fraction) -> Fraction:
+    for common in _COMMON_RATES:
+        if abs(rate - common) / common < Fraction(1, 200):
+            return common
+    return rate.limit_denominator(1001)
+
+
+def _cap_rate(rate: Fraction, max_rate: int) -> Fraction:
+    divisor = max(1, math.ceil(rate / max_rate))
+    return rate / divisor
+
+
+def _slots(pts: list[int], origin: int, time_base: Fraction, rate: Fraction) -> list[int]:
+    scale = time_base * rate
+    return [math.floor((p - origin) * scale + Fraction(1, 2)) for p in pts]
+
+
+def plan_chunks(
+    info: MediaInfo,
+    index: KeyframeIndex,
+    *,
+    segment_seconds: float | Fraction = 4,
+    chunk_seconds: float | Fraction = 20,
+    max_frame_rate: int = 60,
+) -> ChunkPlan:
+    """Plan the output timeline and chunks for the video stream of ``info``.
+
+    ``segment_seconds`` is the target (maximum) segment duration: a segment holds
+    ``floor(segment_seconds × frame_rate)`` frames, so it never exceeds the target. ``chunk_seconds`` is
+    rounded to a whole number of segments (at least one); each chunk is one unit of parallel work.
+    """
+    if info.video is None:
+        raise InvalidMediaError("cannot plan video chunks for a file without video")
+    segment_seconds = Fraction(segment_seconds).limit_denominator(1000)
+    chunk_seconds = Fraction(chunk_seconds).limit_denominator(1000)
+    if segment_seconds <= 0 or chunk_seconds <= 0:
+        raise ValueError("segment_seconds and chunk_seconds must be positive")
+
+    first_rap = index.random_access_pts[0]
+    source_pts = [p for p in index.presentation_pts if p >= first_rap]
+    if not source_pts:
+        raise InvalidMediaError("no decodable video frame after the first keyframe")
+    origin = source_pts[0]
+    time_base = index.time_base
+
+    chosen, is_cfr = _choose_rate(info, source_pts, origin, time_base)
+    rate = _cap_rate(chosen, max_frame_rate)
+    is_cfr = is_cfr and rate == chosen
+    slots = _slots(source_pts, origin, time_base, rate)
+    last_duration = _last_duration(index, source_pts, time_base, rate)
+    end_slot = math.floor((source_pts[-1] + last_duration - origin) * time_base * rate + Fraction(1, 2))
+    frame_count = max(slots[-1] + 1, end_slot)
+
+    segment_frames = max(1, math.floor(segment_seconds * rate))
+    segments_per_chunk = max(1, round(chunk_seconds * rate / segment_frames))
+    chunk_frames = segment_frames * segments_per_chunk
+
+    chunks = []
+    for number, start in enumerate(range(0, frame_count, chunk_frames)):
+        end = min(start + chunk_frames, frame_count)
+        first_pts = source_pts[max(bisect_right(slots, start) - 1, 0)]
+        last_pts = source_pts[max(bisect_right(slots, end - 1) - 1, 0)]
+        chunks.append(
+            Chunk(
+                index=number,
+                start_frame=start,
+                end_frame=end,
+                first_segment=start // segment_frames,
+                segment_count=-(-(end - start) // segment_frames),
+                decode_from_pts=index.random_access_at_or_before(first_pts),
+                first_source_pts=first_pts,
+                last_source_pts=last_pts,
+            )
+        )
+    rule = (
+        f"output frame n at n/{rate} s from source pts {origin} (time base {time_base}); "
+        f"slot(pts) = round((pts - {origin}) * {time_base} * {rate}); slot n shows the latest frame with "
+        f"slot <= n; {'CFR one-to-one' if is_cfr else 'VFR/cap resampled: drops and repeats as needed'}"
+    )
+    return ChunkPlan(
+        source_path=info.path,
+        video=info.video,
+        stream_index=index.stream_index,
+        source_time_base=time_base,
+        origin_pts=origin,
+        frame_rate=rate,
+        frame_count=frame_count,
+        segment_frames=segment_frames,
+        timescale=timescale_for(rate),
+        chunks=tuple(chunks),
+        source_frame_count=len(source_pts),
+        is_cfr=is_cfr,
+        cfr_rule=rule,
+    )
+
+
+def _choose_rate(info: MediaInfo, pts: list[int], origin: int, time_base: Fraction) -> tuple[Fraction, bool]:
+    """The stream's own rate when every frame lands on its own consecutive slot, else the average rate."""
+    video = info.video
+    assert video is not None
+    candidates = [r for r in (video.real_rate, video.average_rate) if r]
+    for rate in candidates:
+        if _slots(pts, origin, time_base, rate) == list(range(len(pts))):
+            return rate, True
+    if len(pts) < 2 or pts[-1] == pts[0]:
+        return (candidates[0] if candidates else Fraction(25)), True
+    average = Fraction(len(pts) - 1) / ((pts[-1] - pts[0]) * time_base)
+    return _snap_rate(average), False
+
+
+def _last_duration(index: KeyframeIndex, pts: list[int], time_base: Fraction, rate: Fraction) -> int:
+    """Display duration of the last frame in source ticks: its packet duration, else one output frame."""
+    last = pts[-1]
+    for packet_pts, duration in zip(index.pts, index.duration, strict=True):
+        if packet_pts == last and duration > 0:
+            return duration
+    return max(1, round(1 / (rate * time_base)))

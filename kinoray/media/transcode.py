@@ -1,0 +1,202 @@
+"""Chunk transcode: decode a chunk once, scale it to every rendition, encode each, store the packets."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kinoray.encoders.base import EncoderBackend, EncoderSession, EncoderSettings
+from kinoray.errors import FrameMismatchError, TranscodeError
+from kinoray.media.frames import ChunkDecodeStats, RenditionScaler, decode_chunk_frames
+from kinoray.media.ladder import Rendition
+from kinoray.media.packets import PacketStoreWriter, StreamParameters
+from kinoray.media.plan import Chunk, ChunkPlan
+
+__all__ = ["ChunkResult", "EncodeOptions", "RenditionChunk", "chunk_store_path", "transcode_chunk"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """Encoder knobs shared by every chunk of an asset (so every chunk is encoded identically)."""
+
+    codec: str = "h264"
+    preset: str | None = None
+    quality: int | None = None
+    threads: int = 1  # encoder threads per rendition; 1 is the most efficient per core
+    decode_threads: int = 1
+    bframes: int = 3
+
+    def settings_for(self, plan: ChunkPlan, rendition: Rendition) -> EncoderSettings:
+        return EncoderSettings(
+            codec=self.codec,
+            width=rendition.width,
+            height=rendition.height,
+            frame_rate=plan.frame_rate,
+            time_base=plan.frame_rate.__class__(1, plan.timescale),
+            gop_frames=plan.segment_frames,
+            max_bitrate=rendition.max_bitrate,
+            buffer_size=rendition.buffer_size,
+            preset=self.preset,
+            quality=self.quality,
+            threads=self.threads,
+            bframes=self.bframes,
+        )
+
+
+@dataclass(frozen=True)
+class RenditionChunk:
+    rendition: str
+    store: str  # packet store path (without suffix)
+    packets: int
+    bytes: int
+    keyframe_frames: tuple[int, ...]  # output frame indices of the keyframes written
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    chunk_index: int
+    start_frame: int
+    frame_count: int
+    renditions: tuple[RenditionChunk, ...]
+    encoder: str
+    codec: str
+    decoded_frames: int
+    preroll_frames: int
+    repeated_frames: int
+    dropped_frames: int
+    concealed_frames: int
+    wall_seconds: float
+    cpu_seconds: float
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def chunk_store_path(work_dir: Path, rendition: str, chunk_index: int) -> Path:
+    """Where a chunk's packets for one rendition live (deterministic, so a retry overwrites in place)."""
+    return work_dir / "chunks" / rendition / f"chunk_{chunk_index:05d}"
+
+
+def transcode_chunk(
+    plan: ChunkPlan,
+    chunk: Chunk,
+    ladder: tuple[Rendition, ...],
+    encoder: EncoderBackend,
+    *,
+    work_dir: Path,
+    options: EncodeOptions | None = None,
+    hwaccel: Any | None = None,
+) -> ChunkResult:
+    """Encode ``chunk`` for every rendition of ``ladder`` with ``encoder``; outputs go under ``work_dir``.
+
+    Every segment start gets a forced IDR and the encoder is configured with no other keyframes, so all
+    renditions switch at identical times. The result is checked before it is committed: exactly
+    ``chunk.frame_count`` packets per rendition and keyframes exactly on the segment grid.
+
+    Raises:
+        InvalidMediaError: the source range cannot be decoded.
+        EncoderError: the encoder failed.
+        FrameMismatchError: the encoded output does not match the plan (nothing is committed).
+    """
+    options = options or EncodeOptions()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
+    stats = ChunkDecodeStats()
+    scaler = RenditionScaler(plan.video, ladder)
+    sessions: list[EncoderSession] = []
+    writers: list[PacketStoreWriter] = []
+    keyframes: list[list[int]] = [[] for _ in ladder]
+    ticks = plan.frame_ticks
+    try:
+        for rendition in ladder:
+            sessions.append(encoder.open(options.settings_for(plan, rendition)))
+        for rendition, session in zip(ladder, sessions, strict=True):
+            params = StreamParameters(codec=session.codec_name, time_base=plan.frame_rate.__class__(1, plan.timescale),
+                                      extradata=session.extradata, width=rendition.width, height=rendition.height)
+            writers.append(PacketStoreWriter(chunk_store_path(work_dir, rendition.name, chunk.index), params))
+
+        def write(position: int, packets: list) -> None:  # type: ignore[type-arg]
+            for packet in packets:
+                if packet.is_keyframe:
+                    keyframes[position].append(packet.pts // ticks)
+                writers[position].write(packet, ticks)
+
+        for frame_number, frame in decode_chunk_frames(plan, chunk, stats, threads=options.decode_threads,
+                                                       hwaccel=hwaccel):
+            force_idr = plan.is_segment_start(frame_number)
+            for position, scaled in enumerate(scaler.scale(frame)):
+                scaled.pts = frame_number * ticks
+                scaled.time_base = writers[position].params.time_base
+                write(position, sessions[position].encode(scaled, force_idr))
+        for position, session in enumerate(sessions):
+            write(position, session.flush())
+            # Parameter sets can appear only after the first encode (some encoders); store the final ones.
+            writers[position].params = StreamParameters(**{**writers[position].params.__dict__,
+                                                           "extradata": session.extradata})
+        _verify(plan, chunk, ladder, writers, keyframes)
+        for writer in writers:
+            writer.commit()
+    except BaseException:
+        for writer in writers:
+            writer.discard()
+        raise
+    finally:
+        for session in sessions:
+            session.close()
+    outputs = tuple(
+        RenditionChunk(
+            rendition=rendition.name,
+            store=str(writer.base),
+            packets=len(writer.rows),
+            bytes=writer.bytes_written,
+            keyframe_frames=tuple(sorted(found)),
+        )
+        for rendition, writer, found in zip(ladder, writers, keyframes, strict=True)
+    )
+    result = ChunkResult(
+        chunk_index=chunk.index,
+        start_frame=chunk.start_frame,
+        frame_count=chunk.frame_count,
+        renditions=outputs,
+        encoder=encoder.name,
+        codec=options.codec,
+        decoded_frames=stats.decoded,
+        preroll_frames=stats.preroll,
+        repeated_frames=stats.repeated,
+        dropped_frames=stats.dropped,
+        concealed_frames=stats.concealed,
+        wall_seconds=time.perf_counter() - started,
+        cpu_seconds=_cpu_seconds() - cpu_started,
+        notes=tuple(stats.notes),
+    )
+    log.debug("chunk encoded", extra={"chunk": chunk.index, "frames": chunk.frame_count,
+                                      "seconds": round(result.wall_seconds, 3), "encoder": encoder.name})
+    return result
+
+
+def _verify(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...], writers: list[PacketStoreWriter],
+            keyframes: list[list[int]]) -> None:
+    expected_keys = [f for f in range(chunk.start_frame, chunk.end_frame) if plan.is_segment_start(f)]
+    for rendition, writer, found in zip(ladder, writers, keyframes, strict=True):
+        if len(writer.rows) != chunk.frame_count:
+            raise FrameMismatchError(
+                f"chunk {chunk.index} {rendition.name}: {len(writer.rows)} packets for {chunk.frame_count} frames"
+            )
+        if sorted(found) != expected_keys:
+            raise TranscodeError(
+                f"chunk {chunk.index} {rendition.name}: keyframes at frames {sorted(found)[:8]}, "
+                f"expected exactly the segment starts {expected_keys[:8]}"
+            )
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

@@ -1,0 +1,74 @@
+"""One Settings object for the whole product (environment prefix ``KINORAY_``, nested with ``__``).
+
+Example: ``KINORAY_LIMITS__MAX_PIXELS=8294400`` or ``KINORAY_TRANSCODE__SEGMENT_SECONDS=6``.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kinoray.errors import ConfigurationError
+
+__all__ = ["InputLimits", "Settings", "TranscodeDefaults", "get_settings"]
+
+_DEV_SECRET = "dev-insecure-change-me"
+
+
+class InputLimits(BaseModel):
+    """Checked by ``probe`` from container headers, before a single frame is decoded."""
+
+    max_file_bytes: int = Field(default=50 * 1024**3, gt=0)
+    max_pixels: int = Field(default=8192 * 4320, gt=0, description="width × height of the video stream")
+    max_dimension: int = Field(default=16384, gt=0, description="largest width or height")
+    max_duration_seconds: float = Field(default=12 * 3600, gt=0)
+    max_streams: int = Field(default=32, gt=0)
+
+
+class TranscodeDefaults(BaseModel):
+    segment_seconds: float = Field(default=4.0, gt=0.5, le=20)
+    chunk_seconds: float = Field(default=20.0, gt=0)
+    max_frame_rate: int = Field(default=60, ge=1, le=240)
+    codec: Literal["h264", "hevc", "av1"] = "h264"
+    encoder: str = "auto"
+    preset: str | None = Field(default=None, description="encoder preset; None picks the backend's default")
+    audio_bitrate: int = Field(default=128_000, ge=32_000, le=512_000)
+    threads_per_encoder: int = Field(default=1, ge=0, description="0 lets the encoder choose")
+
+    @property
+    def segment_fraction(self) -> Fraction:
+        return Fraction(self.segment_seconds).limit_denominator(1000)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KINORAY_", env_nested_delimiter="__", extra="ignore")
+
+    environment: Literal["dev", "test", "production"] = "dev"
+    data_dir: Path = Path("./data")
+    log_level: str = "INFO"
+    native_log_level: str = Field(default="WARNING", description="level for FFmpeg/x264/x265/SVT-AV1 lines")
+    secret_key: str = _DEV_SECRET
+    limits: InputLimits = InputLimits()
+    transcode: TranscodeDefaults = TranscodeDefaults()
+
+    @field_validator("log_level", "native_log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.environment == "production" and self.secret_key == _DEV_SECRET:
+            raise ConfigurationError("KINORAY_SECRET_KEY must be set to a non-default value in production")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once (``get_settings.cache_clear()`` to reread)."""
+    return Settings()
