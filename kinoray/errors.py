@@ -96,6 +96,7 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     EncoderError: 500,
     EncoderUnavailableError: 503,
     TranscodeError: 500,
+    FrameMismatchError: 500,
     StorageError: 502,
 }
 

@@ -35,11 +35,10 @@ import random
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
 
 import av
 import av.video.frame
@@ -49,6 +48,7 @@ __all__ = [
     "MATRIX",
     "MediaSpec",
     "copy_media",
+    "default_cache_dir",
     "make_bad_media",
     "make_matrix",
     "make_media",
@@ -200,7 +200,12 @@ class MediaSpec:
 
     @property
     def expected_video_duration(self) -> Fraction:
-        """End time of the last frame (pts + duration), in seconds."""
+        """End time of the last frame (pts + its scheduled duration), in seconds.
+
+        Exact for CFR clips.  For ``vfr`` clips the muxed last-frame duration
+        is not this (MP4 stores decode-order deltas), so compare frame times
+        instead of durations there.
+        """
         sched = list(_frame_schedule_with_durations(self))
         if not sched:
             return Fraction(0)
@@ -301,13 +306,16 @@ def _video_options(spec: MediaSpec) -> dict[str, str]:
     return {}
 
 
-def _add_video_stream(container: av.container.OutputContainer, spec: MediaSpec) -> av.video.stream.VideoStream:
+def _add_video_stream(
+    container: av.container.OutputContainer, spec: MediaSpec
+) -> av.video.stream.VideoStream:
     """Add and configure the video stream for ``spec``."""
     assert spec.video_codec is not None
     encoder = _VIDEO_ENCODERS[spec.video_codec]
     if encoder == "libsvtav1":
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints banners otherwise
     stream = container.add_stream(encoder, rate=Fraction(spec.fps), options=_video_options(spec))
+    assert isinstance(stream, av.VideoStream)
     ctx = stream.codec_context
     stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, spec.pix_fmt
     ctx.gop_size = spec.resolved_gop
@@ -327,9 +335,7 @@ def _add_video_stream(container: av.container.OutputContainer, spec: MediaSpec) 
 
 def _source_frames(spec: MediaSpec) -> Iterator[av.VideoFrame]:
     """Yield ``testsrc2`` frames (at ``spec.fps``) in the spec's pix_fmt, forever."""
-    source = av.open(
-        f"testsrc2=size={spec.width}x{spec.height}:rate={Fraction(spec.fps)}", format="lavfi"
-    )
+    source = av.open(f"testsrc2=size={spec.width}x{spec.height}:rate={Fraction(spec.fps)}", format="lavfi")
     try:
         for frame in source.decode(video=0):
             if frame.format.name != spec.pix_fmt:
@@ -339,12 +345,12 @@ def _source_frames(spec: MediaSpec) -> Iterator[av.VideoFrame]:
         source.close()
 
 
-def _encode_video(stream: av.video.stream.VideoStream, spec: MediaSpec) -> list[av.Packet]:
+def _encode_video(stream: av.video.stream.VideoStream, spec: MediaSpec) -> list[av.Packet[av.stream.Stream]]:
     """Encode the spec's frame schedule; return the packets."""
-    packets: list[av.Packet] = []
+    packets: list[av.Packet[av.stream.Stream]] = []
     tb = spec.video_time_base
     schedule = list(_frame_schedule_with_durations(spec))
-    for (pts, dur), frame in zip(schedule, _source_frames(spec)):
+    for (pts, dur), frame in zip(schedule, _source_frames(spec), strict=False):
         frame.pts = pts
         frame.duration = dur
         frame.time_base = tb
@@ -352,18 +358,19 @@ def _encode_video(stream: av.video.stream.VideoStream, spec: MediaSpec) -> list[
         packets.extend(stream.encode(frame))
     packets.extend(stream.encode(None))
     if len(packets) != len(schedule):
-        raise RuntimeError(
-            f"{spec.name}: encoded {len(packets)} packets for {len(schedule)} frames"
-        )
+        raise RuntimeError(f"{spec.name}: encoded {len(packets)} packets for {len(schedule)} frames")
     return packets
 
 
-def _add_audio_stream(container: av.container.OutputContainer, spec: MediaSpec) -> av.audio.stream.AudioStream:
+def _add_audio_stream(
+    container: av.container.OutputContainer, spec: MediaSpec
+) -> av.audio.stream.AudioStream:
     """Add and configure the audio stream for ``spec``."""
     codec = spec.resolved_audio_codec
     assert codec is not None
     encoder = _AUDIO_ENCODERS[codec]
     stream = container.add_stream(encoder, rate=spec.audio_rate)
+    assert isinstance(stream, av.AudioStream)
     ctx = stream.codec_context
     ctx.layout = _LAYOUTS[spec.audio_channels]
     ctx.format = _AUDIO_FEED[encoder][0]
@@ -372,7 +379,7 @@ def _add_audio_stream(container: av.container.OutputContainer, spec: MediaSpec) 
     return stream
 
 
-def _encode_audio(stream: av.audio.stream.AudioStream, spec: MediaSpec) -> list[av.Packet]:
+def _encode_audio(stream: av.audio.stream.AudioStream, spec: MediaSpec) -> list[av.Packet[av.stream.Stream]]:
     """Encode a 440 Hz ``sine`` of ``spec.duration``; return the packets."""
     sample_fmt, frame_size = _AUDIO_FEED[stream.codec_context.name]
     layout = _LAYOUTS[spec.audio_channels]
@@ -381,7 +388,7 @@ def _encode_audio(stream: av.audio.stream.AudioStream, spec: MediaSpec) -> list[
         f"sine=frequency=440:sample_rate={spec.audio_rate}:duration={float(spec.duration)}",
         format="lavfi",
     )
-    packets: list[av.Packet] = []
+    packets: list[av.Packet[av.stream.Stream]] = []
     written = 0
     try:
         for frame in [*source.decode(audio=0), None]:
@@ -398,7 +405,7 @@ def _encode_audio(stream: av.audio.stream.AudioStream, spec: MediaSpec) -> list[
     return packets
 
 
-def _packet_time(packet: av.Packet) -> Fraction:
+def _packet_time(packet: av.Packet[av.stream.Stream]) -> Fraction:
     """Decode timestamp of a packet in seconds (for interleaving)."""
     ts = packet.dts if packet.dts is not None else packet.pts or 0
     return Fraction(ts) * Fraction(packet.time_base)
@@ -410,7 +417,7 @@ def _write_media(spec: MediaSpec, path: Path, container_options: dict[str, str] 
     with av.open(str(path), "w", format=muxer, options=container_options or {}) as out:
         video = _add_video_stream(out, spec) if spec.video_codec else None
         audio = _add_audio_stream(out, spec) if spec.audio_channels else None
-        packets: list[av.Packet] = []
+        packets: list[av.Packet[av.stream.Stream]] = []
         if video is not None:
             packets += _encode_video(video, spec)
         if audio is not None:
@@ -434,6 +441,18 @@ def _atomic_create(path: Path, writer: WriterFn) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def default_cache_dir() -> Path:
+    """Shared on-disk cache for generated media.
+
+    ``$KINORAY_MEDIA_CACHE`` if set, else ``<tmp>/kinoray-test-media-v<N>``.
+    Safe to share between concurrent test processes (atomic renames).
+    """
+    override = os.environ.get("KINORAY_MEDIA_CACHE")
+    if override:
+        return Path(override)
+    return Path(tempfile.gettempdir()) / f"kinoray-test-media-v{GENERATOR_VERSION}"
 
 
 def make_media(spec: MediaSpec, directory: Path) -> Path:
@@ -473,10 +492,11 @@ MATRIX: dict[str, MediaSpec] = dict(
         ),
         _spec(
             "odd_dims",
-            "MPEG-4 Part 2 321x181 yuv420p (odd dims; x264/x265 reject odd 4:2:0), MP4",
+            "MPEG-4 Part 2 321x181 yuv420p, no B-frames (odd dims; x264/x265 reject odd 4:2:0), MP4",
             width=321,
             height=181,
             video_codec="mpeg4",
+            bframes=0,
             duration_s=Fraction(4),
         ),
         _spec(
@@ -488,10 +508,24 @@ MATRIX: dict[str, MediaSpec] = dict(
             container="mkv",
             duration_s=Fraction(4),
         ),
-        _spec("rotation_90", "H.264 320x180 with display matrix: rotate 90 deg clockwise (ffprobe: -90)", rotation=90),
-        _spec("rotation_270", "H.264 320x180 rotated 270 deg clockwise (ffprobe: 90)", rotation=270, duration_s=Fraction(3)),
+        _spec(
+            "rotation_90",
+            "H.264 320x180 with display matrix: rotate 90 deg clockwise (ffprobe: -90)",
+            rotation=90,
+        ),
+        _spec(
+            "rotation_270",
+            "H.264 320x180 rotated 270 deg clockwise (ffprobe: 90)",
+            rotation=270,
+            duration_s=Fraction(3),
+        ),
         _spec("portrait", "H.264 180x320 portrait pixels, no rotation", width=180, height=320),
-        _spec("anamorphic", "H.264 240x180 with SAR 4:3 (display 320x180)", width=240, sample_aspect=Fraction(4, 3)),
+        _spec(
+            "anamorphic",
+            "H.264 240x180 with SAR 4:3 (display 320x180)",
+            width=240,
+            sample_aspect=Fraction(4, 3),
+        ),
         _spec("hevc_10bit", "HEVC Main 10 yuv420p10le, MP4", video_codec="hevc", pix_fmt="yuv420p10le"),
         _spec("h264_10bit", "H.264 High 10 yuv420p10le, MP4", pix_fmt="yuv420p10le", duration_s=Fraction(4)),
         _spec("no_audio", "H.264 video only, MP4", audio_channels=0),
@@ -507,10 +541,29 @@ MATRIX: dict[str, MediaSpec] = dict(
             gop=750,
             audio_channels=1,
         ),
-        _spec("hevc_open_gop", "HEVC open GOP (CRA keyframes after the first IDR), gop 30, MP4", video_codec="hevc", gop=30, bframes=3, open_gop=True),
-        _spec("hevc_closed_gop", "HEVC closed GOP (IDR keyframes), gop 30, MP4", video_codec="hevc", gop=30, bframes=3),
+        _spec(
+            "hevc_open_gop",
+            "HEVC open GOP (CRA keyframes after the first IDR), gop 30, MP4",
+            video_codec="hevc",
+            gop=30,
+            bframes=3,
+            open_gop=True,
+        ),
+        _spec(
+            "hevc_closed_gop",
+            "HEVC closed GOP (IDR keyframes), gop 30, MP4",
+            video_codec="hevc",
+            gop=30,
+            bframes=3,
+        ),
         _spec("h264_bpyramid", "H.264 3 B-frames with b-pyramid, gop 30, MP4", bframes=3, gop=30),
-        _spec("h264_open_gop", "H.264 open GOP (non-IDR I keyframes), gop 30, MP4", gop=30, bframes=3, open_gop=True),
+        _spec(
+            "h264_open_gop",
+            "H.264 open GOP (non-IDR I keyframes), gop 30, MP4",
+            gop=30,
+            bframes=3,
+            open_gop=True,
+        ),
         _spec("mkv", "H.264 + AAC in Matroska (1 ms timestamps)", container="mkv"),
         _spec("webm", "VP9 + Opus in WebM", container="webm", video_codec="vp9", duration_s=Fraction(4)),
         _spec("mov", "H.264 + AAC in QuickTime MOV", container="mov"),
@@ -615,7 +668,11 @@ def _write_no_video_frames(muxer: str, options: dict[str, str]) -> WriterFn:
 
 def _write_bytes(payload: bytes) -> WriterFn:
     """Writer producing exactly ``payload``."""
-    return lambda tmp: tmp.write_bytes(payload)
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(payload)
+
+    return write
 
 
 def _bad_writer(kind: str, directory: Path) -> WriterFn:

@@ -69,8 +69,7 @@ def _run(cmd: list[str], *, check: bool = True) -> subprocess.CompletedProcess[s
     )
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"{Path(cmd[0]).name} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-            f"{proc.stderr.strip()}"
+            f"{Path(cmd[0]).name} failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr.strip()}"
         )
     return proc
 
@@ -79,14 +78,17 @@ def ffprobe_json(path_or_url: PathLike, *args: str) -> dict[str, Any]:
     """Run ``ffprobe -v error -of json <args> <path>`` and return the parsed JSON."""
     proc = _run([FFPROBE, "-v", "error", "-of", "json", *args, str(path_or_url)])
     try:
-        return json.loads(proc.stdout or "{}")
+        data = json.loads(proc.stdout or "{}")
     except json.JSONDecodeError as exc:
         raise AssertionError(f"ffprobe printed invalid JSON for {path_or_url}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise AssertionError(f"ffprobe printed non-object JSON for {path_or_url}")
+    return data
 
 
 def _only_stream(data: dict[str, Any], path: PathLike, stream: str) -> dict[str, Any]:
     """The single stream entry of an ``-select_streams`` probe."""
-    streams = data.get("streams") or []
+    streams: list[dict[str, Any]] = data.get("streams") or []
     if len(streams) != 1:
         raise AssertionError(f"{path}: expected one stream for {stream!r}, ffprobe found {len(streams)}")
     return streams[0]
@@ -128,9 +130,7 @@ def frame_pts(path: PathLike, stream: str = "v:0") -> list[Fraction]:
     Uses each frame's ``pts``, falling back to ``best_effort_timestamp``.
     """
     time_base = _time_base(path, stream)
-    data = ffprobe_json(
-        path, "-select_streams", stream, "-show_entries", "frame=pts,best_effort_timestamp"
-    )
+    data = ffprobe_json(path, "-select_streams", stream, "-show_entries", "frame=pts,best_effort_timestamp")
     times: list[Fraction] = []
     for frame in data.get("frames", []):
         ts = frame.get("pts", frame.get("best_effort_timestamp"))
@@ -222,9 +222,9 @@ def stream_duration(path: PathLike, stream: str = "v:0") -> Fraction:
         raise AssertionError(f"{path}: no packets in {stream}")
     times = [_packet_time(pkt) for pkt in ordered]
     durations = [pkt.duration for pkt in ordered]
-    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
     gaps.append(gaps[-1] if gaps else Fraction(0))
-    ends = [start + (dur if dur else gap) for start, dur, gap in zip(times, durations, gaps)]
+    ends = [start + (dur if dur else gap) for start, dur, gap in zip(times, durations, gaps, strict=True)]
     return max(ends) - times[0]
 
 
@@ -259,6 +259,7 @@ def psnr(
     scale_to: tuple[int, int] | None = None,
     component: str = "average",
     pix_fmt: str = "yuv420p",
+    shortest: bool = False,
 ) -> float:
     """Mean PSNR (dB) of ``distorted`` against ``reference`` via ffmpeg's psnr filter.
 
@@ -266,20 +267,36 @@ def psnr(
     timestamps reset to start at 0 and converted to ``pix_fmt``.  Without
     ``scale_to`` the distorted video is scaled (bicubic) to the reference's
     decoded and rotated size; with ``scale_to=(w, h)`` both are scaled to it.
-    ``component`` is 'y', 'u', 'v' or 'average'.  Returns ``math.inf`` for
-    identical pictures.
+    ``component`` is 'y', 'u', 'v' or 'average'.  With ``shortest`` the
+    comparison stops at the end of the shorter input (otherwise ffmpeg's
+    framesync repeats the last frame of the shorter one).  Returns
+    ``math.inf`` for identical pictures.
     """
     if component not in ("y", "u", "v", "average"):
         raise ValueError(f"component must be y, u, v or average, not {component!r}")
     width, height = scale_to or _display_size(reference)
     prep = f"scale={width}:{height}:flags=bicubic,format={pix_fmt},setsar=1,setpts=PTS-STARTPTS"
     ref_prep = prep if scale_to else f"format={pix_fmt},setsar=1,setpts=PTS-STARTPTS"
-    graph = f"[0:v:0]{prep}[d];[1:v:0]{ref_prep}[r];[d][r]psnr"
+    graph = f"[0:v:0]{prep}[d];[1:v:0]{ref_prep}[r];[d][r]psnr=shortest={int(shortest)}"
     proc = _run(
         [
-            FFMPEG, "-nostdin", "-hide_banner", "-nostats", "-v", "info",
-            "-i", str(distorted), "-i", str(reference),
-            "-filter_complex", graph, "-an", "-sn", "-f", "null", "-",
+            FFMPEG,
+            "-nostdin",
+            "-hide_banner",
+            "-nostats",
+            "-v",
+            "info",
+            "-i",
+            str(distorted),
+            "-i",
+            str(reference),
+            "-filter_complex",
+            graph,
+            "-an",
+            "-sn",
+            "-f",
+            "null",
+            "-",
         ]
     )
     match = _PSNR_RE.search(proc.stderr)
@@ -323,7 +340,9 @@ def audio_info(path: PathLike, stream: str = "a:0") -> dict[str, Any]:
     }
 
 
-_TRACE_PACKET_RE = re.compile(r"\[trace_headers @ [^\]]+\] Packet: \d+ bytes(?P<key>, key frame)?, pts (?P<pts>-?\d+|N/A)")
+_TRACE_PACKET_RE = re.compile(
+    r"\[trace_headers @ [^\]]+\] Packet: \d+ bytes(?P<key>, key frame)?, pts (?P<pts>-?\d+|N/A)"
+)
 _TRACE_NAL_RE = re.compile(r"\[trace_headers @ [^\]]+\] nal_unit_type: (?P<type>\d+)\(")
 
 
@@ -337,9 +356,23 @@ def nal_unit_types(path: PathLike, stream: str = "v:0") -> list[tuple[Fraction |
     time_base = _time_base(path, stream)
     proc = _run(
         [
-            FFMPEG, "-nostdin", "-hide_banner", "-nostats", "-v", "debug",
-            "-i", str(path), "-map", f"0:{stream}", "-c", "copy",
-            "-bsf:v", "trace_headers", "-f", "null", "-",
+            FFMPEG,
+            "-nostdin",
+            "-hide_banner",
+            "-nostats",
+            "-v",
+            "debug",
+            "-i",
+            str(path),
+            "-map",
+            f"0:{stream}",
+            "-c",
+            "copy",
+            "-bsf:v",
+            "trace_headers",
+            "-f",
+            "null",
+            "-",
         ]
     )
     result: list[tuple[Fraction | None, bool, list[int]]] = []

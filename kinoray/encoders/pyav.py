@@ -28,6 +28,9 @@ _PROBE_SETTINGS = EncoderSettings(
 
 
 class PyAVEncoderSession:
+    """Only ``open`` routes native stderr itself; callers that encode for long (a chunk) wrap the whole run in
+    :func:`~kinoray.logs.native_output_to_logging` once, which is far cheaper than per frame."""
+
     def __init__(self, ffmpeg_codec: str, codec: str, settings: EncoderSettings, options: dict[str, str]) -> None:
         self.codec_name = codec
         self.settings = settings
@@ -56,21 +59,19 @@ class PyAVEncoderSession:
 
     def encode(self, frame: av.VideoFrame, force_idr: bool) -> list[av.Packet]:
         frame.pict_type = av.video.frame.PictureType.I if force_idr else av.video.frame.PictureType.NONE
-        with native_output_to_logging():
-            try:
-                packets = self._ctx.encode(frame)
-            except av.FFmpegError as e:
-                raise EncoderError(f"{self._ctx.name} failed on frame pts={frame.pts}: {e.strerror or e}") from e
+        try:
+            packets = self._ctx.encode(frame)
+        except av.FFmpegError as e:
+            raise EncoderError(f"{self._ctx.name} failed on frame pts={frame.pts}: {e.strerror or e}") from e
         if not self.extradata and self._ctx.extradata:
             self.extradata = bytes(self._ctx.extradata)
         return list(packets)
 
     def flush(self) -> list[av.Packet]:
-        with native_output_to_logging():
-            try:
-                packets = list(self._ctx.encode(None))
-            except av.FFmpegError as e:
-                raise EncoderError(f"{self._ctx.name} failed while flushing: {e.strerror or e}") from e
+        try:
+            packets = list(self._ctx.encode(None))
+        except av.FFmpegError as e:
+            raise EncoderError(f"{self._ctx.name} failed while flushing: {e.strerror or e}") from e
         if self._ctx.extradata:
             self.extradata = bytes(self._ctx.extradata)
         return packets

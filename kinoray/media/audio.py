@@ -103,17 +103,21 @@ def encode_audio(
             stream = stream_at(container, audio.index)
             first = True
             for decoded in _decoded_audio(container, stream):
+                offset = 0
+                if first and origin_seconds is not None and decoded.pts is not None and decoded.time_base:
+                    offset = round((decoded.pts * Fraction(decoded.time_base) - origin_seconds) * rate)
+                # Timing is ours (sample counting from the first frame); container timestamps that jitter
+                # (Matroska's milliseconds, MPEG-TS) must not reach the resampler, which insists on continuity.
+                decoded.pts = None
                 for frame in resampler.resample(decoded):
-                    if first and origin_seconds is not None and frame.pts is not None and frame.time_base:
-                        first = False
-                        offset = round((frame.pts * Fraction(frame.time_base) - origin_seconds) * rate)
-                        if offset > 0:
-                            feed(_silence(offset, layout, rate))
-                        elif offset < 0:
-                            frame = _skip(frame, -offset, layout, rate)
-                            if frame is None:
-                                first = True
-                                continue
+                    if first and offset > 0:
+                        feed(_silence(offset, layout, rate))
+                    elif first and offset < 0:
+                        trimmed = _skip(frame, -offset, layout, rate)
+                        offset += frame.samples
+                        if trimmed is None:
+                            continue
+                        frame = trimmed
                     first = False
                     samples_seen += frame.samples
                     feed(frame)
@@ -149,7 +153,9 @@ def _decoded_audio(container: av.container.InputContainer, stream: av.AudioStrea
         try:
             yield from packet.decode()
         except av.FFmpegError as e:
-            log.warning("undecodable audio packet skipped", extra={"pts": packet.pts, "error": str(e)})
+            when = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else None
+            where = f" near {when:.3f}s" if when is not None else ""
+            raise InvalidMediaError(f"the audio data is corrupt{where}: {e.strerror or e}") from e
 
 
 def _silence(samples: int, layout: str, rate: int) -> av.AudioFrame:

@@ -78,8 +78,15 @@ def decode_chunk_frames(
                         f"{chunk.first_source_pts}; the keyframe index does not match the file"
                     )
             slot = plan.slot_of(pts)
-            if pending is not None and slot > pending_slot:
-                # ``pending`` is the latest frame for every slot up to slot - 1: those slots are final.
+            if pending is not None and slot == pending_slot:
+                # The first frame of a slot is kept (timeline rule); later ones are dropped.
+                if slot < chunk.start_frame:
+                    stats.preroll += 1
+                else:
+                    stats.dropped += 1
+                continue
+            if pending is not None:
+                # ``pending`` is what every slot from its own up to slot - 1 shows: those slots are final.
                 while next_slot < min(slot, chunk.end_frame):
                     stats.repeated += next_slot != pending_slot
                     pending_emitted = True
@@ -87,11 +94,8 @@ def decode_chunk_frames(
                     next_slot += 1
                 if next_slot >= chunk.end_frame:
                     return
-            if pending is not None and not pending_emitted:
-                if pending_slot < chunk.start_frame:
+                if not pending_emitted:
                     stats.preroll += 1
-                else:
-                    stats.dropped += 1
             pending, pending_slot, pending_emitted = frame, slot, False
         if pending is None:
             raise InvalidMediaError(f"chunk {chunk.index}: no decodable frame in its source range")
@@ -139,14 +143,18 @@ def _packets_from(
 
 
 def _frames(packets: Iterator[av.Packet]) -> Iterator[av.VideoFrame]:
-    """Decode in display order (the demuxer's final empty packet flushes the decoder); a packet the decoder
-    rejects is skipped and the CFR rule fills its slot."""
+    """Decode in display order (the demuxer's final empty packet flushes the decoder).
+
+    A packet the decoder rejects means the file is damaged; it is reported rather than concealed, so an
+    asset never silently shows repeated frames where the source had pictures.
+    """
     for packet in packets:
         try:
             frames = packet.decode()
         except av.FFmpegError as e:
-            log.warning("undecodable packet skipped", extra={"pts": packet.pts, "error": str(e)})
-            continue
+            when = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else None
+            where = f" near {when:.3f}s" if when is not None else ""
+            raise InvalidMediaError(f"the video data is corrupt{where}: {e.strerror or e}") from e
         yield from frames  # type: ignore[misc]
 
 

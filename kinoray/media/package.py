@@ -132,6 +132,18 @@ def _records(stores: Iterable[str | Path]) -> Iterator[PacketRecord]:
         yield from PacketStoreReader(Path(store))
 
 
+def _average_bitrate(stores: list[str | Path]) -> int:
+    """Mean bitrate of the packets (the DASH muxer wants one for its manifest; it also quiets a warning)."""
+    total_bytes = total_ticks = 0
+    time_base = Fraction(1)
+    for store in stores:
+        reader = PacketStoreReader(Path(store))
+        time_base = reader.params.time_base
+        total_bytes += reader.total_bytes
+        total_ticks += sum(row[2] for row in reader.rows)
+    return int(total_bytes * 8 / (total_ticks * time_base)) if total_ticks else 0
+
+
 def write_cmaf_track(
     stores: list[str | Path],
     directory: Path,
@@ -159,6 +171,7 @@ def write_cmaf_track(
     )
     try:
         stream = add_packet_stream(container, params)
+        stream.codec_context.bit_rate = _average_bitrate(stores)
         with native_output_to_logging():
             _mux_all(container, stream, _records(stores))
     finally:

@@ -5,9 +5,10 @@ written before a single frame is encoded.
 
 Timeline rule (recorded in :attr:`ChunkPlan.cfr_rule`): output frame ``n`` is shown at ``n / frame_rate``
 seconds after the first decodable source frame (the *origin*). Each source frame is assigned the slot
-``round((pts - origin) × time_base × frame_rate)`` (halves round up); slot ``n`` shows the latest source frame
-whose slot is ≤ ``n``. CFR input at its own rate maps one-to-one. VFR input is resampled to its average rate;
-frames that share a slot are dropped (the later one is kept) and empty slots repeat the previous frame.
+``round((pts - origin) × time_base × frame_rate)`` (halves round down, so timestamps rounded by a coarse
+container clock still land on their own slot); slot ``n`` shows the first source frame assigned to it, or,
+when none is, the latest frame assigned to an earlier slot. CFR input at its own rate maps one-to-one. VFR
+input is resampled to its average rate: later frames sharing a slot are dropped and empty slots repeat.
 Rates above ``max_frame_rate`` are divided by the smallest integer that brings them under it
 (120 → 60, 100 → 50, 119.88 → 59.94), so the cadence stays regular.
 """
@@ -15,7 +16,7 @@ Rates above ``max_frame_rate`` are divided by the smallest integer that brings t
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from bisect import bisect_left
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -109,7 +110,7 @@ class ChunkPlan:
     def slot_of(self, pts: int) -> int:
         """Output frame slot of a source timestamp (see the module's timeline rule)."""
         exact = (pts - self.origin_pts) * self.source_time_base * self.frame_rate
-        return math.floor(exact + Fraction(1, 2))
+        return math.ceil(exact - Fraction(1, 2))
 
     def is_segment_start(self, frame: int) -> bool:
         return frame % self.segment_frames == 0
@@ -123,9 +124,10 @@ def timescale_for(frame_rate: Fraction) -> int:
 
 
 def _snap_rate(rate: Fraction) -> Fraction:
-    for common in _COMMON_RATES:
-        if abs(rate - common) / common < Fraction(1, 200):
-            return common
+    """The nearest common broadcast rate within 0.5%, else the rate with a denominator ≤ 1001."""
+    nearest = min(_COMMON_RATES, key=lambda common: abs(rate - common))
+    if abs(rate - nearest) / nearest < Fraction(1, 200):
+        return nearest
     return rate.limit_denominator(1001)
 
 
@@ -136,7 +138,7 @@ def _cap_rate(rate: Fraction, max_rate: int) -> Fraction:
 
 def _slots(pts: list[int], origin: int, time_base: Fraction, rate: Fraction) -> list[int]:
     scale = time_base * rate
-    return [math.floor((p - origin) * scale + Fraction(1, 2)) for p in pts]
+    return [math.ceil((p - origin) * scale - Fraction(1, 2)) for p in pts]
 
 
 def plan_chunks(
@@ -167,14 +169,15 @@ def plan_chunks(
     origin = source_pts[0]
     time_base = index.time_base
 
-    chosen, is_cfr = _choose_rate(info, source_pts, origin, time_base)
+    chosen, is_cfr = _choose_rate(info, source_pts, origin, time_base, _packet_duration(index, source_pts[-1]))
     rate = _cap_rate(chosen, max_frame_rate)
     is_cfr = is_cfr and rate == chosen
     slots = _slots(source_pts, origin, time_base, rate)
     last_duration = _last_duration(index, source_pts, time_base, rate)
-    end_slot = math.floor((source_pts[-1] + last_duration - origin) * time_base * rate + Fraction(1, 2))
+    end_slot = math.ceil((source_pts[-1] + last_duration - origin) * time_base * rate - Fraction(1, 2))
     frame_count = max(slots[-1] + 1, end_slot)
 
+    _check_not_truncated(info.video, Fraction(frame_count) / rate)
     segment_frames = max(1, math.floor(segment_seconds * rate))
     segments_per_chunk = max(1, round(chunk_seconds * rate / segment_frames))
     chunk_frames = segment_frames * segments_per_chunk
@@ -182,8 +185,8 @@ def plan_chunks(
     chunks = []
     for number, start in enumerate(range(0, frame_count, chunk_frames)):
         end = min(start + chunk_frames, frame_count)
-        first_pts = source_pts[max(bisect_right(slots, start) - 1, 0)]
-        last_pts = source_pts[max(bisect_right(slots, end - 1) - 1, 0)]
+        first_pts = source_pts[_shown_at(slots, start)]
+        last_pts = source_pts[_shown_at(slots, end - 1)]
         chunks.append(
             Chunk(
                 index=number,
@@ -198,8 +201,8 @@ def plan_chunks(
         )
     rule = (
         f"output frame n at n/{rate} s from source pts {origin} (time base {time_base}); "
-        f"slot(pts) = round((pts - {origin}) * {time_base} * {rate}); slot n shows the latest frame with "
-        f"slot <= n; {'CFR one-to-one' if is_cfr else 'VFR/cap resampled: drops and repeats as needed'}"
+        f"slot(pts) = ceil((pts - {origin}) * {time_base} * {rate} - 1/2); slot n shows the first frame "
+        f"with slot n, else the latest with slot < n; {'CFR one-to-one' if is_cfr else 'VFR/cap resampled: drops and repeats as needed'}"
     )
     return ChunkPlan(
         source_path=info.path,
@@ -218,7 +221,27 @@ def plan_chunks(
     )
 
 
-def _choose_rate(info: MediaInfo, pts: list[int], origin: int, time_base: Fraction) -> tuple[Fraction, bool]:
+def _check_not_truncated(video: VideoStreamInfo, present: Fraction) -> None:
+    """A header that promises much more video than the packets hold means the file was cut short."""
+    declared = video.duration_seconds
+    if declared is not None and declared - present > max(Fraction(1), declared / 10):
+        raise InvalidMediaError(
+            f"the file is truncated: its header declares {float(declared):.2f}s of video but only "
+            f"{float(present):.2f}s of frames are present"
+        )
+
+
+def _shown_at(slots: list[int], slot: int) -> int:
+    """Index of the source frame shown at ``slot``: the first one assigned to it, else the latest before."""
+    position = bisect_left(slots, slot)
+    if position < len(slots) and slots[position] == slot:
+        return position
+    return max(position - 1, 0)
+
+
+def _choose_rate(
+    info: MediaInfo, pts: list[int], origin: int, time_base: Fraction, last_packet_duration: int
+) -> tuple[Fraction, bool]:
     """The stream's own rate when every frame lands on its own consecutive slot, else the average rate."""
     video = info.video
     assert video is not None
@@ -228,14 +251,22 @@ def _choose_rate(info: MediaInfo, pts: list[int], origin: int, time_base: Fracti
             return rate, True
     if len(pts) < 2 or pts[-1] == pts[0]:
         return (candidates[0] if candidates else Fraction(25)), True
-    average = Fraction(len(pts) - 1) / ((pts[-1] - pts[0]) * time_base)
+    last_duration = last_packet_duration
+    if last_duration:  # frames ÷ displayed span, like the container's own average
+        average = Fraction(len(pts)) / ((pts[-1] - pts[0] + last_duration) * time_base)
+    else:
+        average = Fraction(len(pts) - 1) / ((pts[-1] - pts[0]) * time_base)
     return _snap_rate(average), False
+
+
+def _packet_duration(index: KeyframeIndex, pts: int) -> int:
+    """The container's duration of the packet presented at ``pts`` (0 when unknown)."""
+    for packet_pts, duration in zip(index.pts, index.duration, strict=True):
+        if packet_pts == pts and duration > 0:
+            return duration
+    return 0
 
 
 def _last_duration(index: KeyframeIndex, pts: list[int], time_base: Fraction, rate: Fraction) -> int:
     """Display duration of the last frame in source ticks: its packet duration, else one output frame."""
-    last = pts[-1]
-    for packet_pts, duration in zip(index.pts, index.duration, strict=True):
-        if packet_pts == last and duration > 0:
-            return duration
-    return max(1, round(1 / (rate * time_base)))
+    return _packet_duration(index, pts[-1]) or max(1, round(1 / (rate * time_base)))

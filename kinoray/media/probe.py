@@ -164,6 +164,8 @@ def _first_frame(container: av.container.InputContainer, stream: av.VideoStream)
     packets = 0
     try:
         for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
             packets += 1
             try:
                 frames = packet.decode()

@@ -11,6 +11,7 @@ from typing import Any
 
 from kinoray.encoders.base import EncoderBackend, EncoderSession, EncoderSettings
 from kinoray.errors import FrameMismatchError, TranscodeError
+from kinoray.logs import native_output_to_logging
 from kinoray.media.frames import ChunkDecodeStats, RenditionScaler, decode_chunk_frames
 from kinoray.media.ladder import Rendition
 from kinoray.media.packets import PacketStoreWriter, StreamParameters
@@ -107,7 +108,12 @@ def transcode_chunk(
         EncoderError: the encoder failed.
         FrameMismatchError: the encoded output does not match the plan (nothing is committed).
     """
-    options = options or EncodeOptions()
+    with native_output_to_logging():
+        return _transcode_chunk(plan, chunk, ladder, encoder, work_dir, options or EncodeOptions(), hwaccel)
+
+
+def _transcode_chunk(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...], encoder: EncoderBackend,
+                     work_dir: Path, options: EncodeOptions, hwaccel: Any | None) -> ChunkResult:
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     stats = ChunkDecodeStats()
     scaler = RenditionScaler(plan.video, ladder)

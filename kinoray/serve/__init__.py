@@ -1,0 +1,3 @@
+"""Ray Serve application (REST API, playback delivery)."""
+
+__all__: list[str] = []

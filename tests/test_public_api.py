@@ -1,0 +1,33 @@
+"""Each package's ``__all__`` is exactly its public surface (nothing leaks, nothing is missing)."""
+
+import importlib
+
+import pytest
+
+PACKAGES = ["kinoray", "kinoray.media", "kinoray.encoders", "kinoray.cluster", "kinoray.errors", "kinoray.settings"]
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_all_is_exactly_the_public_names(name: str) -> None:
+    module = importlib.import_module(name)
+    is_package = hasattr(module, "__path__")
+    public = set()
+    for attr, value in vars(module).items():
+        origin = getattr(value, "__module__", None)
+        if attr.startswith("_") or not isinstance(origin, str) or isinstance(value, type(module)):
+            continue
+        if origin == name or (is_package and origin.startswith(f"{name}.")):
+            public.add(attr)
+    assert sorted(module.__all__) == sorted(set(module.__all__))
+    missing = public - set(module.__all__)
+    assert not missing, f"{name} exposes names not in __all__: {sorted(missing)}"
+    for attr in module.__all__:
+        assert hasattr(module, attr), f"{name}.__all__ lists {attr} but it is not defined"
+
+
+def test_media_never_imports_ray() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, kinoray.media, kinoray.encoders; sys.exit(1 if 'ray' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "kinoray.media must stay Ray-free"
