@@ -389,3 +389,17 @@ def nal_unit_types(path: PathLike, stream: str = "v:0") -> list[tuple[Fraction |
     if not result:
         raise AssertionError(f"{path}: trace_headers printed no packets")
     return result
+
+
+def decoded_audio_seconds(path: PathLike, stream: str = "a:0") -> Fraction:
+    """Duration of the audio as ffmpeg actually plays it (edit lists and encoder priming applied): the
+    decoded samples counted from a 16-bit mono WAV render, divided by the sample rate."""
+    rate = int(audio_info(path, stream)["sample_rate"])
+    proc = subprocess.run(
+        [FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-map", f"0:{stream}", "-ac", "1",
+         "-c:a", "pcm_s16le", "-f", "s16le", "-"],
+        capture_output=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"ffmpeg could not decode {path}: {proc.stderr.decode(errors='replace')}")
+    return Fraction(len(proc.stdout) // 2, rate)

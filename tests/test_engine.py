@@ -139,8 +139,8 @@ def test_independent_decoder_plays_master_cleanly_and_av_in_sync(name: str, tran
     assert b"moov" in head, "static MP4 must be faststart (moov before mdat)"
     if MATRIX[name].audio_channels:
         frame = 1 / Fraction(result.frame_rate)
-        video = oracles.stream_duration(static, "v:0")
-        audio = oracles.stream_duration(static, "a:0")
+        video = oracles.count_frames(static) * frame
+        audio = oracles.decoded_audio_seconds(static)
         assert abs(video - audio) <= frame, f"A/V drift {float(video - audio):.4f}s"
         audio_info = oracles.audio_info(static)
         assert int(audio_info["channels"]) == (1 if MATRIX[name].audio_channels == 1 else 2)
@@ -167,4 +167,4 @@ def test_audio_only_input_gives_audio_only_asset(media_dir: Path, tmp_path: Path
     assert [p.stream_info.codecs for p in master.playlists] == ["mp4a.40.2"]
     assert oracles.decode_errors(out / "master.m3u8") == ""
     assert (out / "audio.m4a").exists() and not (out / "highest.mp4").exists()
-    assert abs(oracles.stream_duration(out / "audio.m4a", "a:0") - MATRIX["audio_only"].duration) < Fraction(1, 20)
+    assert abs(oracles.decoded_audio_seconds(out / "audio.m4a") - MATRIX["audio_only"].duration) < Fraction(1, 50)

@@ -124,9 +124,12 @@ def timescale_for(frame_rate: Fraction) -> int:
 
 
 def _snap_rate(rate: Fraction) -> Fraction:
-    """The nearest common broadcast rate within 0.5%, else the rate with a denominator ≤ 1001."""
-    nearest = min(_COMMON_RATES, key=lambda common: abs(rate - common))
-    if abs(rate - nearest) / nearest < Fraction(1, 200):
+    """The nearest broadcast rate (24000/1001 … 60) or whole / NTSC-style rate within 1% of ``rate``, else
+    ``rate`` itself with a denominator ≤ 1001. A VFR average is an estimate; players prefer tidy rates."""
+    whole = max(1, round(rate))
+    candidates = [*_COMMON_RATES, Fraction(whole), Fraction(whole * 1000, 1001)]
+    nearest = min(candidates, key=lambda common: abs(rate - common))
+    if abs(rate - nearest) / nearest < Fraction(1, 100):
         return nearest
     return rate.limit_denominator(1001)
 
