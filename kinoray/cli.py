@@ -12,13 +12,27 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from kinoray.errors import KinorayError
 from kinoray.logs import setup_logging
-from kinoray.media.pipeline import Executor, TranscodeOptions, TranscodeResult, sequential_executor, transcode_file
+from kinoray.media.pipeline import (
+    Executor,
+    TranscodeOptions,
+    TranscodeResult,
+    sequential_executor,
+    transcode_file,
+)
 from kinoray.media.probe import probe
 from kinoray.settings import get_settings
 
@@ -105,6 +119,7 @@ def _transcode_options(args: argparse.Namespace) -> TranscodeOptions:
         chunk_seconds=args.chunk_seconds,
         max_frame_rate=settings.transcode.max_frame_rate,
         preset=args.preset,
+        decoder=args.decoder,
         audio_bitrate=settings.transcode.audio_bitrate,
         limits=settings.limits,
     )
@@ -167,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--segment-seconds", type=float, default=4.0)
     t.add_argument("--chunk-seconds", type=float, default=20.0)
     t.add_argument("--preset", default=None, help="encoder preset (default per backend)")
+    t.add_argument("--decoder", choices=("auto", "cpu", "nvdec"), default="auto",
+                   help="auto uses NVDEC when a CUDA device is usable")
     t.add_argument("--workers", type=int, default=0, help="parallel chunk workers (0 = all CPUs, 1 = no Ray)")
     t.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
     t.set_defaults(func=cmd_transcode)

@@ -8,13 +8,13 @@ FFmpeg (and x264, which logs through FFmpeg) reaches Python logging through PyAV
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -76,9 +76,10 @@ _LINE = re.compile(r"^(?P<tool>x265|Svt|SVT)\s*\[(?P<level>\w+)\]\s*:?\s*(?P<msg
 _LEVELS = {"error": logging.ERROR, "warning": logging.WARNING, "warn": logging.WARNING, "info": logging.INFO,
            "debug": logging.DEBUG, "full": logging.DEBUG}
 _TOOLS = {"x265": "x265", "svt": "svtav1"}
+_MAX_LINES_PER_SECOND = 2000
 
 
-def _emit_native_line(line: str) -> str:
+def _emit_native_line(line: str) -> None:
     match = _LINE.match(line)
     if match:
         tool = _TOOLS.get(match["tool"].lower(), "other")
@@ -87,7 +88,6 @@ def _emit_native_line(line: str) -> str:
     else:
         tool, level, message = "other", logging.INFO, line
     logging.getLogger(f"kinoray.native.{tool}").log(level, "%s", message)
-    return message
 
 
 class _Capture:
@@ -98,7 +98,8 @@ class _Capture:
         self.depth = 0
         self.saved_fd = -1
         self.thread: threading.Thread | None = None
-        self.recent: collections.deque[str] = collections.deque(maxlen=64)
+        self.second = 0
+        self.emitted = 0
 
     def start(self) -> None:
         with self.lock:
@@ -132,11 +133,15 @@ class _Capture:
                 if not line.strip():
                     continue
                 # A foreign handler that still writes to fd 2 would feed our own records back to us: pass
-                # such echoes through to the real stderr instead of logging them again.
-                if any(sent and sent in line for sent in self.recent):
+                # such echoes (they carry our logger name), and any runaway flood, straight to real stderr.
+                now = int(time.monotonic())
+                if now != self.second:
+                    self.second, self.emitted = now, 0
+                self.emitted += 1
+                if "kinoray.native" in line or self.emitted > _MAX_LINES_PER_SECOND:
                     _stderr().write(raw)
                     continue
-                self.recent.append(_emit_native_line(line))
+                _emit_native_line(line)
 
 
 _capture = _Capture()

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import io
 from typing import Any
+
+import av
 
 from kinoray.encoders.base import EncoderSettings
 from kinoray.encoders.pyav import PyAVEncoderBackend
@@ -66,13 +69,36 @@ def pynvvideocodec_status() -> tuple[bool, str]:
 
 @functools.cache
 def nvdec_hwaccel() -> Any | None:
-    """A PyAV ``HWAccel`` for CUDA decode when a CUDA device is usable, else None."""
+    """A PyAV ``HWAccel`` for CUDA decode when a real NVDEC decode works here, else None.
+
+    Compiled-in CUDA support says nothing about a device being present, so the probe decodes a tiny
+    generated H.264 clip on the GPU (software fallback off) and caches the verdict for the process.
+    """
     try:
         import av.codec.hwaccel as hwaccel
 
         if "cuda" not in hwaccel.hwdevices_available():
             return None
-        accel = hwaccel.HWAccel(device_type="cuda", allow_software_fallback=True)
-    except Exception:  # noqa: BLE001
+        sample = _tiny_h264()
+        probe = hwaccel.HWAccel(device_type="cuda", allow_software_fallback=False)
+        with av.open(io.BytesIO(sample), "r", format="mp4", hwaccel=probe) as container:
+            if next(container.decode(video=0), None) is None:
+                return None
+        return hwaccel.HWAccel(device_type="cuda", allow_software_fallback=True)
+    except Exception:  # noqa: BLE001 — no driver, no device, or no NVDEC: all mean "decode on CPU"
         return None
-    return accel
+
+
+def _tiny_h264() -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 256, 144, "yuv420p"
+        frame = av.VideoFrame(256, 144, "yuv420p")
+        for number in range(2):
+            frame.pts = number
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()

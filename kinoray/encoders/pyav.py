@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from typing import Any
 
 import av
 import av.video.frame
@@ -35,7 +36,7 @@ class PyAVEncoderSession:
         self.codec_name = codec
         self.settings = settings
         try:
-            ctx = av.CodecContext.create(ffmpeg_codec, "w")
+            ctx: Any = av.CodecContext.create(ffmpeg_codec, "w")
         except (av.FFmpegError, ValueError) as e:
             raise EncoderUnavailableError(f"{ffmpeg_codec} is not available in this FFmpeg build") from e
         ctx.width = settings.width

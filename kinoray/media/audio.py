@@ -12,7 +12,7 @@ import numpy as np
 
 from kinoray.errors import InvalidMediaError
 from kinoray.media.packets import PacketStoreWriter, StreamParameters
-from kinoray.media.probe import stream_at, AudioStreamInfo, open_input
+from kinoray.media.probe import AudioStreamInfo, open_input, stream_at
 
 __all__ = ["AudioResult", "encode_audio", "output_audio_format"]
 
@@ -88,8 +88,10 @@ def encode_audio(
         fifo.write(frame)
         while fifo.samples >= frame_size:
             block = fifo.read(frame_size)
+            if block is None:
+                return
             if total_samples is not None and written + block.samples > total_samples:
-                block = _truncate(block, total_samples - written, layout, rate)
+                block = _slice(block, 0, max(0, total_samples - written), layout, rate)
                 if block is None:
                     return
             block.pts = written
@@ -113,7 +115,7 @@ def encode_audio(
                     if first and offset > 0:
                         feed(_silence(offset, layout, rate))
                     elif first and offset < 0:
-                        trimmed = _skip(frame, -offset, layout, rate)
+                        trimmed = _slice(frame, -offset, None, layout, rate)
                         offset += frame.samples
                         if trimmed is None:
                             continue
@@ -131,8 +133,8 @@ def encode_audio(
             feed(_silence(total_samples - written - fifo.samples, layout, rate))
         if fifo.samples:
             tail = fifo.read()
-            if total_samples is not None:
-                tail = _truncate(tail, total_samples - written, layout, rate) if written < total_samples else None
+            if tail is not None and total_samples is not None:
+                tail = _slice(tail, 0, max(0, total_samples - written), layout, rate)
             if tail is not None:
                 tail.pts = written
                 tail.time_base = Fraction(1, rate)
@@ -148,7 +150,7 @@ def encode_audio(
                        samples=written, packets=len(writer.rows), bytes=writer.bytes_written)
 
 
-def _decoded_audio(container: av.container.InputContainer, stream: av.AudioStream):  # type: ignore[no-untyped-def]
+def _decoded_audio(container: av.container.InputContainer, stream: av.AudioStream):
     for packet in container.demux(stream):
         try:
             yield from packet.decode()
@@ -166,19 +168,11 @@ def _silence(samples: int, layout: str, rate: int) -> av.AudioFrame:
     return frame
 
 
-def _truncate(frame: av.AudioFrame, keep: int, layout: str, rate: int) -> av.AudioFrame | None:
-    if keep <= 0:
+def _slice(frame: av.AudioFrame, start: int, stop: int | None, layout: str, rate: int) -> av.AudioFrame | None:
+    """Samples ``[start, stop)`` of ``frame`` as a new frame, or None when that range is empty."""
+    data = frame.to_ndarray()[:, start:stop].astype(np.float32, copy=False)
+    if data.shape[1] == 0:
         return None
-    data = frame.to_ndarray()[:, :keep]
-    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format="fltp", layout=layout)
-    out.sample_rate = rate
-    return out
-
-
-def _skip(frame: av.AudioFrame, drop: int, layout: str, rate: int) -> av.AudioFrame | None:
-    if drop >= frame.samples:
-        return None
-    data = frame.to_ndarray()[:, drop:]
     out = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format="fltp", layout=layout)
     out.sample_rate = rate
     return out

@@ -8,7 +8,31 @@ from __future__ import annotations
 
 from kinoray.errors import TranscodeError
 
-__all__ = ["aac_codec_string", "av1_codec_string", "codec_string", "h264_codec_string", "hevc_codec_string"]
+__all__ = [
+    "CONFIGURATION_BOXES",
+    "aac_codec_string",
+    "av1_codec_string",
+    "codec_string",
+    "configuration_record",
+    "h264_codec_string",
+    "hevc_codec_string",
+]
+
+#: the sample-entry child box that holds each video codec's decoder configuration record
+CONFIGURATION_BOXES = {"h264": b"avcC", "hevc": b"hvcC", "av1": b"av1C"}
+
+
+def configuration_record(init_segment: bytes, box: bytes) -> bytes:
+    """The payload of the first ``box`` (e.g. ``avcC``) in an init segment the muxer wrote.
+
+    Encoders hand over parameter sets in several shapes (Annex-B SPS/PPS, raw AV1 OBUs); the muxer turns
+    them into the standard record, so that record is what a player will see and what CODECS must describe.
+    """
+    position = init_segment.find(box)
+    if position < 4:
+        raise TranscodeError(f"init segment has no {box.decode()} box")
+    size = int.from_bytes(init_segment[position - 4 : position], "big")
+    return init_segment[position + 4 : position - 4 + size]
 
 
 def _annexb_units(data: bytes) -> list[bytes]:

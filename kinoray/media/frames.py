@@ -15,7 +15,7 @@ import numpy as np
 from kinoray.errors import InvalidMediaError, TranscodeError
 from kinoray.media.ladder import Rendition
 from kinoray.media.plan import Chunk, ChunkPlan
-from kinoray.media.probe import stream_at, VideoStreamInfo, open_input
+from kinoray.media.probe import VideoStreamInfo, open_input, stream_at
 
 __all__ = ["ChunkDecodeStats", "RenditionScaler", "decode_chunk_frames"]
 
@@ -155,7 +155,7 @@ def _frames(packets: Iterator[av.Packet]) -> Iterator[av.VideoFrame]:
             when = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else None
             where = f" near {when:.3f}s" if when is not None else ""
             raise InvalidMediaError(f"the video data is corrupt{where}: {e.strerror or e}") from e
-        yield from frames  # type: ignore[misc]
+        yield from frames
 
 
 class RenditionScaler:
@@ -204,11 +204,11 @@ class RenditionScaler:
 def _plane_array(frame: av.VideoFrame, index: int) -> np.ndarray:
     plane = frame.planes[index]
     width = plane.width
-    rows = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
+    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane.height, plane.line_size)
     return rows[:, :width]
 
 
 def _write_plane(frame: av.VideoFrame, index: int, data: np.ndarray) -> None:
     plane = frame.planes[index]
-    target = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
+    target = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane.height, plane.line_size)
     target[:, : plane.width] = data

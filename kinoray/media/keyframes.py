@@ -20,7 +20,7 @@ from fractions import Fraction
 import av
 
 from kinoray.errors import InvalidMediaError
-from kinoray.media.probe import stream_at, open_input
+from kinoray.media.probe import open_input, stream_at
 
 __all__ = ["KeyframeIndex", "index_keyframes", "is_random_access_point"]
 

@@ -50,7 +50,7 @@ class Rendition:
         return min(self.width, self.height)
 
 
-def _even(value: float) -> int:
+def _even(value: float | Fraction) -> int:
     return max(2, int(round(value / 2)) * 2)
 
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 
 from kinoray.errors import TranscodeError
 from kinoray.logs import native_output_to_logging
-from kinoray.media.codecs import codec_string
+from kinoray.media.codecs import CONFIGURATION_BOXES, codec_string, configuration_record
 from kinoray.media.packets import PacketRecord, PacketStoreReader, StreamParameters
 
 __all__ = ["SegmentInfo", "Track", "add_packet_stream", "write_cmaf_track", "write_static_mp4"]
@@ -101,7 +102,7 @@ def add_packet_stream(container: av.container.OutputContainer, params: StreamPar
     with native_output_to_logging():
         if params.codec == "aac":
             stream = container.add_stream(encoder_name, rate=params.sample_rate)
-            ctx = stream.codec_context
+            ctx: Any = stream.codec_context
             ctx.layout = "mono" if params.channels == 1 else "stereo"
             ctx.format = "fltp"
         else:
@@ -132,7 +133,7 @@ def _records(stores: Iterable[str | Path]) -> Iterator[PacketRecord]:
         yield from PacketStoreReader(Path(store))
 
 
-def _average_bitrate(stores: list[str | Path]) -> int:
+def _average_bitrate(stores: Sequence[str | Path]) -> int:
     """Mean bitrate of the packets (the DASH muxer wants one for its manifest; it also quiets a warning)."""
     total_bytes = total_ticks = 0
     time_base = Fraction(1)
@@ -145,7 +146,7 @@ def _average_bitrate(stores: list[str | Path]) -> int:
 
 
 def write_cmaf_track(
-    stores: list[str | Path],
+    stores: Sequence[str | Path],
     directory: Path,
     *,
     cut_every_keyframe: bool,
@@ -205,7 +206,7 @@ def read_segment_timing(directory: Path, segment: Path) -> tuple[int, int, int]:
     return first, last_end - first, timescale
 
 
-def write_static_mp4(path: Path, video_stores: list[str | Path], audio_store: str | Path | None) -> None:
+def write_static_mp4(path: Path, video_stores: Sequence[str | Path], audio_store: str | Path | None) -> None:
     """A progressive-download MP4 (``moov`` first) with the given video packets and the audio."""
     tmp = path.with_name(path.name + ".tmp")
     container = av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"})
@@ -230,6 +231,13 @@ def write_static_mp4(path: Path, video_stores: list[str | Path], audio_store: st
         with native_output_to_logging():
             container.close()
     os.replace(tmp, path)
+
+
+def _configuration(directory: Path, params: StreamParameters) -> bytes:
+    box = CONFIGURATION_BOXES.get(params.codec)
+    if box is None:
+        return params.extradata
+    return configuration_record((directory / INIT_NAME).read_bytes(), box)
 
 
 def build_track(
@@ -261,7 +269,7 @@ def build_track(
         kind=kind,
         name=name,
         codec=params.codec,
-        codec_string=codec_string(params.codec, params.extradata),
+        codec_string=codec_string(params.codec, _configuration(directory, params)),
         timescale=timescale,
         segments=tuple(segments),
         width=params.width,

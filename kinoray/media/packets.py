@@ -74,7 +74,8 @@ class PacketRecord:
         packet.dts = self.dts
         packet.duration = self.duration
         packet.is_keyframe = self.keyframe
-        packet.time_base = stream.time_base
+        if stream.time_base is not None:
+            packet.time_base = stream.time_base
         packet.stream = stream
         return packet
 

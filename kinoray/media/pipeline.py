@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -63,11 +63,13 @@ class TranscodeOptions:
     preset: str | None = None
     quality: int | None = None
     threads: int = 1
+    decoder: str = "auto"  # auto | cpu | nvdec
     audio_bitrate: int = 128_000
     limits: InputLimits = field(default_factory=InputLimits)
 
     def encode_options(self) -> EncodeOptions:
-        return EncodeOptions(codec=self.codec, preset=self.preset, quality=self.quality, threads=self.threads)
+        return EncodeOptions(codec=self.codec, preset=self.preset, quality=self.quality, threads=self.threads,
+                             decoder=self.decoder)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class TranscodeResult:
     renditions: tuple[RenditionSummary, ...]
     audio: dict[str, Any] | None
     encoder: str | None
+    decoders: tuple[str, ...]  # what decoded the chunks ("cpu", "cuda")
     fallback_from: str | None
     fallback_reason: str | None
     chunks: int
@@ -292,6 +295,7 @@ def _summarise(info: MediaInfo, plan: ChunkPlan | None, ladder: tuple[Rendition,
             "sample_rate": audio.sample_rate, "bandwidth": audio_track.peak_bandwidth,
             "segments": len(audio_track.segments), "duration_seconds": float(audio.duration_seconds)},
         encoder=choice.name if choice else None,
+        decoders=tuple(sorted({r.decoder for r in chunk_results})),
         fallback_from=choice.fallback_from if choice else None,
         fallback_reason=choice.fallback_reason if choice else None,
         chunks=len(chunk_results),

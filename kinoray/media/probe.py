@@ -95,7 +95,7 @@ class MediaInfo:
                 return {k: convert(v) for k, v in value.items()}
             return value
 
-        return convert(asdict(self))  # type: ignore[no-any-return]
+        return convert(asdict(self))
 
 
 def open_input(path: str, **kwargs: Any) -> av.container.InputContainer:
@@ -172,7 +172,7 @@ def _first_frame(container: av.container.InputContainer, stream: av.VideoStream)
             except av.FFmpegError:
                 frames = []
             if frames:
-                return frames[0]  # type: ignore[return-value]
+                return frames[0]
             if packets >= _FIRST_FRAME_PACKET_BUDGET:
                 break
     except av.FFmpegError as e:

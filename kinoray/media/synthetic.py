@@ -46,8 +46,8 @@ def generate_clip(
         if audio_out is not None:
             with av.open(f"sine=frequency=440:sample_rate=48000:duration={seconds}", format="lavfi") as tone:
                 resampler = av.AudioResampler(format="fltp", layout="stereo", rate=48000)
-                for frame in tone.decode(audio=0):
-                    for converted in resampler.resample(frame):
+                for sound in tone.decode(audio=0):
+                    for converted in resampler.resample(sound):
                         for packet in audio_out.encode(converted):
                             out.mux(packet)
                 for packet in audio_out.encode():

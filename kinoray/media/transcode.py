@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from kinoray.encoders.base import EncoderBackend, EncoderSession, EncoderSettings
-from kinoray.errors import FrameMismatchError, TranscodeError
+from kinoray.encoders.nvenc import nvdec_hwaccel
+from kinoray.errors import EncoderUnavailableError, FrameMismatchError, TranscodeError
 from kinoray.logs import native_output_to_logging
 from kinoray.media.frames import ChunkDecodeStats, RenditionScaler, decode_chunk_frames
 from kinoray.media.ladder import Rendition
@@ -31,6 +32,7 @@ class EncodeOptions:
     quality: int | None = None
     threads: int = 1  # encoder threads per rendition; 1 is the most efficient per core
     decode_threads: int = 1
+    decoder: str = "auto"  # auto (NVDEC when a CUDA device is usable, else CPU) | cpu | nvdec
     bframes: int = 3
 
     def settings_for(self, plan: ChunkPlan, rendition: Rendition) -> EncoderSettings:
@@ -67,6 +69,7 @@ class ChunkResult:
     renditions: tuple[RenditionChunk, ...]
     encoder: str
     codec: str
+    decoder: str  # "cpu" or the hwaccel device type that decoded ("cuda")
     decoded_frames: int
     preroll_frames: int
     repeated_frames: int
@@ -108,8 +111,23 @@ def transcode_chunk(
         EncoderError: the encoder failed.
         FrameMismatchError: the encoded output does not match the plan (nothing is committed).
     """
+    options = options or EncodeOptions()
+    if hwaccel is None:
+        hwaccel = resolve_decoder(options.decoder)
     with native_output_to_logging():
-        return _transcode_chunk(plan, chunk, ladder, encoder, work_dir, options or EncodeOptions(), hwaccel)
+        return _transcode_chunk(plan, chunk, ladder, encoder, work_dir, options, hwaccel)
+
+
+def resolve_decoder(decoder: str) -> Any | None:
+    """The hwaccel for ``decoder``: None means CPU. ``nvdec`` must be usable; ``auto`` uses it when it is."""
+    if decoder == "cpu":
+        return None
+    if decoder not in ("auto", "nvdec"):
+        raise ValueError(f"decoder must be auto, cpu or nvdec, not {decoder!r}")
+    accel = nvdec_hwaccel()
+    if accel is None and decoder == "nvdec":
+        raise EncoderUnavailableError("NVDEC decode requested but no CUDA device is usable here")
+    return accel
 
 
 def _transcode_chunk(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...], encoder: EncoderBackend,
@@ -129,7 +147,7 @@ def _transcode_chunk(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...
                                       extradata=session.extradata, width=rendition.width, height=rendition.height)
             writers.append(PacketStoreWriter(chunk_store_path(work_dir, rendition.name, chunk.index), params))
 
-        def write(position: int, packets: list) -> None:  # type: ignore[type-arg]
+        def write(position: int, packets: list) -> None:
             for packet in packets:
                 if packet.is_keyframe:
                     keyframes[position].append(packet.pts // ticks)
@@ -174,6 +192,7 @@ def _transcode_chunk(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...
         renditions=outputs,
         encoder=encoder.name,
         codec=options.codec,
+        decoder=stats.hwaccel or "cpu",
         decoded_frames=stats.decoded,
         preroll_frames=stats.preroll,
         repeated_frames=stats.repeated,
