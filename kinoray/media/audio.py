@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -141,7 +141,7 @@ def encode_audio(
                 written += tail.samples
                 emit(tail)
         emit(None)
-        writer.params = StreamParameters(**{**params.__dict__, "extradata": bytes(encoder.extradata or b"")})
+        writer.params = replace(params, extradata=bytes(encoder.extradata or b""))
         writer.commit()
     except BaseException:
         writer.discard()

@@ -15,7 +15,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
@@ -107,6 +107,7 @@ class TranscodeResult:
     realtime_factor: float  # asset seconds per wall second
     cfr_rule: str | None
     chunk_stats: dict[str, int]
+    stage_seconds: dict[str, float]  # wall time of plan (probe+index+plan), encode and package
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,17 +164,23 @@ def transcode_file(
     staging, work = _staging_paths(out_dir)
     staging.mkdir()
     work.mkdir()
+    stages = {"plan": time.perf_counter() - started}
     try:
+        mark = time.perf_counter()
         chunk_results, audio = _encode(info, plan, ladder, choice, work, options, executor, progress)
+        stages["encode"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         tracks, audio_track = _package(info, plan, ladder, chunk_results, audio, staging, options)
         _publish(staging, out_dir)
+        stages["package"] = time.perf_counter() - mark
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     wall = time.perf_counter() - started
-    return _summarise(info, plan, ladder, choice, chunk_results, audio, tracks, audio_track, out_dir, wall)
+    result = _summarise(info, plan, ladder, choice, chunk_results, audio, tracks, audio_track, out_dir, wall)
+    return replace(result, stage_seconds=stages)
 
 
 def _encode(
@@ -304,6 +311,7 @@ def _summarise(info: MediaInfo, plan: ChunkPlan | None, ladder: tuple[Rendition,
         realtime_factor=duration / wall if wall else 0.0,
         cfr_rule=plan.cfr_rule if plan else None,
         chunk_stats=stats,
+        stage_seconds={},
     )
 
 

@@ -81,6 +81,11 @@ class ChunkPlan:
             raise ValueError("chunks must cover every output frame exactly once")
 
     @property
+    def time_base(self) -> Fraction:
+        """Time base of the output video tracks (1 / timescale)."""
+        return Fraction(1, self.timescale)
+
+    @property
     def frame_ticks(self) -> int:
         return self.timescale * self.frame_rate.denominator // self.frame_rate.numerator
 

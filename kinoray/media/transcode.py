@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ class EncodeOptions:
             width=rendition.width,
             height=rendition.height,
             frame_rate=plan.frame_rate,
-            time_base=plan.frame_rate.__class__(1, plan.timescale),
+            time_base=plan.time_base,
             gop_frames=plan.segment_frames,
             max_bitrate=rendition.max_bitrate,
             buffer_size=rendition.buffer_size,
@@ -80,8 +80,6 @@ class ChunkResult:
     notes: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -143,7 +141,7 @@ def _transcode_chunk(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...
         for rendition in ladder:
             sessions.append(encoder.open(options.settings_for(plan, rendition)))
         for rendition, session in zip(ladder, sessions, strict=True):
-            params = StreamParameters(codec=session.codec_name, time_base=plan.frame_rate.__class__(1, plan.timescale),
+            params = StreamParameters(codec=session.codec_name, time_base=plan.time_base,
                                       extradata=session.extradata, width=rendition.width, height=rendition.height)
             writers.append(PacketStoreWriter(chunk_store_path(work_dir, rendition.name, chunk.index), params))
 
@@ -163,8 +161,7 @@ def _transcode_chunk(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...
         for position, session in enumerate(sessions):
             write(position, session.flush())
             # Parameter sets can appear only after the first encode (some encoders); store the final ones.
-            writers[position].params = StreamParameters(**{**writers[position].params.__dict__,
-                                                           "extradata": session.extradata})
+            writers[position].params = replace(writers[position].params, extradata=session.extradata)
         _verify(plan, chunk, ladder, writers, keyframes)
         for writer in writers:
             writer.commit()
