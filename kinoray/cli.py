@@ -109,9 +109,18 @@ def _print_summary(result: TranscodeResult, console: Console) -> None:
                   f"{result.wall_seconds:.1f}s wall, {result.realtime_factor:.2f}× realtime")
 
 
+def _parallelism(workers: int) -> int:
+    if workers > 0:
+        return workers
+    if "RAY_ADDRESS" in os.environ:
+        return 0  # unknown until connected; the cluster layer sizes chunks there
+    return os.cpu_count() or 1
+
+
 def _transcode_options(args: argparse.Namespace) -> TranscodeOptions:
     settings = get_settings()
     return TranscodeOptions(
+        parallelism=_parallelism(args.workers) or None,
         codec=args.codec,
         encoder=args.encoder,
         ladder=args.ladder,
@@ -150,7 +159,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.print(f"generating a 20 s 720p demo clip at {source}")
         generate_clip(source, width=1280, height=720, fps=30, seconds=20)
     out_dir = demo / "out"
-    options = TranscodeOptions(ladder=(720, 480, 360, 240), chunk_seconds=8)
+    options = TranscodeOptions(ladder=(720, 480, 360, 240), chunk_seconds=8,
+                               parallelism=_parallelism(args.workers) or None)
     result = _run_transcode(str(source), str(out_dir), options, args.workers, quiet=False)
     _print_summary(result, console)
     console.print(f"\nHLS master:   {result.master_playlist}\nDASH MPD:     {result.dash_manifest}\n"

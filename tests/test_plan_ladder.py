@@ -126,3 +126,17 @@ def test_ladder_bitrates_scale_by_codec() -> None:
     av1 = build_ladder(VIDEO, (1080,), "av1")[0]
     assert h264.max_bitrate == 5_000_000 and av1.max_bitrate < h264.max_bitrate
     assert h264.buffer_size == 2 * h264.max_bitrate
+
+
+@pytest.mark.parametrize(("seconds", "workers", "expected"), [
+    (60, None, [600, 600, 600]),  # 20 s chunks, no hint
+    (60, 2, [480, 480, 480, 360]),  # 4 chunks of 4 segments (last 3) fill 2 workers evenly
+    (60, 3, [600, 600, 600]),  # already a multiple
+    (40, 2, [600, 600]),
+    (8, 4, [240]),  # fewer segments than workers: nothing to balance
+])
+def test_chunk_count_fills_the_workers(seconds: int, workers: int | None, expected: list[int]) -> None:
+    pts = [i * 3000 for i in range(seconds * 30)]
+    plan = plan_chunks(_info(), _index(pts, {0}), segment_seconds=4, chunk_seconds=20, parallelism=workers)
+    assert [c.frame_count for c in plan.chunks] == expected
+    assert all(c.start_frame % plan.segment_frames == 0 for c in plan.chunks)

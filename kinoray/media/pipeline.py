@@ -60,6 +60,7 @@ class TranscodeOptions:
     segment_seconds: float = 4.0
     chunk_seconds: float = 20.0
     max_frame_rate: int = 60
+    parallelism: int | None = None  # workers that will run chunks; chunk counts are then made a multiple of it
     preset: str | None = None
     quality: int | None = None
     threads: int = 1
@@ -158,7 +159,8 @@ def transcode_file(
     if info.video is not None:
         index = index_keyframes(source, info.video.index)
         plan = plan_chunks(info, index, segment_seconds=options.segment_seconds,
-                           chunk_seconds=options.chunk_seconds, max_frame_rate=options.max_frame_rate)
+                           chunk_seconds=options.chunk_seconds, max_frame_rate=options.max_frame_rate,
+                           parallelism=options.parallelism)
         ladder = build_ladder(info.video, options.ladder, options.codec)
         choice = select_encoder(options.codec, options.encoder)
     staging, work = _staging_paths(out_dir)
