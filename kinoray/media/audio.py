@@ -12,7 +12,7 @@ import numpy as np
 
 from kinoray.errors import InvalidMediaError
 from kinoray.media.packets import PacketStoreWriter, StreamParameters
-from kinoray.media.probe import AudioStreamInfo, open_input, stream_at
+from kinoray.media.probe import AudioStreamInfo, corrupt_packet_error, open_input, stream_at
 
 __all__ = ["AudioResult", "encode_audio", "output_audio_format"]
 
@@ -155,9 +155,7 @@ def _decoded_audio(container: av.container.InputContainer, stream: av.AudioStrea
         try:
             yield from packet.decode()
         except av.FFmpegError as e:
-            when = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else None
-            where = f" near {when:.3f}s" if when is not None else ""
-            raise InvalidMediaError(f"the audio data is corrupt{where}: {e.strerror or e}") from e
+            raise corrupt_packet_error("audio", packet, e) from e
 
 
 def _silence(samples: int, layout: str, rate: int) -> av.AudioFrame:

@@ -15,7 +15,7 @@ import numpy as np
 from kinoray.errors import InvalidMediaError, TranscodeError
 from kinoray.media.ladder import Rendition
 from kinoray.media.plan import Chunk, ChunkPlan
-from kinoray.media.probe import VideoStreamInfo, open_input, stream_at
+from kinoray.media.probe import VideoStreamInfo, corrupt_packet_error, open_input, stream_at
 
 __all__ = ["ChunkDecodeStats", "RenditionScaler", "decode_chunk_frames"]
 
@@ -128,10 +128,10 @@ def _packets_from(
     for attempt in attempts:
         if attempt is not None and attempt <= origin_pts:
             attempt = None
-        if attempt is None:
-            container.seek(0, backward=True, any_frame=False) if target_pts > origin_pts else None
-        else:
+        if attempt is not None:
             container.seek(attempt, stream=stream, backward=True, any_frame=False)
+        elif target_pts > origin_pts:  # an earlier attempt moved the demuxer: go back to the start
+            container.seek(0, backward=True, any_frame=False)
         iterator = container.demux(stream)
         first = next((p for p in iterator if p.size), None)
         if first is None:
@@ -152,9 +152,7 @@ def _frames(packets: Iterator[av.Packet]) -> Iterator[av.VideoFrame]:
         try:
             frames = packet.decode()
         except av.FFmpegError as e:
-            when = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else None
-            where = f" near {when:.3f}s" if when is not None else ""
-            raise InvalidMediaError(f"the video data is corrupt{where}: {e.strerror or e}") from e
+            raise corrupt_packet_error("video", packet, e) from e
         yield from frames
 
 

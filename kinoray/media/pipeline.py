@@ -15,7 +15,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,8 +181,8 @@ def transcode_file(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     wall = time.perf_counter() - started
-    result = _summarise(info, plan, ladder, choice, chunk_results, audio, tracks, audio_track, out_dir, wall)
-    return replace(result, stage_seconds=stages)
+    return _summarise(info, plan, ladder, choice, chunk_results, audio, tracks, audio_track, out_dir, wall,
+                      stages)
 
 
 def _encode(
@@ -276,7 +276,8 @@ def _package(
 
 def _summarise(info: MediaInfo, plan: ChunkPlan | None, ladder: tuple[Rendition, ...], choice: EncoderChoice | None,
                chunk_results: list[ChunkResult], audio: AudioResult | None, tracks: list[Track],
-               audio_track: Track | None, out_dir: Path, wall: float) -> TranscodeResult:
+               audio_track: Track | None, out_dir: Path, wall: float,
+               stages: dict[str, float]) -> TranscodeResult:
     duration = float(plan.duration_seconds if plan else (audio.duration_seconds if audio else 0))
     renditions = tuple(
         RenditionSummary(
@@ -313,7 +314,7 @@ def _summarise(info: MediaInfo, plan: ChunkPlan | None, ladder: tuple[Rendition,
         realtime_factor=duration / wall if wall else 0.0,
         cfr_rule=plan.cfr_rule if plan else None,
         chunk_stats=stats,
-        stage_seconds={},
+        stage_seconds=stages,
     )
 
 

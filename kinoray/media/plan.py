@@ -114,8 +114,7 @@ class ChunkPlan:
 
     def slot_of(self, pts: int) -> int:
         """Output frame slot of a source timestamp (see the module's timeline rule)."""
-        exact = (pts - self.origin_pts) * self.source_time_base * self.frame_rate
-        return math.ceil(exact - Fraction(1, 2))
+        return _nearest_slot((pts - self.origin_pts) * self.source_time_base * self.frame_rate)
 
     def is_segment_start(self, frame: int) -> bool:
         return frame % self.segment_frames == 0
@@ -144,9 +143,14 @@ def _cap_rate(rate: Fraction, max_rate: int) -> Fraction:
     return rate / divisor
 
 
+def _nearest_slot(position: Fraction) -> int:
+    """The timeline rule's rounding: nearest whole slot, halves down."""
+    return math.ceil(position - Fraction(1, 2))
+
+
 def _slots(pts: list[int], origin: int, time_base: Fraction, rate: Fraction) -> list[int]:
     scale = time_base * rate
-    return [math.ceil((p - origin) * scale - Fraction(1, 2)) for p in pts]
+    return [_nearest_slot((p - origin) * scale) for p in pts]
 
 
 def plan_chunks(
@@ -186,7 +190,7 @@ def plan_chunks(
     is_cfr = is_cfr and rate == chosen
     slots = _slots(source_pts, origin, time_base, rate)
     last_duration = _last_duration(index, source_pts, time_base, rate)
-    end_slot = math.ceil((source_pts[-1] + last_duration - origin) * time_base * rate - Fraction(1, 2))
+    end_slot = _nearest_slot((source_pts[-1] + last_duration - origin) * time_base * rate)
     frame_count = max(slots[-1] + 1, end_slot)
 
     _check_not_truncated(info.video, Fraction(frame_count) / rate)

@@ -13,7 +13,15 @@ import av
 from kinoray.errors import InvalidMediaError, MediaLimitError
 from kinoray.settings import InputLimits
 
-__all__ = ["AudioStreamInfo", "MediaInfo", "VideoStreamInfo", "open_input", "probe", "stream_at"]
+__all__ = [
+    "AudioStreamInfo",
+    "MediaInfo",
+    "VideoStreamInfo",
+    "corrupt_packet_error",
+    "open_input",
+    "probe",
+    "stream_at",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +112,14 @@ def open_input(path: str, **kwargs: Any) -> av.container.InputContainer:
         return av.open(path, mode="r", **kwargs)
     except av.FFmpegError as e:
         raise InvalidMediaError(f"not a readable media file ({e.strerror or e}): {os.path.basename(path)}") from e
+
+
+def corrupt_packet_error(kind: str, packet: av.Packet, error: av.FFmpegError) -> InvalidMediaError:
+    """The error for a ``kind`` ("video"/"audio") packet the decoder rejects, with where it sits."""
+    where = ""
+    if packet.pts is not None and packet.time_base:
+        where = f" near {float(packet.pts * packet.time_base):.3f}s"
+    return InvalidMediaError(f"the {kind} data is corrupt{where}: {error.strerror or error}")
 
 
 def stream_at(container: av.container.InputContainer, index: int) -> Any:
