@@ -70,3 +70,26 @@ def test_limits_are_checked_before_decoding(media_dir: Path) -> None:
 def test_missing_file_is_invalid_media(tmp_path: Path) -> None:
     with pytest.raises(InvalidMediaError, match="cannot read input"):
         probe(str(tmp_path / "nope.mp4"))
+
+
+def test_corrupt_audio_is_reported_not_concealed(media_dir: Path, tmp_path: Path) -> None:
+    from kinoray.media import encode_audio
+
+    source = make_bad_media("corrupt", media_dir)
+    info = probe(str(source))
+    assert info.audio is not None
+    with pytest.raises(InvalidMediaError, match=r"audio data is corrupt near \d+\.\d+s"):
+        encode_audio(str(source), info.audio, tmp_path / "audio", origin_seconds=None, duration_seconds=None)
+    assert list(tmp_path.iterdir()) == [], "a failed audio encode leaves no packet store behind"
+
+
+def test_nvdec_requested_without_a_device_is_a_typed_error(media_dir: Path, tmp_path: Path) -> None:
+    from kinoray.encoders.nvenc import nvdec_hwaccel
+    from kinoray.errors import EncoderUnavailableError
+
+    if nvdec_hwaccel() is not None:
+        pytest.skip("this machine has a usable NVDEC device")
+    source = make_media(MATRIX["h264_30fps"], media_dir)
+    with pytest.raises(EncoderUnavailableError, match="NVDEC"):
+        transcode_file(str(source), tmp_path / "out", TranscodeOptions(ladder=(180,), decoder="nvdec"))
+    assert list(tmp_path.iterdir()) == []
