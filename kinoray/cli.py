@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -26,17 +26,14 @@ from rich.text import Text
 
 from kinoray.errors import KinorayError
 from kinoray.logs import setup_logging
-from kinoray.media.pipeline import (
-    Executor,
-    TranscodeOptions,
-    TranscodeResult,
-    sequential_executor,
-    transcode_file,
-)
+from kinoray.media.pipeline import TranscodeOptions, TranscodeResult, transcode_file
 from kinoray.media.probe import probe
 from kinoray.settings import get_settings
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from kinoray.cluster.progress import JobRecord
+
+__all__ = ["JobProgress", "add_engine_arguments", "engine_options", "main", "parse_ladder", "run_transcode"]
 
 log = logging.getLogger("kinoray.cli")
 
@@ -53,11 +50,13 @@ class _RateColumn(ProgressColumn):
         if not elapsed or not task.completed:
             return Text("…", style="progress.data.speed")
         frames_per_second = task.completed / elapsed
-        realtime = frames_per_second / self.fps if self.fps else 0
+        if not self.fps:
+            return Text(f"{frames_per_second:6.1f} fps", style="progress.data.speed")
+        realtime = frames_per_second / self.fps
         return Text(f"{frames_per_second:6.1f} fps  {realtime:5.2f}× realtime", style="progress.data.speed")
 
 
-def _parse_ladder(value: str) -> tuple[int, ...]:
+def parse_ladder(value: str) -> tuple[int, ...]:
     try:
         heights = tuple(int(part.rstrip("p")) for part in value.split(",") if part.strip())
     except ValueError:
@@ -67,29 +66,51 @@ def _parse_ladder(value: str) -> tuple[int, ...]:
     return heights
 
 
-def _executor(workers: int) -> Executor:
-    if workers == 1:
-        return sequential_executor
-    from kinoray.cluster import ray_executor
+class JobProgress:
+    """A rich progress bar fed by frame counts (in-process runs) or :class:`JobRecord` updates (cluster runs)."""
 
-    return ray_executor(workers or None)
+    def __init__(self, fps: float, quiet: bool = False) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
+            _RateColumn(fps), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=Console(stderr=True, quiet=quiet), transient=False,
+        )
+        self.task = self.bar.add_task("transcoding", total=None)
+
+    def __enter__(self) -> JobProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def frames(self, done: int, total: int) -> None:
+        self.bar.update(self.task, completed=done, total=total)
+
+    def record(self, record: JobRecord) -> None:
+        retries = f" · {record.retries} retried" if record.retries else ""
+        workers = f" · {record.workers} workers" if record.workers else ""
+        self.bar.update(self.task, completed=record.frames_done, total=record.frames_total or None,
+                        description=f"{record.state.value}{workers}{retries}")
 
 
-def _run_transcode(source: str, out_dir: str, options: TranscodeOptions, workers: int, quiet: bool) -> TranscodeResult:
+def run_transcode(source: str, output: str, options: TranscodeOptions, workers: int, quiet: bool,
+                  job_id: str | None = None) -> TranscodeResult:
+    """Transcode with a progress bar: in this process (``workers == 1``) or on the Ray cluster (0 = every
+    CPU of the cluster, N = at most N workers)."""
     info = probe(source, options.limits)
     fps = float(info.video.average_rate or info.video.real_rate or 30) if info.video else 0
-    console = Console(stderr=True, quiet=quiet)
-    with Progress(
-        TextColumn("[bold]transcoding[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
-        _RateColumn(fps), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("transcode", total=None)
+    with JobProgress(fps, quiet) as progress:
+        if workers == 1:
+            return transcode_file(source, output, options, progress=progress.frames)
+        from kinoray.cluster import TranscodeJob
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        return transcode_file(source, out_dir, options, executor=_executor(workers), progress=progress)
+        settings = get_settings()
+        if workers > 1:
+            settings = settings.model_copy(
+                update={"cluster": settings.cluster.model_copy(update={"max_workers": workers})})
+        return TranscodeJob(source, output, options, job_id=job_id, settings=settings,
+                            on_update=progress.record).run()
 
 
 def _print_summary(result: TranscodeResult, console: Console) -> None:
@@ -109,18 +130,12 @@ def _print_summary(result: TranscodeResult, console: Console) -> None:
                   f"{result.wall_seconds:.1f}s wall, {result.realtime_factor:.2f}× realtime")
 
 
-def _parallelism(workers: int) -> int:
-    if workers > 0:
-        return workers
-    if "RAY_ADDRESS" in os.environ:
-        return 0  # unknown until connected; the cluster layer sizes chunks there
-    return os.cpu_count() or 1
-
-
-def _transcode_options(args: argparse.Namespace) -> TranscodeOptions:
+def engine_options(args: argparse.Namespace, workers: int = 0) -> TranscodeOptions:
+    """:class:`TranscodeOptions` from :func:`add_engine_arguments`' flags and Settings. Chunk counts are made a
+    multiple of ``workers``; with 0 the cluster layer sizes them from the workers it starts."""
     settings = get_settings()
     return TranscodeOptions(
-        parallelism=_parallelism(args.workers) or None,
+        parallelism=workers or None,
         codec=args.codec,
         encoder=args.encoder,
         ladder=args.ladder,
@@ -141,7 +156,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_transcode(args: argparse.Namespace) -> int:
-    result = _run_transcode(args.input, args.outdir, _transcode_options(args), args.workers, quiet=args.json)
+    result = run_transcode(args.input, args.outdir, engine_options(args, args.workers), args.workers,
+                           quiet=args.json)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))  # noqa: T201
     else:
@@ -159,9 +175,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.print(f"generating a 20 s 720p demo clip at {source}")
         generate_clip(source, width=1280, height=720, fps=30, seconds=20)
     out_dir = demo / "out"
-    options = TranscodeOptions(ladder=(720, 480, 360, 240), chunk_seconds=8,
-                               parallelism=_parallelism(args.workers) or None)
-    result = _run_transcode(str(source), str(out_dir), options, args.workers, quiet=False)
+    options = TranscodeOptions(ladder=(720, 480, 360, 240), chunk_seconds=8, parallelism=args.workers or None)
+    result = run_transcode(str(source), str(out_dir), options, args.workers, quiet=False)
     _print_summary(result, console)
     console.print(f"\nHLS master:   {result.master_playlist}\nDASH MPD:     {result.dash_manifest}\n"
                   f"MP4:          {result.static_rendition}\n")
@@ -171,6 +186,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   "  then load http://127.0.0.1:8080/master.m3u8 in Safari or any hls.js / dash.js player "
                   "(manifest.mpd for DASH)")
     return 0
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The transcode knobs shared by ``kinoray transcode`` and ``python -m kinoray.jobs.transcode``."""
+    defaults = get_settings().transcode
+    parser.add_argument("--codec", choices=("h264", "hevc", "av1"), default=defaults.codec)
+    parser.add_argument("--encoder", default=defaults.encoder, help="auto | libx264 | libx265 | libsvtav1 | nvenc")
+    parser.add_argument("--ladder", type=parse_ladder, default=None, help="e.g. 1080,720,480,360")
+    parser.add_argument("--segment-seconds", type=float, default=defaults.segment_seconds)
+    parser.add_argument("--chunk-seconds", type=float, default=defaults.chunk_seconds)
+    parser.add_argument("--preset", default=defaults.preset, help="encoder preset (default per backend)")
+    parser.add_argument("--decoder", choices=("auto", "cpu", "nvdec"), default="auto",
+                        help="auto uses NVDEC when a CUDA device is usable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,17 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_probe)
 
     t = sub.add_parser("transcode", help="transcode to a CMAF HLS/DASH ladder")
-    t.add_argument("input")
-    t.add_argument("outdir")
-    t.add_argument("--codec", choices=("h264", "hevc", "av1"), default="h264")
-    t.add_argument("--encoder", default="auto", help="auto | libx264 | libx265 | libsvtav1 | nvenc")
-    t.add_argument("--ladder", type=_parse_ladder, default=None, help="e.g. 1080,720,480,360")
-    t.add_argument("--segment-seconds", type=float, default=4.0)
-    t.add_argument("--chunk-seconds", type=float, default=20.0)
-    t.add_argument("--preset", default=None, help="encoder preset (default per backend)")
-    t.add_argument("--decoder", choices=("auto", "cpu", "nvdec"), default="auto",
-                   help="auto uses NVDEC when a CUDA device is usable")
-    t.add_argument("--workers", type=int, default=0, help="parallel chunk workers (0 = all CPUs, 1 = no Ray)")
+    t.add_argument("input", help="path or URL (file://, s3://, http(s)://)")
+    t.add_argument("outdir", help="directory or object-storage prefix (s3://bucket/assets/id)")
+    add_engine_arguments(t)
+    t.add_argument("--workers", type=int, default=0,
+                   help="chunk workers: 0 = every CPU of the Ray cluster, N = at most N, 1 = in this process")
     t.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
     t.set_defaults(func=cmd_transcode)
 

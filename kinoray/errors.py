@@ -11,7 +11,10 @@
     ├── EncoderError
     │   └── EncoderUnavailableError                  backend missing or its capability probe failed
     ├── TranscodeError                               a chunk or package step failed after planning
-    │   └── FrameMismatchError                       output frame count differs from the plan
+    │   ├── FrameMismatchError                       output frame count differs from the plan
+    │   └── WorkerLostError                          a chunk's worker died more often than the retry budget
+    ├── ClusterError                                 no worker can run the job (no resources, none started)
+    ├── JobCancelledError                            the job was cancelled; its temporary outputs are gone
     └── StorageError
 
 Every error has a stable ``type`` string and an HTTP status in :data:`ERROR_TABLE`; the API layer turns them
@@ -22,17 +25,20 @@ from __future__ import annotations
 
 __all__ = [
     "ERROR_TABLE",
+    "ClusterError",
     "ConfigurationError",
     "EncoderError",
     "EncoderUnavailableError",
     "FrameMismatchError",
     "InvalidMediaError",
+    "JobCancelledError",
     "KinorayError",
     "MediaError",
     "MediaLimitError",
     "StorageError",
     "TranscodeError",
     "UnsupportedMediaError",
+    "WorkerLostError",
     "http_status",
 ]
 
@@ -81,6 +87,18 @@ class FrameMismatchError(TranscodeError):
     type = "frame_mismatch"
 
 
+class WorkerLostError(TranscodeError):
+    type = "worker_lost"
+
+
+class ClusterError(KinorayError):
+    type = "cluster_unavailable"
+
+
+class JobCancelledError(KinorayError):
+    type = "job_cancelled"
+
+
 class StorageError(KinorayError):
     type = "storage_error"
 
@@ -97,6 +115,9 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     EncoderUnavailableError: 503,
     TranscodeError: 500,
     FrameMismatchError: 500,
+    WorkerLostError: 500,
+    ClusterError: 503,
+    JobCancelledError: 409,
     StorageError: 502,
 }
 

@@ -15,7 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kinoray.errors import ConfigurationError
 
-__all__ = ["InputLimits", "Settings", "TranscodeDefaults", "get_settings"]
+__all__ = ["ClusterSettings", "InputLimits", "ServeSettings", "Settings", "StorageSettings", "TranscodeDefaults",
+           "get_settings"]
 
 _DEV_SECRET = "dev-insecure-change-me"
 
@@ -45,6 +46,39 @@ class TranscodeDefaults(BaseModel):
         return Fraction(self.segment_seconds).limit_denominator(1000)
 
 
+class StorageSettings(BaseModel):
+    """Object storage (fsspec): a local directory or ``s3://bucket/prefix``. S3 credentials come from the
+    standard AWS variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``) or the instance role."""
+
+    work_url: str | None = Field(
+        default=None,
+        description="where chunk outputs are written between encode and package; every worker node must "
+                    "reach it (an s3:// prefix on a multi-machine cluster); None = DATA_DIR/work",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto, R2)")
+    s3_region: str | None = None
+    transient_retries: int = Field(default=4, ge=0, description="retries of a storage call on a transient error")
+
+
+class ClusterSettings(BaseModel):
+    """How chunks fan out over Ray."""
+
+    chunk_retries: int = Field(default=3, ge=0, description="re-runs of a chunk whose worker or node died")
+    gpu_sessions_per_gpu: int = Field(default=2, ge=1, le=16,
+                                      description="GPU encoder actors per GPU (each asks for 1/N of a GPU)")
+    cpu_encoder_threads: int = Field(default=1, ge=1, description="encoder threads per CPU actor")
+    max_workers: int | None = Field(default=None, ge=1,
+                                    description="cap on a job's encoder actors; None = sized from the cluster")
+    worker_start_timeout_seconds: float = Field(
+        default=180.0, gt=0,
+        description="how long a job waits for a worker to start or restart before it errors (no hang)")
+
+
+class ServeSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KINORAY_", env_nested_delimiter="__", extra="ignore")
 
@@ -55,6 +89,9 @@ class Settings(BaseSettings):
     secret_key: str = _DEV_SECRET
     limits: InputLimits = InputLimits()
     transcode: TranscodeDefaults = TranscodeDefaults()
+    storage: StorageSettings = StorageSettings()
+    cluster: ClusterSettings = ClusterSettings()
+    serve: ServeSettings = ServeSettings()
 
     @field_validator("log_level", "native_log_level")
     @classmethod

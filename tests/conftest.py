@@ -49,3 +49,55 @@ def _fresh_settings():
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+#: What every process of a test (including Ray workers started after it is set) needs to reach the S3 server.
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's threaded S3 server on 127.0.0.1 (a real HTTP S3 endpoint); yields its endpoint URL.
+
+    Sets the AWS credentials and ``KINORAY_STORAGE__S3_ENDPOINT_URL`` in the environment for the session, so
+    Ray workers started afterwards inherit them.
+    """
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {key: os.environ.get(key) for key in [*S3_ENV, "KINORAY_STORAGE__S3_ENDPOINT_URL"]}
+    os.environ.update(S3_ENV, KINORAY_STORAGE__S3_ENDPOINT_URL=endpoint)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture()
+def s3_bucket(s3_server):
+    """A fresh bucket on the test S3 server; yields its name."""
+    import uuid
+
+    import s3fs
+
+    name = f"kinoray-test-{uuid.uuid4().hex[:10]}"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    fs.mkdir(name)
+    yield name
+    fs.rm(name, recursive=True)

@@ -1,5 +1,28 @@
-"""Ray execution of transcodes. The only package (with ``jobs`` and ``serve``) that imports Ray."""
+"""Ray execution of transcodes: worker actors, the per-asset coordinator, progress records.
 
+With ``jobs`` and ``serve``, the only packages that import Ray.
+"""
+
+from kinoray.cluster.coordinator import TranscodeJob, order_work, transcode
 from kinoray.cluster.local import ensure_ray, ray_executor
+from kinoray.cluster.pool import NodeResources, PoolLayout, WorkerPool
+from kinoray.cluster.progress import ChunkEvent, JobRecord, JobState
+from kinoray.cluster.workers import EncoderWorker, JobSpec, WorkerCapabilities, WorkItem
 
-__all__ = ["ensure_ray", "ray_executor"]
+__all__ = [
+    "ChunkEvent",
+    "EncoderWorker",
+    "JobRecord",
+    "JobSpec",
+    "JobState",
+    "NodeResources",
+    "PoolLayout",
+    "TranscodeJob",
+    "WorkItem",
+    "WorkerCapabilities",
+    "WorkerPool",
+    "ensure_ray",
+    "order_work",
+    "ray_executor",
+    "transcode",
+]

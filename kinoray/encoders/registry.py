@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -66,25 +67,30 @@ def available_encoders() -> dict[str, Capability]:
     return {f"{codec}/{name}": probe_backend(codec, name) for codec, name in sorted(_REGISTRY)}
 
 
-def select_encoder(codec: str, requested: str = "auto") -> EncoderChoice:
+def select_encoder(codec: str, requested: str = "auto",
+                   probe: Callable[[str, str], Capability] | None = None) -> EncoderChoice:
     """Pick the backend for ``codec``.
 
     ``auto`` prefers NVENC and falls back to the CPU encoder when NVENC's probe fails (no GPU, no driver,
     or an H100/A100-class GPU without NVENC); the fallback is logged and counted. A named backend must be
     usable or :class:`EncoderUnavailableError` is raised — no silent substitution.
+
+    ``probe`` answers "can (codec, backend) run?"; by default this process's own probe. The cluster passes one
+    that asks its workers, so the choice reflects the machines that will encode, not the coordinator's.
     """
+    probe = probe or probe_backend
     if codec not in _CPU_DEFAULT:
         raise EncoderUnavailableError(f"unknown codec {codec!r}; choose one of {sorted(_CPU_DEFAULT)}")
     if requested != "auto":
-        capability = probe_backend(codec, requested)
+        capability = probe(codec, requested)
         if not capability.available:
             raise EncoderUnavailableError(f"encoder {requested} cannot run here: {capability.reason}")
         return EncoderChoice(get_backend(codec, requested), requested)
-    nvenc_capability = probe_backend(codec, "nvenc")
+    nvenc_capability = probe(codec, "nvenc")
     if nvenc_capability.available:
         return EncoderChoice(get_backend(codec, "nvenc"), requested)
     cpu = _CPU_DEFAULT[codec]
-    capability = probe_backend(codec, cpu)
+    capability = probe(codec, cpu)
     if not capability.available:
         raise EncoderUnavailableError(f"no usable {codec} encoder: nvenc: {nvenc_capability.reason}; "
                                       f"{cpu}: {capability.reason}")

@@ -6,7 +6,7 @@ import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import av
 import av.video.reformatter
@@ -17,11 +17,14 @@ from kinoray.media.ladder import Rendition
 from kinoray.media.plan import Chunk, ChunkPlan
 from kinoray.media.probe import VideoStreamInfo, corrupt_packet_error, open_input, stream_at
 
-__all__ = ["ChunkDecodeStats", "RenditionScaler", "decode_chunk_frames"]
+__all__ = ["ChunkDecodeStats", "RenditionScaler", "Scaler", "decode_chunk_frames", "plane_array", "write_plane"]
 
 log = logging.getLogger(__name__)
 
-_BICUBIC = av.video.reformatter.Interpolation.BICUBIC
+# BITEXACT|ACCURATE_RND: swscale otherwise picks SIMD or C paths by buffer alignment, whose rounding differs,
+# so the same frame could scale (and encode) differently from one run or machine to the next.
+_BICUBIC = (av.video.reformatter.Interpolation.BICUBIC | av.video.reformatter.Interpolation.ACCURATE_RND
+            | av.video.reformatter.Interpolation.BITEXACT)
 
 
 @dataclass
@@ -156,6 +159,14 @@ def _frames(packets: Iterator[av.Packet]) -> Iterator[av.VideoFrame]:
         yield from frames
 
 
+class Scaler(Protocol):
+    """Source frame in, one ``yuv420p`` frame per rendition out (largest first)."""
+
+    name: str
+
+    def scale(self, frame: av.VideoFrame) -> list[av.VideoFrame]: ...
+
+
 class RenditionScaler:
     """Turns decoded source frames into one ``yuv420p`` frame per rendition.
 
@@ -167,6 +178,7 @@ class RenditionScaler:
     def __init__(self, video: VideoStreamInfo, renditions: tuple[Rendition, ...]) -> None:
         if not renditions:
             raise ValueError("at least one rendition is needed")
+        self.name = "swscale"
         self.rotation = video.rotation
         self.renditions = renditions
         self.colorspace = video.colorspace
@@ -179,11 +191,11 @@ class RenditionScaler:
         if source.width % 2 or source.height % 2:
             source = source.reformat(width=source.width & ~1, height=source.height & ~1)
         turns = {90: 1, 180: 2, 270: 3}[self.rotation]  # counter-clockwise quarter turns, as np.rot90
-        planes = [np.rot90(_plane_array(source, i), k=turns) for i in range(3)]
+        planes = [np.rot90(plane_array(source, i), k=turns) for i in range(3)]
         width, height = planes[0].shape[1], planes[0].shape[0]
         rotated = av.VideoFrame(width, height, "yuv420p")
         for index, plane in enumerate(planes):
-            _write_plane(rotated, index, np.ascontiguousarray(plane))
+            write_plane(rotated, index, np.ascontiguousarray(plane))
         return rotated
 
     def scale(self, frame: av.VideoFrame) -> list[av.VideoFrame]:
@@ -193,20 +205,21 @@ class RenditionScaler:
         for rendition in self.renditions:
             if (current.width, current.height, current.format.name) != (rendition.width, rendition.height, "yuv420p"):
                 current = current.reformat(
-                    width=rendition.width, height=rendition.height, format="yuv420p", interpolation=_BICUBIC
+                    width=rendition.width, height=rendition.height, format="yuv420p", interpolation=_BICUBIC,
+                    threads=1,
                 )
             outputs.append(current)
         return outputs
 
 
-def _plane_array(frame: av.VideoFrame, index: int) -> np.ndarray:
+def plane_array(frame: av.VideoFrame, index: int) -> np.ndarray:
     plane = frame.planes[index]
     width = plane.width
     rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane.height, plane.line_size)
     return rows[:, :width]
 
 
-def _write_plane(frame: av.VideoFrame, index: int, data: np.ndarray) -> None:
+def write_plane(frame: av.VideoFrame, index: int, data: np.ndarray) -> None:
     plane = frame.planes[index]
     target = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane.height, plane.line_size)
     target[:, : plane.width] = data

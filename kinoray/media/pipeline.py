@@ -32,7 +32,21 @@ from kinoray.media.probe import MediaInfo, probe
 from kinoray.media.transcode import ChunkResult, EncodeOptions, transcode_chunk
 from kinoray.settings import InputLimits
 
-__all__ = ["Executor", "TranscodeOptions", "TranscodeResult", "sequential_executor", "transcode_file"]
+__all__ = [
+    "AssetPlan",
+    "EncoderUsed",
+    "Executor",
+    "TranscodeOptions",
+    "TranscodeResult",
+    "audio_call",
+    "package_asset",
+    "prepare_asset",
+    "publish_directory",
+    "run_chunk",
+    "sequential_executor",
+    "summarise_asset",
+    "transcode_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +114,7 @@ class TranscodeResult:
     audio: dict[str, Any] | None
     encoder: str | None
     decoders: tuple[str, ...]  # what decoded the chunks ("cpu", "cuda")
+    scalers: tuple[str, ...]  # what scaled them ("swscale", "torch-cuda")
     fallback_from: str | None
     fallback_reason: str | None
     chunks: int
@@ -109,9 +124,50 @@ class TranscodeResult:
     cfr_rule: str | None
     chunk_stats: dict[str, int]
     stage_seconds: dict[str, float]  # wall time of plan (probe+index+plan), encode and package
+    retries: int = 0  # chunk re-runs after a worker or node died (cluster runs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class AssetPlan:
+    """Everything decided before encoding: what the source is, how it is cut, and the ladder."""
+
+    source: str
+    info: MediaInfo
+    plan: ChunkPlan | None  # None for audio-only input
+    ladder: tuple[Rendition, ...]
+    options: TranscodeOptions
+
+    @property
+    def frame_count(self) -> int:
+        return self.plan.frame_count if self.plan else 0
+
+    @property
+    def duration_seconds(self) -> Fraction:
+        if self.plan is not None:
+            return self.plan.duration_seconds
+        return self.info.duration_seconds or Fraction(0)
+
+
+def prepare_asset(source: str, options: TranscodeOptions | None = None) -> AssetPlan:
+    """Probe, index and plan ``source`` (a path or URL) and build its ladder. Reads packets, decodes one frame.
+
+    Raises:
+        InvalidMediaError / MediaLimitError: the input cannot be used.
+    """
+    options = options or TranscodeOptions()
+    info = probe(source, options.limits)
+    plan: ChunkPlan | None = None
+    ladder: tuple[Rendition, ...] = ()
+    if info.video is not None:
+        index = index_keyframes(source, info.video.index)
+        plan = plan_chunks(info, index, segment_seconds=options.segment_seconds,
+                           chunk_seconds=options.chunk_seconds, max_frame_rate=options.max_frame_rate,
+                           parallelism=options.parallelism)
+        ladder = build_ladder(info.video, options.ladder, options.codec)
+    return AssetPlan(source=source, info=info, plan=plan, ladder=ladder, options=options)
 
 
 def _staging_paths(out_dir: Path) -> tuple[Path, Path]:
@@ -119,7 +175,7 @@ def _staging_paths(out_dir: Path) -> tuple[Path, Path]:
     return out_dir.parent / f".{out_dir.name}.staging-{tag}", out_dir.parent / f".{out_dir.name}.work-{tag}"
 
 
-def _publish(staging: Path, out_dir: Path) -> None:
+def publish_directory(staging: Path, out_dir: Path) -> None:
     """Swap the finished staging directory into ``out_dir`` (replacing a previous output at the end)."""
     if out_dir.exists():
         backup = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
@@ -152,64 +208,61 @@ def transcode_file(
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    info = probe(source, options.limits)
-    plan: ChunkPlan | None = None
-    ladder: tuple[Rendition, ...] = ()
-    choice: EncoderChoice | None = None
-    if info.video is not None:
-        index = index_keyframes(source, info.video.index)
-        plan = plan_chunks(info, index, segment_seconds=options.segment_seconds,
-                           chunk_seconds=options.chunk_seconds, max_frame_rate=options.max_frame_rate,
-                           parallelism=options.parallelism)
-        ladder = build_ladder(info.video, options.ladder, options.codec)
-        choice = select_encoder(options.codec, options.encoder)
+    asset = prepare_asset(source, options)
+    choice = select_encoder(options.codec, options.encoder) if asset.plan is not None else None
     staging, work = _staging_paths(out_dir)
     staging.mkdir()
     work.mkdir()
     stages = {"plan": time.perf_counter() - started}
     try:
         mark = time.perf_counter()
-        chunk_results, audio = _encode(info, plan, ladder, choice, work, options, executor, progress)
+        chunk_results, audio = _encode(asset, choice, work, executor, progress)
         stages["encode"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        tracks, audio_track = _package(info, plan, ladder, chunk_results, audio, staging, options)
-        _publish(staging, out_dir)
+        tracks, audio_track = package_asset(asset, chunk_results, audio, staging)
+        publish_directory(staging, out_dir)
         stages["package"] = time.perf_counter() - mark
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    wall = time.perf_counter() - started
-    return _summarise(info, plan, ladder, choice, chunk_results, audio, tracks, audio_track, out_dir, wall,
-                      stages)
+    return summarise_asset(asset, EncoderUsed.of(choice), chunk_results, audio, tracks, audio_track, out_dir,
+                           time.perf_counter() - started, stages)
+
+
+@dataclass(frozen=True)
+class EncoderUsed:
+    """Which encoder ran an asset's chunks, and what it replaced (for the result and the job record)."""
+
+    name: str | None
+    fallback_from: str | None = None
+    fallback_reason: str | None = None
+
+    @classmethod
+    def of(cls, choice: EncoderChoice | None) -> EncoderUsed:
+        if choice is None:
+            return cls(None)
+        return cls(choice.name, choice.fallback_from, choice.fallback_reason)
 
 
 def _encode(
-    info: MediaInfo,
-    plan: ChunkPlan | None,
-    ladder: tuple[Rendition, ...],
+    asset: AssetPlan,
     choice: EncoderChoice | None,
     work: Path,
-    options: TranscodeOptions,
     executor: Executor,
     progress: ProgressCallback | None,
 ) -> tuple[list[ChunkResult], AudioResult | None]:
+    info, plan, options = asset.info, asset.plan, asset.options
     calls: list[Callable[[], Any]] = []
     if plan is not None and choice is not None:
-        # Longest-first is moot for equal chunks; the first chunks go first so playback could start early.
         calls += [
-            functools.partial(run_chunk, plan, chunk.index, ladder, options.codec, choice.name, str(work),
+            functools.partial(run_chunk, plan, chunk.index, asset.ladder, options.codec, choice.name, str(work),
                               options.encode_options())
             for chunk in plan.chunks
         ]
     if info.audio is not None:
-        calls.append(functools.partial(
-            encode_audio, info.path, info.audio, work / "audio" / "audio",
-            origin_seconds=plan.origin_seconds if plan else None,
-            duration_seconds=plan.duration_seconds if plan else None,
-            bitrate=options.audio_bitrate,
-        ))
+        calls.append(functools.partial(audio_call(asset), work / AUDIO_DIR / "audio"))
     results: dict[int, Any] = {}
     total = plan.frame_count if plan else 1
     done = 0
@@ -224,6 +277,17 @@ def _encode(
     return chunk_results, audio
 
 
+def audio_call(asset: AssetPlan) -> Callable[[Path], AudioResult]:
+    """``encode_audio`` for ``asset`` on the video's timeline, waiting only for the output base path."""
+    assert asset.info.audio is not None
+    return functools.partial(
+        encode_audio, asset.info.path, asset.info.audio,
+        origin_seconds=asset.plan.origin_seconds if asset.plan else None,
+        duration_seconds=asset.plan.duration_seconds if asset.plan else None,
+        bitrate=asset.options.audio_bitrate,
+    )
+
+
 def run_chunk(plan: ChunkPlan, chunk_index: int, ladder: tuple[Rendition, ...], codec: str, backend: str,
               work_dir: str, options: EncodeOptions) -> ChunkResult:
     """Picklable entry point for one chunk (what an executor ships to a worker)."""
@@ -231,15 +295,15 @@ def run_chunk(plan: ChunkPlan, chunk_index: int, ladder: tuple[Rendition, ...], 
                            work_dir=Path(work_dir), options=options)
 
 
-def _package(
-    info: MediaInfo,
-    plan: ChunkPlan | None,
-    ladder: tuple[Rendition, ...],
+def package_asset(
+    asset: AssetPlan,
     chunk_results: list[ChunkResult],
     audio: AudioResult | None,
     staging: Path,
-    options: TranscodeOptions,
 ) -> tuple[list[Track], Track | None]:
+    """Stitch the chunks' packets into CMAF tracks and write the HLS/DASH manifests and static renditions
+    into ``staging`` (a local directory; publishing it is the caller's move)."""
+    plan, ladder, options = asset.plan, asset.ladder, asset.options
     segment_seconds = Fraction(options.segment_seconds).limit_denominator(1000)
     tracks: list[Track] = []
     if plan is not None:
@@ -274,10 +338,12 @@ def _package(
     return tracks, audio_track
 
 
-def _summarise(info: MediaInfo, plan: ChunkPlan | None, ladder: tuple[Rendition, ...], choice: EncoderChoice | None,
-               chunk_results: list[ChunkResult], audio: AudioResult | None, tracks: list[Track],
-               audio_track: Track | None, out_dir: Path, wall: float,
-               stages: dict[str, float]) -> TranscodeResult:
+def summarise_asset(asset: AssetPlan, encoder: EncoderUsed, chunk_results: list[ChunkResult],
+                    audio: AudioResult | None, tracks: list[Track], audio_track: Track | None, out_dir: Path | str,
+                    wall: float, stages: dict[str, float], retries: int = 0) -> TranscodeResult:
+    """The :class:`TranscodeResult` of a finished asset (``out_dir`` may be a URL)."""
+    plan = asset.plan
+    out = str(out_dir).rstrip("/")
     duration = float(plan.duration_seconds if plan else (audio.duration_seconds if audio else 0))
     renditions = tuple(
         RenditionSummary(
@@ -291,10 +357,10 @@ def _summarise(info: MediaInfo, plan: ChunkPlan | None, ladder: tuple[Rendition,
     stats = {key: sum(getattr(r, f"{key}_frames") for r in chunk_results)
              for key in ("decoded", "preroll", "repeated", "dropped", "concealed")}
     return TranscodeResult(
-        out_dir=str(out_dir),
-        master_playlist=str(out_dir / "master.m3u8"),
-        dash_manifest=str(out_dir / "manifest.mpd"),
-        static_rendition=str(out_dir / (STATIC_VIDEO if plan else STATIC_AUDIO)),
+        out_dir=out,
+        master_playlist=f"{out}/master.m3u8",
+        dash_manifest=f"{out}/manifest.mpd",
+        static_rendition=f"{out}/{STATIC_VIDEO if plan else STATIC_AUDIO}",
         duration_seconds=duration,
         frames=plan.frame_count if plan else 0,
         frame_rate=str(plan.frame_rate) if plan else None,
@@ -304,10 +370,11 @@ def _summarise(info: MediaInfo, plan: ChunkPlan | None, ladder: tuple[Rendition,
             "codec_string": audio_track.codec_string, "channels": audio.channels,
             "sample_rate": audio.sample_rate, "bandwidth": audio_track.peak_bandwidth,
             "segments": len(audio_track.segments), "duration_seconds": float(audio.duration_seconds)},
-        encoder=choice.name if choice else None,
+        encoder=encoder.name,
         decoders=tuple(sorted({r.decoder for r in chunk_results})),
-        fallback_from=choice.fallback_from if choice else None,
-        fallback_reason=choice.fallback_reason if choice else None,
+        scalers=tuple(sorted({r.scaler for r in chunk_results})),
+        fallback_from=encoder.fallback_from,
+        fallback_reason=encoder.fallback_reason,
         chunks=len(chunk_results),
         wall_seconds=wall,
         encode_cpu_seconds=sum(r.cpu_seconds for r in chunk_results),
@@ -315,6 +382,7 @@ def _summarise(info: MediaInfo, plan: ChunkPlan | None, ladder: tuple[Rendition,
         cfr_rule=plan.cfr_rule if plan else None,
         chunk_stats=stats,
         stage_seconds=stages,
+        retries=retries,
     )
 
 

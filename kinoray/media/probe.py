@@ -10,8 +10,9 @@ from typing import Any
 
 import av
 
-from kinoray.errors import InvalidMediaError, MediaLimitError
+from kinoray.errors import InvalidMediaError, MediaLimitError, StorageError
 from kinoray.settings import InputLimits
+from kinoray.store.objects import is_local_url, open_url, url_size
 
 __all__ = [
     "AudioStreamInfo",
@@ -107,11 +108,28 @@ class MediaInfo:
 
 
 def open_input(path: str, **kwargs: Any) -> av.container.InputContainer:
-    """``av.open`` for reading, with FFmpeg errors turned into :class:`InvalidMediaError`."""
+    """``av.open`` for reading a path or a ``file://``, ``s3://`` or ``http(s)://`` URL (remote objects are read
+    through a seekable fsspec file object, so only the byte ranges the demuxer asks for are fetched), with
+    FFmpeg errors turned into :class:`InvalidMediaError`."""
+    if is_local_url(path):
+        try:
+            return av.open(path.removeprefix("file://"), mode="r", **kwargs)
+        except av.FFmpegError as e:
+            raise InvalidMediaError(f"not a readable media file ({e.strerror or e}): {_name(path)}") from e
     try:
-        return av.open(path, mode="r", **kwargs)
+        reader = open_url(path)
+    except StorageError as e:
+        raise InvalidMediaError(f"cannot read input {path}: {e}") from e
+    try:
+        container = av.open(reader, mode="r", **kwargs)
     except av.FFmpegError as e:
-        raise InvalidMediaError(f"not a readable media file ({e.strerror or e}): {os.path.basename(path)}") from e
+        reader.close()
+        raise InvalidMediaError(f"not a readable media file ({e.strerror or e}): {_name(path)}") from e
+    return container  # the container holds the reader; both go when it is closed and dropped
+
+
+def _name(path: str) -> str:
+    return os.path.basename(path.rstrip("/"))
 
 
 def corrupt_packet_error(kind: str, packet: av.Packet, error: av.FFmpegError) -> InvalidMediaError:
@@ -212,9 +230,9 @@ def probe(path: str, limits: InputLimits | None = None) -> MediaInfo:
     """
     limits = limits or InputLimits()
     try:
-        size = os.path.getsize(path)
-    except OSError as e:
-        raise InvalidMediaError(f"cannot read input: {e.strerror}") from e
+        size = url_size(path)
+    except (OSError, StorageError) as e:
+        raise InvalidMediaError(f"cannot read input: {getattr(e, 'strerror', None) or e}") from e
     if size == 0:
         raise InvalidMediaError("input file is empty (0 bytes)")
     container = open_input(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,11 @@ from kinoray.encoders.base import EncoderBackend, EncoderSession, EncoderSetting
 from kinoray.encoders.nvenc import nvdec_hwaccel
 from kinoray.errors import EncoderUnavailableError, FrameMismatchError, TranscodeError
 from kinoray.logs import native_output_to_logging
-from kinoray.media.frames import ChunkDecodeStats, RenditionScaler, decode_chunk_frames
+from kinoray.media.frames import ChunkDecodeStats, RenditionScaler, Scaler, decode_chunk_frames
 from kinoray.media.ladder import Rendition
 from kinoray.media.packets import PacketStoreWriter, StreamParameters
 from kinoray.media.plan import Chunk, ChunkPlan
+from kinoray.media.probe import VideoStreamInfo
 
 __all__ = ["ChunkResult", "EncodeOptions", "RenditionChunk", "chunk_store_path", "transcode_chunk"]
 
@@ -70,6 +72,7 @@ class ChunkResult:
     encoder: str
     codec: str
     decoder: str  # "cpu" or the hwaccel device type that decoded ("cuda")
+    scaler: str  # "swscale" or "torch-<device>"
     decoded_frames: int
     preroll_frames: int
     repeated_frames: int
@@ -97,12 +100,16 @@ def transcode_chunk(
     work_dir: Path,
     options: EncodeOptions | None = None,
     hwaccel: Any | None = None,
+    scaler: Callable[[VideoStreamInfo, tuple[Rendition, ...]], Scaler] = RenditionScaler,
 ) -> ChunkResult:
     """Encode ``chunk`` for every rendition of ``ladder`` with ``encoder``; outputs go under ``work_dir``.
 
     Every segment start gets a forced IDR and the encoder is configured with no other keyframes, so all
     renditions switch at identical times. The result is checked before it is committed: exactly
     ``chunk.frame_count`` packets per rendition and keyframes exactly on the segment grid.
+
+    ``scaler`` builds the frame scaler (swscale by default; the GPU workers pass a torch one). ``hwaccel``
+    overrides ``options.decoder`` with an already-probed hardware decoder.
 
     Raises:
         InvalidMediaError: the source range cannot be decoded.
@@ -113,7 +120,7 @@ def transcode_chunk(
     if hwaccel is None:
         hwaccel = resolve_decoder(options.decoder)
     with native_output_to_logging():
-        return _transcode_chunk(plan, chunk, ladder, encoder, work_dir, options, hwaccel)
+        return _transcode_chunk(plan, chunk, ladder, encoder, work_dir, options, hwaccel, scaler)
 
 
 def resolve_decoder(decoder: str) -> Any | None:
@@ -129,10 +136,11 @@ def resolve_decoder(decoder: str) -> Any | None:
 
 
 def _transcode_chunk(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...], encoder: EncoderBackend,
-                     work_dir: Path, options: EncodeOptions, hwaccel: Any | None) -> ChunkResult:
+                     work_dir: Path, options: EncodeOptions, hwaccel: Any | None,
+                     make_scaler: Callable[[VideoStreamInfo, tuple[Rendition, ...]], Scaler]) -> ChunkResult:
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     stats = ChunkDecodeStats()
-    scaler = RenditionScaler(plan.video, ladder)
+    scaler = make_scaler(plan.video, ladder)
     sessions: list[EncoderSession] = []
     writers: list[PacketStoreWriter] = []
     keyframes: list[list[int]] = [[] for _ in ladder]
@@ -190,6 +198,7 @@ def _transcode_chunk(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...
         encoder=encoder.name,
         codec=options.codec,
         decoder=stats.hwaccel or "cpu",
+        scaler=scaler.name,
         decoded_frames=stats.decoded,
         preroll_frames=stats.preroll,
         repeated_frames=stats.repeated,

@@ -1,0 +1,248 @@
+"""The Ray cluster layer on a real multi-node cluster (``ray.cluster_utils.Cluster``, three raylets here).
+
+Faults are real: a worker process is SIGKILLed mid-chunk, a node's raylet is removed mid-job. The output of a
+faulted run must be byte-identical to a clean one (x264 with fixed settings is deterministic — checked too),
+and to the in-process engine's. One node advertises a GPU to Ray; its worker probes for real (no CUDA here),
+so it reports CPU decode/scale/encode — the scheduling of GPU workers is exercised, no encoder is faked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import ray
+
+from kinoray.cluster import ChunkEvent, JobState, NodeResources, PoolLayout, TranscodeJob, order_work
+from kinoray.cluster.workers import DETERMINISTIC_HEAP
+from kinoray.errors import InvalidMediaError, JobCancelledError, WorkerLostError
+from kinoray.media.pipeline import TranscodeOptions, prepare_asset
+from kinoray.settings import ClusterSettings, Settings
+from kinoray.store import ObjectStore
+from tests import oracles
+from tests.media import MediaSpec, make_bad_media, make_media
+
+SOURCE = MediaSpec(name="cluster_source", width=640, height=360, duration_s=Fraction(16), gop=30)
+# 8 chunks of one 2 s segment: enough items that faults land mid-job.
+OPTIONS = TranscodeOptions(ladder=(360, 240), segment_seconds=2, chunk_seconds=2, parallelism=3)
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server, tmp_path_factory):
+    """Head (1 CPU) + a CPU node (1 CPU) + a node advertising 1 GPU (1 CPU); the driver connected to it."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cpu_node = cluster.add_node(num_cpus=1)
+    gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        yield cluster, cpu_node, gpu_node
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def source(media_dir) -> Path:
+    return make_media(SOURCE, media_dir)
+
+
+def settings_for(tmp_path: Path, **cluster: object) -> Settings:
+    base = Settings(data_dir=tmp_path / "data")
+    return base.model_copy(update={
+        "cluster": ClusterSettings(gpu_sessions_per_gpu=1, worker_start_timeout_seconds=60, **cluster)})
+
+
+@pytest.fixture(scope="module")
+def reference(source, tmp_path_factory) -> dict[str, str]:
+    """The in-process engine's output for the same plan (no Ray at all), in a process started with the same
+    deterministic-heap setting as the workers."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    code = ("import sys; from kinoray.media.pipeline import TranscodeOptions, transcode_file; "
+            "from kinoray.settings import InputLimits; "
+            f"transcode_file(sys.argv[1], sys.argv[2], {OPTIONS!r})")
+    env = {**os.environ, **DETERMINISTIC_HEAP}
+    subprocess.run([sys.executable, "-c", code, str(source), str(out)], check=True, env=env, timeout=300)
+    return digest(out)
+
+
+def test_pool_layout_follows_node_resources():
+    settings = ClusterSettings(gpu_sessions_per_gpu=2)
+    nodes = [NodeResources("head", 0, 0), NodeResources("a", 4, 0), NodeResources("g", 8, 1)]
+    layout = PoolLayout.from_cluster(settings, nodes)
+    assert (layout.gpu_workers, layout.cpu_workers) == (2, 10)
+    assert layout.workers[:2] == (("g", "gpu"), ("g", "gpu"))
+    assert not any(node == "head" for node, _ in layout.workers)
+    # a short pool is spread over nodes, not packed on the first
+    assert {node for node, _ in layout.limited(4).workers[2:]} == {"a", "g"}
+    assert PoolLayout.from_cluster(ClusterSettings(max_workers=3), nodes).total == 3
+    with pytest.raises(Exception, match="no CPU"):
+        PoolLayout.from_cluster(settings, [NodeResources("head", 0, 0)])
+
+
+def test_dispatch_order_first_chunk_then_audio_then_longest(source):
+    asset = prepare_asset(str(source), replace(OPTIONS, chunk_seconds=6, parallelism=None))
+    items = order_work(asset)
+    assert items[0].kind == "video" and items[0].index == 0
+    assert items[1].kind == "audio"
+    rest = items[2:]
+    assert [i.cost for i in rest] == sorted((i.cost for i in rest), reverse=True)
+    assert sorted(i.index for i in items if i.kind == "video") == list(range(len(asset.plan.chunks)))
+
+
+def test_cluster_output_identical_to_engine_and_deterministic(cluster, source, reference, tmp_path):
+    settings = settings_for(tmp_path)
+    for run in range(2):
+        records: list = []
+        out = tmp_path / f"out{run}"
+        job = TranscodeJob(str(source), str(out), OPTIONS, settings=settings, on_update=records.append)
+        result = job.run()
+        assert digest(out) == reference, f"run {run} differs from the in-process engine"
+        assert result.retries == 0 and result.chunks == 8
+    # The GPU-advertising node got a GPU worker, which probed honestly and fell back to CPU everything.
+    assert records[-1].state is JobState.READY and records[-1].workers == 3
+    assert records[-1].encoder == "libx264" and records[-1].fallback_from == "nvenc"
+    assert records[-1].decoders == ("cpu",) and records[-1].scalers == ("swscale",)
+    done = [r.frames_done for r in records if r.state is JobState.ENCODING]
+    assert done == sorted(done) and records[-1].frames_done == records[-1].frames_total == 480
+    assert oracles.count_frames(tmp_path / "out0" / "360p" / "index.m3u8") == 480
+    assert not list((tmp_path / "data" / "work" / "jobs").iterdir()), "work prefix not cleaned"
+
+
+def _kill_on(predicate, action):
+    """An on_event hook that runs ``action(event)`` in a thread for the first event matching ``predicate``."""
+    fired = threading.Event()
+
+    def hook(event: ChunkEvent) -> None:
+        if not fired.is_set() and predicate(event):
+            fired.set()
+            threading.Thread(target=action, args=(event,), daemon=True).start()
+
+    return hook, fired
+
+
+def test_worker_killed_mid_chunk_is_retried_and_output_identical(cluster, source, reference, tmp_path):
+    def kill(event: ChunkEvent) -> None:
+        time.sleep(0.3)  # let it get into the encode
+        os.kill(event.worker_pid, signal.SIGKILL)
+
+    hook, fired = _kill_on(lambda e: e.kind == "dispatched" and e.chunk_index == 3, kill)
+    events: list[ChunkEvent] = []
+    job = TranscodeJob(str(source), str(tmp_path / "out"), OPTIONS, settings=settings_for(tmp_path),
+                       on_event=lambda e: (events.append(e), hook(e)))
+    result = job.run()
+    assert fired.is_set()
+    assert result.retries >= 1 and job.record.retries == result.retries
+    assert any(e.kind == "retry" and e.chunk_index == 3 for e in events)
+    assert digest(tmp_path / "out") == reference
+
+
+def test_always_dying_chunk_errors_the_asset_without_hanging(cluster, source, tmp_path):
+    def kill(event: ChunkEvent) -> None:
+        os.kill(event.worker_pid, signal.SIGKILL)
+
+    def hook(event: ChunkEvent) -> None:
+        if event.kind == "dispatched" and event.chunk_index == 5:
+            threading.Thread(target=kill, args=(event,), daemon=True).start()
+
+    out = tmp_path / "out"
+    job = TranscodeJob(str(source), str(out), OPTIONS, settings=settings_for(tmp_path, chunk_retries=1),
+                       on_event=hook)
+    started = time.monotonic()
+    with pytest.raises(WorkerLostError, match="chunk 5 failed 2 times"):
+        job.run()
+    assert time.monotonic() - started < 120
+    assert job.record.state is JobState.ERRORED and job.record.error_type == "worker_lost"
+    assert not out.exists(), "nothing may be published for an errored asset"
+    assert not list((tmp_path / "data" / "work" / "jobs").iterdir())
+
+
+def test_corrupt_chunk_errors_with_its_reason_and_is_not_retried(cluster, media_dir, tmp_path):
+    bad = make_bad_media("corrupt", media_dir)
+    events: list[ChunkEvent] = []
+    job = TranscodeJob(str(bad), str(tmp_path / "out"), replace(OPTIONS, ladder=(180,), chunk_seconds=2),
+                       settings=settings_for(tmp_path), on_event=events.append)
+    with pytest.raises(InvalidMediaError, match=r"chunk \d+: the video data is corrupt"):
+        job.run()
+    assert job.record.state is JobState.ERRORED and job.record.error_type == "invalid_media"
+    assert job.record.retries == 0 and not any(e.kind == "retry" for e in events)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cancel_stops_chunks_and_cleans_temporary_outputs(cluster, source, tmp_path):
+    out = tmp_path / "out"
+    holder: dict[str, TranscodeJob] = {}
+    hook, fired = _kill_on(lambda e: e.kind == "done" and e.chunk_index is not None,
+                           lambda e: holder["job"].cancel())
+    job = TranscodeJob(str(source), str(out), OPTIONS, settings=settings_for(tmp_path), on_event=hook)
+    holder["job"] = job
+    with pytest.raises(JobCancelledError):
+        job.run()
+    assert fired.is_set() and job.record.state is JobState.CANCELLED
+    assert job.record.chunks_done < job.record.chunks_total
+    assert not out.exists()
+    assert not list((tmp_path / "data" / "work" / "jobs").iterdir())
+    # its workers are gone: the cluster's CPUs come back
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 3
+
+
+def test_s3_input_work_and_output(cluster, source, s3_bucket, tmp_path):
+    """Workers read the source from S3 by range, commit chunks to an S3 work prefix, and the package is
+    published to S3 with manifests last; the result equals the local run."""
+    bucket = ObjectStore(f"s3://{s3_bucket}")
+    bucket.put_file(source, "in/source.mp4")
+    settings = settings_for(tmp_path)
+    settings = settings.model_copy(update={"storage": settings.storage.model_copy(
+        update={"work_url": f"s3://{s3_bucket}/work", "s3_endpoint_url": os.environ["KINORAY_STORAGE__S3_ENDPOINT_URL"]})})
+    output = f"s3://{s3_bucket}/assets/a1"
+    result = TranscodeJob(f"s3://{s3_bucket}/in/source.mp4", output, OPTIONS, settings=settings).run()
+    assert result.master_playlist == f"{output}/master.m3u8"
+    keys = bucket.list()
+    assert not [k for k in keys if k.startswith("work/")], "work prefix not cleaned"
+    assert not list(bucket.iter_temporary())
+    local = tmp_path / "downloaded"
+    for key in bucket.list("assets/a1"):
+        bucket.get_file(key, local / key.removeprefix("assets/a1/"))
+    assert oracles.count_frames(local / "240p" / "index.m3u8") == 480
+    # A re-publish to the same prefix replaces it completely (no stale keys).
+    assert "assets/a1/master.m3u8" in keys
+
+
+def test_node_removed_mid_job_output_identical(cluster, source, reference, tmp_path):
+    """Runs last in this module: it takes a node away (and adds a fresh one back for whatever follows)."""
+    the_cluster, cpu_node, _ = cluster
+    node_id = cpu_node.node_id
+
+    def remove(event: ChunkEvent) -> None:
+        time.sleep(0.3)
+        the_cluster.remove_node(cpu_node, allow_graceful=False)
+
+    hook, fired = _kill_on(lambda e: e.kind == "dispatched" and e.worker_node == node_id
+                           and e.chunk_index not in (None, 0), remove)
+    job = TranscodeJob(str(source), str(tmp_path / "out"), OPTIONS, settings=settings_for(tmp_path),
+                       on_event=hook)
+    result = job.run()
+    assert fired.is_set()
+    assert result.retries >= 1
+    assert digest(tmp_path / "out") == reference
+    the_cluster.add_node(num_cpus=1)
+    the_cluster.wait_for_nodes()
