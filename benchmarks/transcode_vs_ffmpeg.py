@@ -15,8 +15,8 @@ process (kinoray: a fresh driver with a fresh local Ray), so no run inherits ano
 
 Definitions (also written into the JSON):
 
-* wall: kinoray = the ``transcode_file`` call with Ray already started and its workers warm (a long-lived
-  cluster, which is how the product runs); ``wall_cold_s`` adds ``ray.init`` and worker warm-up.
+* wall: kinoray = ``TranscodeJob.run()`` on a running Ray (a long-lived cluster, which is how the product
+  runs; the job starts and probes its own encoder actors, which is counted); ``wall_cold_s`` adds ``ray.init``.
   ffmpeg = the CLI process from exec to exit. wall ratio = kinoray wall ÷ ffmpeg wall (target ≤ 0.95).
 * CPU seconds: ffmpeg = its rusage (``os.wait4``). kinoray = CPU of the driver + Ray worker processes over
   the timed call, read from ``/proc/<pid>/stat`` of the driver's process tree (sampled every 0.2 s, plus
@@ -246,15 +246,6 @@ class TreeSampler:
 # ------------------------------------------------------------------------------------- child processes
 
 
-def _warm_worker() -> int:
-    """Run once per Ray worker before timing: imports what a chunk task needs."""
-    import kinoray.encoders  # noqa: F401
-    import kinoray.media.pipeline  # noqa: F401
-
-    time.sleep(0.5)  # long enough that every worker gets one of the warm-up calls
-    return os.getpid()
-
-
 def _options(spec: dict[str, Any]) -> Any:
     from kinoray.media import TranscodeOptions
 
@@ -273,19 +264,19 @@ def child_ray(spec: dict[str, Any]) -> dict[str, Any]:
     """One kinoray transcode on a fresh local Ray with ``cores`` CPUs, measured over its process tree."""
     import ray
 
-    from kinoray.cluster import ray_executor
-    from kinoray.media import transcode_file
+    from kinoray.cluster import TranscodeJob, ensure_ray
+    from kinoray.settings import ClusterSettings, Settings
 
     shutil.rmtree(spec["out"], ignore_errors=True)
-    executor = ray_executor(spec["cores"])
     started = time.perf_counter()
-    warm_pids = {pid for _, pid in executor([_warm_worker] * (2 * spec["cores"]))}
+    ensure_ray(spec["cores"])
     ray_start = time.perf_counter() - started
+    settings = Settings().model_copy(update={"cluster": ClusterSettings(max_workers=spec["cores"])})
     load = os.getloadavg()
     with TreeSampler() as sampler:
         busy0 = _busy_cpu_seconds()
         t0 = time.perf_counter()
-        result = transcode_file(spec["source"], spec["out"], _options(spec), executor=executor)
+        result = TranscodeJob(spec["source"], spec["out"], _options(spec), settings=settings).run()
         wall = time.perf_counter() - t0
         busy = _busy_cpu_seconds() - busy0
     cpu = sampler.cpu()
@@ -293,7 +284,7 @@ def child_ray(spec: dict[str, Any]) -> dict[str, Any]:
     own = cpu["driver"] + cpu["worker"]
     return {
         "wall_s": wall, "wall_cold_s": wall + ray_start, "ray_start_and_warmup_s": ray_start,
-        "warm_workers": len(warm_pids), "loadavg_before": load,
+        "loadavg_before": load,
         "cpu_s": own, "driver_cpu_s": cpu["driver"], "worker_cpu_s": cpu["worker"],
         "ray_daemon_cpu_s": cpu["daemon"], "sampler_cpu_s": sampler.sampler_cpu, "samples": sampler.samples,
         "foreign_cpu_s": max(0.0, busy - own - cpu["daemon"] - sampler.sampler_cpu),
@@ -768,7 +759,7 @@ def run(args: argparse.Namespace) -> None:
                                      "variant; kinoray likewise writes audio/ once"},
         "definitions": {
             "wall_ratio": "kinoray wall_s / ffmpeg wall_s; kinoray wall_s = transcode_file() with Ray started "
-                          "and workers warm; wall_cold_s adds ray.init + warm-up",
+                          "(the job's actor start and probes included); wall_cold_s adds ray.init",
             "cpu_efficiency": "one_thread_cpu_s / (wall_s * cores); one_thread_cpu_s = kinoray "
                               "encode_cpu_seconds run with sequential_executor as a single chunk, 1 thread "
                               "per decoder/encoder (decode + scale + 4 encodes; no audio, no chunk pre-roll)",
@@ -848,7 +839,7 @@ def print_report(console: Any, report: dict[str, Any], args: argparse.Namespace)
     console.print(f"1-thread ladder cost (kinoray sequential, one chunk): {report['one_thread_cpu_s']:.1f} CPU s "
                   f"({serial['wall_s']:.1f} s wall); kinoray on Ray: {ours['chunks']} chunks, worker CPU "
                   f"{ours['worker_cpu_s']:.1f} s, driver {ours['driver_cpu_s']:.1f} s, Ray daemons "
-                  f"{ours['ray_daemon_cpu_s']:.1f} s; Ray start + warm-up {ours['ray_start_and_warmup_s']:.1f} s")
+                  f"{ours['ray_daemon_cpu_s']:.1f} s; Ray start {ours['ray_start_and_warmup_s']:.1f} s")
     stages = ours.get("stage_seconds") or {}
     if stages:
         console.print("kinoray stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())

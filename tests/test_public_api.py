@@ -4,7 +4,8 @@ import importlib
 
 import pytest
 
-PACKAGES = ["kinoray", "kinoray.media", "kinoray.encoders", "kinoray.cluster", "kinoray.errors", "kinoray.settings"]
+PACKAGES = ["kinoray", "kinoray.media", "kinoray.encoders", "kinoray.cluster", "kinoray.store", "kinoray.errors",
+            "kinoray.settings"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
@@ -29,5 +30,6 @@ def test_media_never_imports_ray() -> None:
     import subprocess
     import sys
 
-    code = "import sys, kinoray.media, kinoray.encoders; sys.exit(1 if 'ray' in sys.modules else 0)"
+    code = ("import sys, kinoray.media, kinoray.encoders, kinoray.store, kinoray.media.torch_scale; "
+            "sys.exit(1 if 'ray' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "kinoray.media must stay Ray-free"

@@ -4,7 +4,7 @@ With ``jobs`` and ``serve``, the only packages that import Ray.
 """
 
 from kinoray.cluster.coordinator import TranscodeJob, order_work, transcode
-from kinoray.cluster.local import ensure_ray, ray_executor
+from kinoray.cluster.local import ensure_ray
 from kinoray.cluster.pool import NodeResources, PoolLayout, WorkerPool
 from kinoray.cluster.progress import ChunkEvent, JobRecord, JobState
 from kinoray.cluster.workers import EncoderWorker, JobSpec, WorkerCapabilities, WorkItem
@@ -23,6 +23,5 @@ __all__ = [
     "WorkerPool",
     "ensure_ray",
     "order_work",
-    "ray_executor",
     "transcode",
 ]

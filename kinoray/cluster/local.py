@@ -1,17 +1,13 @@
-"""Run a transcode's chunks as Ray tasks (a local ``ray.init()`` unless already connected)."""
+"""Connecting to Ray: the cluster named by ``RAY_ADDRESS``, or a private local one."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import ray
 
-from kinoray.media.pipeline import Executor
-
-__all__ = ["ensure_ray", "ray_executor"]
+__all__ = ["ensure_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -27,32 +23,3 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=True)
     log.info("ray ready", extra={"resources": ray.cluster_resources()})
-
-
-@ray.remote(num_cpus=1, max_retries=2)
-def _invoke(call: Callable[[], Any]) -> Any:
-    return call()
-
-
-def ray_executor(num_cpus: int | None = None) -> Executor:
-    """An executor that runs each call as a 1-CPU Ray task, yielding results as they complete.
-
-    On a failure the remaining tasks are cancelled and the task's exception (our typed error, wrapped by
-    Ray so ``except InvalidMediaError`` still matches) propagates.
-    """
-
-    def run(calls: list[Callable[[], Any]]) -> Iterator[tuple[int, Any]]:
-        ensure_ray(num_cpus)
-        refs = [_invoke.remote(call) for call in calls]
-        position = {ref: number for number, ref in enumerate(refs)}
-        pending = list(refs)
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    yield position[ref], ray.get(ref)
-        finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-
-    return run
