@@ -284,7 +284,8 @@ def section_scaling(bench: Bench, threads: tuple[int, ...]) -> dict[str, Any]:
             "gain_vs_1_thread": packed[winner]["realtime_encode"] / packed[min(packed)]["realtime_encode"],
         }
         # one run per config on a shared VM varies by a few per cent: call smaller gaps a tie
-        threads_verdict["tie"] = abs(threads_verdict["gain_vs_1_thread"] - 1) < THREADS_TIE
+        rates = [run["realtime_encode"] for run in packed.values()]
+        threads_verdict["tie"] = max(rates) / min(rates) - 1 < THREADS_TIE
     for run in best.values():
         run["realtime_per_ray_cpu"] = run["realtime_encode"] / run["workers"]
         run["realtime_per_busy_core"] = run["realtime_encode"] / run["cores_busy"]

@@ -29,7 +29,7 @@ from kinoray.media.pipeline import TranscodeOptions, prepare_asset
 from kinoray.settings import ClusterSettings, Settings
 from kinoray.store import ObjectStore
 from tests import oracles
-from tests.media import MediaSpec, make_bad_media, make_media
+from tests.media import MATRIX, MediaSpec, make_bad_media, make_media
 
 SOURCE = MediaSpec(name="cluster_source", width=640, height=360, duration_s=Fraction(16), gop=30)
 # 8 chunks of one 2 s segment: enough items that faults land mid-job.
@@ -206,6 +206,21 @@ def test_cancel_stops_chunks_and_cleans_temporary_outputs(cluster, source, tmp_p
     while ray.available_resources().get("CPU", 0) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == 3
+
+
+@pytest.mark.parametrize("clip", ["audio_only", "no_audio"])
+def test_audio_only_and_silent_inputs(cluster, clip, media_dir, tmp_path):
+    source = make_media(MATRIX[clip], media_dir)
+    job = TranscodeJob(str(source), str(tmp_path / "out"), TranscodeOptions(ladder=(180,)),
+                       settings=settings_for(tmp_path))
+    result = job.run()
+    assert job.record.state is JobState.READY
+    if clip == "audio_only":
+        assert result.chunks == 0 and result.encoder is None
+        assert oracles.decoded_audio_seconds(tmp_path / "out" / "audio.m4a") > 5
+    else:
+        assert result.audio is None and not (tmp_path / "out" / "audio").exists()
+        assert oracles.count_frames(tmp_path / "out" / "180p" / "index.m3u8") == job.record.frames_total > 0
 
 
 def test_s3_input_work_and_output(cluster, source, s3_bucket, tmp_path):
