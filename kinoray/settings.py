@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     native_log_level: str = Field(default="WARNING", description="level for FFmpeg/x264/x265/SVT-AV1 lines")
     secret_key: str = _DEV_SECRET
+    database_url: str | None = Field(
+        default=None,
+        description="metadata database (postgresql+psycopg://user@host/db, or sqlite:///path); "
+                    "None = the SQLite file DATA_DIR/kinoray.db",
+    )
     limits: InputLimits = InputLimits()
     transcode: TranscodeDefaults = TranscodeDefaults()
     storage: StorageSettings = StorageSettings()

@@ -113,12 +113,12 @@ class TranscodeJob:
             self._record = self._record.update(**changes)
             record = self._record
         if self.on_update is not None:
-            self.on_update(record)
+            _notify(self.on_update, record)
 
     def _event(self, event: ChunkEvent) -> None:
         log.debug("chunk event", extra={"job": self.job_id, **{k: v for k, v in vars(event).items() if v}})
         if self.on_event is not None:
-            self.on_event(event)
+            _notify(self.on_event, event)
 
     def _check_cancel(self) -> None:
         if self._cancelled.is_set():
@@ -248,7 +248,10 @@ class _Dispatcher:
                         self._finished(ref)
         except BaseException:
             for ref in self.inflight:
-                ray.cancel(ref)
+                try:
+                    ray.cancel(ref)
+                except Exception:  # noqa: BLE001 - the pool is killed next anyway
+                    pass
             raise
         return self.results
 
@@ -302,6 +305,14 @@ class _Dispatcher:
         self.job._event(ChunkEvent("retry", item.label, _chunk(item), pid, node, attempt, error=reason))
         self.job._update(retries=self.job.record.retries + 1)
         self.queue.insert(0, item)
+
+
+def _notify(callback: Callable[[Any], None], payload: Any) -> None:
+    """Call a progress callback; a failing callback is logged, it never fails the job."""
+    try:
+        callback(payload)
+    except Exception:  # noqa: BLE001
+        log.exception("progress callback failed")
 
 
 def _chunk(item: WorkItem) -> int | None:

@@ -1,0 +1,225 @@
+"""The metadata database: engine and sessions from a URL, Alembic migrations, newest-first pages.
+
+SQLite is the embedded default (``sqlite:///DATA_DIR/kinoray.db``), opened with WAL journaling, foreign keys on
+and real transactions (SQLAlchemy emits ``BEGIN``, so SAVEPOINTs work). PostgreSQL is used when
+``KINORAY_DATABASE_URL`` says so; ``postgres://`` and ``postgresql://`` URLs are read as
+``postgresql+psycopg://`` (psycopg 3).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from kinoray.settings import Settings, get_settings
+from kinoray.store.models import Base
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = ["Database", "alembic_config", "database_url", "decode_cursor", "downgrade", "encode_cursor", "migrate",
+           "newest_first"]
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_MIGRATION_LOCK = 0x6B696E6F  # PostgreSQL advisory lock id held while migrating ("kino")
+M = TypeVar("M", bound=Base)
+
+
+def _normalize_url(url: str) -> str:
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """``settings.database_url`` (normalised), or the SQLite file ``DATA_DIR/kinoray.db`` as an absolute path, so
+    processes started in other directories (Ray workers, Serve replicas) open the same file."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        return _normalize_url(settings.database_url)
+    return f"sqlite:///{(Path(settings.data_dir) / 'kinoray.db').resolve()}"
+
+
+def _create_engine(url: str, **options: Any) -> Engine:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        options.setdefault("pool_pre_ping", True)
+        return sa.create_engine(parsed, **options)
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file:")
+    if not in_memory:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    options.setdefault("connect_args", {}).setdefault("timeout", 15)  # seconds to wait for a writer's lock
+    engine = sa.create_engine(parsed, **options)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling defers BEGIN and breaks SAVEPOINT; let SQLAlchemy own it (below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash; WAL's usual pairing
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+class Database:
+    """One engine (connection pool) and its session factory. Create one per process and share it.
+
+    ``engine_options`` go to :func:`sqlalchemy.create_engine` (``echo=True``, ``pool_size=...``).
+    """
+
+    def __init__(self, url: str, **engine_options: Any) -> None:
+        self.url = _normalize_url(url)
+        self.engine = _create_engine(self.url, **engine_options)
+        #: Sessions keep loaded objects usable after commit (``expire_on_commit=False``): the API serialises a
+        #: row after committing it without another round trip.
+        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **engine_options: Any) -> Database:
+        """The database :func:`database_url` names."""
+        return cls(database_url(settings), **engine_options)
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed when the block ends, rolled back if it raises."""
+        with self.sessionmaker() as session, session.begin():
+            yield session
+
+    def migrate(self, revision: str = "head") -> None:
+        """:func:`migrate` this database."""
+        migrate(self.engine, revision)
+
+    def dispose(self) -> None:
+        """Close every pooled connection (call before a fork, and at shutdown)."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
+
+
+# --- migrations ----------------------------------------------------------------------------------------------
+
+
+def alembic_config(connection: Connection) -> Config:
+    """Alembic's configuration for our migrations on ``connection`` (for ``alembic.command`` calls: ``revision``,
+    ``check``, ``history``; see docs/DATA_MODEL.md)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _run_alembic(target: str | Engine, action: Callable[[Config], None]) -> None:
+    engine = target if isinstance(target, Engine) else _create_engine(_normalize_url(target))
+    try:
+        with engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # SQLite alters a table by copying it and dropping the old one; with foreign keys on, that DROP
+                # would cascade into the child tables. The pragma is ignored inside a transaction, so it is set on
+                # the raw connection before SQLAlchemy begins one, and checked before committing.
+                connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+            try:
+                with connection.begin():
+                    if connection.dialect.name == "postgresql":
+                        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+                    action(alembic_config(connection))
+                    if sqlite:
+                        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if broken:
+                            raise RuntimeError(f"migration left rows violating foreign keys: {broken[:5]}")
+            finally:
+                if sqlite:
+                    connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
+    finally:
+        if engine is not target:
+            engine.dispose()
+
+
+def migrate(target: str | Engine, revision: str = "head") -> None:
+    """Upgrade the database at ``target`` (a URL or an engine) to ``revision`` with Alembic, in one transaction.
+
+    Idempotent; concurrent callers on PostgreSQL queue on an advisory lock. ``kinoray up`` runs this on start.
+    """
+    from alembic import command
+
+    log.info("migrating database", extra={"revision": revision})
+    _run_alembic(target, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(target: str | Engine, revision: str = "base") -> None:
+    """Downgrade the database at ``target`` to ``revision`` (``"base"`` drops every table)."""
+    from alembic import command
+
+    _run_alembic(target, lambda config: command.downgrade(config, revision))
+
+
+# --- pages ---------------------------------------------------------------------------------------------------
+
+
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    """An opaque cursor for the row after which the next page starts."""
+    raw = json.dumps([created_at.isoformat(), row_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The ``(created_at, id)`` in ``cursor``; ``ValueError`` if it is not one of ours."""
+    try:
+        created_at, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        when = datetime.fromisoformat(created_at)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"invalid cursor {cursor!r}") from error
+    if when.tzinfo is None or not isinstance(row_id, str):
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return when, row_id
+
+
+def newest_first(session: Session, model: type[M], *, limit: int, cursor: str | None = None,
+                 where: Iterable[sa.ColumnElement[bool]] = ()) -> tuple[list[M], str | None]:
+    """One page of ``model`` rows, newest first (``created_at DESC, id DESC``: the ``(created_at, id)`` indexes),
+    and the cursor of the next page (``None`` on the last). Keyset pagination: rows created meanwhile never shift
+    a page. ``ValueError`` for a bad cursor."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    table = model.__table__
+    created, row_id = table.c.created_at, table.c.id
+    query = sa.select(model).where(*where).order_by(created.desc(), row_id.desc()).limit(limit + 1)
+    if cursor is not None:
+        after_time, after_id = decode_cursor(cursor)
+        query = query.where(sa.or_(created < after_time, sa.and_(created == after_time, row_id < after_id)))
+    rows = list(session.scalars(query))
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    last = rows[-1]
+    return rows, encode_cursor(last.created_at, last.id)  # type: ignore[attr-defined]
