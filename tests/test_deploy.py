@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
+import os
 import re
 import sys
 import tomllib
@@ -32,7 +33,15 @@ import kinoray
 from kinoray.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-CRD_DIR = ROOT.parent / "shared" / "kuberay-crds"
+def _crd_dir() -> Path:
+    """KubeRay's CRDs: ``KINORAY_KUBERAY_CRDS`` if set, else ``shared/kuberay-crds`` beside the repository, else
+    the workplace's ``/work/shared`` (where a clean clone elsewhere still finds them)."""
+    candidates = [os.environ.get("KINORAY_KUBERAY_CRDS"), ROOT.parent / "shared" / "kuberay-crds",
+                  Path("/work/shared/kuberay-crds")]
+    return next((Path(c) for c in candidates if c and Path(c).is_dir()), ROOT.parent / "shared" / "kuberay-crds")
+
+
+CRD_DIR = _crd_dir()
 MANIFEST = ROOT / "ray-cluster.yaml"
 DOCKERFILE = ROOT / "Dockerfile.gpu"
 DEPLOY_DOC = ROOT / "docs" / "DEPLOY.md"
