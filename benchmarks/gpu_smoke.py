@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import platform
@@ -131,13 +132,8 @@ def decode(source: Path, hwaccel: Any | None) -> dict[str, Any]:
 def decoded_frames(source: Path, count: int) -> list[Any]:
     import av
 
-    out = []
     with av.open(str(source)) as container:
-        for frame in container.decode(video=0):
-            out.append(frame)
-            if len(out) == count:
-                break
-    return out
+        return list(itertools.islice(container.decode(video=0), count))
 
 
 def scale(scaler: Any, frames: list[Any], warm: int = 3) -> dict[str, Any]:
