@@ -87,7 +87,6 @@ class WorkerPool:
 
     def __init__(self, layout: PoolLayout, settings: ClusterSettings) -> None:
         self.settings = settings
-        self.kinds = [kind for _, kind in layout.workers]
         fraction = 1.0 / settings.gpu_sessions_per_gpu
         # Each worker is placed on its node, softly: a worker whose node is gone restarts wherever there is room.
         self.actors: list[Any] = [

@@ -170,60 +170,49 @@ class ChunkEncoder:
                 "error": np.array(errors, dtype=object), "encode_seconds": np.array(seconds)}
 
 
-class _Packager:
-    """Stage 4 (``groupby("id").map_groups``): stitch, package and publish one video; its result row."""
-
-    def __init__(self, output: str, settings: Settings) -> None:
-        self.output, self.settings = output, settings
-
-    def __call__(self, group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.package(group)
-
-    def package(self, group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        video_id, source = str(group["id"][0]), str(group["input"][0])
-        row: dict[str, Any] = {name: None for name in RESULT_SCHEMA.names}
-        row.update(id=video_id, input=source, plan_seconds=float(group["plan_seconds"][0]),
-                   encode_seconds=float(np.sum(group["encode_seconds"])))
-        failed = [(t, e) for t, e in zip(group["error_type"], group["error"], strict=True) if t]
-        spec: JobSpec | None = pickle.loads(group["spec"][0]) if group["spec"][0] else None
-        work = ObjectStore(spec.work_url, self.settings.storage) if spec else None
-        try:
-            if failed:
-                row.update(status="errored", error_type=str(failed[0][0]), error=str(failed[0][1]))
-            else:
-                assert spec is not None and work is not None
-                row.update(self._package(spec, work, group))
-        except Exception as e:  # noqa: BLE001 - errors this video only
-            row.update(status="errored", **_error_fields(e))
-        finally:
-            if work is not None:
-                work.delete_prefix("")
-        return {name: np.array([value], dtype=object) for name, value in row.items()}
-
-    def _package(self, spec: JobSpec, work: ObjectStore, group: dict[str, np.ndarray]) -> dict[str, Any]:
-        results = [pickle.loads(r) for r in group["result"]]
-        chunks = sorted((r for r in results if isinstance(r, ChunkResult)), key=lambda r: r.chunk_index)
-        audio = next((r for r in results if not isinstance(r, ChunkResult)), None)
-        started = time.perf_counter()
-        output = join_url(self.output, spec.job_id)
-        tracks, audio_track = package_and_publish(spec.asset, chunks, audio, output=output, work=work,
-                                                  settings=self.settings, tag=spec.job_id)
-        package_seconds = time.perf_counter() - started
-        encode_seconds = float(np.sum(group["encode_seconds"]))
-        result = summarise_asset(spec.asset, EncoderUsed(spec.encoder or None), chunks, audio, tracks, audio_track,
-                                 output, encode_seconds + package_seconds, {"package": package_seconds})
-        return {
-            "output": output, "status": "ready", "duration_seconds": result.duration_seconds,
-            "frames": result.frames, "chunks": result.chunks, "renditions": len(result.renditions),
-            "bytes": sum(r.bytes for r in result.renditions), "encoder": result.encoder,
-            "decoders": ",".join(result.decoders), "package_seconds": package_seconds,
-            "encode_cpu_seconds": result.encode_cpu_seconds,
-            "realtime_factor": result.duration_seconds / encode_seconds if encode_seconds else None,
-        }
-
-
 def _package(group: dict[str, np.ndarray], *, output: str, settings: Settings) -> dict[str, np.ndarray]:
-    return _Packager(output, settings).package(group)
+    """Stage 4 (``groupby("id").map_groups``): stitch, package and publish one video; its result row."""
+    row: dict[str, Any] = {name: None for name in RESULT_SCHEMA.names}
+    row.update(id=str(group["id"][0]), input=str(group["input"][0]), plan_seconds=float(group["plan_seconds"][0]),
+               encode_seconds=float(np.sum(group["encode_seconds"])))
+    failed = [(t, e) for t, e in zip(group["error_type"], group["error"], strict=True) if t]
+    spec: JobSpec | None = pickle.loads(group["spec"][0]) if group["spec"][0] else None
+    work = ObjectStore(spec.work_url, settings.storage) if spec else None
+    try:
+        if failed:
+            row.update(status="errored", error_type=str(failed[0][0]), error=str(failed[0][1]))
+        else:
+            assert spec is not None and work is not None
+            row.update(_publish_video(spec, work, group, output, settings))
+    except Exception as e:  # noqa: BLE001 - errors this video only
+        row.update(status="errored", **_error_fields(e))
+    finally:
+        if work is not None:
+            work.delete_prefix("")
+    return {name: np.array([value], dtype=object) for name, value in row.items()}
+
+
+def _publish_video(spec: JobSpec, work: ObjectStore, group: dict[str, np.ndarray], output: str,
+                   settings: Settings) -> dict[str, Any]:
+    results = [pickle.loads(r) for r in group["result"]]
+    chunks = sorted((r for r in results if isinstance(r, ChunkResult)), key=lambda r: r.chunk_index)
+    audio = next((r for r in results if not isinstance(r, ChunkResult)), None)
+    started = time.perf_counter()
+    output = join_url(output, spec.job_id)
+    tracks, audio_track = package_and_publish(spec.asset, chunks, audio, output=output, work=work,
+                                              settings=settings, tag=spec.job_id)
+    package_seconds = time.perf_counter() - started
+    encode_seconds = float(np.sum(group["encode_seconds"]))
+    result = summarise_asset(spec.asset, EncoderUsed(spec.encoder or None), chunks, audio, tracks, audio_track,
+                             output, encode_seconds + package_seconds, {"package": package_seconds})
+    return {
+        "output": output, "status": "ready", "duration_seconds": result.duration_seconds,
+        "frames": result.frames, "chunks": result.chunks, "renditions": len(result.renditions),
+        "bytes": sum(r.bytes for r in result.renditions), "encoder": result.encoder,
+        "decoders": ",".join(result.decoders), "package_seconds": package_seconds,
+        "encode_cpu_seconds": result.encode_cpu_seconds,
+        "realtime_factor": result.duration_seconds / encode_seconds if encode_seconds else None,
+    }
 
 
 @ray.remote(num_cpus=1)

@@ -17,7 +17,16 @@ from kinoray.media.ladder import Rendition
 from kinoray.media.plan import Chunk, ChunkPlan
 from kinoray.media.probe import VideoStreamInfo, corrupt_packet_error, open_input, stream_at
 
-__all__ = ["ChunkDecodeStats", "RenditionScaler", "Scaler", "decode_chunk_frames", "plane_array", "write_plane"]
+__all__ = [
+    "QUARTER_TURNS",
+    "ChunkDecodeStats",
+    "RenditionScaler",
+    "Scaler",
+    "decode_chunk_frames",
+    "even_yuv420p",
+    "plane_array",
+    "write_plane",
+]
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +196,8 @@ class RenditionScaler:
     def _rotated(self, frame: av.VideoFrame) -> av.VideoFrame:
         if not self.rotation:
             return frame
-        source = frame.reformat(format="yuv420p") if frame.format.name != "yuv420p" else frame
-        if source.width % 2 or source.height % 2:
-            source = source.reformat(width=source.width & ~1, height=source.height & ~1)
-        turns = {90: 1, 180: 2, 270: 3}[self.rotation]  # counter-clockwise quarter turns, as np.rot90
-        planes = [np.rot90(plane_array(source, i), k=turns) for i in range(3)]
+        source = even_yuv420p(frame)
+        planes = [np.rot90(plane_array(source, i), k=QUARTER_TURNS[self.rotation]) for i in range(3)]
         width, height = planes[0].shape[1], planes[0].shape[0]
         rotated = av.VideoFrame(width, height, "yuv420p")
         for index, plane in enumerate(planes):
@@ -210,6 +216,19 @@ class RenditionScaler:
                 )
             outputs.append(current)
         return outputs
+
+
+#: display rotation (degrees clockwise) -> counter-clockwise quarter turns, as np.rot90 / torch.rot90 count them
+QUARTER_TURNS = {90: 1, 180: 2, 270: 3}
+
+
+def even_yuv420p(frame: av.VideoFrame) -> av.VideoFrame:
+    """``frame`` as ``yuv420p`` with even dimensions (what rotating whole 4:2:0 planes needs)."""
+    if frame.format.name != "yuv420p":
+        frame = frame.reformat(format="yuv420p")
+    if frame.width % 2 or frame.height % 2:
+        frame = frame.reformat(width=frame.width & ~1, height=frame.height & ~1)
+    return frame
 
 
 def plane_array(frame: av.VideoFrame, index: int) -> np.ndarray:

@@ -134,8 +134,7 @@ class TranscodeResult:
 class AssetPlan:
     """Everything decided before encoding: what the source is, how it is cut, and the ladder."""
 
-    source: str
-    info: MediaInfo
+    info: MediaInfo  # info.path is the source path or URL
     plan: ChunkPlan | None  # None for audio-only input
     ladder: tuple[Rendition, ...]
     options: TranscodeOptions
@@ -167,7 +166,7 @@ def prepare_asset(source: str, options: TranscodeOptions | None = None) -> Asset
                            chunk_seconds=options.chunk_seconds, max_frame_rate=options.max_frame_rate,
                            parallelism=options.parallelism)
         ladder = build_ladder(info.video, options.ladder, options.codec)
-    return AssetPlan(source=source, info=info, plan=plan, ladder=ladder, options=options)
+    return AssetPlan(info=info, plan=plan, ladder=ladder, options=options)
 
 
 def _staging_paths(out_dir: Path) -> tuple[Path, Path]:

@@ -111,21 +111,19 @@ def open_input(path: str, **kwargs: Any) -> av.container.InputContainer:
     """``av.open`` for reading a path or a ``file://``, ``s3://`` or ``http(s)://`` URL (remote objects are read
     through a seekable fsspec file object, so only the byte ranges the demuxer asks for are fetched), with
     FFmpeg errors turned into :class:`InvalidMediaError`."""
-    if is_local_url(path):
+    reader = None
+    if not is_local_url(path):
         try:
-            return av.open(path.removeprefix("file://"), mode="r", **kwargs)
-        except av.FFmpegError as e:
-            raise InvalidMediaError(f"not a readable media file ({e.strerror or e}): {_name(path)}") from e
+            reader = open_url(path)
+        except StorageError as e:
+            raise InvalidMediaError(f"cannot read input {path}: {e}") from e
     try:
-        reader = open_url(path)
-    except StorageError as e:
-        raise InvalidMediaError(f"cannot read input {path}: {e}") from e
-    try:
-        container = av.open(reader, mode="r", **kwargs)
+        # The container holds the reader; both go when it is closed and dropped.
+        return av.open(reader if reader is not None else path.removeprefix("file://"), mode="r", **kwargs)
     except av.FFmpegError as e:
-        reader.close()
+        if reader is not None:
+            reader.close()
         raise InvalidMediaError(f"not a readable media file ({e.strerror or e}): {_name(path)}") from e
-    return container  # the container holds the reader; both go when it is closed and dropped
 
 
 def _name(path: str) -> str:

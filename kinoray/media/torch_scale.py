@@ -17,7 +17,7 @@ from typing import Any
 import av
 import numpy as np
 
-from kinoray.media.frames import plane_array, write_plane
+from kinoray.media.frames import QUARTER_TURNS, even_yuv420p, plane_array, write_plane
 from kinoray.media.ladder import Rendition
 from kinoray.media.probe import VideoStreamInfo
 
@@ -55,16 +55,13 @@ class TorchRenditionScaler:
         self.name = f"torch-{self.device.type}"
 
     def _planes(self, frame: av.VideoFrame) -> list[Any]:
-        if frame.format.name != "yuv420p":
-            frame = frame.reformat(format="yuv420p")
-        if frame.width % 2 or frame.height % 2:
-            frame = frame.reformat(width=frame.width & ~1, height=frame.height & ~1)
+        frame = even_yuv420p(frame)
         planes = []
         for index in range(3):
             tensor = self.torch.from_numpy(np.ascontiguousarray(plane_array(frame, index)))
             tensor = tensor.to(self.device, non_blocking=True)
             if self.rotation:
-                tensor = self.torch.rot90(tensor, k={90: 1, 180: 2, 270: 3}[self.rotation], dims=(0, 1))
+                tensor = self.torch.rot90(tensor, k=QUARTER_TURNS[self.rotation], dims=(0, 1))
             planes.append(tensor)
         return planes
 

@@ -214,8 +214,8 @@ class ObjectStore:
     def size(self, key: str) -> int:
         return int(self._call(f"stat {key}", lambda: self.fs.size(self.path(key))))
 
-    def list(self, prefix: str = "") -> list[str]:
-        """Committed keys under ``prefix`` (temporary objects excluded), sorted."""
+    def _keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``, committed or temporary."""
         self._invalidate()
         base = self.path(prefix)
 
@@ -223,19 +223,15 @@ class ObjectStore:
             return self.fs.find(base) if self.fs.exists(base) else []
 
         root = self.root.rstrip("/") + "/"
-        keys = [path[len(root):] if path.startswith(root) else path for path in self._call(f"list {prefix}", find)]
-        return sorted(key for key in keys if _TEMP_MARK not in key)
+        return [path.removeprefix(root) for path in self._call(f"list {prefix}", find)]
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Committed keys under ``prefix`` (temporary objects excluded), sorted."""
+        return sorted(key for key in self._keys(prefix) if _TEMP_MARK not in key)
 
     def iter_temporary(self, prefix: str = "") -> Iterator[str]:
         """Uncommitted temporary objects under ``prefix`` (what a crashed writer left behind)."""
-        self._invalidate()
-        base = self.path(prefix)
-        if not self.fs.exists(base):
-            return
-        root = self.root.rstrip("/") + "/"
-        for path in self.fs.find(base):
-            if _TEMP_MARK in path:
-                yield path[len(root):]
+        return (key for key in self._keys(prefix) if _TEMP_MARK in key)
 
     # --- deleting ------------------------------------------------------------------------------------------
     def delete(self, key: str) -> None:
