@@ -24,7 +24,7 @@ import ray
 
 from kinoray.cluster import ChunkEvent, JobState, NodeResources, PoolLayout, TranscodeJob, order_work
 from kinoray.cluster.workers import DETERMINISTIC_HEAP
-from kinoray.errors import InvalidMediaError, JobCancelledError, WorkerLostError
+from kinoray.errors import ClusterError, InvalidMediaError, JobCancelledError, WorkerLostError
 from kinoray.media.pipeline import TranscodeOptions, prepare_asset
 from kinoray.settings import ClusterSettings, Settings
 from kinoray.store import ObjectStore
@@ -92,7 +92,7 @@ def test_pool_layout_follows_node_resources():
     # a short pool is spread over nodes, not packed on the first
     assert {node for node, _ in layout.limited(4).workers[2:]} == {"a", "g"}
     assert PoolLayout.from_cluster(ClusterSettings(max_workers=3), nodes).total == 3
-    with pytest.raises(Exception, match="no CPU"):
+    with pytest.raises(ClusterError, match="no CPU"):
         PoolLayout.from_cluster(settings, [NodeResources("head", 0, 0)])
 
 

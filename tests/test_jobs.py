@@ -118,3 +118,22 @@ def test_batch_job_over_s3_manifest_with_bad_files(s3_bucket, media_dir, tmp_pat
             assert oracles.count_frames(download / rung / "index.m3u8") == 240
     assert not bucket.list("out/corrupt") and not bucket.list("out/garbage")
     assert not list((tmp_path / "data" / "work").rglob("*.bin")), "work outputs left behind"
+
+
+@pytest.mark.parametrize(("manifest", "message"), [
+    ("id,path\na,/x.mp4\n", "no 'input' column"),
+    ("id,input\na,/x.mp4\na,/y.mp4\n", "repeats ids"),
+    ("id,input,ladder\na,/x.mp4,big\n", "bad ladder"),
+    ("id,input\n../up,/x.mp4\n", "cannot name a folder"),
+    (None, "cannot read manifest"),
+])
+def test_bad_manifest_is_a_typed_error(manifest, message, tmp_path, capsys):
+    from kinoray.jobs.batch import main
+
+    path = tmp_path / "manifest.csv"
+    if manifest is not None:
+        path.write_text(manifest)
+    assert main(["--manifest", str(path), "--output", str(tmp_path / "out")]) == 2
+    error = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["error"]
+    assert error["type"] == "configuration_error" and message in error["messages"][0]
+    assert not (tmp_path / "out").exists()
