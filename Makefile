@@ -24,7 +24,7 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; }
 
 run: setup
-	$(BIN)/kinoray demo --data-dir $(DATA_DIR)
+	$(BIN)/kinoray up --demo --data-dir $(DATA_DIR)
 
 test: setup
 	$(BIN)/python -m pytest

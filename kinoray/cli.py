@@ -1,4 +1,4 @@
-"""``kinoray`` command line: probe, transcode, demo."""
+"""``kinoray`` command line: probe, transcode, demo, up, token."""
 
 from __future__ import annotations
 
@@ -188,6 +188,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from kinoray.serve.launch import up
+
+    return up(args.host, args.port, Path(args.data_dir), demo=args.demo)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from kinoray.control.auth import create_token, revoke_token
+    from kinoray.control.platform import Platform
+
+    platform = Platform.from_settings(get_settings())
+    try:
+        with platform.db.session() as session:
+            if args.action == "create":
+                token, secret = create_token(session, name=args.name)
+                print(json.dumps({"id": token.id, "secret": secret, "name": token.name}))  # noqa: T201
+                return 0
+            if not revoke_token(session, args.id):
+                print(json.dumps({"error": {"type": "not_found", "messages": [f"no token {args.id!r}"]}}),  # noqa: T201
+                      file=sys.stderr)
+                return 1
+            print(json.dumps({"id": args.id, "revoked": True}))  # noqa: T201
+            return 0
+    finally:
+        platform.close()
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """The transcode knobs shared by ``kinoray transcode`` and ``python -m kinoray.jobs.transcode``."""
     defaults = get_settings().transcode
@@ -224,6 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default=os.environ.get("KINORAY_DATA_DIR", "./data"))
     d.add_argument("--workers", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+
+    u = sub.add_parser("up", help="run the platform locally: Ray + Serve (API and job runner), SQLite, local storage")
+    u.add_argument("--host", default=os.environ.get("KINORAY_SERVE__HOST", "127.0.0.1"))
+    u.add_argument("--port", type=int, default=int(os.environ.get("KINORAY_SERVE__PORT", "8000")))
+    u.add_argument("--data-dir", default=os.environ.get("KINORAY_DATA_DIR", "./data"))
+    u.add_argument("--demo", action="store_true", help="upload a generated clip once up and print its playback URL")
+    u.set_defaults(func=cmd_up)
+
+    k = sub.add_parser("token", help="access tokens (in the database the settings name)")
+    actions = k.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="print a new access token id and secret (JSON)")
+    create.add_argument("--name", default=None)
+    revoke = actions.add_parser("revoke", help="revoke a token")
+    revoke.add_argument("id")
+    k.set_defaults(func=cmd_token)
     return parser
 
 

@@ -15,7 +15,24 @@
     │   └── WorkerLostError                          a chunk's worker died more often than the retry budget
     ├── ClusterError                                 no worker can run the job (no resources, none started)
     ├── JobCancelledError                            the job was cancelled; its temporary outputs are gone
-    └── StorageError
+    ├── StorageError
+    └── ApiError                                     a request the control plane refuses
+        ├── InvalidParametersError (also ValueError)  a malformed or out-of-range parameter
+        │   └── InputUrlRefusedError                  an input/webhook URL the SSRF policy forbids
+        ├── AuthenticationError                      missing, wrong or revoked credentials
+        ├── NotFoundError
+        ├── ConflictError                            the resource's state does not allow the request
+        │   └── IdempotencyInProgressError            the first request with this Idempotency-Key still runs
+        ├── IdempotencyKeyReusedError                same key, different request
+        ├── RateLimitedError                         over the token's request budget (has retry_after)
+        └── UploadError                              the tus / Content-Range upload protocol
+            ├── OffsetMismatchError                   Upload-Offset is not the upload's offset
+            ├── ChecksumMismatchError                 Upload-Checksum did not match the chunk
+            ├── UploadTooLargeError                   over Upload-Length or the configured maximum
+            ├── UnsupportedVersionError               Tus-Resumable is not 1.0.0
+            ├── UnsupportedContentTypeError           PATCH without application/offset+octet-stream
+            ├── UploadLockedError                     another request is writing this upload
+            └── UploadGoneError                       the upload was terminated, cancelled or timed out
 
 Every error has a stable ``type`` string and an HTTP status in :data:`ERROR_TABLE`; the API layer turns them
 into ``{"error": {"type": ..., "messages": [...]}}`` bodies from that one table.
@@ -25,19 +42,36 @@ from __future__ import annotations
 
 __all__ = [
     "ERROR_TABLE",
+    "ApiError",
+    "AuthenticationError",
+    "ChecksumMismatchError",
     "ClusterError",
     "ConfigurationError",
+    "ConflictError",
     "EncoderError",
     "EncoderUnavailableError",
     "FrameMismatchError",
+    "IdempotencyInProgressError",
+    "IdempotencyKeyReusedError",
+    "InputUrlRefusedError",
     "InvalidMediaError",
+    "InvalidParametersError",
     "JobCancelledError",
     "KinorayError",
     "MediaError",
     "MediaLimitError",
+    "NotFoundError",
+    "OffsetMismatchError",
+    "RateLimitedError",
     "StorageError",
     "TranscodeError",
+    "UnsupportedContentTypeError",
     "UnsupportedMediaError",
+    "UnsupportedVersionError",
+    "UploadError",
+    "UploadGoneError",
+    "UploadLockedError",
+    "UploadTooLargeError",
     "WorkerLostError",
     "http_status",
 ]
@@ -103,6 +137,81 @@ class StorageError(KinorayError):
     type = "storage_error"
 
 
+class ApiError(KinorayError):
+    type = "invalid_request"
+
+
+class InvalidParametersError(ApiError, ValueError):
+    type = "invalid_parameters"
+
+
+class InputUrlRefusedError(InvalidParametersError):
+    type = "input_url_refused"
+
+
+class AuthenticationError(ApiError):
+    type = "unauthorized"
+
+
+class NotFoundError(ApiError):
+    type = "not_found"
+
+
+class ConflictError(ApiError):
+    type = "conflict"
+
+
+class IdempotencyInProgressError(ConflictError):
+    type = "idempotency_key_in_use"
+
+
+class IdempotencyKeyReusedError(ApiError):
+    type = "idempotency_key_reused"
+
+
+class RateLimitedError(ApiError):
+    """``retry_after`` is the number of seconds until a request would be allowed again."""
+
+    type = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: float, limit: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.limit = limit
+
+
+class UploadError(ApiError):
+    type = "upload_error"
+
+
+class OffsetMismatchError(UploadError):
+    type = "offset_mismatch"
+
+
+class ChecksumMismatchError(UploadError):
+    type = "checksum_mismatch"
+
+
+class UploadTooLargeError(UploadError):
+    type = "upload_too_large"
+
+
+class UnsupportedVersionError(UploadError):
+    type = "unsupported_version"
+
+
+class UnsupportedContentTypeError(UploadError):
+    type = "unsupported_content_type"
+
+
+class UploadLockedError(UploadError):
+    type = "upload_locked"
+
+
+class UploadGoneError(UploadError):
+    type = "upload_gone"
+
+
 #: error class -> HTTP status. Looked up along the MRO, so a subclass inherits its parent's status.
 ERROR_TABLE: dict[type[KinorayError], int] = {
     KinorayError: 500,
@@ -119,6 +228,23 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     ClusterError: 503,
     JobCancelledError: 409,
     StorageError: 502,
+    ApiError: 400,
+    InvalidParametersError: 400,
+    InputUrlRefusedError: 400,
+    AuthenticationError: 401,
+    NotFoundError: 404,
+    ConflictError: 409,
+    IdempotencyInProgressError: 409,
+    IdempotencyKeyReusedError: 422,
+    RateLimitedError: 429,
+    UploadError: 400,
+    OffsetMismatchError: 409,
+    ChecksumMismatchError: 460,  # tus checksum extension
+    UploadTooLargeError: 413,
+    UnsupportedVersionError: 412,
+    UnsupportedContentTypeError: 415,
+    UploadLockedError: 423,
+    UploadGoneError: 410,
 }
 
 

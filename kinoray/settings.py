@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kinoray.errors import ConfigurationError
 
-__all__ = ["ClusterSettings", "InputLimits", "ServeSettings", "Settings", "StorageSettings", "TranscodeDefaults",
+__all__ = ["ApiSettings", "ClusterSettings", "InputLimits", "ServeSettings", "Settings", "StorageSettings", "TranscodeDefaults",
            "get_settings"]
 
 _DEV_SECRET = "dev-insecure-change-me"
@@ -57,6 +57,8 @@ class StorageSettings(BaseModel):
     )
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto, R2)")
     s3_region: str | None = None
+    url: str | None = Field(default=None, description="where assets and uploads live (a directory or an "
+                                                    "s3:// prefix); None = DATA_DIR/storage")
     transient_retries: int = Field(default=4, ge=0, description="retries of a storage call on a transient error")
 
 
@@ -77,6 +79,28 @@ class ClusterSettings(BaseModel):
 class ServeSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str | None = Field(
+        default=None,
+        description="base URL clients reach the API at (upload URLs are built on it); None = http://HOST:PORT")
+    max_concurrent_jobs: int = Field(default=2, ge=1, description="transcode jobs the runner runs at once")
+    poll_seconds: float = Field(default=0.5, gt=0, description="how often the runner looks for due work")
+
+
+class ApiSettings(BaseModel):
+    """Limits and policies of the control plane (the REST API, uploads, ingest, webhooks)."""
+
+    rate_limit_per_second: float = Field(default=100.0, gt=0, description="sustained requests/s per token")
+    rate_limit_burst: int = Field(default=200, ge=1, description="bucket size: requests a token may burst")
+    max_upload_bytes: int = Field(default=50 * 1024**3, gt=0, description="largest direct upload (413 beyond)")
+    allow_file_inputs: bool = Field(default=False, description="accept file:// input URLs (trusted setups only)")
+    allow_private_inputs: bool = Field(
+        default=False,
+        description="accept input and webhook URLs that resolve to loopback, link-local or private addresses "
+                    "(off: SSRF protection)")
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_hours: float = Field(default=24.0, gt=0, description="how long a delivery is retried")
+    idempotency_hours: float = Field(default=24.0, gt=0, description="how long Idempotency-Key responses are kept")
+    ingest_timeout_seconds: float = Field(default=600.0, gt=0, description="limit on fetching one input URL")
 
 
 class Settings(BaseSettings):
@@ -95,6 +119,8 @@ class Settings(BaseSettings):
     limits: InputLimits = InputLimits()
     transcode: TranscodeDefaults = TranscodeDefaults()
     storage: StorageSettings = StorageSettings()
+    api: ApiSettings = ApiSettings()
+    redis_url: str | None = Field(default=None, description="Redis for shared rate limits; None = in-process")
     cluster: ClusterSettings = ClusterSettings()
     serve: ServeSettings = ServeSettings()
 
@@ -108,6 +134,15 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.secret_key == _DEV_SECRET:
             raise ConfigurationError("KINORAY_SECRET_KEY must be set to a non-default value in production")
         return self
+
+    @property
+    def storage_url(self) -> str:
+        """Where assets and uploads live: ``storage.url`` or the directory ``DATA_DIR/storage``."""
+        return self.storage.url or str((Path(self.data_dir) / "storage").resolve())
+
+    @property
+    def public_url(self) -> str:
+        return (self.serve.public_url or f"http://{self.serve.host}:{self.serve.port}").rstrip("/")
 
 
 @lru_cache(maxsize=1)

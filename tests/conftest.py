@@ -101,3 +101,29 @@ def s3_bucket(s3_server):
     fs.mkdir(name)
     yield name
     fs.rm(name, recursive=True)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Fresh-database factory of one kind: the API suite runs once on SQLite and once on PostgreSQL."""
+    from tests.api_server import POSTGRES_URL, Backend
+
+    if request.param == "postgresql" and not POSTGRES_URL:
+        pytest.skip("KINORAY_TEST_POSTGRES_URL is empty: PostgreSQL half skipped on purpose")
+    backend = Backend(request.param, tmp_path_factory.mktemp(f"db-{request.param}"))
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+@pytest.fixture(scope="module")
+def api(api_backend, tmp_path_factory: pytest.TempPathFactory):
+    """A running API (``tests.api_server.ApiServer``) on a fresh database and data dir, shared by a module."""
+    from tests.api_server import ApiServer
+
+    server = ApiServer(api_backend.new_url(), tmp_path_factory.mktemp("api-data"))
+    try:
+        yield server
+    finally:
+        server.close()

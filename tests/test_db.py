@@ -9,7 +9,6 @@ at the end; SQLite gets fresh files.
 from __future__ import annotations
 
 import hmac
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -55,35 +54,7 @@ from kinoray.store import (
     verify_secret,
 )
 from kinoray.store import models as models_module
-
-POSTGRES_URL = os.environ.get("KINORAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-class Backend:
-    """Hands out URLs of fresh, empty databases of one kind and removes them all at the end."""
-
-    def __init__(self, kind: str, directory: Path) -> None:
-        self.kind, self.directory = kind, directory
-        self.schemas: list[str] = []
-        self.admin = sa.create_engine(POSTGRES_URL) if kind == "postgresql" else None
-
-    def new_url(self) -> str:
-        if self.admin is None:
-            return f"sqlite:///{self.directory / f'{uuid.uuid4().hex[:8]}.db'}"
-        schema = f"kinoray_test_{uuid.uuid4().hex[:12]}"
-        with self.admin.begin() as connection:
-            connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        self.schemas.append(schema)
-        url = sa.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-        return url.render_as_string(hide_password=False)
-
-    def close(self) -> None:
-        if self.admin is None:
-            return
-        with self.admin.begin() as connection:
-            for schema in self.schemas:
-                connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        self.admin.dispose()
+from tests.api_server import POSTGRES_URL, Backend
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

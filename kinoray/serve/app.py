@@ -1,76 +1,119 @@
-"""The Ray Serve application: one FastAPI ingress deployment, ``kinoray-api``.
+"""The Ray Serve application: a FastAPI ingress (``kinoray-api``) and the job runner (``kinoray-runner``).
 
-``kinoray.serve.app:app`` is the import path the RayService in ``ray-cluster.yaml`` deploys (or locally:
-``serve run kinoray.serve.app:app``). Today it answers two routes:
+``kinoray.serve.app:app`` is the import path ``serve run``/``serve deploy`` and the RayService in
+``ray-cluster.yaml`` use. :func:`build_api` makes the FastAPI app; tests serve it with uvicorn directly
+(after :func:`kinoray.serve.deps.set_platform`), the Serve deployment wraps the module-level :data:`api`.
 
-- ``GET /healthz``: ``{"status": "ok", "version": ...}``, with no work behind it.
-- ``GET /system/v1/capabilities``: the encoder backends this replica can open. The first call opens one tiny
-  real encode session per backend (well under a second on a CPU node) and the answer is cached for the
-  replica's life by :func:`kinoray.encoders.probe_backend`.
-
-Routes are module-level functions on :data:`api` so that ``fastapi.testclient.TestClient(api)`` exercises
-them without Ray. They must be registered before ``@serve.ingress(api)`` runs: Serve keeps a copy of the app
-as it is at that moment, so a route added afterwards would never be served.
+Errors: every :class:`~kinoray.errors.KinorayError` becomes ``{"error": {"type", "messages"}}`` with the status
+from :data:`kinoray.errors.ERROR_TABLE`; request validation errors are ``400 invalid_parameters``; anything
+unexpected is a ``500 internal_error`` whose details go to the log, not the client.
 """
 
 from __future__ import annotations
 
-from typing import cast
+import logging
+import math
+from typing import Any, cast
 
-from fastapi import FastAPI
-from pydantic import BaseModel
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import kinoray
-from kinoray.encoders import available_encoders, get_backend
+from kinoray.errors import AuthenticationError, KinorayError, RateLimitedError, http_status
+from kinoray.serve import metrics
+from kinoray.serve.routes import assets, signing_keys, system, uploads, webhooks
 
-__all__ = ["ApiIngress", "Capabilities", "EncoderCapability", "Health", "api", "app"]
+__all__ = ["ApiIngress", "api", "app", "build_api", "error_response"]
 
-api = FastAPI(title="kinoray", version=kinoray.__version__)
+log = logging.getLogger(__name__)
 
-
-class Health(BaseModel):
-    status: str
-    version: str
-
-
-class EncoderCapability(BaseModel):
-    """One encoder backend as probed on the replica that answered."""
-
-    codec: str  # h264 / hevc / av1
-    name: str  # registry name: libx264, libx265, libsvtav1, nvenc
-    hardware: bool
-    available: bool
-    reason: str  # what the probe did, or why the backend cannot run here
+_HTTP_TYPES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               406: "not_acceptable", 413: "too_large", 415: "unsupported_media_type"}
 
 
-class Capabilities(BaseModel):
-    version: str
-    encoders: list[EncoderCapability]
+def error_response(status: int, error_type: str, messages: list[str],
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"type": error_type, "messages": messages}}, status_code=status, headers=headers)
 
 
-@api.get("/healthz")
-def healthz() -> Health:
-    return Health(status="ok", version=kinoray.__version__)
+def _kinoray_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, KinorayError)
+    status = http_status(error)
+    headers: dict[str, str] = dict(getattr(error, "headers", None) or {})
+    if isinstance(error, RateLimitedError):
+        headers.update({"Retry-After": str(max(1, math.ceil(error.retry_after))),
+                        "X-RateLimit-Limit": str(error.limit), "X-RateLimit-Remaining": "0"})
+    elif isinstance(error, AuthenticationError):
+        headers["WWW-Authenticate"] = 'Basic realm="kinoray"'
+    if status >= 500:
+        log.error("request failed", extra={"path": request.url.path, "type": error.type, "error": str(error)})
+    return error_response(status, error.type, [str(error)], headers)
 
 
-@api.get("/system/v1/capabilities")
-def capabilities() -> Capabilities:
-    """Encoder backends on this replica. Replicas run on CPU workers (the head has ``num-cpus: 0``), so a
-    GPU worker's NVENC shows here only for a replica placed on it."""
-    encoders = []
-    for key, capability in available_encoders().items():
-        codec, name = key.split("/", 1)
-        encoders.append(EncoderCapability(codec=codec, name=name, hardware=get_backend(codec, name).hardware,
-                                          available=capability.available, reason=capability.reason))
-    return Capabilities(version=kinoray.__version__, encoders=encoders)
+def _validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    messages = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body") or "request"
+        messages.append(f"{where}: {problem.get('msg', 'invalid')}")
+    return error_response(400, "invalid_parameters", messages or ["invalid request"])
 
 
-@serve.deployment(name="kinoray-api")
+def _http_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    error_type = _HTTP_TYPES.get(error.status_code, "invalid_request" if error.status_code < 500 else "internal_error")
+    return error_response(error.status_code, error_type, [str(error.detail)], dict(error.headers or {}))
+
+
+def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    log.exception("unhandled error", extra={"path": request.url.path, "method": request.method})
+    return error_response(500, "internal_error", ["internal error; the server log has the details"])
+
+
+def build_api() -> FastAPI:
+    """The FastAPI app with every route, the error handlers and the request metrics."""
+    app = FastAPI(
+        title="kinoray",
+        version=kinoray.__version__,
+        description="Self-hostable video infrastructure: a Mux-shaped REST API over a Ray transcode cluster. "
+                    "Management endpoints take HTTP Basic with an access token id and secret.",
+    )
+    app.add_exception_handler(KinorayError, _kinoray_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    for module in (system, assets, uploads, signing_keys, webhooks, metrics):
+        app.include_router(module.router)
+    metrics.install(app)
+    return app
+
+
+api = build_api()
+
+
+@serve.deployment(name="kinoray-api", ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class ApiIngress:
-    """The HTTP ingress. Per-replica state (database engine, storage clients) will live here."""
+    """The HTTP ingress. Each replica holds one :class:`~kinoray.control.Platform` (database pool, storage,
+    rate limiter) and a handle to the job runner (for its metrics)."""
+
+    def __init__(self, runner: Any = None) -> None:
+        from kinoray.control.platform import Platform
+        from kinoray.logs import setup_logging
+        from kinoray.serve.deps import set_platform
+
+        setup_logging()
+        set_platform(Platform.from_settings())
+        metrics.set_runner(runner)
 
 
-# mypy does not apply class decorators to the class's type: ApiIngress is a serve.Deployment here.
-app: serve.Application = cast(serve.Deployment, ApiIngress).bind()
+def _build_app() -> serve.Application:
+    from kinoray.serve.runner import JobRunner
+
+    return cast(serve.Deployment, ApiIngress).bind(cast(serve.Deployment, JobRunner).bind())
+
+
+app: serve.Application = _build_app()

@@ -63,6 +63,10 @@ def _create_engine(url: str, **options: Any) -> Engine:
     if not in_memory:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     options.setdefault("connect_args", {}).setdefault("timeout", 15)  # seconds to wait for a writer's lock
+    if not in_memory:
+        # API replicas serve from a 40-thread pool: keep that many connections open rather than churning.
+        options.setdefault("pool_size", 16)
+        options.setdefault("max_overflow", 48)
     engine = sa.create_engine(parsed, **options)
 
     @sa.event.listens_for(engine, "connect")
@@ -205,15 +209,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def newest_first(session: Session, model: type[M], *, limit: int, cursor: str | None = None,
-                 where: Iterable[sa.ColumnElement[bool]] = ()) -> tuple[list[M], str | None]:
+                 where: Iterable[sa.ColumnElement[bool]] = (),
+                 options: Iterable[Any] = ()) -> tuple[list[M], str | None]:
     """One page of ``model`` rows, newest first (``created_at DESC, id DESC``: the ``(created_at, id)`` indexes),
     and the cursor of the next page (``None`` on the last). Keyset pagination: rows created meanwhile never shift
-    a page. ``ValueError`` for a bad cursor."""
+    a page. ``options`` are loader options (``selectinload(...)``). ``ValueError`` for a bad cursor."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
     table = model.__table__
     created, row_id = table.c.created_at, table.c.id
-    query = sa.select(model).where(*where).order_by(created.desc(), row_id.desc()).limit(limit + 1)
+    query = (sa.select(model).options(*options).where(*where).order_by(created.desc(), row_id.desc())
+             .limit(limit + 1))
     if cursor is not None:
         after_time, after_id = decode_cursor(cursor)
         query = query.where(sa.or_(created < after_time, sa.and_(created == after_time, row_id < after_id)))

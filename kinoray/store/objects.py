@@ -14,7 +14,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -145,13 +145,16 @@ class ObjectStore:
         return _retrying(f"{operation} {self.url}", call, self.settings.transient_retries)
 
     # --- writing -------------------------------------------------------------------------------------------
-    def _commit(self, key: str, write_temp: Callable[[str], None]) -> None:
+    def _commit(self, key: str, write_temp: Callable[[str], None], retry_write: bool = True) -> None:
         final = self.path(key)
         temp = f"{final}{_TEMP_MARK}{uuid.uuid4().hex[:12]}"
         if self.is_local:
             os.makedirs(os.path.dirname(final), exist_ok=True)
         try:
-            self._call(f"write {key}", lambda: write_temp(temp))
+            if retry_write:
+                self._call(f"write {key}", lambda: write_temp(temp))
+            else:
+                write_temp(temp)
             self._call(f"commit {key}", lambda: self._rename(temp, final))
         except BaseException:
             try:
@@ -172,6 +175,30 @@ class ObjectStore:
 
     def put_bytes(self, data: bytes, key: str) -> None:
         self._commit(key, lambda temp: self.fs.pipe_file(temp, data))
+
+    def put_stream(self, chunks: Iterable[bytes], key: str) -> int:
+        """Write ``chunks`` to ``key`` as they come (temp key, then rename), never holding them all in memory;
+        returns the bytes written. The iterable is consumed once, so a transient error while writing is not
+        retried; if the iterable raises, nothing is committed."""
+        written = 0
+
+        def write(temp: str) -> None:
+            nonlocal written
+            with self.fs.open(temp, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    written += len(chunk)
+
+        self._commit(key, write, retry_write=False)
+        return written
+
+    def move(self, source: str, key: str) -> None:
+        """Rename ``source`` to ``key`` (replacing it): ``os.replace`` locally, a server-side copy + delete on S3,
+        so the bytes never pass through this process."""
+        final = self.path(key)
+        if self.is_local:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+        self._call(f"move {source}", lambda: self._rename(self.path(source), final))
 
     def publish_tree(self, local_dir: str | Path, *, last: tuple[str, ...] = ()) -> list[str]:
         """Upload every file under ``local_dir`` (keys relative to it), the names in ``last`` after all others,

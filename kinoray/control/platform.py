@@ -1,0 +1,52 @@
+"""The control plane's per-process state: settings, the metadata database, object storage, the rate limiter.
+
+Every API replica and the job runner hold one :class:`Platform`. It is cheap to build (no I/O beyond opening a
+connection pool lazily) and owns nothing that cannot be rebuilt from the settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kinoray.settings import Settings, get_settings
+from kinoray.store.db import Database
+from kinoray.store.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from kinoray.control.ratelimit import RateLimiter
+
+__all__ = ["Platform"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Platform:
+    """What a request handler or the runner needs. ``store`` is rooted at :attr:`Settings.storage_url`:
+
+    ``assets/<asset_id>/input``    the asset's source bytes (an upload, or the fetched input URL)
+    ``assets/<asset_id>/media/``   HLS/DASH/MP4 output of the transcode
+    ``uploads/<upload_id>/...``     a direct upload's received parts until it completes
+    """
+
+    settings: Settings
+    db: Database
+    store: ObjectStore
+    limiter: RateLimiter = field(repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, *, migrate: bool = True) -> Platform:
+        from kinoray.control.ratelimit import RateLimiter
+
+        settings = settings or get_settings()
+        db = Database.from_settings(settings)
+        if migrate:
+            db.migrate()
+        store = ObjectStore(settings.storage_url, settings.storage)
+        return cls(settings=settings, db=db, store=store, limiter=RateLimiter.from_settings(settings))
+
+    def close(self) -> None:
+        self.db.dispose()
+        self.limiter.close()

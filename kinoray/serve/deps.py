@@ -1,0 +1,111 @@
+"""FastAPI dependencies: the process's :class:`~kinoray.control.Platform`, the authenticated token (with its
+rate limit applied), and the ``Idempotency-Key`` route class for POSTs.
+
+The platform is process-global: the Serve ingress sets it in its constructor, tests with
+:func:`set_platform`. Handlers open their own transaction with ``platform.db.session()`` so the commit happens
+before the response is built.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from kinoray.control import idempotency
+from kinoray.control.auth import TokenInfo, authenticate
+from kinoray.control.platform import Platform
+from kinoray.errors import ConfigurationError, RateLimitedError
+from kinoray.store.models import request_fingerprint
+
+__all__ = ["CurrentToken", "IdempotentRoute", "PlatformDep", "get_platform", "rate_limit_headers", "set_platform"]
+
+_platform: Platform | None = None
+
+
+def set_platform(platform: Platform | None) -> None:
+    """Install (or with ``None`` remove) the platform this process's handlers use."""
+    global _platform
+    _platform = platform
+
+
+def get_platform() -> Platform:
+    if _platform is None:
+        raise ConfigurationError("the API has no platform: call kinoray.serve.deps.set_platform() first")
+    return _platform
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+
+
+def rate_limit_headers(limit: int, remaining: int) -> dict[str, str]:
+    return {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(remaining)}
+
+
+def _authenticate(platform: Platform, request: Request) -> TokenInfo:
+    cached = getattr(request.state, "token", None)
+    if cached is not None:
+        return cached
+    with platform.db.session() as session:
+        token = authenticate(session, request.headers.get("authorization"))
+    request.state.token = token
+    return token
+
+
+def current_token(request: Request, response: Response, platform: PlatformDep) -> TokenInfo:
+    """The caller's access token; charges one request to its rate-limit bucket."""
+    token = _authenticate(platform, request)
+    decision = platform.limiter.hit(token.id)
+    if not decision.allowed:
+        raise RateLimitedError(f"rate limit of {platform.settings.api.rate_limit_per_second:g} requests/s "
+                               f"(burst {decision.limit}) exceeded", decision.retry_after, decision.limit)
+    response.headers.update(rate_limit_headers(decision.limit, decision.remaining))
+    return token
+
+
+CurrentToken = Annotated[TokenInfo, Depends(current_token)]
+
+
+class IdempotentRoute(APIRoute):
+    """An ``APIRoute`` whose POST honours ``Idempotency-Key`` (see :mod:`kinoray.control.idempotency`).
+
+    Only 2xx JSON responses are kept; a request that fails releases its key. A replay carries
+    ``Idempotent-Replayed: true``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if "POST" not in (self.methods or ()):
+            return handler
+
+        async def route(request: Request) -> Response:
+            key = request.headers.get("idempotency-key")
+            if key is None:
+                return await handler(request)
+            platform = get_platform()
+            body = await request.body()
+            token = await run_in_threadpool(_authenticate, platform, request)
+            fingerprint = request_fingerprint("POST", request.url.path, body)
+            ttl = timedelta(hours=platform.settings.api.idempotency_hours)
+            stored = await run_in_threadpool(idempotency.claim, platform.db, token.id, key, fingerprint, ttl)
+            if stored is not None:
+                return JSONResponse(stored.body, status_code=stored.status, headers={"Idempotent-Replayed": "true"})
+            try:
+                response = await handler(request)
+            except BaseException:
+                await run_in_threadpool(idempotency.release, platform.db, token.id, key)
+                raise
+            if 200 <= response.status_code < 300 and response.media_type == "application/json":
+                payload = json.loads(bytes(response.body))
+                await run_in_threadpool(idempotency.remember, platform.db, token.id, key, response.status_code,
+                                        payload)
+            else:
+                await run_in_threadpool(idempotency.release, platform.db, token.id, key)
+            return response
+
+        return route

@@ -1,0 +1,52 @@
+"""Liveness and what this replica can do: ``GET /healthz``, ``GET /system/v1/capabilities`` (no auth: they
+reveal nothing about any customer's data)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+import kinoray
+from kinoray.encoders import available_encoders, get_backend
+
+__all__ = ["Capabilities", "EncoderCapability", "Health", "router"]
+
+router = APIRouter(tags=["system"])
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+class EncoderCapability(BaseModel):
+    """One encoder backend as probed on the replica that answered."""
+
+    codec: str  # h264 / hevc / av1
+    name: str  # registry name: libx264, libx265, libsvtav1, nvenc
+    hardware: bool
+    available: bool
+    reason: str  # what the probe did, or why the backend cannot run here
+
+
+class Capabilities(BaseModel):
+    version: str
+    encoders: list[EncoderCapability]
+
+
+@router.get("/healthz")
+def healthz() -> Health:
+    return Health(status="ok", version=kinoray.__version__)
+
+
+@router.get("/system/v1/capabilities")
+def capabilities() -> Capabilities:
+    """Encoder backends on this replica. The first call opens one tiny real encode session per backend (well
+    under a second on a CPU node); the answer is cached for the replica's life. Replicas run on CPU workers
+    (the head has ``num-cpus: 0``), so a GPU worker's NVENC shows here only for a replica placed on it."""
+    encoders = []
+    for key, capability in available_encoders().items():
+        codec, name = key.split("/", 1)
+        encoders.append(EncoderCapability(codec=codec, name=name, hardware=get_backend(codec, name).hardware,
+                                          available=capability.available, reason=capability.reason))
+    return Capabilities(version=kinoray.__version__, encoders=encoders)
