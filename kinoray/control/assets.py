@@ -10,15 +10,14 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session, selectinload
 
 from kinoray.control.events import emit
-from kinoray.errors import NotFoundError
+from kinoray.control.lookup import find
 from kinoray.media.ladder import DEFAULT_LADDER
 from kinoray.settings import Settings
-from kinoray.store.models import Asset, Job, PlaybackId, PlaybackPolicy, is_valid_id, new_id, utcnow
+from kinoray.store.models import Asset, Job, PlaybackId, PlaybackPolicy, new_id, utcnow
 
 __all__ = [
     "VIEW_LOADS",
@@ -174,15 +173,7 @@ def create_asset(session: Session, settings: Settings, create: NewAssetSettings,
 
 def get_asset(session: Session, asset_id: str, *, for_update: bool = False) -> Asset:
     """The asset, or ``NotFoundError`` (also for ids that cannot be ours)."""
-    if not is_valid_id(asset_id):
-        raise NotFoundError(f"no asset {asset_id!r}")
-    query = sa.select(Asset).where(Asset.id == asset_id).options(*VIEW_LOADS)
-    if for_update:
-        query = query.with_for_update()
-    asset = session.scalars(query).one_or_none()
-    if asset is None:
-        raise NotFoundError(f"no asset {asset_id!r}")
-    return asset
+    return find(session, Asset, asset_id, what="asset", for_update=for_update, options=VIEW_LOADS)
 
 
 def create_playback_id(session: Session, asset: Asset, policy: str) -> PlaybackId:

@@ -42,11 +42,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 import kinoray
+from kinoray.control.lookup import find
 from kinoray.control.urls import check_public_url
-from kinoray.errors import AuthenticationError, InvalidParametersError, NotFoundError
+from kinoray.errors import AuthenticationError, InvalidParametersError
 from kinoray.settings import Settings
 from kinoray.store.db import newest_first
-from kinoray.store.models import WebhookDelivery, WebhookEndpoint, is_valid_id, new_id, new_secret, utcnow
+from kinoray.store.models import WebhookDelivery, WebhookEndpoint, new_id, new_secret, utcnow
 from kinoray.telemetry import WEBHOOK_DELIVERIES
 
 if TYPE_CHECKING:
@@ -193,15 +194,7 @@ def create_endpoint(session: Session, settings: Settings, url: str) -> WebhookEn
 
 def get_endpoint(session: Session, endpoint_id: str, *, for_update: bool = False) -> WebhookEndpoint:
     """The endpoint, or ``NotFoundError`` (also for ids that cannot be ours)."""
-    if not is_valid_id(endpoint_id):
-        raise NotFoundError(f"no webhook endpoint {endpoint_id!r}")
-    query = sa.select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
-    if for_update:
-        query = query.with_for_update()
-    endpoint = session.scalars(query).one_or_none()
-    if endpoint is None:
-        raise NotFoundError(f"no webhook endpoint {endpoint_id!r}")
-    return endpoint
+    return find(session, WebhookEndpoint, endpoint_id, what="webhook endpoint", for_update=for_update)
 
 
 def list_endpoints(session: Session, *, limit: int, cursor: str | None = None
