@@ -331,7 +331,8 @@ class Upload(Base):
     upload_metadata: Mapped[dict[str, str]] = mapped_column(_json(), default=dict)
     #: Where the received bytes are kept in the object store.
     storage_key: Mapped[str | None] = mapped_column(sa.String(512))
-    #: Optional per-part checksums: ``[{"offset", "length", "algorithm", "digest"}, ...]``.
+    #: The received parts, in order: ``[{"offset", "length", "key", "algorithm"?, "digest"?}, ...]`` (the
+    #: checksum fields when the client sent ``Upload-Checksum``). Only parts listed here count.
     part_checksums: Mapped[list[dict[str, Any]] | None] = mapped_column(_json())
     #: ``created_at + timeout_seconds`` unless given; a waiting upload past it becomes ``timed_out``.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_upload_expiry)
