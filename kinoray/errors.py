@@ -20,7 +20,10 @@
         ├── InvalidParametersError (also ValueError)  a malformed or out-of-range parameter
         │   └── InputUrlRefusedError                  an input/webhook URL the SSRF policy forbids
         ├── AuthenticationError                      missing, wrong or revoked credentials
+        ├── PlaybackForbiddenError                   a signed playback URL without a valid token
         ├── NotFoundError
+        ├── AssetNotReadyError                       the asset is still preparing (try again later)
+        ├── RangeNotSatisfiableError                 no requested byte range overlaps the file
         ├── ConflictError                            the resource's state does not allow the request
         │   └── IdempotencyInProgressError            the first request with this Idempotency-Key still runs
         ├── IdempotencyKeyReusedError                same key, different request
@@ -43,6 +46,7 @@ from __future__ import annotations
 __all__ = [
     "ERROR_TABLE",
     "ApiError",
+    "AssetNotReadyError",
     "AuthenticationError",
     "ChecksumMismatchError",
     "ClusterError",
@@ -62,6 +66,8 @@ __all__ = [
     "MediaLimitError",
     "NotFoundError",
     "OffsetMismatchError",
+    "PlaybackForbiddenError",
+    "RangeNotSatisfiableError",
     "RateLimitedError",
     "StorageError",
     "TranscodeError",
@@ -153,8 +159,22 @@ class AuthenticationError(ApiError):
     type = "unauthorized"
 
 
+class PlaybackForbiddenError(ApiError):
+    """Not an ``AuthenticationError``: a viewer's token is refused, no Basic credentials are asked for."""
+
+    type = "playback_forbidden"
+
+
 class NotFoundError(ApiError):
     type = "not_found"
+
+
+class AssetNotReadyError(ApiError):
+    type = "asset_not_ready"
+
+
+class RangeNotSatisfiableError(ApiError):
+    type = "range_not_satisfiable"
 
 
 class ConflictError(ApiError):
@@ -232,7 +252,10 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     InvalidParametersError: 400,
     InputUrlRefusedError: 400,
     AuthenticationError: 401,
+    PlaybackForbiddenError: 403,
     NotFoundError: 404,
+    AssetNotReadyError: 412,
+    RangeNotSatisfiableError: 416,
     ConflictError: 409,
     IdempotencyInProgressError: 409,
     IdempotencyKeyReusedError: 422,

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 import urllib.request
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ def _wait_healthy(url: str, timeout: float = 120.0) -> None:
 
 
 def _call(method: str, url: str, auth: tuple[str, str] | None = None, body: Any = None,
-          headers: dict[str, str] | None = None, data: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+          headers: dict[str, str] | None = None, data: bytes | None = None) -> tuple[int, Message, Any]:
     request_headers = dict(headers or {})
     if auth is not None:
         request_headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
@@ -121,7 +122,7 @@ def _call(method: str, url: str, auth: tuple[str, str] | None = None, body: Any 
     with urllib.request.urlopen(request, timeout=60) as answer:
         raw = answer.read()
         payload = json.loads(raw) if raw and answer.headers.get_content_type() == "application/json" else None
-        return answer.status, dict(answer.headers), payload
+        return answer.status, answer.headers, payload  # case-insensitive header lookups
 
 
 def demo_upload(url: str, auth: tuple[str, str], data_dir: Path, console: Console) -> dict[str, Any]:
@@ -146,7 +147,9 @@ def demo_upload(url: str, auth: tuple[str, str], data_dir: Path, console: Consol
             chunk = handle.read(piece)
             _, headers, _ = _call("PATCH", upload["url"], data=chunk, headers={
                 **tus, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"})
-            offset = int(headers["Upload-Offset"])
+            offset = int(headers.get("Upload-Offset", "-1"))
+            if offset < 0:
+                raise KinorayError("the upload endpoint answered a PATCH without Upload-Offset")
     console.print(f"uploaded {size} bytes with tus (upload {upload['id']})")
     asset_id = None
     with Progress(TextColumn("[bold]{task.description}[/]"), BarColumn(), TextColumn("{task.percentage:>5.1f} %"),

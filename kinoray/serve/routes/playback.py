@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kinoray.control import playback as delivery
 from kinoray.control.platform import Platform
-from kinoray.errors import KinorayError
+from kinoray.errors import KinorayError, RangeNotSatisfiableError
 from kinoray.serve.deps import PlatformDep
 
 __all__ = ["DeliveryRoute", "router"]
@@ -114,8 +114,9 @@ def _file_response(request: Request, platform: Platform, playback: delivery.Play
         try:
             wanted = delivery.parse_range(request.headers.get("range"), stored.size)
         except ValueError as error:
-            raise StarletteHTTPException(416, str(error), headers={"Accept-Ranges": "bytes",
-                                                                   "Content-Range": f"bytes */{stored.size}"}) from None
+            refused = RangeNotSatisfiableError(str(error))
+            refused.headers = {"Accept-Ranges": "bytes", "Content-Range": f"bytes */{stored.size}"}  # type: ignore[attr-defined]
+            raise refused from None
     status, start, length = 200, 0, stored.size
     if wanted is not None:
         status, start, length = 206, wanted.start, wanted.length

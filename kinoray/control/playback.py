@@ -1,0 +1,458 @@
+"""Playback delivery, HTTP- and Ray-free: a playback id resolved to its asset's files, signed-playback tokens,
+the manifests a viewer gets, byte ranges, validators and the caching policy.
+
+URL scheme (served by ``kinoray.serve.routes.playback``; every path under ``/{playback_id}/`` mirrors the
+asset's ``media/`` prefix, restricted to names the packager writes)::
+
+    /{playback_id}.m3u8                     HLS master (modifiers filter/order the variants)
+    /{playback_id}.mpd                      DASH MPD over the same files
+    /{playback_id}/{rung}/index.m3u8        HLS media playlist (rung: 1080p, 720p, ..., audio)
+    /{playback_id}/{rung}/init.mp4          CMAF init segment
+    /{playback_id}/{rung}/seg_00001.m4s     CMAF media segment
+    /{playback_id}/highest.mp4              static renditions: highest.mp4, capped-1080p.mp4, audio.m4a
+
+Manifests name their children with URIs relative to the manifest's own URL (``{playback_id}/720p/index.m3u8``
+from the master, ``seg_00001.m4s`` from a media playlist), so the same bytes work behind any host or path
+prefix. For a ``signed`` playback id every URL needs ``?token=`` (a JWT, see :func:`verify_token`), and the
+manifests carry the viewer's token on every URI they list, so a stock player (hls.js, dash.js, ffmpeg) plays
+without custom code.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from sqlalchemy.orm import Session, joinedload
+
+from kinoray.control.lookup import find
+from kinoray.control.signing import public_key_pem
+from kinoray.errors import (
+    AssetNotReadyError,
+    InvalidParametersError,
+    NotFoundError,
+    PlaybackForbiddenError,
+    StorageError,
+)
+from kinoray.media.manifest_rewrite import (
+    RenditionFilter,
+    rewrite_dash_mpd,
+    rewrite_hls_master,
+    rewrite_hls_media,
+    variant_short_sides,
+)
+from kinoray.store.models import AssetStatus, PlaybackId, PlaybackPolicy
+from kinoray.store.objects import ObjectStore
+
+__all__ = [
+    "AUDIENCES",
+    "CORS_HEADERS",
+    "IMMUTABLE_MAX_AGE",
+    "MANIFEST_MAX_AGE",
+    "MEDIA_FILE_PATTERN",
+    "RUNG_PATTERN",
+    "STATIC_RENDITIONS",
+    "ByteRange",
+    "Playback",
+    "StoredObject",
+    "TOKEN_LEEWAY_SECONDS",
+    "TOKEN_MAX_LENGTH",
+    "cache_control",
+    "dash_manifest",
+    "etag_matches",
+    "hls_master",
+    "hls_media",
+    "if_range_allows",
+    "media_content_type",
+    "media_file_key",
+    "parse_range",
+    "read_object",
+    "rendition_filter",
+    "resolve_playback",
+    "stat_object",
+    "static_rendition_key",
+    "text_etag",
+    "verify_token",
+]
+
+#: JWT ``aud`` values (Mux's): video (manifests, segments, MP4), thumbnail, gif, storyboard.
+AUDIENCES = {"video": "v", "thumbnail": "t", "gif": "g", "storyboard": "s"}
+#: Seconds a cache may keep a public manifest; segments and MP4s never change once published.
+MANIFEST_MAX_AGE = 5
+IMMUTABLE_MAX_AGE = 31_536_000
+#: Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds.
+TOKEN_LEEWAY_SECONDS = 5
+#: Longer tokens are refused unparsed (Mux's are under 1 KiB).
+TOKEN_MAX_LENGTH = 8192
+
+#: For browsers on other origins: players fetch manifests and segments with XHR/fetch, read byte ranges and
+#: validators, and measure timing.
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "Content-Length, Content-Range, Accept-Ranges, ETag, Age, Date",
+    "Timing-Allow-Origin": "*",
+}
+
+_MIN_RESOLUTIONS = {"480p": 480, "540p": 540, "720p": 720, "1080p": 1080, "1440p": 1440, "2160p": 2160}
+_MAX_RESOLUTIONS = {"720p": 720, "1080p": 1080, "1440p": 1440, "2160p": 2160}
+_RENDITION_ORDERS = {"desc": True}
+#: Rendition folders the packager writes (``240p`` ... ``2160p``, ``audio``) and the files inside them.
+RUNG_PATTERN = re.compile(r"[1-9][0-9]{1,3}p|audio")
+MEDIA_FILE_PATTERN = re.compile(r"init\.mp4|seg_[0-9]{5,9}\.m4s")
+STATIC_RENDITIONS = ("highest.mp4", "capped-1080p.mp4", "audio.m4a")
+_CAPPED_SHORT_SIDE = 1080
+_READ_CHUNK = 256 * 1024
+
+
+# --- resolving a playback id ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Playback:
+    """A playback id that may be served now: its asset's media prefix and, for signed ids, the verified token
+    (propagated into manifests) and its claims."""
+
+    playback_id: str
+    asset_id: str
+    policy: PlaybackPolicy
+    media_prefix: str  # "assets/<asset_id>/media"
+    token: str | None = None
+    claims: Mapping[str, Any] | None = None
+
+    @property
+    def signed(self) -> bool:
+        return self.policy == PlaybackPolicy.SIGNED
+
+    @property
+    def query(self) -> str:
+        """What every URI a manifest lists carries: ``?token=...`` for signed ids, nothing for public ones."""
+        return f"?token={quote(self.token, safe='')}" if self.signed and self.token else ""
+
+    @property
+    def seconds_left(self) -> int | None:
+        """Seconds until the token expires (signed ids), else ``None``."""
+        if not self.signed or self.claims is None:
+            return None
+        return max(0, int(self.claims["exp"]) - int(time.time()))
+
+    def key(self, *parts: str) -> str:
+        return "/".join([self.media_prefix, *parts])
+
+
+@functools.lru_cache(maxsize=256)
+def _load_public_key(pem: str) -> RSAPublicKey:
+    key = load_pem_public_key(pem.encode("ascii"))
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError("signing key is not RSA")
+    return key
+
+
+def verify_token(session: Session, playback_id: str, token: str | None, audience: str) -> dict[str, Any]:
+    """The claims of ``token`` if it opens ``playback_id`` for ``audience`` (``"v"``, ``"t"``, ``"g"``, ``"s"``).
+
+    Accepted: RS256 only (the algorithm is pinned, so ``alg: none`` and HS256 keyed with the public key are
+    refused), signed by the signing key named in the header's ``kid``, ``sub`` equal to the playback id,
+    ``aud`` exactly ``audience``, ``exp`` present and in the future, ``nbf``/``iat`` (if present) not in the
+    future, each with :data:`TOKEN_LEEWAY_SECONDS` of clock skew. One signature check and one key lookup.
+
+    Raises:
+        PlaybackForbiddenError: for every refusal, with the reason in the message.
+    """
+    if not token:
+        raise PlaybackForbiddenError(f"playback id {playback_id} is signed: add ?token=<JWT>")
+    if len(token) > TOKEN_MAX_LENGTH:
+        raise PlaybackForbiddenError("token too long")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise PlaybackForbiddenError("malformed token") from None
+    if header.get("alg") != "RS256":
+        raise PlaybackForbiddenError(f"token algorithm {str(header.get('alg'))[:16]!r} refused: only RS256")
+    kid = header.get("kid")
+    pem = public_key_pem(session, kid) if isinstance(kid, str) else None
+    if pem is None:
+        raise PlaybackForbiddenError("token kid names no signing key")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, _load_public_key(pem), algorithms=["RS256"], audience=audience,
+            options={"require": ["exp", "sub", "aud"], "strict_aud": True}, leeway=TOKEN_LEEWAY_SECONDS)
+    except jwt.ExpiredSignatureError:
+        raise PlaybackForbiddenError("token expired") from None
+    except jwt.ImmatureSignatureError:
+        raise PlaybackForbiddenError("token not valid yet (nbf/iat in the future)") from None
+    except jwt.InvalidAudienceError:
+        raise PlaybackForbiddenError(f"token audience is not {audience!r}") from None
+    except jwt.MissingRequiredClaimError as error:
+        raise PlaybackForbiddenError(f"token has no {error.claim!r} claim") from None
+    except (jwt.PyJWTError, ValueError):
+        raise PlaybackForbiddenError("token signature or claims invalid") from None
+    if claims.get("sub") != playback_id:
+        raise PlaybackForbiddenError("token was issued for another playback id")
+    return claims
+
+
+def resolve_playback(session: Session, playback_id: str, *, token: str | None, audience: str) -> Playback:
+    """What ``playback_id`` may serve now. Checks, in this order (so an anonymous caller learns nothing about
+    a signed id's asset): the id exists, the token (signed ids; a token given for a public id is ignored), the
+    asset's state.
+
+    Raises:
+        NotFoundError: unknown, deleted or malformed id; errored asset.
+        PlaybackForbiddenError: a signed id without a valid token for ``audience``.
+        AssetNotReadyError: the asset is still preparing.
+    """
+    row = find(session, PlaybackId, playback_id, what="playback id", options=(joinedload(PlaybackId.asset),))
+    claims = None
+    if row.policy == PlaybackPolicy.SIGNED:
+        claims = verify_token(session, row.id, token, audience)
+    asset = row.asset
+    if asset.status == AssetStatus.PREPARING:
+        raise AssetNotReadyError(f"asset for playback id {row.id} is still preparing; retry when it is ready")
+    if asset.status != AssetStatus.READY:
+        raise NotFoundError(f"playback id {row.id} has nothing to play: its asset errored")
+    prefix = (asset.storage_prefix or f"assets/{asset.id}").rstrip("/")
+    return Playback(playback_id=row.id, asset_id=asset.id, policy=row.policy, media_prefix=f"{prefix}/media",
+                    token=token if claims is not None else None, claims=claims)
+
+
+def rendition_filter(playback: Playback, query: Mapping[str, str]) -> RenditionFilter:
+    """The playback modifiers ``min_resolution``, ``max_resolution`` and ``rendition_order``: from the query
+    for public ids, from the token's claims for signed ones (Mux's rule; query modifiers are then ignored, so
+    a viewer cannot lift limits the signer set).
+
+    Raises:
+        InvalidParametersError: a value Mux does not accept, or a minimum above the maximum.
+    """
+    source: Mapping[str, Any] = playback.claims if playback.signed and playback.claims is not None else query
+
+    def pick(name: str, allowed: Mapping[str, Any]) -> Any:
+        value = source.get(name)
+        if value is not None and (not isinstance(value, str) or value not in allowed):
+            raise InvalidParametersError(f"{name} must be one of {', '.join(allowed)}, got {str(value)[:32]!r}")
+        return None if value is None else allowed[value]
+
+    minimum, maximum = pick("min_resolution", _MIN_RESOLUTIONS), pick("max_resolution", _MAX_RESOLUTIONS)
+    descending = pick("rendition_order", _RENDITION_ORDERS) is not None
+    try:
+        return RenditionFilter(min_resolution=minimum, max_resolution=maximum, descending=descending)
+    except ValueError as error:
+        raise InvalidParametersError(str(error)) from None
+
+
+# --- manifests -----------------------------------------------------------------------------------------------
+
+
+def _read_text(store: ObjectStore, key: str, what: str) -> str:
+    try:
+        return store.get_bytes(key).decode("utf-8")
+    except StorageError as error:
+        if isinstance(error.__cause__, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+            raise NotFoundError(f"no {what} for this playback id") from None
+        raise
+
+
+def hls_master(store: ObjectStore, playback: Playback, selection: RenditionFilter) -> str:
+    """The asset's master playlist, variants filtered/ordered, URIs under ``{playback_id}/`` (+ token)."""
+    master = _read_text(store, playback.key("master.m3u8"), "HLS manifest")
+    return rewrite_hls_master(master, prefix=f"{playback.playback_id}/", query=playback.query, selection=selection)
+
+
+def hls_media(store: ObjectStore, playback: Playback, rung: str) -> str:
+    """Rendition ``rung``'s media playlist, with the token on its segment and init URIs."""
+    if not RUNG_PATTERN.fullmatch(rung):
+        raise NotFoundError(f"no rendition {rung[:32]!r}")
+    playlist = _read_text(store, playback.key(rung, "index.m3u8"), f"rendition {rung}")
+    return rewrite_hls_media(playlist, query=playback.query)
+
+
+def dash_manifest(store: ObjectStore, playback: Playback, selection: RenditionFilter) -> str:
+    """The asset's MPD, video representations filtered/ordered, templates under ``{playback_id}/`` (+ token)."""
+    mpd = _read_text(store, playback.key("manifest.mpd"), "DASH manifest")
+    return rewrite_dash_mpd(mpd, prefix=f"{playback.playback_id}/", query=playback.query, selection=selection)
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+
+
+def media_file_key(playback: Playback, rung: str, name: str) -> str:
+    """The storage key of an init or media segment, after checking both names against what the packager
+    writes (``720p``/``audio``; ``init.mp4``/``seg_00001.m4s``), so no request names anything else."""
+    if not RUNG_PATTERN.fullmatch(rung) or not MEDIA_FILE_PATTERN.fullmatch(name):
+        raise NotFoundError(f"no file {rung[:32]!r}/{name[:32]!r}")
+    return playback.key(rung, name)
+
+
+def media_content_type(rung: str, name: str) -> str:
+    if name.endswith(".m3u8"):
+        return "application/vnd.apple.mpegurl"
+    if rung == "audio" or name.endswith(".m4a"):
+        return "audio/mp4"
+    return "video/iso.segment" if name.endswith(".m4s") else "video/mp4"
+
+
+def static_rendition_key(store: ObjectStore, playback: Playback, name: str) -> str:
+    """The storage key behind ``/{playback_id}/{name}``: ``highest.mp4`` is the stored top-rung MP4,
+    ``capped-1080p.mp4`` the same file when the top rung is at most 1080p, ``audio.m4a`` the stored audio
+    MP4 (written for audio-only assets only).
+
+    Raises:
+        NotFoundError: another name, or the file is not there.
+    """
+    if name not in STATIC_RENDITIONS:
+        raise NotFoundError(f"no static rendition {name[:32]!r}")
+    if name == "audio.m4a":
+        key = playback.key("audio.m4a")
+        if not store.exists(key):
+            raise NotFoundError("no audio.m4a: it is stored for audio-only assets only")
+        return key
+    key = playback.key("highest.mp4")
+    if name == "capped-1080p.mp4":
+        sides = variant_short_sides(_read_text(store, playback.key("master.m3u8"), "HLS manifest"))
+        if sides and max(sides) > _CAPPED_SHORT_SIDE:
+            raise NotFoundError(f"no capped-1080p.mp4: the top rendition is {max(sides)}p; use highest.mp4")
+    if not store.exists(key):
+        raise NotFoundError(f"no {name} for this playback id")
+    return key
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A stored file's size and strong ETag. The ETag hashes the object's size and modification time (or the
+    S3 ETag), so it is the same on every replica and changes when the object is replaced."""
+
+    key: str
+    size: int
+    etag: str
+
+
+def stat_object(store: ObjectStore, key: str) -> StoredObject:
+    """One metadata request. Raises ``NotFoundError`` if there is no such file, ``StorageError`` otherwise."""
+    try:
+        info = store.fs.info(store.path(key))
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFoundError(f"no file {key.rsplit('/', 2)[-2:]} for this playback id") from None
+    except Exception as error:  # noqa: BLE001 - any backend failure is a storage error
+        raise StorageError(f"stat {key} failed: {type(error).__name__}: {error}") from error
+    if info.get("type") != "file":
+        raise NotFoundError("no such file for this playback id")
+    size = int(info["size"])
+    version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created") or ""
+    digest = hashlib.sha256(f"{key}\0{size}\0{version}".encode()).hexdigest()[:32]
+    return StoredObject(key=key, size=size, etag=f'"{digest}"')
+
+
+def read_object(store: ObjectStore, key: str, start: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes of ``key`` from ``start`` in blocks of 256 KiB; the file is opened before the first
+    block is asked for, so an unreadable file fails before a response starts."""
+    reader = store.open(key)
+
+    def blocks() -> Iterator[bytes]:
+        with reader:
+            reader.seek(start)
+            remaining = length
+            while remaining > 0:
+                block = reader.read(min(_READ_CHUNK, remaining))
+                if not block:
+                    raise StorageError(f"{key} ended {remaining} bytes early")
+                remaining -= len(block)
+                yield block
+
+    return blocks()
+
+
+# --- HTTP semantics, framework-free ----------------------------------------------------------------------------
+
+
+def cache_control(playback: Playback, *, immutable: bool) -> str:
+    """``Cache-Control`` for a delivery response. Segments, init segments and MP4s (``immutable``) never change
+    under their URL: a year, ``immutable`` — for a signed id only until its token expires, so no cache serves
+    a URL longer than its token opens it. Manifests: a few seconds when public; never stored when signed
+    (they embed the viewer's token)."""
+    if not immutable:
+        return "private, no-store" if playback.signed else f"public, max-age={MANIFEST_MAX_AGE}"
+    seconds_left = playback.seconds_left
+    max_age = IMMUTABLE_MAX_AGE if seconds_left is None else min(IMMUTABLE_MAX_AGE, seconds_left)
+    return f"public, max-age={max_age}, immutable"
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    def content_range(self, size: int) -> str:
+        return f"bytes {self.start}-{self.end}/{size}"
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The byte range to send for a ``Range`` header (RFC 9110 §14), or ``None`` for the whole object: no
+    header, another unit, or a malformed one (which the RFC says to ignore). Several ranges are answered with
+    one range spanning them all (a client that asked for several accepts a single-part 206).
+
+    Raises:
+        ValueError: no requested range overlaps the object (answer 416).
+    """
+    if header is None:
+        return None
+    unit, _, specs = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or not specs.strip():
+        return None
+    ranges: list[ByteRange] = []
+    for spec in specs.split(","):
+        first, dash, last = spec.strip().partition("-")
+        if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+            return None
+        if first == "":
+            if last == "":
+                return None
+            suffix = int(last)
+            if suffix > 0 and size > 0:
+                ranges.append(ByteRange(max(0, size - suffix), size - 1))
+            continue
+        start = int(first)
+        if last and int(last) < start:
+            return None
+        if start < size:
+            ranges.append(ByteRange(start, min(int(last), size - 1) if last else size - 1))
+    if not ranges:
+        raise ValueError(f"range {header[:64]!r} is outside the object's {size} bytes")
+    return ByteRange(min(r.start for r in ranges), max(r.end for r in ranges))
+
+
+def _entity_tags(header: str) -> list[str]:
+    return [tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()]
+
+
+def text_etag(body: bytes) -> str:
+    """A strong ETag for a generated body (a manifest): a hash of its bytes."""
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` matches ``etag`` (weak comparison, ``*`` matches): answer 304."""
+    if not if_none_match:
+        return False
+    tags = _entity_tags(if_none_match)
+    return "*" in tags or etag.removeprefix("W/") in tags
+
+
+def if_range_allows(if_range: str | None, etag: str) -> bool:
+    """Whether ``Range`` may be honoured under ``If-Range``: absent, or exactly our strong ETag (a date or
+    another tag means the client's copy may be stale: send the whole object)."""
+    if if_range is None:
+        return True
+    value = if_range.strip()
+    return value == etag and not value.startswith("W/")

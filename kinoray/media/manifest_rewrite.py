@@ -1,0 +1,177 @@
+"""Manifests as a viewer gets them: the packaged HLS playlists and DASH MPD (``media/manifest.py``) re-rooted
+under a URL prefix, with a query string (a playback token) carried on every URI, and the video renditions
+filtered and ordered by playback modifiers. Pure text/XML functions; the input is what our packager wrote.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["RenditionFilter", "rewrite_dash_mpd", "rewrite_hls_master", "rewrite_hls_media", "variant_short_sides"]
+
+_URI_ATTRIBUTE = re.compile(r'URI="([^"]*)"')
+_RESOLUTION = re.compile(r"(?:^|,)RESOLUTION=(\d+)x(\d+)")
+_BANDWIDTH = re.compile(r"(?:^|,)BANDWIDTH=(\d+)")
+_STREAM_INF = "#EXT-X-STREAM-INF:"
+_DASH_NS = "urn:mpeg:dash:schema:mpd:2011"
+
+
+@dataclass(frozen=True)
+class RenditionFilter:
+    """Which video renditions a manifest lists, and in what order (Mux's playback modifiers).
+
+    Sizes are the picture's short side in pixels (``720`` for ``720p``), so portrait video is judged like
+    landscape. A rendition is kept when ``min_resolution <= short side <= max_resolution``; when none is, the
+    one nearest the window is kept (a manifest never loses its video). The default order is ascending (the
+    smallest rendition first, for a quick start); ``descending`` lists the largest first.
+    """
+
+    min_resolution: int | None = None
+    max_resolution: int | None = None
+    descending: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("min_resolution", "max_resolution"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if (self.min_resolution is not None and self.max_resolution is not None
+                and self.min_resolution > self.max_resolution):
+            raise ValueError(f"min_resolution {self.min_resolution}p is above max_resolution {self.max_resolution}p")
+
+    def _distance(self, size: int) -> int:
+        if self.min_resolution is not None and size < self.min_resolution:
+            return self.min_resolution - size
+        if self.max_resolution is not None and size > self.max_resolution:
+            return size - self.max_resolution
+        return 0
+
+    def select(self, renditions: Sequence[tuple[int | None, int]]) -> list[int]:
+        """Positions of the kept renditions, in delivery order, from ``(short side or None, bandwidth)`` pairs.
+        Renditions without a size (an audio-only variant) are always kept, after the video ones."""
+        sized = [(position, size, bandwidth) for position, (size, bandwidth) in enumerate(renditions)
+                 if size is not None]
+        unsized = [position for position, (size, _) in enumerate(renditions) if size is None]
+        kept = [item for item in sized if self._distance(item[1]) == 0]
+        if sized and not kept:
+            nearest = min(sized, key=lambda item: (self._distance(item[1]), -item[1]))
+            kept = [nearest]
+        kept.sort(key=lambda item: (item[1], item[2]), reverse=self.descending)
+        return [position for position, _, _ in kept] + unsized
+
+
+def _short_side(stream_inf: str) -> int | None:
+    match = _RESOLUTION.search(stream_inf.removeprefix(_STREAM_INF))
+    return min(int(match[1]), int(match[2])) if match else None
+
+
+def _bandwidth(stream_inf: str) -> int:
+    match = _BANDWIDTH.search(stream_inf.removeprefix(_STREAM_INF))
+    return int(match[1]) if match else 0
+
+
+def _uri_rewriter(prefix: str, query: str) -> Callable[[str], str]:
+    def rewrite(uri: str) -> str:
+        return f"{prefix}{uri}{query}"
+
+    return rewrite
+
+
+def _rewrite_tag_uri(line: str, rewrite: Callable[[str], str]) -> str:
+    return _URI_ATTRIBUTE.sub(lambda match: f'URI="{rewrite(match[1])}"', line)
+
+
+def _lines(text: str) -> list[str]:
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "#EXTM3U":
+        raise ValueError("not an HLS playlist (no #EXTM3U)")
+    return lines
+
+
+def variant_short_sides(master: str) -> list[int]:
+    """The short side of every video variant of an HLS master playlist (``RESOLUTION``), in listed order."""
+    return [size for line in _lines(master) if line.startswith(_STREAM_INF)
+            for size in [_short_side(line)] if size is not None]
+
+
+def rewrite_hls_master(master: str, *, prefix: str, query: str = "",
+                       selection: RenditionFilter | None = None) -> str:
+    """``master`` with every URI (variant lines and ``URI=`` attributes) turned into ``prefix + uri + query``
+    and its variants filtered and ordered by ``selection``. Tags that are not variants (``EXT-X-MEDIA`` audio
+    groups, the header) keep their place; variants follow them."""
+    rewrite = _uri_rewriter(prefix, query)
+    head: list[str] = []
+    variants: list[tuple[str, str]] = []  # (EXT-X-STREAM-INF line, URI line)
+    lines = _lines(master)
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if line.startswith(_STREAM_INF):
+            uri_index = index + 1
+            while uri_index < len(lines) and (not lines[uri_index].strip() or lines[uri_index].startswith("#")):
+                uri_index += 1  # tolerate comments between the tag and its URI
+            if uri_index == len(lines):
+                raise ValueError("EXT-X-STREAM-INF without a URI")
+            variants.append((line, lines[uri_index].strip()))
+            index = uri_index + 1
+            continue
+        if line.strip():
+            head.append(_rewrite_tag_uri(line, rewrite) if line.startswith("#") else rewrite(line.strip()))
+        index += 1
+    order = (selection or RenditionFilter()).select([(_short_side(tag), _bandwidth(tag)) for tag, _ in variants])
+    body = [part for position in order for part in (variants[position][0], rewrite(variants[position][1]))]
+    return "\n".join(head + body) + "\n"
+
+
+def rewrite_hls_media(playlist: str, *, prefix: str = "", query: str = "") -> str:
+    """A media playlist with each segment URI and ``EXT-X-MAP`` turned into ``prefix + uri + query``."""
+    rewrite = _uri_rewriter(prefix, query)
+    out = []
+    for line in _lines(playlist):
+        if not line.strip():
+            continue
+        out.append(_rewrite_tag_uri(line, rewrite) if line.startswith("#") else rewrite(line.strip()))
+    return "\n".join(out) + "\n"
+
+
+def _dash(tag: str) -> str:
+    return f"{{{_DASH_NS}}}{tag}"
+
+
+def rewrite_dash_mpd(mpd: str, *, prefix: str, query: str = "", selection: RenditionFilter | None = None) -> str:
+    """``mpd`` with every ``SegmentTemplate``'s ``initialization`` and ``media`` turned into
+    ``prefix + template + query`` and the video ``Representation``s filtered and ordered by ``selection``
+    (``maxWidth``/``maxHeight`` follow)."""
+    ET.register_namespace("", _DASH_NS)
+    root = ET.fromstring(mpd)
+    if root.tag != _dash("MPD"):
+        raise ValueError("not a DASH MPD")
+    rewrite = _uri_rewriter(prefix, query)
+    for template in list(root.iter(_dash("SegmentTemplate"))):
+        for attribute in ("initialization", "media"):
+            value = template.get(attribute)
+            if value is not None:
+                template.set(attribute, rewrite(value))
+    for adaptation in list(root.iter(_dash("AdaptationSet"))):
+        if adaptation.get("contentType") != "video":
+            continue
+        representations = adaptation.findall(_dash("Representation"))
+        sizes = []
+        for representation in representations:
+            width, height = representation.get("width"), representation.get("height")
+            size = min(int(width), int(height)) if width and height else None
+            sizes.append((size, int(representation.get("bandwidth") or 0)))
+        order = (selection or RenditionFilter()).select(sizes)
+        for representation in representations:
+            adaptation.remove(representation)
+        kept = [representations[position] for position in order]
+        adaptation.extend(kept)
+        for attribute, dimension in (("maxWidth", "width"), ("maxHeight", "height")):
+            values = [int(value) for value in (r.get(dimension) for r in kept) if value]
+            if values and adaptation.get(attribute) is not None:
+                adaptation.set(attribute, str(max(values)))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
