@@ -68,11 +68,12 @@ class Platform:
             self.env["KINORAY_DATABASE_URL"] = database_url
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = (self.data_dir / f"up-{time.time_ns()}.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kinoray.cli", "up", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            [sys.executable, "-m", "kinoray.cli", "up", "--port", str(self.port), "--data-dir", str(self.data_dir),
+             *extra],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 180
         while True:
@@ -244,5 +245,30 @@ def test_restarted_platform_finishes_an_interrupted_job(tmp_path: Path) -> None:
         asset = running.wait_asset(asset_id)
         assert asset["status"] == "ready", asset
         assert abs(asset["duration"] - 24.0) < 0.1
+    finally:
+        running.stop()
+
+
+def test_make_run_demo_uploads_and_serves_a_playable_stream(tmp_path: Path) -> None:
+    """What ``make run`` does: ``kinoray up --demo`` uploads a generated clip over tus and prints a playback URL
+    that an independent client (Debian ffmpeg) plays end to end through Serve."""
+    import re
+
+    running = Platform(tmp_path / "data", None)
+    running.start("--demo")
+    try:
+        deadline = time.monotonic() + 300
+        while "playback URL:" not in running.output():
+            assert running.process is not None and running.process.poll() is None, running.output()
+            assert time.monotonic() < deadline, running.output()
+            time.sleep(1)
+        time.sleep(0.5)
+        url = re.search(r"playback URL: (\S+\.m3u8)", running.output())
+        assert url is not None, running.output()
+        probe = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                                "stream=nb_read_frames", "-of", "csv=p=0", url.group(1)],
+                               capture_output=True, text=True, timeout=180)
+        assert probe.returncode == 0, probe.stderr
+        assert int(probe.stdout.split()[0]) == 600  # 20 s at 30 fps
     finally:
         running.stop()
