@@ -95,7 +95,7 @@ def build_api() -> FastAPI:
 api = build_api()
 
 
-@serve.deployment(name="kinoray-api", ray_actor_options={"num_cpus": 0})
+@serve.deployment(name="kinoray-api", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 @serve.ingress(api)
 class ApiIngress:
     """The HTTP ingress. Each replica holds one :class:`~kinoray.control.Platform` (database pool, storage,

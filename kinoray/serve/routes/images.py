@@ -59,6 +59,8 @@ def _respond(request: Request, source: ImageSource, result: ImageResult) -> Resp
                "X-Image-Cache": "miss" if result.rendered else "hit"}
     if etag_matches(request.headers.get("if-none-match"), result.etag):
         return Response(status_code=304, headers=headers)
+    if request.method == "HEAD":  # the length of what GET sends, and no body (whatever server runs the app)
+        return Response(headers={**headers, "Content-Length": str(len(result.body))}, media_type=result.media_type)
     return Response(result.body, media_type=result.media_type, headers=headers)
 
 
@@ -96,9 +98,9 @@ def animated(request: Request, playback_id: str, extension: str, platform: Platf
 
 @router.api_route("/{playback_id}/storyboard.{extension}", methods=["GET", "HEAD"], include_in_schema=False)
 def storyboard(request: Request, playback_id: str, extension: str, platform: PlatformDep,
-               format: Annotated[str | None, Query(alias="format")] = None, token: Token = None) -> Response:
+               image_format: Annotated[str | None, Query(alias="format")] = None, token: Token = None) -> Response:
     """The tiled sprite, or the WebVTT that maps time ranges to its tiles (``#xywh=``)."""
     _known(extension, (*STILL_FORMATS, "vtt"), "storyboard")
     source = _source(platform, playback_id, token, "storyboard")
-    params = StoryboardParams.parse(extension, image_format=format)
+    params = StoryboardParams.parse(extension, image_format=image_format)
     return _respond(request, source, ImageCache(platform.store).storyboard(source, params))
