@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kinoray-installed
 DATA_DIR ?= ./data
 
-.PHONY: run test setup system-deps lint clean
+.PHONY: run test setup system-deps lint clean player
 
 setup: $(STAMP) system-deps
 
@@ -17,11 +17,22 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # ffmpeg/ffprobe (Debian) are not used by the product: the tests use them as an independent decoder and the
-# benchmarks as a peer. Installed only when missing.
+# benchmarks as a peer. Chromium (Debian) runs the player's browser tests and the startup benchmark, driven by
+# Playwright through executable_path (Playwright's own browser download is never used). Installed only when
+# missing.
 system-deps:
 	@command -v ffprobe >/dev/null 2>&1 && command -v ffmpeg >/dev/null 2>&1 || { \
 	  echo "installing Debian ffmpeg (independent oracle for tests and benchmarks)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; }
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Debian chromium (browser tests of the web player)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium >/dev/null; }
+
+# Rebuilds the vendored hls.js/dash.js in kinoray/player/static/ from the pinned lockfile (needs node and npm;
+# `make run` and `make test` do not: the built files are committed, and a test checks them against the lock).
+player:
+	cd kinoray/player && npm ci --ignore-scripts --no-audit --no-fund && node build.mjs
 
 run: setup
 	$(BIN)/kinoray up --demo --data-dir $(DATA_DIR)

@@ -15,6 +15,7 @@ PUBLIC = {
     "/system/v1/capabilities": "encoder capabilities of the replica (no customer data)",
     "/metrics": "Prometheus scrape (cluster network only)",
     "/upload/v1/{upload_id}": "direct-upload URL: the unguessable upload id is the capability",
+    "/data/v1/events": "player beacons (no credentials: browsers send them)",
 }
 
 

@@ -95,7 +95,7 @@ def test_migrations_build_the_models_schema_and_go_back(backend: Backend) -> Non
     try:
         with database.engine.connect() as connection:
             assert _schema_diffs(connection) == []
-            assert MigrationContext.configure(connection).get_current_revision() == "0001"
+            assert MigrationContext.configure(connection).get_current_revision() == "0002"
             inspector = sa.inspect(connection)
             for table in Base.metadata.sorted_tables:  # Alembic does not compare CHECK constraints: names here
                 expected = {c.name for c in table.constraints if isinstance(c, sa.CheckConstraint)}

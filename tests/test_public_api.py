@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 PACKAGES = ["kinoray", "kinoray.media", "kinoray.encoders", "kinoray.cluster", "kinoray.store", "kinoray.errors",
-            "kinoray.settings"]
+            "kinoray.settings", "kinoray.player"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

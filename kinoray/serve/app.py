@@ -24,7 +24,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import kinoray
 from kinoray.errors import AuthenticationError, KinorayError, RateLimitedError, http_status
 from kinoray.serve import metrics
-from kinoray.serve.routes import assets, images, playback, signing_keys, system, tracks, uploads, webhooks
+from kinoray.serve.routes import (
+    assets,
+    data,
+    images,
+    playback,
+    player,
+    signing_keys,
+    system,
+    tracks,
+    uploads,
+    webhooks,
+)
 
 __all__ = ["ApiIngress", "api", "app", "build_api", "error_response"]
 
@@ -86,7 +97,7 @@ def build_api() -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     # playback and images last: their paths start with a playback id, so they must not shadow the API's
-    for module in (system, assets, tracks, uploads, signing_keys, webhooks, metrics, images, playback):
+    for module in (system, assets, tracks, uploads, signing_keys, webhooks, metrics, player, data, images, playback):
         app.include_router(module.router)
     metrics.install(app)
     return app

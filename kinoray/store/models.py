@@ -48,6 +48,7 @@ __all__ = [
     "UTCDateTime",
     "Upload",
     "UploadStatus",
+    "ViewEvent",
     "WebhookDelivery",
     "WebhookEndpoint",
     "hash_secret",
@@ -591,3 +592,54 @@ class WebhookDelivery(Base):
     def __repr__(self) -> str:
         return (f"WebhookDelivery(id={self.id!r}, endpoint_id={self.endpoint_id!r}, event_id={self.event_id!r}, "
                 f"attempts={self.attempts})")
+
+
+# --- player analytics ----------------------------------------------------------------------------------------
+
+
+class ViewEvent(Base):
+    """One player beacon (Mux Data's event model) as ``POST /data/v1/events`` received it; the analytics layer
+    derives views and metrics from these rows. See :mod:`kinoray.control.analytics` for the fields.
+
+    No foreign keys: beacons are anonymous and outlive the assets and playback ids they name. The id is an
+    integer in arrival order (a cursor for readers; ``INTEGER PRIMARY KEY`` on SQLite so it auto-increments).
+    """
+
+    __tablename__ = "view_events"
+    __table_args__ = (
+        sa.Index("ix_view_events_playback_id_viewer_time", "playback_id", "viewer_time"),
+        sa.Index("ix_view_events_view_id", "view_id"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    event_type: Mapped[str] = mapped_column(sa.String(32))  # playerready, viewinit, play, ... (validated at ingest)
+    view_id: Mapped[str] = mapped_column(sa.String(64))
+    session_id: Mapped[str] = mapped_column(sa.String(64))  # the viewer (one per browser)
+    playback_id: Mapped[str] = mapped_column(sa.String(64))
+    sequence: Mapped[int | None] = mapped_column(sa.Integer)  # the event's number within its view
+    viewer_time: Mapped[int] = mapped_column(sa.BigInteger)  # the viewer's clock, ms since the epoch
+    playback_time: Mapped[int] = mapped_column(sa.BigInteger)  # the playhead, ms
+    event_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)  # when the server received it
+    player_name: Mapped[str | None] = mapped_column(sa.String(64))
+    player_version: Mapped[str | None] = mapped_column(sa.String(64))
+    player_software: Mapped[str | None] = mapped_column(sa.String(64))  # hls.js, dash.js, native
+    player_software_version: Mapped[str | None] = mapped_column(sa.String(64))
+    player_width: Mapped[int | None] = mapped_column(sa.Integer)
+    player_height: Mapped[int | None] = mapped_column(sa.Integer)
+    browser: Mapped[str | None] = mapped_column(sa.String(64))
+    browser_version: Mapped[str | None] = mapped_column(sa.String(64))
+    os: Mapped[str | None] = mapped_column(sa.String(64))
+    os_version: Mapped[str | None] = mapped_column(sa.String(64))
+    page_url: Mapped[str | None] = mapped_column(sa.String(1024))
+    rendition_width: Mapped[int | None] = mapped_column(sa.Integer)  # renditionchange
+    rendition_height: Mapped[int | None] = mapped_column(sa.Integer)
+    rendition_bitrate: Mapped[int | None] = mapped_column(sa.BigInteger)  # bits/s
+    rendition_codec: Mapped[str | None] = mapped_column(sa.String(128))
+    error_code: Mapped[int | None] = mapped_column(sa.Integer)  # error: HTTP status or the player's code
+    error_type: Mapped[str | None] = mapped_column(sa.String(64))  # error: the server's typed error
+    error_message: Mapped[str | None] = mapped_column(sa.String(1024))
+    error_context: Mapped[str | None] = mapped_column(sa.String(1024))
+
+    def __repr__(self) -> str:
+        return f"ViewEvent(id={self.id!r}, event_type={self.event_type!r}, view_id={self.view_id!r})"

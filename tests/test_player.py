@@ -1,0 +1,594 @@
+"""The web player and the beacon ingest.
+
+Without a browser (SQLite and PostgreSQL): the vendored hls.js/dash.js are exactly what the lockfile's packages
+hold; the static allow-list, its caching and compression; the embeddable pages; ``POST /data/v1/events``
+(storage, validation, size bound, CORS, per-IP rate limit).
+
+In a browser (marker ``browser``, SQLite only): Debian's headless Chromium, driven by Playwright, plays a ready
+asset through ``/player/{id}`` (hls.js) to 5 s of playhead, switches rendition from the quality menu, shows the
+captions menu, the storyboard preview and the keyboard shortcuts, and its beacons land in ``view_events``; the
+DASH page plays through dash.js; a signed id plays with a valid token and shows the typed error with an
+expired one. Waits poll ``page.evaluate`` (not ``wait_for_function``, whose string predicates the page's
+Content-Security-Policy rightly refuses to ``eval``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+import sqlalchemy as sa
+
+from kinoray.player import STATIC_DIR, static_file, static_names, vendored
+from kinoray.player.assets import OWN_FILES
+from kinoray.store.models import Asset, AssetStatus, PlaybackId, PlaybackPolicy, ViewEvent, new_id
+
+PLAYER_DIR = STATIC_DIR.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--autoplay-policy=no-user-gesture-required"]
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+# --- vendored players ----------------------------------------------------------------------------------------
+
+
+def test_vendored_files_are_the_lockfiles_packages() -> None:
+    lock = json.loads((PLAYER_DIR / "package-lock.json").read_text())
+    manifest = json.loads((PLAYER_DIR / "package.json").read_text())
+    for package, pinned in manifest["dependencies"].items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), f"{package} must be pinned exactly, not {pinned!r}"
+        assert lock["packages"][f"node_modules/{package}"]["version"] == pinned
+        assert lock["packages"][""]["dependencies"][package] == pinned
+    files = vendored()
+    assert {"hls.min.js", "dash.all.min.js"} <= set(files)
+    for name, record in files.items():
+        assert record["version"] == manifest["dependencies"][record["package"]], name
+        assert hashlib.sha256((STATIC_DIR / name).read_bytes()).hexdigest() == record["sha256"], \
+            f"static/{name} differs from what build.mjs recorded: run make player"
+        installed = PLAYER_DIR / "node_modules" / record["package"] / record["path"]
+        if installed.exists():  # after `make player`: byte for byte what npm installed from the lockfile
+            assert installed.read_bytes() == (STATIC_DIR / name).read_bytes(), name
+    on_disk = {path.name for path in STATIC_DIR.iterdir()}
+    assert on_disk == set(static_names()) | {"vendor.json"}, "every file in static/ is on the allow-list"
+    assert set(OWN_FILES) <= on_disk
+
+
+def test_vendored_versions_are_the_ones_the_scripts_report() -> None:
+    hls = (STATIC_DIR / "hls.min.js").read_text()
+    assert f'"{vendored()["hls.min.js"]["version"]}"' in hls
+    assert vendored()["dash.all.min.js"]["version"] in (STATIC_DIR / "dash.all.min.js").read_text()
+
+
+# --- static files and pages ------------------------------------------------------------------------------------
+
+
+def test_static_files_are_an_allow_list_with_long_caching(api) -> None:
+    for name in sorted(static_names()):
+        shipped = static_file(name)
+        versioned = requests.get(f"{api.url}/player/{shipped_url(name)}", timeout=10)
+        assert versioned.status_code == 200, name
+        assert versioned.content == shipped.body  # requests undoes the gzip
+        assert versioned.headers["Cache-Control"] == IMMUTABLE
+        assert versioned.headers["Content-Type"] == shipped.content_type
+        assert versioned.headers["X-Content-Type-Options"] == "nosniff"
+        assert versioned.headers["Access-Control-Allow-Origin"] == "*"
+        plain = requests.get(f"{api.url}/player/static/{name}", timeout=10)
+        assert plain.headers["Cache-Control"] == "public, max-age=300"
+        again = requests.get(f"{api.url}/player/static/{name}", headers={"If-None-Match": plain.headers["ETag"]},
+                             timeout=10)
+        assert again.status_code == 304 and not again.content
+    hls = requests.get(f"{api.url}/player/static/hls.min.js", headers={"Accept-Encoding": "gzip"}, stream=True,
+                       timeout=10)
+    assert hls.headers["Content-Encoding"] == "gzip"
+    assert int(hls.headers["Content-Length"]) < len(static_file("hls.min.js").body) / 2
+    identity = requests.get(f"{api.url}/player/static/hls.min.js", headers={"Accept-Encoding": "identity"},
+                            timeout=10)
+    assert "Content-Encoding" not in identity.headers and identity.content == static_file("hls.min.js").body
+    head = requests.head(f"{api.url}/player/static/kinoray-player.js", timeout=10)
+    assert head.status_code == 200 and head.headers["ETag"] == static_file("kinoray-player.js").etag
+    for name in ("vendor.json", "__init__.py", "..%2F__init__.py", "%2e%2e", "hls.js", "build.mjs",
+                 "package.json", ".gitignore"):
+        answer = requests.get(f"{api.url}/player/static/{name}", timeout=10)
+        assert answer.status_code == 404, name
+        if answer.headers.get("Content-Type", "").startswith("application/json"):
+            assert answer.json()["error"]["type"] == "not_found"
+
+
+def shipped_url(name: str) -> str:
+    from kinoray.player import static_url
+
+    return static_url(name)
+
+
+def test_player_page_passes_tokens_as_attributes(api) -> None:
+    playback_id = new_id()
+    public = requests.get(f"{api.url}/player/{playback_id}", timeout=10)
+    assert public.status_code == 200
+    assert public.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert public.headers["Cache-Control"] == "public, max-age=300"
+    policy = public.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "frame-ancestors *" in policy
+    assert f'<kinoray-player playback-id="{playback_id}"' in public.text
+    assert "<script>" not in public.text  # no inline script: everything travels as attributes
+    for name in ("hls.min.js", "kinoray-player.js", "kinoray-player.css"):
+        assert shipped_url(name) in public.text
+    token = jwt.encode({"sub": playback_id, "aud": "v"}, "s" * 32, algorithm="HS256")
+    signed = requests.get(f"{api.url}/player/{playback_id}",
+                          params={"token": token, "thumbnail_token": token, "storyboard_token": token,
+                                  "autoplay": "true", "muted": "1"}, timeout=10)
+    assert signed.status_code == 200
+    assert signed.headers["Cache-Control"] == "private, no-store"
+    for attribute in (f'token="{token}"', f'thumbnail-token="{token}"', f'storyboard-token="{token}"',
+                      " autoplay", " muted"):
+        assert attribute in signed.text
+    dash = requests.get(f"{api.url}/player/{playback_id}/dash", params={"token": token}, timeout=10)
+    assert dash.status_code == 200
+    assert f'data-src="../../{playback_id}.mpd?token={token}"' in dash.text
+    assert shipped_url("dash.all.min.js") in dash.text
+    assert requests.head(f"{api.url}/player/{playback_id}", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("query", [{"token": '"><script>alert(1)</script>'}, {"thumbnail_token": "a.b"},
+                                   {"storyboard_token": "x" * 9000}, {"autoplay": "maybe"}])
+def test_player_page_refuses_what_is_not_a_token(api, query: dict[str, str]) -> None:
+    answer = requests.get(f"{api.url}/player/{new_id()}", params=query, timeout=10)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["type"] == "invalid_parameters"
+    assert "<script>" not in answer.text
+
+
+@pytest.mark.parametrize("playback_id", ["a" * 65, "abc.def", "ab%2Fcd", "ab_cd"])
+def test_player_page_for_a_malformed_id_is_not_found(api, playback_id: str) -> None:
+    answer = requests.get(f"{api.url}/player/{playback_id}", timeout=10)
+    assert answer.status_code == 404
+    if answer.headers.get("Content-Type", "").startswith("application/json"):
+        assert answer.json()["error"]["type"] == "not_found"
+
+
+# --- beacons -----------------------------------------------------------------------------------------------------
+
+
+def beacon(event: str = "play", **fields: Any) -> dict[str, Any]:
+    return {"event": event, "viewer_time": int(time.time() * 1000), "playback_time": 1500,
+            "view_id": fields.pop("view_id", "v" * 32), "session_id": "s" * 32, "playback_id": "A1b2C3d4",
+            **fields}
+
+
+def stored(api, view_id: str) -> list[ViewEvent]:
+    with api.platform.db.session() as session:
+        rows = list(session.scalars(sa.select(ViewEvent).where(ViewEvent.view_id == view_id)
+                                    .order_by(ViewEvent.id)))
+        session.expunge_all()
+    return rows
+
+
+def assert_typed(answer: requests.Response, status: int, error_type: str) -> None:
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"]["type"] == error_type, answer.text
+    assert answer.json()["error"]["messages"]
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_beacons_are_stored_as_sent(api) -> None:
+    view_id = new_id()
+    events = [
+        beacon("viewinit", view_id=view_id, sequence=0, player_name="kinoray-player", player_software="hls.js",
+               player_software_version="1.7.4", browser="Chrome", browser_version="140.0", os="Linux",
+               player_width=640, player_height=360, page_url="https://example.com/watch"),
+        beacon("renditionchange", view_id=view_id, sequence=1, rendition_width=426, rendition_height=240,
+               rendition_bitrate=400_000, rendition_codec="avc1.64001e,mp4a.40.2"),
+        beacon("error", view_id=view_id, sequence=2, error_code=403, error_type="playback_forbidden",
+               error_message="token expired", error_context="networkError/manifestLoadError",
+               a_field_from_a_newer_player="ignored"),
+    ]
+    before = time.time()
+    answer = requests.post(f"{api.url}/data/v1/events", json={"events": events}, timeout=10)
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"data": {"accepted": 3}}
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    rows = stored(api, view_id)
+    assert [row.event_type for row in rows] == ["viewinit", "renditionchange", "error"]
+    assert [row.sequence for row in rows] == [0, 1, 2]
+    first, rendition, error = rows
+    assert (first.playback_id, first.session_id, first.playback_time) == ("A1b2C3d4", "s" * 32, 1500)
+    assert first.viewer_time == events[0]["viewer_time"]
+    assert (first.browser, first.os, first.player_software_version, first.player_width) == ("Chrome", "Linux",
+                                                                                               "1.7.4", 640)
+    assert before - 1 <= first.event_time.timestamp() <= time.time() + 1
+    assert (rendition.rendition_height, rendition.rendition_bitrate) == (240, 400_000)
+    assert rendition.rendition_codec == "avc1.64001e,mp4a.40.2"
+    assert (error.error_code, error.error_type, error.error_message) == (403, "playback_forbidden", "token expired")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain;charset=UTF-8", None, "application/json; charset=utf-8"])
+def test_beacons_sent_as_text_plain_like_send_beacon(api, content_type: str | None) -> None:
+    view_id = new_id()
+    body = json.dumps({"events": [beacon("heartbeat", view_id=view_id)]}).encode()
+    request = requests.Request("POST", f"{api.url}/data/v1/events", data=body).prepare()
+    if content_type is None:
+        request.headers.pop("Content-Type", None)
+    else:
+        request.headers["Content-Type"] = content_type
+    with requests.Session() as session:
+        answer = session.send(request, timeout=10)
+    assert answer.status_code == 202, answer.text
+    assert [row.event_type for row in stored(api, view_id)] == ["heartbeat"]
+
+
+@pytest.mark.parametrize(("body", "status", "error_type", "says"), [
+    ({"events": [beacon("videochanged")]}, 400, "invalid_parameters", "events.0.event"),
+    ({"events": [beacon(), {**beacon(), "viewer_time": -1}]}, 400, "invalid_parameters", "events.1.viewer_time"),
+    ({"events": [{k: v for k, v in beacon().items() if k != "view_id"}]}, 400, "invalid_parameters", "view_id"),
+    ({"events": [beacon(view_id="short")]}, 400, "invalid_parameters", "view_id"),
+    ({"events": [beacon(playback_id="../etc")]}, 400, "invalid_parameters", "playback_id"),
+    ({"events": [beacon(error_message="x" * 1025)]}, 400, "invalid_parameters", "error_message"),
+    ({"events": []}, 400, "invalid_parameters", "events"),
+    ({"events": [beacon()] * 201}, 400, "invalid_parameters", "events"),
+    ({"event": "play"}, 400, "invalid_parameters", "events"),
+    ("{not json", 400, "invalid_parameters", "JSON"),
+    ("x" * (64 * 1024 + 1), 413, "too_large", "65536 bytes"),
+])
+def test_bad_beacon_batches_are_refused_whole(api, body: Any, status: int, error_type: str, says: str) -> None:
+    view_id = new_id()
+    if isinstance(body, dict):
+        body = json.dumps({"events": [{**event, "view_id": view_id} if event.get("view_id") == "v" * 32 else event
+                                      for event in body["events"]]} if "events" in body else body)
+    answer = requests.post(f"{api.url}/data/v1/events", data=body, headers={"Content-Type": "text/plain"},
+                           timeout=10)
+    assert_typed(answer, status, error_type)
+    assert says in " ".join(answer.json()["error"]["messages"])
+    assert stored(api, view_id) == []
+
+
+def test_an_oversized_body_is_refused_while_it_streams(api) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer encoding
+        for _ in range(100):
+            yield b" " * 1024
+
+    answer = requests.post(f"{api.url}/data/v1/events", data=chunks(), headers={"Content-Type": "text/plain"},
+                           timeout=10)
+    assert_typed(answer, 413, "too_large")
+
+
+def test_other_content_types_are_refused(api) -> None:
+    answer = requests.post(f"{api.url}/data/v1/events", data=json.dumps({"events": [beacon()]}),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=10)
+    assert_typed(answer, 415, "unsupported_media_type")
+
+
+def test_cors_preflight(api) -> None:
+    answer = requests.options(f"{api.url}/data/v1/events", headers={
+        "Origin": "https://player.example.com", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"}, timeout=10)
+    assert answer.status_code == 204
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in answer.headers["Access-Control-Allow-Methods"]
+    assert answer.headers["Access-Control-Allow-Headers"].lower() == "content-type"
+
+
+def test_beacons_need_no_credentials_but_are_rate_limited_per_client(api, monkeypatch) -> None:
+    from kinoray.control.ratelimit import LocalRateLimiter
+
+    limiter = LocalRateLimiter(rate=0.01, burst=2)
+    monkeypatch.setattr(api.platform, "limiter", limiter)
+    body = {"events": [beacon()]}
+    for _ in range(2):
+        assert requests.post(f"{api.url}/data/v1/events", json=body, timeout=10).status_code == 202
+    refused = requests.post(f"{api.url}/data/v1/events", json=body, timeout=10)
+    assert_typed(refused, 429, "too_many_requests")
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert set(limiter._buckets) == {"beacon:127.0.0.1"}  # keyed by client address, not by any token
+    # a management request has its own bucket, keyed by its token
+    assert api.client.get(f"{api.url}/video/v1/assets", timeout=10).status_code == 200
+
+
+# --- in Chromium ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ready_media(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """An 8 s 640x360 H.264/AAC clip transcoded in-process to 360p + 240p (2 s segments): its media folder and
+    the asset columns the runner would write."""
+    from kinoray.media.pipeline import TranscodeOptions, transcode_file
+    from kinoray.media.synthetic import generate_clip
+    from kinoray.serve.runner import asset_fields
+
+    work = tmp_path_factory.mktemp("player-media")
+    source = generate_clip(work / "source.mp4", width=640, height=360, fps=30, seconds=8)
+    result = transcode_file(str(source), work / "media",
+                            TranscodeOptions(ladder=(360, 240), chunk_seconds=4, segment_seconds=2))
+    return work / "media", asset_fields(result)
+
+
+def publish(server, ready_media: tuple[Path, dict[str, Any]], policy: PlaybackPolicy = PlaybackPolicy.PUBLIC) -> str:
+    """A ready asset (a copy of the transcoded media) with one playback id of ``policy``; the playback id."""
+    media, fields = ready_media
+    asset_id, playback_id = new_id(), new_id()
+    shutil.copytree(media, Path(server.settings.storage_url) / "assets" / asset_id / "media")
+    with server.platform.db.session() as session:
+        session.add(Asset(id=asset_id, status=AssetStatus.READY, storage_prefix=f"assets/{asset_id}",
+                          progress_state="completed", progress_fraction=1.0, **fields))
+        session.flush()
+        session.add(PlaybackId(id=playback_id, asset_id=asset_id, policy=policy))
+    return playback_id
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture()
+def browser_api(api, api_backend) -> Any:
+    if api_backend.kind != "sqlite":
+        pytest.skip("browser tests run on one backend (SQLite); the ingest tests above cover both")
+    return api
+
+
+class Tab:
+    """One page in a fresh context, recording page errors, failed requests and every 4xx/5xx answer."""
+
+    def __init__(self, browser: Any) -> None:
+        self.context = browser.new_context(viewport={"width": 960, "height": 540})
+        self.page = self.context.new_page()
+        self.page_errors: list[str] = []
+        self.bad_answers: list[tuple[int, str]] = []
+        self.page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+        self.page.on("response", lambda r: r.status >= 400 and self.bad_answers.append((r.status, r.url)))
+
+    def eval(self, expression: str) -> Any:
+        return self.page.evaluate(expression)
+
+    def wait(self, expression: str, timeout: float = 20.0, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.page.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                state = self.page.evaluate(PLAYER_STATE) if self.page.query_selector("kinoray-player") else None
+                raise AssertionError(f"timed out waiting for {what or expression}; player: {state}; "
+                                     f"errors: {self.page_errors}; answers: {self.bad_answers}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+PLAYER_STATE = """(() => {
+  const p = document.querySelector('kinoray-player');
+  return {time: p.video.currentTime, paused: p.video.paused, height: p.video.videoHeight, error: p.error,
+          level: p.hls ? p.hls.currentLevel : null, auto: p.hls ? p.hls.autoLevelEnabled : null,
+          levels: p.hls ? p.hls.levels.map(l => l.height) : [], muted: p.video.muted, viewId: p.viewId,
+          timings: p.timings};
+})()"""
+P = "document.querySelector('kinoray-player')"
+
+
+@pytest.fixture()
+def tab(chromium) -> Iterator[Tab]:
+    opened = Tab(chromium)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def label(selector: str, text: str) -> str:
+    """A page expression: the control's aria-label is ``text`` (labels follow media events, asynchronously)."""
+    return f"{P}.shadowRoot.querySelector('{selector}').getAttribute('aria-label') === '{text}'"
+
+
+def shadow(tab: Tab, selector: str) -> Any:
+    return tab.page.locator(f"kinoray-player {selector}")
+
+
+def events_of(api, view_id: str, wanted: set[str], timeout: float = 10.0) -> list[ViewEvent]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = stored(api, view_id)
+        if wanted <= {row.event_type for row in rows} or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+@pytest.mark.browser
+def test_hls_plays_switches_rendition_and_reports_beacons(browser_api, ready_media, tab: Tab) -> None:
+    api = browser_api
+    playback_id = publish(api, ready_media)
+    tab.page.goto(f"{api.url}/player/{playback_id}?muted=1")
+    tab.wait(f"{P} && {P}.hls && {P}.hls.levels.length === 2", what="hls.js to parse the master playlist")
+    assert tab.eval(f"{P}.video.poster").endswith(f"/{playback_id}/thumbnail.jpg")
+    assert tab.eval(f"{P}.video.muted") is True
+    # keyboard: the page focused the player, so "k" starts playback
+    assert tab.eval(f"document.activeElement === {P}")
+    tab.page.keyboard.press("k")
+    tab.wait(f"{P}.video.currentTime >= 5", timeout=30, what="5 s of playhead")
+    assert tab.eval(f"{P}.error") is None
+    assert tab.eval(f"{P}.timings.firstframe > 0")
+
+    # quality menu: Auto plus each rung, highest first; choosing the other rung switches the picture
+    shadow(tab, ".kr-quality-button").click()
+    assert shadow(tab, ".kr-quality-button").get_attribute("aria-expanded") == "true"
+    items = shadow(tab, "#kr-quality-menu [role=menuitemradio]")
+    labels = items.all_inner_texts()
+    assert re.fullmatch(r"Auto( \((360|240)p\))?", labels[0]) and labels[1:] == ["360p", "240p"], labels
+    height = tab.eval(f"{P}.video.videoHeight")
+    target = 240 if height == 360 else 360
+    shadow(tab, f"#kr-quality-menu [role=menuitemradio] >> text='{target}p'").click()
+    tab.wait(f"{P}.video.videoHeight === {target} && {P}.hls.levels[{P}.hls.currentLevel].height === {target}",
+             what=f"the {target}p rendition on screen")
+    assert tab.eval(f"{P}.hls.autoLevelEnabled") is False
+    shadow(tab, ".kr-quality-button").click()
+    checked = shadow(tab, "#kr-quality-menu [aria-checked=true]").all_inner_texts()
+    assert checked == [f"{target}p"]
+    tab.page.keyboard.press("Escape")
+    assert shadow(tab, "#kr-quality-menu").is_hidden()
+
+    # captions: the asset has no text track, and the menu says so
+    shadow(tab, ".kr-captions-button").click()
+    assert shadow(tab, "#kr-captions-menu").inner_text() == "No captions available"
+    assert shadow(tab, ".kr-captions-button").get_attribute("aria-label") == "Captions (none available)"
+    tab.page.keyboard.press("Escape")
+
+    # storyboard preview on seek-bar hover: a tile of storyboard.jpg, positioned by the VTT's #xywh
+    bar = shadow(tab, ".kr-seek").bounding_box()
+    tab.page.mouse.move(bar["x"] + bar["width"] * 0.75, bar["y"] + bar["height"] / 2)
+    tab.wait(f"!{P}.shadowRoot.querySelector('.kr-preview').hidden", what="the preview")
+    tab.wait(f"{P}.shadowRoot.querySelector('.kr-preview-image').style.backgroundImage.includes('storyboard.jpg')",
+             what="a storyboard tile")
+    tile = tab.eval(f"(() => {{ const s = {P}.shadowRoot.querySelector('.kr-preview-image').style; "
+                    "return [s.width, s.height, s.backgroundPosition]; })()")
+    assert all(value.endswith("px") for value in tile[:2]), tile
+    tab.page.mouse.move(5, 5)
+    view_id = tab.eval(f"{P}.viewId")
+    played_ms = tab.eval(f"Math.round({P}.video.currentTime * 1000)")
+    assert tab.page_errors == []
+    assert tab.bad_answers == []
+
+    tab.page.goto("about:blank")  # pagehide: the rest goes with sendBeacon, closed by viewend
+    wanted = {"playerready", "viewinit", "play", "playing", "renditionchange", "viewend"}
+    rows = events_of(api, view_id, wanted)
+    types = [row.event_type for row in rows]
+    assert wanted <= set(types), types
+    assert types.index("playerready") < types.index("viewinit") < types.index("play") < types.index("playing")
+    assert [row.sequence for row in rows] == sorted(row.sequence or 0 for row in rows)
+    first = rows[0]
+    assert (first.playback_id, first.player_name, first.player_software) == (playback_id, "kinoray-player",
+                                                                             "hls.js")
+    assert first.player_software_version == vendored()["hls.min.js"]["version"]
+    assert first.browser in ("HeadlessChrome", "Chrome", "Chromium") and first.os == "Linux"
+    assert len({row.session_id for row in rows}) == 1
+    switches = [row for row in rows if row.event_type == "renditionchange"]
+    assert switches[-1].rendition_height == target and switches[-1].rendition_bitrate
+    assert "avc1" in (switches[-1].rendition_codec or "")
+    assert rows[-1].event_type == "viewend" and rows[-1].playback_time >= played_ms - 1000
+    assert all(row.error_code is None for row in rows)
+
+
+@pytest.mark.browser
+def test_keyboard_shortcuts_and_labelled_controls(browser_api, ready_media, tab: Tab) -> None:
+    api = browser_api
+    playback_id = publish(api, ready_media)
+    tab.page.goto(f"{api.url}/player/{playback_id}?muted=1&autoplay=1")
+    tab.wait(f"{P} && {P}.video.currentTime > 0.5", what="autoplay")
+    for selector in (".kr-play", ".kr-mute", ".kr-fullscreen", ".kr-quality-button", ".kr-captions-button",
+                     ".kr-seek", ".kr-volume"):
+        assert shadow(tab, selector).get_attribute("aria-label"), selector
+    tab.wait(label(".kr-play", "Pause"), what="the play button to say Pause")
+    tab.page.keyboard.press("Space")
+    tab.wait(f"{P}.video.paused && {label('.kr-play', 'Play')}", what="space to pause")
+    before = tab.eval(f"{P}.video.currentTime")
+    tab.page.keyboard.press("ArrowRight")
+    tab.wait(f"{P}.video.currentTime >= {before} + 4.9", what="ArrowRight to seek 5 s")
+    tab.page.keyboard.press("ArrowLeft")
+    tab.wait(f"Math.abs({P}.video.currentTime - {before}) < 0.1", what="ArrowLeft to seek back")
+    tab.page.keyboard.press("m")
+    tab.wait(f"!{P}.video.muted && {label('.kr-mute', 'Mute')}", what="m to unmute")
+    tab.page.keyboard.press("m")
+    tab.wait(f"{P}.video.muted && {label('.kr-mute', 'Unmute')}", what="m to mute")
+    tab.page.keyboard.press("f")
+    tab.wait(f"document.fullscreenElement === {P} && {label('.kr-fullscreen', 'Exit fullscreen')}",
+             what="f for fullscreen")
+    tab.page.keyboard.press("f")
+    tab.wait(f"document.fullscreenElement === null && {label('.kr-fullscreen', 'Fullscreen')}",
+             what="f to leave fullscreen")
+    tab.page.keyboard.press("c")  # no captions: nothing to toggle, nothing breaks
+    # the quality menu is reachable and operable from the keyboard alone
+    shadow(tab, ".kr-quality-button").focus()
+    tab.page.keyboard.press("Enter")
+    tab.wait(f"{P}.shadowRoot.activeElement && {P}.shadowRoot.activeElement.getAttribute('role') === 'menuitemradio'",
+             what="focus in the quality menu")
+    tab.page.keyboard.press("End")
+    tab.page.keyboard.press("Enter")
+    tab.wait(f"{P}.hls.currentLevel === {P}.hls.levels.findIndex(l => l.height === 240)", what="240p by keyboard")
+    assert tab.eval(f"{P}.shadowRoot.activeElement.className") == "kr-quality-button"
+    tab.page.keyboard.press("k")
+    tab.wait(f"!{P}.video.paused", what="k to play")
+    assert tab.page_errors == []
+
+
+@pytest.mark.browser
+def test_dash_plays_through_dash_js(browser_api, ready_media, tab: Tab) -> None:
+    api = browser_api
+    playback_id = publish(api, ready_media)
+    tab.page.goto(f"{api.url}/player/{playback_id}/dash?muted=1&autoplay=1")
+    tab.wait("window.kinorayDash && window.kinorayDash.player && document.getElementById('video').currentTime >= 3",
+             timeout=30, what="3 s of DASH playhead")
+    assert tab.eval("window.kinorayDash.errors") == []
+    assert tab.eval("document.getElementById('video').videoHeight") in (240, 360)
+    assert tab.eval("window.kinorayDash.player.getVersion()") == vendored()["dash.all.min.js"]["version"]
+    assert tab.page_errors == [] and tab.bad_answers == []
+
+
+def mint(key_id: str, private_pem: bytes, playback_id: str, audience: str, expires_in: int) -> str:
+    return jwt.encode({"sub": playback_id, "aud": audience, "exp": int(time.time()) + expires_in}, private_pem,
+                      algorithm="RS256", headers={"kid": key_id})
+
+
+@pytest.fixture()
+def signed(browser_api, ready_media) -> tuple[Any, str, str, bytes]:
+    from kinoray.control.signing import create_signing_key
+
+    playback_id = publish(browser_api, ready_media, PlaybackPolicy.SIGNED)
+    with browser_api.platform.db.session() as session:
+        key, private_key = create_signing_key(session)
+        key_id = key.id
+    return browser_api, playback_id, key_id, base64.b64decode(private_key)
+
+
+@pytest.mark.browser
+def test_signed_playback_plays_with_valid_tokens(signed, tab: Tab) -> None:
+    api, playback_id, key_id, private_pem = signed
+    tokens = {name: mint(key_id, private_pem, playback_id, audience, 600)
+              for name, audience in (("token", "v"), ("thumbnail_token", "t"), ("storyboard_token", "s"))}
+    tab.page.goto(f"{api.url}/player/{playback_id}?muted=1&autoplay=1&" +
+                  "&".join(f"{name}={value}" for name, value in tokens.items()))
+    tab.wait(f"{P} && {P}.video.currentTime >= 2", timeout=30, what="2 s of signed playback")
+    assert tab.eval(f"{P}.error") is None
+    assert tab.eval(f"{P}.video.poster").endswith(f"thumbnail.jpg?token={tokens['thumbnail_token']}")
+    poster = requests.get(tab.eval(f"{P}.video.poster"), timeout=30)
+    assert poster.status_code == 200 and poster.headers["Content-Type"] == "image/jpeg"
+    assert tab.page_errors == [] and tab.bad_answers == []
+
+
+@pytest.mark.browser
+def test_signed_playback_with_an_expired_token_shows_the_typed_error(signed, tab: Tab) -> None:
+    api, playback_id, key_id, private_pem = signed
+    expired = mint(key_id, private_pem, playback_id, "v", -60)
+    tab.page.goto(f"{api.url}/player/{playback_id}?muted=1&autoplay=1&token={expired}")
+    error = tab.wait(f"{P} && {P}.error", what="the player's error")
+    assert (error["type"], error["status"]) == ("playback_forbidden", 403)
+    assert "token expired" in error["message"]
+    overlay = shadow(tab, ".kr-error")
+    assert overlay.is_visible() and overlay.get_attribute("role") == "alert"
+    assert "token expired" in overlay.inner_text() and "playback_forbidden" in overlay.inner_text()
+    assert tab.eval(f"{P}.getAttribute('error-type')") == "playback_forbidden"
+    assert tab.eval(f"{P}.video.poster") == ""  # a signed id without a thumbnail token gets no poster
+    assert tab.eval(f"{P}.video.currentTime") == 0
+    view_id = tab.eval(f"{P}.viewId")
+    rows = events_of(api, view_id, {"error"})
+    errors = [row for row in rows if row.event_type == "error"]
+    assert errors and (errors[0].error_code, errors[0].error_type) == (403, "playback_forbidden")
+    assert tab.page_errors == []
