@@ -10,21 +10,28 @@ asset's ``media/`` prefix, restricted to names the packager writes)::
     /{playback_id}/{rung}/init.mp4          CMAF init segment
     /{playback_id}/{rung}/seg_00001.m4s     CMAF media segment
     /{playback_id}/highest.mp4              static renditions: highest.mp4, capped-1080p.mp4, audio.m4a
+    /{playback_id}/text/{track_id}.m3u8     HLS subtitle playlist of a text track (one WebVTT segment)
+    /{playback_id}/text/{track_id}.vtt      the text track's WebVTT (Mux's URL; also the DASH BaseURL)
 
 Manifests name their children with URIs relative to the manifest's own URL (``{playback_id}/720p/index.m3u8``
 from the master, ``seg_00001.m4s`` from a media playlist), so the same bytes work behind any host or path
 prefix. For a ``signed`` playback id every URL needs ``?token=`` (a JWT, see :func:`verify_token`), and the
 manifests carry the viewer's token on every URI they list, so a stock player (hls.js, dash.js, ffmpeg) plays
 without custom code.
+
+Text tracks (``asset.tracks`` entries of type ``text``, stored as ``media/text/<track_id>.vtt`` and
+``.m3u8`` by :mod:`kinoray.control.tracks`) are added to the master playlist and the MPD here, per request,
+from the asset row :func:`resolve_playback` loads anyway.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -45,6 +52,7 @@ from kinoray.errors import (
 )
 from kinoray.media.manifest_rewrite import (
     RenditionFilter,
+    TextRendition,
     rewrite_dash_mpd,
     rewrite_hls_master,
     rewrite_hls_media,
@@ -61,6 +69,8 @@ __all__ = [
     "MEDIA_FILE_PATTERN",
     "RUNG_PATTERN",
     "STATIC_RENDITIONS",
+    "TEXT_DIR",
+    "TEXT_FILE_PATTERN",
     "ByteRange",
     "Playback",
     "StoredObject",
@@ -71,6 +81,7 @@ __all__ = [
     "etag_matches",
     "hls_master",
     "hls_media",
+    "hls_subtitles",
     "if_range_allows",
     "media_content_type",
     "media_file_key",
@@ -81,8 +92,12 @@ __all__ = [
     "stat_object",
     "static_rendition_key",
     "text_etag",
+    "text_file_key",
+    "text_renditions",
     "verify_token",
 ]
+
+log = logging.getLogger(__name__)
 
 #: JWT ``aud`` values (Mux's): video (manifests, segments, MP4), thumbnail, gif, storyboard.
 AUDIENCES = {"video": "v", "thumbnail": "t", "gif": "g", "storyboard": "s"}
@@ -109,6 +124,9 @@ _RENDITION_ORDERS = {"desc": True}
 RUNG_PATTERN = re.compile(r"[1-9][0-9]{1,3}p|audio")
 MEDIA_FILE_PATTERN = re.compile(r"init\.mp4|seg_[0-9]{5,9}\.m4s")
 STATIC_RENDITIONS = ("highest.mp4", "capped-1080p.mp4", "audio.m4a")
+#: Folder of text tracks under an asset's media prefix, and the files in it: ``<track_id>.vtt``/``.m3u8``.
+TEXT_DIR = "text"
+TEXT_FILE_PATTERN = re.compile(r"([A-Za-z0-9]{32})\.(vtt|m3u8)")
 _CAPPED_SHORT_SIDE = 1080
 _READ_CHUNK = 256 * 1024
 
@@ -127,6 +145,8 @@ class Playback:
     media_prefix: str  # "assets/<asset_id>/media"
     token: str | None = None
     claims: Mapping[str, Any] | None = None
+    #: The asset's ready text tracks, in the order they were added (what manifests list).
+    text_tracks: tuple[TextRendition, ...] = ()
 
     @property
     def signed(self) -> bool:
@@ -221,7 +241,28 @@ def resolve_playback(session: Session, playback_id: str, *, token: str | None, a
         raise NotFoundError(f"playback id {row.id} has nothing to play: its asset errored")
     prefix = (asset.storage_prefix or f"assets/{asset.id}").rstrip("/")
     return Playback(playback_id=row.id, asset_id=asset.id, policy=row.policy, media_prefix=f"{prefix}/media",
-                    token=token if claims is not None else None, claims=claims)
+                    token=token if claims is not None else None, claims=claims,
+                    text_tracks=text_renditions(asset.tracks or []))
+
+
+def text_renditions(tracks: Sequence[Mapping[str, Any]]) -> tuple[TextRendition, ...]:
+    """The ready text tracks among an asset's ``tracks`` (Mux's track objects), as manifests list them. An
+    entry that cannot be listed (a hand-edited row) is skipped rather than failing every playback request."""
+    renditions = []
+    for track in tracks:
+        if track.get("type") != "text" or track.get("status") != "ready":
+            continue
+        track_id = str(track.get("id"))
+        try:
+            if not TEXT_FILE_PATTERN.fullmatch(f"{track_id}.vtt"):
+                raise ValueError(f"bad track id {track_id[:40]!r}")
+            renditions.append(TextRendition(
+                track_id=track_id, name=str(track.get("name") or ""), language=str(track.get("language_code") or ""),
+                closed_captions=bool(track.get("closed_captions")), uri=f"{TEXT_DIR}/{track_id}.m3u8",
+                vtt_uri=f"{TEXT_DIR}/{track_id}.vtt"))
+        except ValueError as error:
+            log.warning("text track left out of manifests", extra={"track": track_id[:40], "error": str(error)})
+    return tuple(renditions)
 
 
 def rendition_filter(playback: Playback, query: Mapping[str, str]) -> RenditionFilter:
@@ -263,7 +304,8 @@ def _read_text(store: ObjectStore, key: str, what: str) -> str:
 def hls_master(store: ObjectStore, playback: Playback, selection: RenditionFilter) -> str:
     """The asset's master playlist, variants filtered/ordered, URIs under ``{playback_id}/`` (+ token)."""
     master = _read_text(store, playback.key("master.m3u8"), "HLS manifest")
-    return rewrite_hls_master(master, prefix=f"{playback.playback_id}/", query=playback.query, selection=selection)
+    return rewrite_hls_master(master, prefix=f"{playback.playback_id}/", query=playback.query, selection=selection,
+                              subtitles=playback.text_tracks)
 
 
 def hls_media(store: ObjectStore, playback: Playback, rung: str) -> str:
@@ -277,7 +319,25 @@ def hls_media(store: ObjectStore, playback: Playback, rung: str) -> str:
 def dash_manifest(store: ObjectStore, playback: Playback, selection: RenditionFilter) -> str:
     """The asset's MPD, video representations filtered/ordered, templates under ``{playback_id}/`` (+ token)."""
     mpd = _read_text(store, playback.key("manifest.mpd"), "DASH manifest")
-    return rewrite_dash_mpd(mpd, prefix=f"{playback.playback_id}/", query=playback.query, selection=selection)
+    return rewrite_dash_mpd(mpd, prefix=f"{playback.playback_id}/", query=playback.query, selection=selection,
+                            subtitles=playback.text_tracks)
+
+
+def text_file_key(playback: Playback, name: str) -> str:
+    """The storage key behind ``/{playback_id}/text/{name}``: ``name`` is ``<track_id>.vtt`` or ``.m3u8`` of
+    one of the asset's ready text tracks (a deleted or unknown track is a 404 even while its file lingers)."""
+    match = TEXT_FILE_PATTERN.fullmatch(name)
+    if match is None or match[1] not in {track.track_id for track in playback.text_tracks}:
+        raise NotFoundError(f"no text track file {name[:48]!r}")
+    return playback.key(TEXT_DIR, name)
+
+
+def hls_subtitles(store: ObjectStore, playback: Playback, name: str) -> str:
+    """A text track's HLS subtitle playlist, with the token on its WebVTT URI."""
+    if not name.endswith(".m3u8"):
+        raise NotFoundError(f"no subtitle playlist {name[:48]!r}")
+    playlist = _read_text(store, text_file_key(playback, name), "subtitle playlist")
+    return rewrite_hls_media(playlist, query=playback.query)
 
 
 # --- files ---------------------------------------------------------------------------------------------------
@@ -294,6 +354,8 @@ def media_file_key(playback: Playback, rung: str, name: str) -> str:
 def media_content_type(rung: str, name: str) -> str:
     if name.endswith(".m3u8"):
         return "application/vnd.apple.mpegurl"
+    if name.endswith(".vtt"):
+        return "text/vtt"
     if rung == "audio" or name.endswith(".m4a"):
         return "audio/mp4"
     return "video/iso.segment" if name.endswith(".m4s") else "video/mp4"

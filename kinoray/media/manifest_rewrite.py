@@ -1,6 +1,11 @@
 """Manifests as a viewer gets them: the packaged HLS playlists and DASH MPD (``media/manifest.py``) re-rooted
-under a URL prefix, with a query string (a playback token) carried on every URI, and the video renditions
-filtered and ordered by playback modifiers. Pure text/XML functions; the input is what our packager wrote.
+under a URL prefix, with a query string (a playback token) carried on every URI, the video renditions
+filtered and ordered by playback modifiers, and the asset's text tracks added (an HLS ``SUBTITLES`` group, DASH
+text adaptation sets). Pure text/XML functions; the input is what our packager wrote.
+
+Text tracks are added here, at delivery, rather than written into the stored manifests: the packager's output
+stays as it made it, adding or deleting a track is a database change plus its own files (no manifest rewrite
+to race with readers), and manifests are already generated per request (short-lived cache).
 """
 
 from __future__ import annotations
@@ -9,8 +14,28 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
-__all__ = ["RenditionFilter", "rewrite_dash_mpd", "rewrite_hls_master", "rewrite_hls_media", "variant_short_sides"]
+__all__ = [
+    "SUBTITLE_GROUP",
+    "PresentationTiming",
+    "RenditionFilter",
+    "TextRendition",
+    "presentation_timing",
+    "rewrite_dash_mpd",
+    "rewrite_hls_master",
+    "rewrite_hls_media",
+    "variant_short_sides",
+]
+
+#: ``GROUP-ID`` of the HLS subtitle renditions, named by every variant's ``SUBTITLES`` attribute.
+SUBTITLE_GROUP = "subs"
+#: Apple's characteristics for closed captions (HLS authoring spec): they transcribe dialog and describe sound.
+_CC_CHARACTERISTICS = "public.accessibility.transcribes-spoken-dialog,public.accessibility.describes-music-and-sound"
+_DASH_ROLE_SCHEME = "urn:mpeg:dash:role:2011"
+#: A text Representation's nominal ``@bandwidth`` (mandatory in DASH): captions are a few hundred bit/s.
+_TEXT_BANDWIDTH = 256
+_ISO_DURATION = re.compile(r"PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?")
 
 _URI_ATTRIBUTE = re.compile(r'URI="([^"]*)"')
 _RESOLUTION = re.compile(r"(?:^|,)RESOLUTION=(\d+)x(\d+)")
@@ -63,6 +88,28 @@ class RenditionFilter:
         return [position for position, _, _ in kept] + unsized
 
 
+@dataclass(frozen=True)
+class TextRendition:
+    """A text track as manifests list it. ``uri`` is its HLS subtitle playlist and ``vtt_uri`` its WebVTT file,
+    both relative to the manifest's own directory (before the delivery prefix); ``name`` is unique among the
+    asset's text tracks and ``language`` a BCP 47 tag (HLS ``NAME``/``LANGUAGE``; DASH ``Label``/``lang``)."""
+
+    track_id: str
+    name: str
+    language: str
+    closed_captions: bool = False
+    uri: str = ""
+    vtt_uri: str = ""
+
+    def __post_init__(self) -> None:
+        for field_name in ("name", "language", "uri", "vtt_uri"):
+            value = getattr(self, field_name)
+            if '"' in value or any(ord(char) < 0x20 for char in value):
+                raise ValueError(f"{field_name} {value!r} cannot hold quotes or control characters")
+        if not self.name or not self.language:
+            raise ValueError("a text rendition needs a name and a language")
+
+
 def _short_side(stream_inf: str) -> int | None:
     match = _RESOLUTION.search(stream_inf.removeprefix(_STREAM_INF))
     return min(int(match[1]), int(match[2])) if match else None
@@ -97,11 +144,22 @@ def variant_short_sides(master: str) -> list[int]:
             for size in [_short_side(line)] if size is not None]
 
 
+def _subtitle_media(track: TextRendition, rewrite: Callable[[str], str]) -> str:
+    attributes = [f'TYPE=SUBTITLES,GROUP-ID="{SUBTITLE_GROUP}",NAME="{track.name}",LANGUAGE="{track.language}"',
+                  "DEFAULT=NO,AUTOSELECT=YES,FORCED=NO"]
+    if track.closed_captions:
+        attributes.append(f'CHARACTERISTICS="{_CC_CHARACTERISTICS}"')
+    attributes.append(f'URI="{rewrite(track.uri)}"')
+    return "#EXT-X-MEDIA:" + ",".join(attributes)
+
+
 def rewrite_hls_master(master: str, *, prefix: str, query: str = "",
-                       selection: RenditionFilter | None = None) -> str:
+                       selection: RenditionFilter | None = None, subtitles: Sequence[TextRendition] = ()) -> str:
     """``master`` with every URI (variant lines and ``URI=`` attributes) turned into ``prefix + uri + query``
     and its variants filtered and ordered by ``selection``. Tags that are not variants (``EXT-X-MEDIA`` audio
-    groups, the header) keep their place; variants follow them."""
+    groups, the header) keep their place; variants follow them. Each of ``subtitles`` becomes an
+    ``EXT-X-MEDIA:TYPE=SUBTITLES`` rendition of group :data:`SUBTITLE_GROUP` (never ``DEFAULT``; closed captions
+    carry Apple's accessibility ``CHARACTERISTICS``), and every variant names that group."""
     rewrite = _uri_rewriter(prefix, query)
     head: list[str] = []
     variants: list[tuple[str, str]] = []  # (EXT-X-STREAM-INF line, URI line)
@@ -122,6 +180,9 @@ def rewrite_hls_master(master: str, *, prefix: str, query: str = "",
             head.append(_rewrite_tag_uri(line, rewrite) if line.startswith("#") else rewrite(line.strip()))
         index += 1
     order = (selection or RenditionFilter()).select([(_short_side(tag), _bandwidth(tag)) for tag, _ in variants])
+    if subtitles:
+        head += [_subtitle_media(track, rewrite) for track in subtitles]
+        variants = [(f'{tag},SUBTITLES="{SUBTITLE_GROUP}"', uri) for tag, uri in variants]
     body = [part for position in order for part in (variants[position][0], rewrite(variants[position][1]))]
     return "\n".join(head + body) + "\n"
 
@@ -141,14 +202,33 @@ def _dash(tag: str) -> str:
     return f"{{{_DASH_NS}}}{tag}"
 
 
-def rewrite_dash_mpd(mpd: str, *, prefix: str, query: str = "", selection: RenditionFilter | None = None) -> str:
-    """``mpd`` with every ``SegmentTemplate``'s ``initialization`` and ``media`` turned into
-    ``prefix + template + query`` and the video ``Representation``s filtered and ordered by ``selection``
-    (``maxWidth``/``maxHeight`` follow)."""
+def _parse_mpd(mpd: str) -> ET.Element:
     ET.register_namespace("", _DASH_NS)
     root = ET.fromstring(mpd)
     if root.tag != _dash("MPD"):
         raise ValueError("not a DASH MPD")
+    return root
+
+
+def _text_adaptation(period: ET.Element, set_id: int, track: TextRendition, rewrite: Callable[[str], str]) -> None:
+    adaptation = ET.SubElement(period, _dash("AdaptationSet"), {
+        "id": str(set_id), "contentType": "text", "mimeType": "text/vtt", "lang": track.language})
+    ET.SubElement(adaptation, _dash("Label")).text = track.name
+    ET.SubElement(adaptation, _dash("Role"), {
+        "schemeIdUri": _DASH_ROLE_SCHEME, "value": "caption" if track.closed_captions else "subtitle"})
+    representation = ET.SubElement(adaptation, _dash("Representation"), {
+        "id": f"text-{track.track_id}", "bandwidth": str(_TEXT_BANDWIDTH)})
+    ET.SubElement(representation, _dash("BaseURL")).text = rewrite(track.vtt_uri)
+
+
+def rewrite_dash_mpd(mpd: str, *, prefix: str, query: str = "", selection: RenditionFilter | None = None,
+                     subtitles: Sequence[TextRendition] = ()) -> str:
+    """``mpd`` with every ``SegmentTemplate``'s ``initialization`` and ``media`` turned into
+    ``prefix + template + query`` and the video ``Representation``s filtered and ordered by ``selection``
+    (``maxWidth``/``maxHeight`` follow). Each of ``subtitles`` becomes a text ``AdaptationSet``
+    (``text/vtt``, ``lang``, a ``Label``, ``Role`` ``subtitle`` or ``caption``) whose one ``Representation``
+    names the whole WebVTT file in its ``BaseURL`` (DASH-IF IOP's side-loaded text)."""
+    root = _parse_mpd(mpd)
     rewrite = _uri_rewriter(prefix, query)
     for template in list(root.iter(_dash("SegmentTemplate"))):
         for attribute in ("initialization", "media"):
@@ -173,5 +253,47 @@ def rewrite_dash_mpd(mpd: str, *, prefix: str, query: str = "", selection: Rendi
             values = [int(value) for value in (r.get(dimension) for r in kept) if value]
             if values and adaptation.get(attribute) is not None:
                 adaptation.set(attribute, str(max(values)))
+    period = root.find(_dash("Period"))
+    if subtitles and period is not None:
+        taken = [int(value) for value in (a.get("id") for a in root.iter(_dash("AdaptationSet"))) if value
+                 and value.isdigit()]
+        first_id = max(taken, default=-1) + 1
+        for offset, track in enumerate(subtitles):
+            _text_adaptation(period, first_id + offset, track, rewrite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+@dataclass(frozen=True)
+class PresentationTiming:
+    """Where a packaged presentation's timeline starts (the earliest media time of its first segment, in seconds
+    of the track's media timeline, i.e. ``tfdt / timescale``) and how long it lasts."""
+
+    start: Fraction
+    duration: Fraction
+
+
+def presentation_timing(mpd: str) -> PresentationTiming:
+    """The timing of a packaged MPD: ``start`` from the first video ``Representation``'s first ``S@t`` over its
+    ``SegmentTemplate@timescale`` (audio's when there is no video), ``duration`` from
+    ``mediaPresentationDuration``. Caption cue time 0 is then media time ``start`` (HLS ``X-TIMESTAMP-MAP``).
+
+    Raises:
+        ValueError: not an MPD, or without a duration or a segment timeline.
+    """
+    root = _parse_mpd(mpd)
+    match = _ISO_DURATION.fullmatch(root.get("mediaPresentationDuration") or "")
+    if match is None or not any(match.groups()):
+        raise ValueError("the MPD has no mediaPresentationDuration")
+    hours, minutes, seconds = match.groups()
+    duration = Fraction(int(hours or 0) * 3600 + int(minutes or 0) * 60) + Fraction(seconds or "0")
+    adaptations = list(root.iter(_dash("AdaptationSet")))
+    ordered = ([a for a in adaptations if a.get("contentType") == "video"]
+               + [a for a in adaptations if a.get("contentType") == "audio"])
+    for adaptation in ordered:
+        template = adaptation.find(f"{_dash('Representation')}/{_dash('SegmentTemplate')}")
+        first = None if template is None else template.find(f"{_dash('SegmentTimeline')}/{_dash('S')}")
+        if template is not None and first is not None:
+            timescale = int(template.get("timescale") or 1)
+            return PresentationTiming(start=Fraction(int(first.get("t") or 0), timescale), duration=duration)
+    raise ValueError("the MPD has no segment timeline")

@@ -1,4 +1,5 @@
-"""Playback delivery: Mux-shaped stream URLs (``/{playback_id}.m3u8``, ``.mpd``, segments, static MP4s).
+"""Playback delivery: Mux-shaped stream URLs (``/{playback_id}.m3u8``, ``.mpd``, segments, static MP4s, text
+tracks ``/{playback_id}/text/{track_id}.vtt``).
 
 Viewers are anonymous: no Basic auth here; signed playback ids take ``?token=`` (see
 :mod:`kinoray.control.playback`, which also documents the URL scheme). Every answer — errors, 304s and
@@ -52,8 +53,15 @@ class _StaticName(_Rung):
     regex = "|".join(re.escape(name) for name in delivery.STATIC_RENDITIONS)
 
 
+class _TextName(_Rung):
+    """``<track_id>.vtt`` or ``<track_id>.m3u8``."""
+
+    regex = r"[A-Za-z0-9]{32}\.(?:vtt|m3u8)"
+
+
 register_url_convertor("kinoray_rung", _Rung())
 register_url_convertor("kinoray_static", _StaticName())
+register_url_convertor("kinoray_text", _TextName())
 
 
 class DeliveryRoute(APIRoute):
@@ -84,6 +92,7 @@ _MASTER = "/{playback_id}.m3u8"
 _MPD = "/{playback_id}.mpd"
 _RENDITION_FILE = "/{playback_id}/{rung:kinoray_rung}/{name}"
 _STATIC = "/{playback_id}/{name:kinoray_static}"
+_TEXT = f"/{{playback_id}}/{delivery.TEXT_DIR}/{{name:kinoray_text}}"
 
 
 def _resolve(platform: Platform, request: Request) -> delivery.Playback:
@@ -164,6 +173,18 @@ def static_rendition(request: Request, platform: PlatformDep) -> Response:
     return _file_response(request, platform, playback, key, delivery.media_content_type("", name))
 
 
+@router.api_route(_TEXT, methods=["GET", "HEAD"])
+def text_file(request: Request, platform: PlatformDep) -> Response:
+    """A text track's HLS subtitle playlist (``.m3u8``, a manifest) or its WebVTT (``.vtt``, immutable like a
+    segment: a track's file never changes under its id)."""
+    name = str(request.path_params["name"])
+    playback = _resolve(platform, request)
+    if name.endswith(".m3u8"):
+        return _manifest_response(request, playback, delivery.hls_subtitles(platform.store, playback, name), _HLS)
+    key = delivery.text_file_key(playback, name)
+    return _file_response(request, platform, playback, key, delivery.media_content_type(delivery.TEXT_DIR, name))
+
+
 async def preflight(request: Request) -> Response:
     """CORS preflight for any delivery URL (needed for multi-range or custom-header requests)."""
     asked = request.headers.get("access-control-request-headers", "").strip()
@@ -171,6 +192,6 @@ async def preflight(request: Request) -> Response:
     return Response(status_code=204, headers={**_PREFLIGHT, "Access-Control-Allow-Headers": allowed})
 
 
-for _path in (_MASTER, _MPD, _RENDITION_FILE, _STATIC):
+for _path in (_MASTER, _MPD, _RENDITION_FILE, _STATIC, _TEXT):
     router.add_api_route(_path, preflight, methods=["OPTIONS"], name=f"preflight {_path}")
 
