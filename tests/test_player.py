@@ -6,8 +6,9 @@ hold; the static allow-list, its caching and compression; the embeddable pages; 
 
 In a browser (marker ``browser``, SQLite only): Debian's headless Chromium, driven by Playwright, plays a ready
 asset through ``/player/{id}`` (hls.js) to 5 s of playhead, switches rendition from the quality menu, shows the
-captions menu, the storyboard preview and the keyboard shortcuts, and its beacons land in ``view_events``; the
-DASH page plays through dash.js; a signed id plays with a valid token and shows the typed error with an
+captions menu, the storyboard preview and the keyboard shortcuts, and its beacons land in ``view_events``; a
+text track added through the API shows its cues (menu and ``c``, on and off, on screen above the controls);
+the DASH page plays through dash.js; a signed id plays with a valid token and shows the typed error with an
 expired one. Waits poll ``page.evaluate`` (not ``wait_for_function``, whose string predicates the page's
 Content-Security-Policy rightly refuses to ``eval``).
 """
@@ -39,6 +40,19 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--autoplay-policy=no-user-gesture-required"]
 IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+@pytest.fixture(scope="module")
+def api(api_backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The module's one API server, with ``file://`` inputs allowed so a test adds caption files from disk."""
+    from tests.api_server import ApiServer
+
+    server = ApiServer(api_backend.new_url(), tmp_path_factory.mktemp("player-api-data"),
+                       api={"allow_file_inputs": True})
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 # --- vendored players ----------------------------------------------------------------------------------------
@@ -120,6 +134,7 @@ def test_player_page_passes_tokens_as_attributes(api) -> None:
     assert public.headers["Cache-Control"] == "public, max-age=300"
     policy = public.headers["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "frame-ancestors *" in policy
+    assert "media-src 'self' blob: data:" in policy  # hls.js's <track src="data:,WEBVTT"> per subtitle track
     assert f'<kinoray-player playback-id="{playback_id}"' in public.text
     assert "<script>" not in public.text  # no inline script: everything travels as attributes
     for name in ("hls.min.js", "kinoray-player.js", "kinoray-player.css"):
@@ -527,6 +542,141 @@ def test_keyboard_shortcuts_and_labelled_controls(browser_api, ready_media, tab:
     tab.page.keyboard.press("k")
     tab.wait(f"!{P}.video.paused", what="k to play")
     assert tab.page_errors == []
+
+
+CAPTIONS_SRT = """1
+00:00:00,500 --> 00:00:03,500
+kinoray caption one
+
+2
+00:00:03,500 --> 00:00:07,000
+kinoray caption two
+"""
+TEXT_TRACKS = (f"Array.from({P}.video.textTracks).filter(t => t.kind === 'subtitles' || t.kind === 'captions')"
+               ".map(t => ({label: t.label, language: t.language, kind: t.kind, mode: t.mode, "
+               "cues: t.activeCues ? Array.from(t.activeCues, c => [c.text, c.startTime, c.endTime]) : null}))")
+# Where two same-size PNG screenshots differ, decoded by the browser (in a blank page: no CSP to refuse data:).
+PIXEL_DIFF = """async ([a, b]) => {
+  const load = async (data) => {
+    const image = new Image();
+    image.src = 'data:image/png;base64,' + data;
+    await image.decode();
+    const canvas = document.createElement('canvas');
+    canvas.width = image.naturalWidth;
+    canvas.height = image.naturalHeight;
+    const context = canvas.getContext('2d');
+    context.drawImage(image, 0, 0);
+    return context.getImageData(0, 0, canvas.width, canvas.height);
+  };
+  const [x, y] = await Promise.all([load(a), load(b)]);
+  let count = 0, left = x.width, top = x.height, right = -1, bottom = -1;
+  for (let i = 0; i < x.data.length; i += 4) {
+    const d = Math.abs(x.data[i] - y.data[i]) + Math.abs(x.data[i + 1] - y.data[i + 1]) +
+              Math.abs(x.data[i + 2] - y.data[i + 2]);
+    if (d <= 96) continue;
+    const p = i / 4, px = p % x.width, py = Math.floor(p / x.width);
+    count++;
+    left = Math.min(left, px); right = Math.max(right, px); top = Math.min(top, py); bottom = Math.max(bottom, py);
+  }
+  return {count, left, top, right, bottom, width: x.width, height: x.height, same: x.width === y.width && x.height === y.height};
+}"""
+
+
+def pixel_diff(tab: Tab, before: bytes, after: bytes) -> dict[str, Any]:
+    """``{count, left, top, right, bottom}``: the pixels (and their bounding box) where two screenshots differ."""
+    scratch = tab.context.new_page()
+    try:
+        diff = scratch.evaluate(PIXEL_DIFF, [base64.b64encode(before).decode(), base64.b64encode(after).decode()])
+    finally:
+        scratch.close()
+    assert diff["same"], diff
+    return diff
+
+
+def picture(tab: Tab) -> bytes:
+    """The player as a viewer sees it, once the page has painted twice more (cue rendering follows the clock)."""
+    tab.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    return tab.page.locator("kinoray-player").screenshot(animations="disabled")
+
+
+def shown_cues(tab: Tab) -> list[str]:
+    return [cue[0] for track in tab.eval(TEXT_TRACKS) if track["mode"] == "showing" for cue in track["cues"] or []]
+
+
+@pytest.mark.browser
+def test_captions_show_from_the_menu_and_the_c_key(browser_api, ready_media, tab: Tab,
+                                                   tmp_path: Path) -> None:
+    api = browser_api
+    playback_id = publish(api, ready_media)
+    with api.platform.db.session() as session:
+        asset_id = session.get(PlaybackId, playback_id).asset_id
+    srt = tmp_path / "captions.srt"
+    srt.write_text(CAPTIONS_SRT)
+    added = api.client.post(f"{api.url}/video/v1/assets/{asset_id}/tracks", timeout=30, json={
+        "url": srt.as_uri(), "type": "text", "text_type": "subtitles", "language_code": "en",
+        "closed_captions": False})
+    assert added.status_code == 201, added.text
+    assert added.json()["data"]["name"] == "English"
+
+    tab.page.goto(f"{api.url}/player/{playback_id}?muted=1")
+    tab.wait(f"{P} && {P}.hls && {P}.hls.subtitleTracks.length === 1", what="hls.js to list the subtitle track")
+    tab.wait(label(".kr-captions-button", "Captions: Off"), what="the captions button to offer the track")
+    assert tab.eval(f"{P}.hls.subtitleTrack") == -1  # not DEFAULT in the manifest: off until the viewer asks
+    # the menu lists the track by its name; choosing it makes hls.js load it and the browser show it
+    shadow(tab, ".kr-captions-button").click()
+    assert shadow(tab, "#kr-captions-menu [role=menuitemradio]").all_inner_texts() == ["Off", "English"]
+    assert shadow(tab, "#kr-captions-menu [aria-checked=true]").all_inner_texts() == ["Off"]
+    shadow(tab, "#kr-captions-menu [role=menuitemradio] >> text='English'").click()
+    assert shadow(tab, "#kr-captions-menu").is_hidden()
+    tab.wait(f"{P}.hls.subtitleTrack === 0 && {P}.hls.subtitleDisplay", what="hls.js to select the track")
+    tab.wait(label(".kr-captions-button", "Captions: English"), what="the button to name the track")
+    assert shadow(tab, ".kr-captions-button").get_attribute("aria-pressed") == "true"
+    tab.page.keyboard.press("k")
+    tab.wait(f"{P}.video.currentTime >= 1", what="1 s of playhead")
+    tab.page.keyboard.press("k")
+    tab.wait(f"{P}.video.paused", what="k to pause")
+    tab.wait(f"{TEXT_TRACKS}.some(t => t.mode === 'showing' && t.cues && t.cues.length)", what="an active cue")
+    (track,) = tab.eval(TEXT_TRACKS)
+    assert (track["label"], track["language"], track["kind"], track["mode"]) == ("English", "en", "subtitles",
+                                                                                "showing")
+    (cue,) = track["cues"]  # on the video's timeline: hls.js mapped X-TIMESTAMP-MAP onto the fMP4 stream
+    assert cue[0] == "kinoray caption one" and abs(cue[1] - 0.5) < 0.05 and abs(cue[2] - 3.5) < 0.05, cue
+    with_cue = picture(tab)
+
+    # c turns them off: the cue disappears from the picture, and only it
+    tab.page.keyboard.press("c")
+    tab.wait(f"{P}.hls.subtitleTrack === -1 && {label('.kr-captions-button', 'Captions: Off')}",
+             what="c to turn captions off")
+    tab.wait(f"{TEXT_TRACKS}.every(t => t.mode !== 'showing')", what="the text track to stop showing")
+    assert shown_cues(tab) == []
+    without = picture(tab)
+    diff = pixel_diff(tab, with_cue, without)
+    player = tab.page.locator("kinoray-player").bounding_box()
+    controls = shadow(tab, ".kr-seek").bounding_box()  # the controls' row (they show while paused)
+    assert diff["count"] > 300, diff  # the cue's text and its backdrop
+    assert player["height"] / 2 < diff["top"] and diff["bottom"] < controls["y"] - player["y"], (diff, controls)
+    assert player["width"] * 0.2 < diff["left"] < diff["right"] < player["width"] * 0.8, diff  # centred
+    # c again: the same track back, the same picture
+    tab.page.keyboard.press("c")
+    tab.wait(f"{P}.hls.subtitleTrack === 0 && {label('.kr-captions-button', 'Captions: English')}",
+             what="c to turn captions back on")
+    tab.wait(f"{TEXT_TRACKS}.some(t => t.mode === 'showing' && t.cues && t.cues.length)", what="the cue again")
+    assert shown_cues(tab) == ["kinoray caption one"]
+    assert pixel_diff(tab, with_cue, picture(tab))["count"] < 30
+    # the second cue takes over at 3.5 s
+    tab.page.keyboard.press("ArrowRight")
+    tab.wait(f"{P}.video.currentTime >= 5.5 && !{P}.video.seeking", what="a seek into the second cue")
+    tab.wait(f"{TEXT_TRACKS}.some(t => t.cues && t.cues.some(c => c[0] === 'kinoray caption two'))",
+             what="the second cue")
+    assert shown_cues(tab) == ["kinoray caption two"]
+    # Off in the menu hides it again
+    shadow(tab, ".kr-captions-button").click()
+    assert shadow(tab, "#kr-captions-menu [aria-checked=true]").all_inner_texts() == ["English"]
+    shadow(tab, "#kr-captions-menu [role=menuitemradio] >> text='Off'").click()
+    tab.wait(f"{P}.hls.subtitleTrack === -1 && {TEXT_TRACKS}.every(t => t.mode !== 'showing')",
+             what="Off to turn captions off")
+    assert shown_cues(tab) == []
+    assert tab.page_errors == [] and tab.bad_answers == []
 
 
 @pytest.mark.browser

@@ -211,8 +211,10 @@ class FrameReader:
     :func:`~kinoray.media.probe.open_input` reads them, or a seekable file object, which the reader then owns).
 
     Requests in increasing time order that are at most ``forward_seconds`` apart are served by decoding
-    forward; anything else seeks to the keyframe at or before the time asked for. ``threads`` decoder threads
-    (frame and slice threading): a few, since an API replica renders several images at once. ``seeks`` and
+    forward; anything else seeks to the keyframe at or before the time asked for. ``threads`` > 1 adds
+    *slice* threads only: FFmpeg's frame threads log from their own threads, and with PyAV's log callback
+    (FFmpeg logs go through Python logging) tearing a frame-threaded decoder down while a worker waits for the
+    GIL deadlocks (seen in CI). An API replica renders several images at once anyway. ``seeks`` and
     ``decoded`` count the work done. One reader is not thread-safe; open one per rendering.
     """
 
@@ -233,7 +235,7 @@ class FrameReader:
                 raise InvalidMediaError("the source has no video stream")
             self._stream = self._container.streams.video[0]
             self._stream.codec_context.thread_count = threads
-            self._stream.codec_context.thread_type = "AUTO"
+            self._stream.codec_context.thread_type = "SLICE"
             self.time_base = Fraction(self._stream.time_base or Fraction(1, 90000))
             self.size = Size(self._stream.codec_context.width, self._stream.codec_context.height)
         except BaseException:

@@ -18,10 +18,12 @@ from kinoray.player.assets import static_url
 __all__ = ["CONTENT_SECURITY_POLICY", "PlayerPage", "dash_page", "player_page"]
 
 #: Only the app's own scripts and styles; media and beacons go to the same origin; dash.js and hls.js feed
-#: ``blob:`` MediaSource URLs (hls.js runs without its worker). Any site may frame the page.
+#: ``blob:`` MediaSource URLs (hls.js runs without its worker). hls.js gives each subtitle track a
+#: ``<track src="data:,WEBVTT">``: refused, the track fails to load and Chromium never shows its cues again once
+#: captions are turned off and on. Any site may frame the page.
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'none'", "script-src 'self'", "style-src 'self'", "img-src 'self' data: blob:",
-    "media-src 'self' blob:", "connect-src 'self'", "base-uri 'none'",
+    "media-src 'self' blob: data:", "connect-src 'self'", "base-uri 'none'",
     "form-action 'none'", "frame-ancestors *",
 ])
 _PLAYBACK_ID = re.compile(r"[A-Za-z0-9]{1,64}")

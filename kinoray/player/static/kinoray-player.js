@@ -12,6 +12,8 @@
  * Keyboard: space/k play-pause, left/right seek 5 s, j/l 10 s, up/down volume, m mute, f fullscreen,
  * c captions. Properties: .video, .hls, .error ({type, message, status} once playback failed), .viewId,
  * .timings (performance.now() of playerready, play, playing, firstframe). Events: "kinoray-error".
+ * Captions are the stream's HLS subtitle tracks, rendered by the browser (hls.js's <track src="data:,WEBVTT">
+ * text tracks): a page with a Content-Security-Policy needs media-src blob: data: (MediaSource, caption tracks).
  */
 (function () {
   "use strict";
