@@ -163,3 +163,19 @@ def test_credentials_are_required_and_checked(api) -> None:
     ok = api.client.get(url)
     assert ok.status_code == 200
     assert int(ok.headers["X-RateLimit-Limit"]) >= 1 and "X-RateLimit-Remaining" in ok.headers
+
+
+@pytest.mark.parametrize("text", ["nul\x00inside", "lone \ud800 surrogate"])
+def test_text_no_database_can_store_is_a_typed_400(api, text) -> None:
+    # JSON can carry both (\u0000, an unpaired \ud800); PostgreSQL cannot store NUL and UTF-8 cannot encode the
+    # surrogate, so every request body refuses them up front, on every backend alike.
+    import json
+
+    body = json.dumps({"inputs": [{"url": INPUT}], "passthrough": text})
+    answer = api.client.post(f"{api.url}/video/v1/assets", data=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["type"] == "invalid_parameters"
+    beacon = json.dumps({"events": [{"event": "play", "viewer_time": 1, "playback_time": 0, "view_id": "v" * 10,
+                                     "session_id": "s" * 10, "playback_id": "abc", "error_message": text}]})
+    answer = api.client.post(f"{api.url}/data/v1/events", data=beacon, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.text

@@ -19,8 +19,9 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from kinoray.control.requests import RequestModel
 from kinoray.store.db import Database
 from kinoray.store.models import ViewEvent, utcnow
 
@@ -55,7 +56,7 @@ _Short = Annotated[str, Field(max_length=64)]
 _Pixels = Annotated[int, Field(ge=0, le=65_535)]
 
 
-class BeaconEvent(BaseModel):
+class BeaconEvent(RequestModel):
     """One beacon. Unknown fields are ignored (a newer player keeps working against an older server); unknown
     event types are refused."""
 
@@ -91,7 +92,7 @@ class BeaconEvent(BaseModel):
     error_context: str | None = Field(default=None, max_length=1024)
 
 
-class BeaconBatch(BaseModel):
+class BeaconBatch(RequestModel):
     """``POST /data/v1/events``: 1 to 200 events, at most 64 KiB of JSON (sent as ``application/json`` or, by
     ``navigator.sendBeacon``, as ``text/plain``)."""
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy.orm import Session, selectinload
 
 from kinoray.control.events import emit
 from kinoray.control.lookup import find
+from kinoray.control.requests import RequestModel
 from kinoray.media.ladder import DEFAULT_LADDER
 from kinoray.settings import Settings
 from kinoray.store.models import Asset, Job, PlaybackId, PlaybackPolicy, new_id, utcnow
@@ -53,8 +54,8 @@ def media_prefix(asset_id: str) -> str:
     return f"assets/{asset_id}/media"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(RequestModel):
+    pass
 
 
 class StaticRenditionRequest(_Strict):
@@ -93,7 +94,7 @@ class NewAssetSettings(_Strict):
 
 
 class AssetInput(_Strict):
-    url: str = Field(min_length=1, max_length=4096, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://",
+    url: str = Field(min_length=1, max_length=4096, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://[^\x00]*$",
                      description="http(s)://, s3://, or file:// where enabled; refused when it points at a "
                                  "private address (SSRF policy)")
 

@@ -27,13 +27,14 @@ import logging
 from fractions import Fraction
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from kinoray.control.assets import get_asset
 from kinoray.control.events import emit
 from kinoray.control.ingest import fetch_input
 from kinoray.control.platform import Platform
 from kinoray.control.playback import TEXT_DIR
+from kinoray.control.requests import RequestModel
 from kinoray.control.urls import check_public_url
 from kinoray.errors import (
     AssetNotReadyError,
@@ -75,12 +76,12 @@ LANGUAGE_NAMES = {
 _MPEG_TS_HZ = 90_000
 
 
-class TextTrackCreate(BaseModel):
+class TextTrackCreate(RequestModel):
     """``POST /video/v1/assets/{asset_id}/tracks`` (Mux's body; only ``type: text`` tracks)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=1, max_length=4096, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://",
+    url: str = Field(min_length=1, max_length=4096, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://[^\x00]*$",
                      description="an SRT or WebVTT file: http(s)://, s3://, or file:// where enabled; refused when "
                                  "it points at a private address (SSRF policy)")
     type: Literal["text"] = Field(description="only text tracks can be added")

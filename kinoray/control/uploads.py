@@ -51,13 +51,14 @@ from email.utils import format_datetime
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from kinoray.control.assets import NewAssetSettings, create_asset, input_key
 from kinoray.control.events import emit
 from kinoray.control.platform import Platform
+from kinoray.control.requests import RequestModel
 from kinoray.errors import (
     ChecksumMismatchError,
     ConflictError,
@@ -109,7 +110,7 @@ _ORIGIN = r"^(\*|https?://[A-Za-z0-9.\-\[\]:]+)$"  # "*" or scheme://host[:port]
 # --- the resource ------------------------------------------------------------------------------------------
 
 
-class UploadCreate(BaseModel):
+class UploadCreate(RequestModel):
     """``POST /video/v1/uploads``."""
 
     model_config = ConfigDict(extra="forbid")

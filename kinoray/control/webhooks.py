@@ -38,11 +38,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 import kinoray
 from kinoray.control.lookup import find
+from kinoray.control.requests import RequestModel
 from kinoray.control.urls import check_public_url
 from kinoray.errors import AuthenticationError, InvalidParametersError
 from kinoray.settings import Settings
@@ -155,14 +156,14 @@ def endpoint_body(payload: dict[str, Any]) -> bytes:
 # --- endpoints -----------------------------------------------------------------------------------------------
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(RequestModel):
+    pass
 
 
 class EndpointCreate(_Strict):
     """``POST /system/v1/webhook-endpoints``."""
 
-    url: str = Field(min_length=1, max_length=_MAX_URL_LENGTH, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://",
+    url: str = Field(min_length=1, max_length=_MAX_URL_LENGTH, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00]*$",
                      description="http(s) URL that receives events; refused when it points at a private "
                                  "address (SSRF policy)")
 
@@ -170,7 +171,7 @@ class EndpointCreate(_Strict):
 class EndpointUpdate(_Strict):
     """``PATCH /system/v1/webhook-endpoints/{id}``: fields left out stay as they are."""
 
-    url: str | None = Field(default=None, min_length=1, max_length=_MAX_URL_LENGTH, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://")
+    url: str | None = Field(default=None, min_length=1, max_length=_MAX_URL_LENGTH, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00]*$")
     enabled: bool | None = None
 
 
