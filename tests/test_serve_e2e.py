@@ -202,6 +202,7 @@ def test_upload_cut_resume_ready_webhook_list_delete(platform: Platform, clip: P
     assert abs(asset["duration"] - 8.0) < 0.1 and asset["aspect_ratio"] == "16:9"
     assert asset["resolution_tier"] == "720p" and asset["max_stored_frame_rate"] == 30
     assert {t["type"] for t in asset["tracks"]} == {"video", "audio"}
+    assert asset["video_codec"] == "h264"
     assert asset["encoder_backend"] == "libx264" and asset["progress"] == {"state": "completed", "progress": 100.0}
 
     master = platform.data_dir / "storage" / "assets" / asset["id"] / "media" / "master.m3u8"

@@ -54,15 +54,11 @@ def media_prefix(asset_id: str) -> str:
     return f"assets/{asset_id}/media"
 
 
-class _Strict(RequestModel):
-    pass
-
-
-class StaticRenditionRequest(_Strict):
+class StaticRenditionRequest(RequestModel):
     resolution: Literal["highest", "audio-only"]
 
 
-class AssetMeta(_Strict):
+class AssetMeta(RequestModel):
     """Mux's ``meta``: free-form labels shown in dashboards and echoed in webhooks."""
 
     title: str | None = Field(default=None, max_length=512)
@@ -70,7 +66,7 @@ class AssetMeta(_Strict):
     external_id: str | None = Field(default=None, max_length=128)
 
 
-class NewAssetSettings(_Strict):
+class NewAssetSettings(RequestModel):
     """Everything an asset is created with except its input (Mux's ``new_asset_settings`` on uploads)."""
 
     playback_policies: list[Policy] | None = Field(default=None, max_length=4)
@@ -93,7 +89,7 @@ class NewAssetSettings(_Strict):
         return [self.playback_policy] if isinstance(self.playback_policy, str) else list(self.playback_policy)
 
 
-class AssetInput(_Strict):
+class AssetInput(RequestModel):
     url: str = Field(min_length=1, max_length=4096, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://[^\x00]*$",
                      description="http(s)://, s3://, or file:// where enabled; refused when it points at a "
                                  "private address (SSRF policy)")
@@ -112,14 +108,14 @@ class AssetCreate(NewAssetSettings):
         return NewAssetSettings(**self.model_dump(exclude={"inputs"}, exclude_unset=True))
 
 
-class AssetUpdate(_Strict):
+class AssetUpdate(RequestModel):
     """``PATCH /video/v1/assets/{id}``."""
 
     passthrough: str | None = Field(default=None, max_length=255)
     meta: AssetMeta | None = None
 
 
-class PlaybackIdCreate(_Strict):
+class PlaybackIdCreate(RequestModel):
     policy: Policy = "public"
 
 

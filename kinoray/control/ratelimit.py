@@ -10,6 +10,7 @@ decided alone in ``kinoray_ratelimit_fallback_total`` and tries Redis again afte
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import threading
@@ -44,13 +45,14 @@ def _decision(allowed: bool, tokens: float, rate: float, burst: int) -> Decision
     return Decision(allowed, burst, max(0, math.floor(tokens)), retry_after)
 
 
-class RateLimiter:
+class RateLimiter(abc.ABC):
     """The protocol: ``hit(key)`` takes one token from ``key``'s bucket."""
 
+    @abc.abstractmethod
     def hit(self, key: str) -> Decision:
-        raise NotImplementedError
+        """Charge one request to ``key``'s bucket."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default: most limiters hold no connection
         """Release connections."""
 
     @staticmethod

@@ -156,11 +156,7 @@ def endpoint_body(payload: dict[str, Any]) -> bytes:
 # --- endpoints -----------------------------------------------------------------------------------------------
 
 
-class _Strict(RequestModel):
-    pass
-
-
-class EndpointCreate(_Strict):
+class EndpointCreate(RequestModel):
     """``POST /system/v1/webhook-endpoints``."""
 
     url: str = Field(min_length=1, max_length=_MAX_URL_LENGTH, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00]*$",
@@ -168,7 +164,7 @@ class EndpointCreate(_Strict):
                                  "address (SSRF policy)")
 
 
-class EndpointUpdate(_Strict):
+class EndpointUpdate(RequestModel):
     """``PATCH /system/v1/webhook-endpoints/{id}``: fields left out stay as they are."""
 
     url: str | None = Field(default=None, min_length=1, max_length=_MAX_URL_LENGTH, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00]*$")

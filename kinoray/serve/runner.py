@@ -55,7 +55,7 @@ def _tier(short_side: int) -> str:
     return "2160p"
 
 
-def asset_fields(result: Any, store_size: Any = None) -> dict[str, Any]:
+def asset_fields(result: Any) -> dict[str, Any]:
     """Asset columns from a :class:`~kinoray.media.pipeline.TranscodeResult` (Mux's derived fields)."""
     fields: dict[str, Any] = {"duration": round(result.duration_seconds, 6), "encoder_backend": result.encoder}
     tracks: list[dict[str, Any]] = []
@@ -80,6 +80,7 @@ class _Running:
     def __init__(self, job_id: str, asset_id: str) -> None:
         self.job_id, self.asset_id = job_id, asset_id
         self.transcode: Any = None  # the TranscodeJob once it exists
+        self.codec: str | None = None  # from the job's options
         self.cancelled = threading.Event()
         self.last_saved = 0.0
         self.thread: threading.Thread | None = None
@@ -233,6 +234,7 @@ class Runner:
                 return
             input_url, source_key, options = asset.input_url, job.source, dict(job.options or {})
             output_key = job.output
+            item.codec = options.get("codec")
         try:
             if self._stop.is_set() or item.cancelled.is_set():
                 raise JobCancelledError("the runner is stopping")
@@ -301,7 +303,7 @@ class Runner:
                 return
             for name, value in fields.items():
                 setattr(asset, name, value)
-            asset.video_codec = (asset.create_settings or {}).get("video_codec") or self._codec(item)
+            asset.video_codec = item.codec
             if asset.static_renditions is not None:
                 asset.static_renditions = self._static_renditions(item.asset_id, result)
             asset.status = AssetStatus.READY
@@ -313,11 +315,6 @@ class Runner:
         JOBS_FINISHED.labels(state="ready").inc()
         log.info("asset ready", extra={"asset": item.asset_id, "seconds": round(result.wall_seconds, 2),
                                        "encoder": result.encoder})
-
-    def _codec(self, item: _Running) -> str | None:
-        with self.platform.db.session() as session:
-            job = session.get(Job, item.job_id)
-            return (job.options or {}).get("codec") if job is not None else None
 
     def _static_renditions(self, asset_id: str, result: Any) -> dict[str, Any]:
         key = result.static_rendition.rsplit("/", 1)[-1]
