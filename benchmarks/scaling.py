@@ -23,6 +23,9 @@ Sections (``--sections``, default all):
   product default is 4 s, which would turn 5 → 4 and 10 → 8).
 * model (e) — always computed from whatever was measured; its formula and every input go into the JSON.
 
+(a)-(c) turn off the product's per-rendition encoder threads (``parallel_renditions=False``) so a worker uses
+exactly one core and the speed-up measures the scheduler; the sweep (d) runs with the product's defaults.
+
 Fairness: one local Ray session (``ensure_ray(cores)``) for the whole script, but every job starts its own
 fresh worker actors (the pool is per job, killed at its end), so no configuration inherits a warm worker; a
 discarded warm-up job runs first; the scaling/threads runs go in ABBA order (1w, 2w, 2w, 1w) so slow drift in
@@ -223,7 +226,11 @@ class Bench:
 def _options(**kw: Any) -> Any:
     from kinoray.media.pipeline import TranscodeOptions
 
-    base = {"codec": "h264", "encoder": "libx264", "decoder": "cpu", "quality": CRF, "threads": 1}
+    # One encoder thread per rendition *and* the renditions encoded one after another, so a worker uses one
+    # core and (a)-(c) measure the scheduler. The product default also gives each rendition its own thread
+    # (a lone chunk then borrows idle cores); the sweep (d), an end-to-end product run, keeps that default.
+    base = {"codec": "h264", "encoder": "libx264", "decoder": "cpu", "quality": CRF, "threads": 1,
+            "parallel_renditions": False}
     return TranscodeOptions(**{**base, **kw})
 
 
@@ -319,7 +326,8 @@ def section_sweep(bench: Bench) -> dict[str, Any]:
 
     args = bench.args
     source = ensure_media(1920, 1080, args.sweep_seconds, audio=True)
-    base = _options(ladder=FULL_LADDER, segment_seconds=args.sweep_segment_seconds, preset=args.preset)
+    base = _options(ladder=FULL_LADDER, segment_seconds=args.sweep_segment_seconds, preset=args.preset,
+                    parallel_renditions=True)
     t0 = time.perf_counter()
     prepare_asset(str(source), replace(base, parallelism=max(args.workers)))  # probe + keyframe index + plan
     prepare = {"seconds": time.perf_counter() - t0, "duration_s": args.sweep_seconds,

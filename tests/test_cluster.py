@@ -23,7 +23,7 @@ import pytest
 import ray
 
 from kinoray.cluster import ChunkEvent, JobState, NodeResources, PoolLayout, TranscodeJob, order_work
-from kinoray.cluster.workers import DETERMINISTIC_HEAP
+from kinoray.encoders.determinism import DETERMINISTIC_HEAP
 from kinoray.errors import ClusterError, InvalidMediaError, JobCancelledError, WorkerLostError
 from kinoray.media.pipeline import TranscodeOptions, prepare_asset
 from kinoray.settings import ClusterSettings, Settings
@@ -139,7 +139,7 @@ def _kill_on(predicate, action):
 
 def test_worker_killed_mid_chunk_is_retried_and_output_identical(cluster, source, reference, tmp_path):
     def kill(event: ChunkEvent) -> None:
-        time.sleep(0.3)  # let it get into the encode
+        time.sleep(0.02)  # into the chunk (~0.2 s here): later, the worker may have run out of items
         os.kill(event.worker_pid, signal.SIGKILL)
 
     hook, fired = _kill_on(lambda e: e.kind == "dispatched" and e.chunk_index == 3, kill)
@@ -251,7 +251,9 @@ def test_node_removed_mid_job_output_identical(cluster, source, reference, tmp_p
     node_id = cpu_node.node_id
 
     def remove(event: ChunkEvent) -> None:
-        time.sleep(0.3)
+        # At once: a chunk here takes ~0.2 s (its two rungs encode on threads of their own), and the node's
+        # worker must still hold it (or be about to) when the raylet goes.
+        time.sleep(0.02)
         the_cluster.remove_node(cpu_node, allow_graceful=False)
 
     hook, fired = _kill_on(lambda e: e.kind == "dispatched" and e.worker_node == node_id

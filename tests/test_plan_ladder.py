@@ -130,7 +130,7 @@ def test_ladder_bitrates_scale_by_codec() -> None:
 
 @pytest.mark.parametrize(("seconds", "workers", "expected"), [
     (60, None, [600, 600, 600]),  # 20 s chunks, no hint
-    (60, 2, [480, 480, 480, 360]),  # 4 chunks of 4 segments (last 3) fill 2 workers evenly
+    (60, 2, [360, 480, 480, 480]),  # 4 chunks of 4 segments (one of 3: first, as its cuts decode least) fill 2
     (60, 3, [600, 600, 600]),  # already a multiple
     (40, 2, [600, 600]),
     (8, 4, [240]),  # fewer segments than workers: nothing to balance
@@ -140,3 +140,22 @@ def test_chunk_count_fills_the_workers(seconds: int, workers: int | None, expect
     plan = plan_chunks(_info(), _index(pts, {0}), segment_seconds=4, chunk_seconds=20, parallelism=workers)
     assert [c.frame_count for c in plan.chunks] == expected
     assert all(c.start_frame % plan.segment_frames == 0 for c in plan.chunks)
+
+
+def test_short_chunk_goes_where_cuts_follow_keyframes() -> None:
+    """60 s at 30 fps with a keyframe every 250 frames, 4 s segments on 2 workers: 4 chunks, one of them a
+    segment short. Cutting at 360/840/1320 (110, 90, 70 frames after keyframes 250/750/1250) decodes 270 pre-roll
+    frames; the plain order (short chunk last: 480/960/1440) would decode 630."""
+    pts = [i * 3000 for i in range(60 * 30)]
+    plan = plan_chunks(_info(), _index(pts, {p for i, p in enumerate(pts) if i % 250 == 0}),
+                       segment_seconds=4, chunk_seconds=20, parallelism=2)
+    assert [c.frame_count for c in plan.chunks] == [360, 480, 480, 480]
+    assert [c.decode_from_pts // 3000 for c in plan.chunks] == [0, 250, 750, 1250]
+    preroll = sum(c.first_source_pts // 3000 - c.decode_from_pts // 3000 for c in plan.chunks)
+    assert preroll == 270
+
+
+def test_short_chunk_stays_last_when_every_cut_costs_the_same() -> None:
+    pts = [i * 3000 for i in range(60 * 30)]
+    plan = plan_chunks(_info(), _index(pts, set(pts)), segment_seconds=4, chunk_seconds=20, parallelism=2)
+    assert [c.frame_count for c in plan.chunks] == [480, 480, 480, 360]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kinoray.encoders import available_encoders, get_backend
+from kinoray.encoders.determinism import deterministic_heap
 from kinoray.encoders.nvenc import nvdec_hwaccel
 from kinoray.media.audio import AudioResult
 from kinoray.media.frames import RenditionScaler, Scaler
@@ -44,12 +45,6 @@ log = logging.getLogger(__name__)
 
 AUDIO_KEY = "audio/audio"
 
-#: libx264 (as bundled with PyAV) reads some heap memory it never wrote at certain widths (426 and 432 wide
-#: rungs do it; 448 and 640 do not), so the same frames could encode to different bytes depending on what the
-#: allocator handed out — measured: 1 run in 3 differed under Ray. glibc's MALLOC_PERTURB_ fills every new
-#: allocation with a fixed byte, which makes those reads, and so a chunk's bytes, a function of its input
-#: alone: a retried chunk on any worker is byte-identical. glibc reads it at process start, hence per worker.
-DETERMINISTIC_HEAP = {"MALLOC_PERTURB_": "165"}
 
 
 @dataclass(frozen=True)
@@ -135,6 +130,8 @@ class EncoderWorker:
 
         settings = get_settings()
         setup_logging(settings.log_level, settings.native_log_level)
+        if not deterministic_heap():
+            log.warning("encoder worker without a fixed heap fill: a retried chunk may differ in bytes")
         self.capabilities_ = probe_worker(kind)
         self.scratch = Path(tempfile.mkdtemp(prefix="kinoray-worker-"))
         log.info("encoder worker ready", extra={"kind": kind, "pid": self.capabilities_.pid,
@@ -185,8 +182,7 @@ def _commit(store: ObjectStore, local_root: Path, base: Path) -> str:
 def worker_options(kind: str, gpu_fraction: float, max_restarts: int) -> dict[str, Any]:
     """Ray actor options for a worker of ``kind``: 1 CPU each; GPU workers also ``gpu_fraction`` of a GPU.
     Retries are the coordinator's (``max_task_retries=0``), so every re-run is counted and bounded."""
-    options: dict[str, Any] = {"num_cpus": 1, "max_restarts": max_restarts, "max_task_retries": 0,
-                               "runtime_env": {"env_vars": dict(DETERMINISTIC_HEAP)}}
+    options: dict[str, Any] = {"num_cpus": 1, "max_restarts": max_restarts, "max_task_retries": 0}
     if kind == "gpu":
         options["num_gpus"] = gpu_fraction
     return options

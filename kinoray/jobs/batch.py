@@ -46,7 +46,7 @@ import ray
 from kinoray.cli import parse_ladder
 from kinoray.cluster import JobSpec, PoolLayout, ensure_ray, order_work
 from kinoray.cluster.publish import package_and_publish
-from kinoray.cluster.workers import DETERMINISTIC_HEAP, EncoderWorker
+from kinoray.cluster.workers import EncoderWorker
 from kinoray.encoders import select_encoder
 from kinoray.errors import ConfigurationError, KinorayError
 from kinoray.logs import setup_logging
@@ -241,8 +241,7 @@ def run_batch(manifest: str, output: str, *, defaults: TranscodeOptions | None =
     started = time.perf_counter()
     items = [{"id": row["id"], "input": row["input"], "options": pickle.dumps(row["options"])} for row in rows]
     encode_args: dict[str, Any] = {"concurrency": workers, "batch_size": 1, "num_cpus": 1,
-                                   "fn_constructor_kwargs": {"kind": "gpu" if use_gpu else "cpu"},
-                                   "runtime_env": {"env_vars": dict(DETERMINISTIC_HEAP)}}
+                                   "fn_constructor_kwargs": {"kind": "gpu" if use_gpu else "cpu"}}
     if use_gpu:
         encode_args["num_gpus"] = gpu_fraction
     # Planning (probe + packet index) and packaging (remux) are I/O-bound and light: they run as zero-CPU

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import av
 import av.video.reformatter
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from kinoray.errors import InvalidMediaError, TranscodeError
 from kinoray.media.ladder import Rendition
@@ -192,6 +193,9 @@ class RenditionScaler:
         self.renditions = renditions
         self.colorspace = video.colorspace
         self.color_range = video.color_range
+        # One swscale context per rung, kept across frames: ``VideoFrame.reformat`` would build (and compute
+        # the filter taps of) a fresh context for every frame and every rung.
+        self._reformatters = [VideoReformatter() for _ in renditions]
 
     def _rotated(self, frame: av.VideoFrame) -> av.VideoFrame:
         if not self.rotation:
@@ -208,11 +212,11 @@ class RenditionScaler:
         """One frame per rendition, largest first; pts/time_base are left for the caller to set."""
         current = self._rotated(frame)
         outputs = []
-        for rendition in self.renditions:
+        for rendition, reformatter in zip(self.renditions, self._reformatters, strict=True):
             if (current.width, current.height, current.format.name) != (rendition.width, rendition.height, "yuv420p"):
-                current = current.reformat(
-                    width=rendition.width, height=rendition.height, format="yuv420p", interpolation=_BICUBIC,
-                    threads=1,
+                current = reformatter.reformat(
+                    current, width=rendition.width, height=rendition.height, format="yuv420p",
+                    interpolation=_BICUBIC, threads=1,
                 )
             outputs.append(current)
         return outputs

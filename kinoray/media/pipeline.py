@@ -78,13 +78,14 @@ class TranscodeOptions:
     preset: str | None = None
     quality: int | None = None
     threads: int = 1
+    parallel_renditions: bool = True  # each rendition's encoder on its own thread (see EncodeOptions)
     decoder: str = "auto"  # auto | cpu | nvdec
     audio_bitrate: int = 128_000
     limits: InputLimits = field(default_factory=InputLimits)
 
     def encode_options(self) -> EncodeOptions:
         return EncodeOptions(codec=self.codec, preset=self.preset, quality=self.quality, threads=self.threads,
-                             decoder=self.decoder)
+                             decoder=self.decoder, parallel_renditions=self.parallel_renditions)
 
 
 @dataclass(frozen=True)

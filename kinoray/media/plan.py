@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -198,11 +199,10 @@ def plan_chunks(
     segments_per_chunk = _segments_per_chunk(
         -(-frame_count // segment_frames), max(1, round(chunk_seconds * rate / segment_frames)), parallelism
     )
-    chunk_frames = segment_frames * segments_per_chunk
-
+    starts = _chunk_starts(frame_count, segment_frames, segments_per_chunk,
+                           lambda start: _preroll_frames(index, source_pts[_shown_at(slots, start)]))
     chunks = []
-    for number, start in enumerate(range(0, frame_count, chunk_frames)):
-        end = min(start + chunk_frames, frame_count)
+    for number, (start, end) in enumerate(zip(starts, [*starts[1:], frame_count], strict=True)):
         first_pts = source_pts[_shown_at(slots, start)]
         last_pts = source_pts[_shown_at(slots, end - 1)]
         chunks.append(
@@ -246,6 +246,33 @@ def _segments_per_chunk(segments: int, wanted: int, parallelism: int | None) -> 
         return wanted
     balanced = -(-chunks // parallelism) * parallelism
     return max(1, -(-segments // balanced))
+
+
+def _chunk_starts(frame_count: int, segment_frames: int, segments_per_chunk: int,
+                  preroll: Callable[[int], int]) -> list[int]:
+    """First output frame of each chunk: ``segments_per_chunk`` segments each, except one shorter chunk when
+    the segments do not divide evenly. That chunk goes where the cuts cost the least pre-roll (frames decoded
+    before a chunk's first frame, from its random-access point) — with long-GOP sources the cuts then land
+    just after keyframes. The chunk lengths, and so how evenly they fill the workers, do not change; on a tie
+    the short chunk stays last."""
+    segments = -(-frame_count // segment_frames)
+    count = -(-segments // segments_per_chunk)
+    short = segments - (count - 1) * segments_per_chunk
+    best: tuple[int, list[int]] | None = None
+    for position in (range(count - 1, -1, -1) if short < segments_per_chunk else [count - 1]):
+        lengths = [short if n == position else segments_per_chunk for n in range(count)]
+        starts = [sum(lengths[:n]) * segment_frames for n in range(count)]
+        cost = sum(preroll(start) for start in starts)
+        if best is None or cost < best[0]:
+            best = (cost, starts)
+    assert best is not None
+    return best[1]
+
+
+def _preroll_frames(index: KeyframeIndex, first_pts: int) -> int:
+    """Frames decoded and dropped before ``first_pts`` when decoding from its random-access point."""
+    shown = index.presentation_pts
+    return bisect_left(shown, first_pts) - bisect_left(shown, index.random_access_at_or_before(first_pts))
 
 
 def _check_not_truncated(video: VideoStreamInfo, present: Fraction) -> None:

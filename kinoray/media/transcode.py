@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import queue
 import resource
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import av
 
 from kinoray.encoders.base import EncoderBackend, EncoderSession, EncoderSettings
 from kinoray.encoders.nvenc import nvdec_hwaccel
@@ -36,6 +40,10 @@ class EncodeOptions:
     decode_threads: int = 1
     decoder: str = "auto"  # auto (NVDEC when a CUDA device is usable, else CPU) | cpu | nvdec
     bframes: int = 3
+    # Each rendition's encoder runs on its own thread (frames handed over in order, so the output is the
+    # same as encoding them one after another): a chunk can use more than one core when cores are idle —
+    # the last chunk of a job, or a short video — without multi-threading the encoders themselves.
+    parallel_renditions: bool = True
 
     def settings_for(self, plan: ChunkPlan, rendition: Rendition) -> EncoderSettings:
         return EncoderSettings(
@@ -143,37 +151,35 @@ def _transcode_chunk(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...
     scaler = make_scaler(plan.video, ladder)
     sessions: list[EncoderSession] = []
     writers: list[PacketStoreWriter] = []
-    keyframes: list[list[int]] = [[] for _ in ladder]
     ticks = plan.frame_ticks
+    lanes: list[_RenditionLane] = []
     try:
         for rendition in ladder:
             sessions.append(encoder.open(options.settings_for(plan, rendition)))
         for rendition, session in zip(ladder, sessions, strict=True):
             params = StreamParameters(codec=session.codec_name, time_base=plan.time_base,
                                       extradata=session.extradata, width=rendition.width, height=rendition.height)
-            writers.append(PacketStoreWriter(chunk_store_path(work_dir, rendition.name, chunk.index), params))
-
-        def write(position: int, packets: list) -> None:
-            for packet in packets:
-                if packet.is_keyframe:
-                    keyframes[position].append(packet.pts // ticks)
-                writers[position].write(packet, ticks)
-
+            writer = PacketStoreWriter(chunk_store_path(work_dir, rendition.name, chunk.index), params)
+            writers.append(writer)
+            lanes.append(_RenditionLane(rendition.name, session, writer, ticks, threaded=options.parallel_renditions
+                                        and len(ladder) > 1))
         for frame_number, frame in decode_chunk_frames(plan, chunk, stats, threads=options.decode_threads,
                                                        hwaccel=hwaccel):
             force_idr = plan.is_segment_start(frame_number)
-            for position, scaled in enumerate(scaler.scale(frame)):
-                scaled.pts = frame_number * ticks
-                scaled.time_base = writers[position].params.time_base
-                write(position, sessions[position].encode(scaled, force_idr))
-        for position, session in enumerate(sessions):
-            write(position, session.flush())
+            for lane, scaled in zip(lanes, scaler.scale(frame), strict=True):
+                lane.encode(scaled, frame_number * ticks, force_idr)
+        for lane in lanes:
+            lane.finish()
+        for lane, session in zip(lanes, sessions, strict=True):
+            lane.join()
             # Parameter sets can appear only after the first encode (some encoders); store the final ones.
-            writers[position].params = replace(writers[position].params, extradata=session.extradata)
-        _verify(plan, chunk, ladder, writers, keyframes)
+            lane.writer.params = replace(lane.writer.params, extradata=session.extradata)
+        _verify(plan, chunk, ladder, writers, [lane.keyframes for lane in lanes])
         for writer in writers:
             writer.commit()
     except BaseException:
+        for lane in lanes:
+            lane.abandon()
         for writer in writers:
             writer.discard()
         raise
@@ -186,9 +192,9 @@ def _transcode_chunk(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...
             store=str(writer.base),
             packets=len(writer.rows),
             bytes=writer.bytes_written,
-            keyframe_frames=tuple(sorted(found)),
+            keyframe_frames=tuple(sorted(lane.keyframes)),
         )
-        for rendition, writer, found in zip(ladder, writers, keyframes, strict=True)
+        for rendition, writer, lane in zip(ladder, writers, lanes, strict=True)
     )
     result = ChunkResult(
         chunk_index=chunk.index,
@@ -231,3 +237,98 @@ def _verify(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...], writer
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+class _RenditionLane:
+    """One rendition's encoder session fed in frame order, on a thread of its own when ``threaded``.
+
+    The encoders release the GIL while they work (x264, x265, SVT-AV1 and NVENC through PyAV), so the lanes of
+    a chunk run in parallel with each other and with the decoder/scaler on the calling thread. The queue is
+    short, so at most ``_LANE_DEPTH`` scaled frames per rendition wait in memory.
+    """
+
+    _FINISH = object()
+    _STOP = object()
+
+    def __init__(self, name: str, session: EncoderSession, writer: PacketStoreWriter, ticks: int, *,
+                 threaded: bool) -> None:
+        self.session = session
+        self.writer = writer
+        self.ticks = ticks
+        self.keyframes: list[int] = []
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._queue: queue.Queue[Any] = queue.Queue(maxsize=_LANE_DEPTH)
+            self._thread = threading.Thread(target=self._run, name=f"encode-{name}", daemon=True)
+            self._thread.start()
+
+    def encode(self, frame: av.VideoFrame, pts: int, force_idr: bool) -> None:
+        """Encode ``frame`` at ``pts``. The same frame object can come again (a repeated slot, or the decoded
+        frame itself as the top rung), so its pts is set on the lane's thread just before the encoder copies it."""
+        if self._thread is None:
+            self._encode(frame, pts, force_idr)
+        else:
+            self._put((frame, pts, force_idr))
+
+    def finish(self) -> None:
+        """Flush the encoder (after the last frame)."""
+        if self._thread is None:
+            self._write(self.session.flush())
+        else:
+            self._put(self._FINISH)
+
+    def join(self) -> None:
+        """Wait for the lane to drain; re-raise what its encoder raised."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        """Stop without flushing (the chunk failed); returns once the thread has let go of the session."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        self._put(self._STOP, raise_error=False)
+        self._thread.join()
+
+    def _put(self, item: Any, raise_error: bool = True) -> None:
+        assert self._thread is not None
+        while True:
+            if self._error is not None or not self._thread.is_alive():
+                if raise_error and self._error is not None:
+                    raise self._error
+                return
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is self._STOP:
+                    return
+                if item is self._FINISH:
+                    self._write(self.session.flush())
+                    return
+                self._encode(*item)
+        except BaseException as e:  # noqa: BLE001 — handed to the chunk's thread, which raises it
+            self._error = e
+
+    def _encode(self, frame: av.VideoFrame, pts: int, force_idr: bool) -> None:
+        frame.pts = pts
+        frame.time_base = self.writer.params.time_base
+        self._write(self.session.encode(frame, force_idr))
+
+    def _write(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            self.writer.write(packet, self.ticks)  # refuses a packet without timestamps
+            if packet.is_keyframe and packet.pts is not None:
+                self.keyframes.append(packet.pts // self.ticks)
+
+
+#: scaled frames a rendition's lane may hold waiting for its encoder
+_LANE_DEPTH = 4
