@@ -27,7 +27,8 @@ Sections (``--sections``, default all):
 exactly one core and the speed-up measures the scheduler; the sweep (d) runs with the product's defaults.
 
 Fairness: one local Ray session (``ensure_ray(cores)``) for the whole script, but every job starts its own
-fresh worker actors (the pool is per job, killed at its end), so no configuration inherits a warm worker; a
+fresh worker actors (``keep_workers_seconds=0``: the pool is per job, killed at its end), so no configuration
+inherits a warm worker; a
 discarded warm-up job runs first; the scaling/threads runs go in ABBA order (1w, 2w, 2w, 1w) so slow drift in
 background load hits both sides; ``--repeats N`` keeps the best (lowest encode-stage wall) of N. Every run
 records the load average and ``foreign_cpu_s`` (machine busy CPU minus the driver's Ray process tree); a run
@@ -164,7 +165,8 @@ class Bench:
             records.append(record)
             marks.setdefault(record.state.value, (time.perf_counter(), _driver_cpu()))
 
-        cluster = self.settings.cluster.model_copy(update={"max_workers": workers})
+        # keep_workers_seconds=0: every job starts (and kills) its own actors, as the fairness rule says
+        cluster = self.settings.cluster.model_copy(update={"max_workers": workers, "keep_workers_seconds": 0})
         settings = self.settings.model_copy(update={"cluster": cluster})
         out = self.work / "out" / label
         load = os.getloadavg()

@@ -74,6 +74,11 @@ class ClusterSettings(BaseModel):
     worker_start_timeout_seconds: float = Field(
         default=180.0, gt=0,
         description="how long a job waits for a worker to start or restart before it errors (no hang)")
+    keep_workers_seconds: float = Field(
+        default=30.0, ge=0,
+        description="how long a finished job's encoder actors wait for the next job in the same process "
+                    "(it then starts encoding at once instead of after ~1 s of actor start-up); 0: every job "
+                    "starts and kills its own")
 
 
 class ServeSettings(BaseModel):

@@ -23,6 +23,8 @@ import pytest
 import ray
 
 from kinoray.cluster import ChunkEvent, JobState, NodeResources, PoolLayout, TranscodeJob, order_work
+from kinoray.cluster.pool import kept_workers
+from kinoray.cluster.workers import WorkerCapabilities
 from kinoray.encoders.determinism import DETERMINISTIC_HEAP
 from kinoray.errors import ClusterError, InvalidMediaError, JobCancelledError, WorkerLostError
 from kinoray.media.pipeline import TranscodeOptions, prepare_asset
@@ -149,6 +151,7 @@ def test_worker_killed_mid_chunk_is_retried_and_output_identical(cluster, source
     result = job.run()
     assert fired.is_set()
     assert result.retries >= 1 and job.record.retries == result.retries
+    assert kept_workers() == 0  # a job that lost a worker hands none on
     killed = next(e.worker_pid for e in events if e.kind == "dispatched" and e.chunk_index == 3)
     # whatever the killed worker held at that moment (chunk 3, or the next item if 3 had just finished) re-ran
     assert any(e.kind == "retry" and e.worker_pid == killed for e in events)
@@ -201,6 +204,7 @@ def test_cancel_stops_chunks_and_cleans_temporary_outputs(cluster, source, tmp_p
     assert job.record.chunks_done < job.record.chunks_total
     assert not out.exists()
     assert not list((tmp_path / "data" / "work" / "jobs").iterdir())
+    assert kept_workers() == 0
     # its workers are gone: the cluster's CPUs come back
     deadline = time.monotonic() + 30
     while ray.available_resources().get("CPU", 0) < 3 and time.monotonic() < deadline:
@@ -243,6 +247,74 @@ def test_s3_input_work_and_output(cluster, source, s3_bucket, tmp_path):
     assert oracles.count_frames(local / "240p" / "index.m3u8") == 480
     # A re-publish to the same prefix replaces it completely (no stale keys).
     assert "assets/a1/master.m3u8" in keys
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _worker_pids(events: list[ChunkEvent]) -> set[int]:
+    return {e.worker_pid for e in events if e.kind == "dispatched" and e.worker_pid is not None}
+
+
+def test_workers_are_not_kept_while_another_pool_is_in_use():
+    """Kept actors hold Ray CPUs: a job that ends while another job's pool is starting or running kills its
+    actors, or it could keep the other job's new actors waiting for those CPUs."""
+    from kinoray.cluster.pool import _Kept, _KeptWorkers
+
+    kept = _KeptWorkers()
+    key, slot = ("job", "node", 1, 3), ("node", "cpu")
+    capabilities = WorkerCapabilities("cpu", 1, "node", "host", ("h264/libx264",), {}, False, "swscale")
+    assert kept.take((slot,), key) == {}  # job A's pool
+    assert kept.take((slot,), key) == {}  # job B's pool, while A runs
+    kept.ended()  # A ends cleanly
+    assert not kept.keep([_Kept(slot, key, "actor-a", capabilities)], 30)
+    kept.ended()  # B ends cleanly, nothing else in use
+    assert kept.keep([_Kept(slot, key, "actor-b", capabilities)], 0.05) and kept.count() == 1
+    assert kept.take((slot, slot), ("job", "node", 2, 3)) == {}  # other settings: not reused
+    kept.ended()
+    assert kept.keep([_Kept(slot, key, "actor-c", capabilities)], 0.05)
+    time.sleep(0.1)
+    kept.expire()
+    assert kept.count() == 0
+
+
+def test_a_clean_job_hands_its_workers_to_the_next_and_they_expire(cluster, source, reference, tmp_path):
+    """Back-to-back jobs in one process: the second encodes on the first one's actors (same processes, no
+    start-up), with identical output; kept actors are killed when their time is up."""
+    settings = settings_for(tmp_path, keep_workers_seconds=1.5)
+    runs = []
+    for n in range(2):
+        events: list[ChunkEvent] = []
+        result = TranscodeJob(str(source), str(tmp_path / f"out{n}"), OPTIONS, settings=settings,
+                              on_event=events.append).run()
+        assert result.retries == 0 and digest(tmp_path / f"out{n}") == reference
+        runs.append((_worker_pids(events), result.stage_seconds["plan"]))
+        assert kept_workers() == 3
+    (first, _), (second, second_plan) = runs
+    assert second == first and len(first) == 3
+    assert second_plan < 1.0  # no actor start: probe + index + plan of a 16 s clip
+    deadline = time.monotonic() + 30
+    while (kept_workers() or any(_alive(pid) for pid in first)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert kept_workers() == 0 and not any(_alive(pid) for pid in first)
+    assert ray.available_resources().get("CPU", 0) == 3
+
+
+def test_without_keeping_every_job_starts_its_own_workers(cluster, source, tmp_path):
+    settings = settings_for(tmp_path, keep_workers_seconds=0)
+    seen = []
+    for n in range(2):
+        events: list[ChunkEvent] = []
+        TranscodeJob(str(source), str(tmp_path / f"out{n}"), OPTIONS, settings=settings,
+                     on_event=events.append).run()
+        seen.append(_worker_pids(events))
+        assert kept_workers() == 0
+    assert not seen[0] & seen[1]
 
 
 def test_node_removed_mid_job_output_identical(cluster, source, reference, tmp_path):

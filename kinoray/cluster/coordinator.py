@@ -128,6 +128,7 @@ class TranscodeJob:
         """Run the job to the end. Raises the typed error that ended it (the record says the same)."""
         started = time.perf_counter()
         pool: WorkerPool | None = None
+        clean = False
         try:
             ensure_ray()
             self._update(state=JobState.PLANNING)
@@ -165,6 +166,7 @@ class TranscodeJob:
                                      time.perf_counter() - started, stages, retries=self.record.retries)
             self._update(state=JobState.READY, finished_at=time.time(), decoders=result.decoders,
                          scalers=result.scalers)
+            clean = self.record.retries == 0  # a worker that died and restarted is not handed on
             return result
         except JobCancelledError as e:
             self._update(state=JobState.CANCELLED, finished_at=time.time(), error_type=e.type, error=str(e))
@@ -178,7 +180,10 @@ class TranscodeJob:
             raise
         finally:
             if pool is not None:
-                pool.shutdown()
+                if clean:
+                    pool.release()
+                else:
+                    pool.shutdown()
             try:
                 self.work.delete_prefix("")
             except StorageError as e:

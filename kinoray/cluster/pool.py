@@ -1,10 +1,18 @@
-"""A job's encoder actors, sized from what the cluster has (``ray.cluster_resources()``), not from constants."""
+"""A job's encoder actors, sized from what the cluster has (``ray.cluster_resources()``), not from constants.
+
+A job's actors are its own while it runs. When it ends cleanly (no failure, no retry, not cancelled) and no
+other job in this process is using a pool, they stay up for ``keep_workers_seconds`` and the next job with
+the same layout takes them over instead of starting new processes; otherwise — and when that time is up —
+they are killed. Kept actors hold their Ray CPUs, which is why the wait is short and why a job that starts
+while another runs never leaves its actors behind (they could keep that job's pending actors waiting).
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +25,7 @@ from kinoray.encoders import Capability
 from kinoray.errors import ClusterError
 from kinoray.settings import ClusterSettings
 
-__all__ = ["NodeResources", "PoolLayout", "WorkerPool"]
+__all__ = ["NodeResources", "PoolLayout", "WorkerPool", "kept_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +91,34 @@ class PoolLayout:
 
 
 class WorkerPool:
-    """Actors started for one job and killed when it ends (so cancelling a job stops its chunks at once)."""
+    """The encoder actors of one job: kept ones from an earlier job where they fit, new ones for the rest.
+
+    End it with :meth:`release` (a clean finish: the actors may be kept for the next job) or :meth:`shutdown`
+    (kill them: failures, retries, cancellation).
+    """
 
     def __init__(self, layout: PoolLayout, settings: ClusterSettings) -> None:
         self.settings = settings
+        self._ended = False
         fraction = 1.0 / settings.gpu_sessions_per_gpu
-        # Each worker is placed on its node, softly: a worker whose node is gone restarts wherever there is room.
-        self.actors: list[Any] = [
-            _RemoteWorker.options(
+        key = _pool_key(settings)
+        kept = _KEPT.take(layout.workers, key)
+        self.actors: list[Any] = []
+        self.capabilities: list[WorkerCapabilities | None] = []
+        for position, (node_id, kind) in enumerate(layout.workers):
+            if position in kept:
+                self.actors.append(kept[position].actor)
+                self.capabilities.append(kept[position].capabilities)
+                continue
+            # Placed on its node, softly: a worker whose node is gone restarts wherever there is room.
+            self.actors.append(_RemoteWorker.options(
                 **worker_options(kind, fraction, settings.chunk_retries),
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True),
-            ).remote(kind)
-            for node_id, kind in layout.workers
-        ]
-        self.capabilities: list[WorkerCapabilities | None] = [None] * len(self.actors)
+            ).remote(kind))
+            self.capabilities.append(None)
+        self.slots = layout.workers
+        self.key = key
+        self.reused = len(kept)
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -136,9 +158,123 @@ class WorkerPool:
         reasons = sorted({c.unavailable.get(f"{codec}/{backend}", "not registered") for c in known})
         return Capability(False, "; ".join(reasons) or "no worker")
 
+    def release(self) -> None:
+        """The job finished cleanly: keep the actors for the next job (see the module doc), else kill them."""
+        if self._end() and self.settings.keep_workers_seconds > 0:
+            kept = [_Kept(slot, self.key, actor, capabilities)
+                    for slot, actor, capabilities in zip(self.slots, self.actors, self.capabilities, strict=True)
+                    if capabilities is not None]
+            if _KEPT.keep(kept, self.settings.keep_workers_seconds):
+                return
+        _kill(self.actors)
+
     def shutdown(self) -> None:
-        for actor in self.actors:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already dead
-                pass
+        """Kill the actors (stopping whatever they run)."""
+        self._end()
+        _kill(self.actors)
+
+    def _end(self) -> bool:
+        """Leave the process's count of pools in use; True the first time."""
+        if self._ended:
+            return False
+        self._ended = True
+        _KEPT.ended()
+        return True
+
+
+def _kill(actors: list[Any]) -> None:
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already dead, or its Ray session is gone
+            pass
+
+
+def _pool_key(settings: ClusterSettings) -> tuple[Any, ...]:
+    """What an actor must share to serve another job: the Ray session (this driver) and its start options."""
+    return (*_session(), settings.gpu_sessions_per_gpu, settings.chunk_retries)
+
+
+@dataclass
+class _Kept:
+    slot: tuple[str, str]  # (node_id, kind)
+    key: tuple[Any, ...]
+    actor: Any
+    capabilities: WorkerCapabilities
+    until: float = 0.0
+
+
+class _KeptWorkers:
+    """The process's actors kept between jobs, and how many pools are in use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: list[_Kept] = []
+        self._in_use = 0
+
+    def take(self, slots: tuple[tuple[str, str], ...], key: tuple[Any, ...]) -> dict[int, _Kept]:
+        """Kept actors for ``slots`` (by position); the others kept from this session are killed, since the new
+        pool may need their CPUs. Counts the new pool as in use."""
+        now = time.monotonic()
+        with self._lock:
+            self._in_use += 1
+            pool, self._kept = self._kept, []
+        taken: dict[int, _Kept] = {}
+        leftover = []
+        for worker in pool:
+            position = next((i for i, slot in enumerate(slots) if slot == worker.slot and i not in taken), None)
+            if worker.key == key and worker.until > now and position is not None:
+                taken[position] = worker
+            elif worker.key[:2] == key[:2]:
+                leftover.append(worker.actor)
+            # else: from an earlier Ray session — nothing to kill any more
+        _kill(leftover)
+        if taken:
+            log.info("encoder workers reused", extra={"workers": len(taken), "of": len(slots)})
+        return taken
+
+    def ended(self) -> None:
+        with self._lock:
+            self._in_use -= 1
+
+    def keep(self, workers: list[_Kept], seconds: float) -> bool:
+        """Keep ``workers`` for ``seconds`` unless another pool is in use; False when not kept."""
+        with self._lock:
+            if self._in_use > 0 or not workers:
+                return False
+            until = time.monotonic() + seconds
+            for worker in workers:
+                worker.until = until
+            self._kept.extend(workers)
+        timer = threading.Timer(seconds + 0.1, self.expire)
+        timer.daemon = True
+        timer.start()
+        return True
+
+    def expire(self) -> None:
+        """Kill the kept actors whose time is up."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [w for w in self._kept if w.until <= now]
+            self._kept = [w for w in self._kept if w.until > now]
+        if expired and ray.is_initialized():
+            current = _session()
+            _kill([w.actor for w in expired if w.key[:2] == current])
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._kept)
+
+
+def _session() -> tuple[Any, ...]:
+    """This driver's Ray session: a new ``ray.init`` (or cluster) gives a new one."""
+    context = ray.get_runtime_context()
+    return (context.get_job_id(), context.get_node_id())
+
+
+_KEPT = _KeptWorkers()
+
+
+def kept_workers() -> int:
+    """How many encoder actors this process keeps for its next job right now."""
+    return _KEPT.count()
