@@ -105,17 +105,22 @@ class WorkerPool:
         kept = _KEPT.take(layout.workers, key)
         self.actors: list[Any] = []
         self.capabilities: list[WorkerCapabilities | None] = []
-        for position, (node_id, kind) in enumerate(layout.workers):
-            if position in kept:
-                self.actors.append(kept[position].actor)
-                self.capabilities.append(kept[position].capabilities)
-                continue
-            # Placed on its node, softly: a worker whose node is gone restarts wherever there is room.
-            self.actors.append(_RemoteWorker.options(
-                **worker_options(kind, fraction, settings.chunk_retries),
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True),
-            ).remote(kind))
-            self.capabilities.append(None)
+        try:
+            for position, (node_id, kind) in enumerate(layout.workers):
+                if position in kept:
+                    self.actors.append(kept[position].actor)
+                    self.capabilities.append(kept[position].capabilities)
+                    continue
+                # Placed on its node, softly: a worker whose node is gone restarts wherever there is room.
+                self.actors.append(_RemoteWorker.options(
+                    **worker_options(kind, fraction, settings.chunk_retries),
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True),
+                ).remote(kind))
+                self.capabilities.append(None)
+        except BaseException:
+            self.shutdown()  # leaves the in-use count too, so later jobs can still keep their actors
+            _kill([k.actor for p, k in kept.items() if p >= len(self.actors)])
+            raise
         self.slots = layout.workers
         self.key = key
         self.reused = len(kept)
