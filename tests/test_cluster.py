@@ -299,7 +299,8 @@ def test_a_clean_job_hands_its_workers_to_the_next_and_they_expire(cluster, sour
     assert second == first and len(first) == 3
     assert second_plan < 1.0  # no actor start: probe + index + plan of a 16 s clip
     deadline = time.monotonic() + 30
-    while (kept_workers() or any(_alive(pid) for pid in first)) and time.monotonic() < deadline:
+    while (kept_workers() or any(_alive(pid) for pid in first)
+           or ray.available_resources().get("CPU", 0) < 3) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert kept_workers() == 0 and not any(_alive(pid) for pid in first)
     assert ray.available_resources().get("CPU", 0) == 3
