@@ -123,7 +123,6 @@ class WorkerPool:
             raise
         self.slots = layout.workers
         self.key = key
-        self.reused = len(kept)
 
     def __len__(self) -> int:
         return len(self.actors)

@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 AUDIO_KEY = "audio/audio"
 
 
-
 @dataclass(frozen=True)
 class WorkerCapabilities:
     """What one worker process found it can do (probed by opening real sessions, not by reading flags)."""
