@@ -267,17 +267,17 @@ def test_workers_are_not_kept_while_another_pool_is_in_use():
     from kinoray.cluster.pool import _Kept, _KeptWorkers
 
     kept = _KeptWorkers()
-    key, slot = ("job", "node", 1, 3), ("node", "cpu")
+    session, options, slot = ("job", "node"), (1, 3), ("node", "cpu")
     capabilities = WorkerCapabilities("cpu", 1, "node", "host", ("h264/libx264",), {}, False, "swscale")
-    assert kept.take((slot,), key) == {}  # job A's pool
-    assert kept.take((slot,), key) == {}  # job B's pool, while A runs
+    assert kept.take((slot,), session, options) == {}  # job A's pool
+    assert kept.take((slot,), session, options) == {}  # job B's pool, while A runs
     kept.ended()  # A ends cleanly
-    assert not kept.keep([_Kept(slot, key, "actor-a", capabilities)], 30)
+    assert not kept.keep([_Kept(slot, session, options, "actor-a", capabilities)], 30)
     kept.ended()  # B ends cleanly, nothing else in use
-    assert kept.keep([_Kept(slot, key, "actor-b", capabilities)], 0.05) and kept.count() == 1
-    assert kept.take((slot, slot), ("job", "node", 2, 3)) == {}  # other settings: not reused
+    assert kept.keep([_Kept(slot, session, options, "actor-b", capabilities)], 0.05) and kept.count() == 1
+    assert kept.take((slot, slot), session, (2, 3)) == {}  # other settings: not reused
     kept.ended()
-    assert kept.keep([_Kept(slot, key, "actor-c", capabilities)], 0.05)
+    assert kept.keep([_Kept(slot, session, options, "actor-c", capabilities)], 0.05)
     time.sleep(0.1)
     kept.expire()
     assert kept.count() == 0

@@ -101,8 +101,8 @@ class WorkerPool:
         self.settings = settings
         self._ended = False
         fraction = 1.0 / settings.gpu_sessions_per_gpu
-        key = _pool_key(settings)
-        kept = _KEPT.take(layout.workers, key)
+        self.session, self.options = _session(), _start_options(settings)
+        kept = _KEPT.take(layout.workers, self.session, self.options)
         self.actors: list[Any] = []
         self.capabilities: list[WorkerCapabilities | None] = []
         try:
@@ -122,7 +122,6 @@ class WorkerPool:
             _kill([k.actor for p, k in kept.items() if p >= len(self.actors)])
             raise
         self.slots = layout.workers
-        self.key = key
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -165,7 +164,7 @@ class WorkerPool:
     def release(self) -> None:
         """The job finished cleanly: keep the actors for the next job (see the module doc), else kill them."""
         if self._end() and self.settings.keep_workers_seconds > 0:
-            kept = [_Kept(slot, self.key, actor, capabilities)
+            kept = [_Kept(slot, self.session, self.options, actor, capabilities)
                     for slot, actor, capabilities in zip(self.slots, self.actors, self.capabilities, strict=True)
                     if capabilities is not None]
             if _KEPT.keep(kept, self.settings.keep_workers_seconds):
@@ -194,15 +193,16 @@ def _kill(actors: list[Any]) -> None:
             pass
 
 
-def _pool_key(settings: ClusterSettings) -> tuple[Any, ...]:
-    """What an actor must share to serve another job: the Ray session (this driver) and its start options."""
-    return (*_session(), settings.gpu_sessions_per_gpu, settings.chunk_retries)
+def _start_options(settings: ClusterSettings) -> tuple[int, int]:
+    """The settings an actor was started with (``worker_options``): another job may use it only if they match."""
+    return (settings.gpu_sessions_per_gpu, settings.chunk_retries)
 
 
 @dataclass
 class _Kept:
     slot: tuple[str, str]  # (node_id, kind)
-    key: tuple[Any, ...]
+    session: tuple[Any, ...]  # the Ray session it lives in (_session)
+    options: tuple[int, int]  # what it was started with (_start_options)
     actor: Any
     capabilities: WorkerCapabilities
     until: float = 0.0
@@ -216,7 +216,8 @@ class _KeptWorkers:
         self._kept: list[_Kept] = []
         self._in_use = 0
 
-    def take(self, slots: tuple[tuple[str, str], ...], key: tuple[Any, ...]) -> dict[int, _Kept]:
+    def take(self, slots: tuple[tuple[str, str], ...], session: tuple[Any, ...],
+             options: tuple[int, int]) -> dict[int, _Kept]:
         """Kept actors for ``slots`` (by position); the others kept from this session are killed, since the new
         pool may need their CPUs. Counts the new pool as in use."""
         now = time.monotonic()
@@ -227,11 +228,12 @@ class _KeptWorkers:
         leftover = []
         for worker in pool:
             position = next((i for i, slot in enumerate(slots) if slot == worker.slot and i not in taken), None)
-            if worker.key == key and worker.until > now and position is not None:
+            if worker.session != session:
+                continue  # from an earlier Ray session: nothing to kill any more
+            if worker.options == options and worker.until > now and position is not None:
                 taken[position] = worker
-            elif worker.key[:2] == key[:2]:
+            else:
                 leftover.append(worker.actor)
-            # else: from an earlier Ray session — nothing to kill any more
         _kill(leftover)
         if taken:
             log.info("encoder workers reused", extra={"workers": len(taken), "of": len(slots)})
@@ -263,7 +265,7 @@ class _KeptWorkers:
             self._kept = [w for w in self._kept if w.until > now]
         if expired and ray.is_initialized():
             current = _session()
-            _kill([w.actor for w in expired if w.key[:2] == current])
+            _kill([w.actor for w in expired if w.session == current])
 
     def count(self) -> int:
         with self._lock:
