@@ -79,6 +79,17 @@ class ClusterSettings(BaseModel):
         description="how long a finished job's encoder actors wait for the next job in the same process "
                     "(it then starts encoding at once instead of after ~1 s of actor start-up); 0: every job "
                     "starts and kills its own")
+    scale_up_workers: int = Field(
+        default=0, ge=0,
+        description="workers a job asks for beyond the slots the cluster has when it starts (at most one per "
+                    "work item left), placed anywhere: on an autoscaling cluster (KubeRay) their pending requests "
+                    "make the autoscaler add nodes and they join the job as they start; 0 on a fixed cluster")
+    scale_up_kind: Literal["cpu", "gpu"] = Field(
+        default="cpu", description="the kind of those workers (gpu: each asks for 1/gpu_sessions_per_gpu GPU)")
+    rescan_nodes_seconds: float = Field(
+        default=2.0, ge=0,
+        description="how often a running job looks for nodes that joined the cluster and starts workers on "
+                    "them while chunks are still queued; 0: the pool is sized once, at the start")
 
 
 class ServeSettings(BaseModel):

@@ -8,11 +8,8 @@ so it reports CPU decode/scale/encode — the scheduling of GPU workers is exerc
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -25,22 +22,18 @@ import ray
 from kinoray.cluster import ChunkEvent, JobState, NodeResources, PoolLayout, TranscodeJob, order_work
 from kinoray.cluster.pool import kept_workers
 from kinoray.cluster.workers import WorkerCapabilities
-from kinoray.encoders.determinism import DETERMINISTIC_HEAP
 from kinoray.errors import ClusterError, InvalidMediaError, JobCancelledError, WorkerLostError
 from kinoray.media.pipeline import TranscodeOptions, prepare_asset
 from kinoray.settings import ClusterSettings, Settings
 from kinoray.store import ObjectStore
 from tests import oracles
 from tests.media import MATRIX, MediaSpec, make_bad_media, make_media
+from tests.reference import engine_digest
+from tests.reference import tree_digest as digest
 
 SOURCE = MediaSpec(name="cluster_source", width=640, height=360, duration_s=Fraction(16), gop=30)
 # 8 chunks of one 2 s segment: enough items that faults land mid-job.
 OPTIONS = TranscodeOptions(ladder=(360, 240), segment_seconds=2, chunk_seconds=2, parallelism=3)
-
-
-def digest(root: Path) -> dict[str, str]:
-    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +68,7 @@ def settings_for(tmp_path: Path, **cluster: object) -> Settings:
 def reference(source, tmp_path_factory) -> dict[str, str]:
     """The in-process engine's output for the same plan (no Ray at all), in a process started with the same
     deterministic-heap setting as the workers."""
-    out = tmp_path_factory.mktemp("reference") / "out"
-    code = ("import sys; from kinoray.media.pipeline import TranscodeOptions, transcode_file; "
-            "from kinoray.settings import InputLimits; "
-            f"transcode_file(sys.argv[1], sys.argv[2], {OPTIONS!r})")
-    env = {**os.environ, **DETERMINISTIC_HEAP}
-    subprocess.run([sys.executable, "-c", code, str(source), str(out)], check=True, env=env, timeout=300)
-    return digest(out)
+    return engine_digest(source, OPTIONS, tmp_path_factory.mktemp("reference") / "out")
 
 
 def test_pool_layout_follows_node_resources():
@@ -316,6 +303,62 @@ def test_without_keeping_every_job_starts_its_own_workers(cluster, source, tmp_p
         seen.append(_worker_pids(events))
         assert kept_workers() == 0
     assert not seen[0] & seen[1]
+
+
+def _slow_until(joined):
+    """An on_event hook that holds each completion for 2.5 s until ``joined(event)`` says a late worker took an
+    item: the workers already up would otherwise finish a short job before one on a new node answers (2-8 s
+    here: a fresh process imports, then probes every encoder)."""
+    seen = threading.Event()
+
+    def hook(event: ChunkEvent) -> None:
+        if event.kind == "dispatched" and joined(event):
+            seen.set()
+        elif event.kind == "done" and not seen.is_set():
+            time.sleep(2.5)
+
+    return hook, seen
+
+
+def test_a_node_that_joins_mid_job_gets_workers_and_output_is_identical(cluster, source, reference, tmp_path):
+    the_cluster, _, _ = cluster
+    before = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    added: list = []
+
+    def add_node(record) -> None:
+        # Once the pool is sized (state encoding): the job cannot have seen this node when it started.
+        if record.state is JobState.ENCODING and not added:
+            added.append(the_cluster.add_node(num_cpus=1))
+            the_cluster.wait_for_nodes()
+
+    slow, joined = _slow_until(lambda e: e.worker_node not in before)
+    events: list[ChunkEvent] = []
+    records: list = []
+    settings = settings_for(tmp_path, rescan_nodes_seconds=0.2, keep_workers_seconds=0)
+    job = TranscodeJob(str(source), str(tmp_path / "out"), OPTIONS, settings=settings,
+                       on_update=lambda r: (records.append(r), add_node(r)),
+                       on_event=lambda e: (events.append(e), slow(e)))
+    try:
+        result = job.run()
+        new_node = added[0].node_id
+        assert joined.is_set()
+        assert {e.worker_node for e in events if e.kind == "done"} >= {new_node}
+        assert max(r.workers for r in records) == 4 and result.retries == 0
+        assert digest(tmp_path / "out") == reference
+    finally:
+        for node in added:
+            the_cluster.remove_node(node)
+    # With rescans off, a node that joins mid-job is left alone.
+    added.clear()
+    events.clear()
+    settings = settings_for(tmp_path, rescan_nodes_seconds=0, keep_workers_seconds=0)
+    try:
+        TranscodeJob(str(source), str(tmp_path / "out2"), OPTIONS, settings=settings,
+                     on_update=add_node, on_event=events.append).run()
+        assert added and added[0].node_id not in {e.worker_node for e in events}
+    finally:
+        for node in added:
+            the_cluster.remove_node(node)
 
 
 def test_node_removed_mid_job_output_identical(cluster, source, reference, tmp_path):

@@ -11,6 +11,9 @@ Failures:
 - anything else (bad media, an encoder failure, a frame-count mismatch) → the job errors with that reason at
   once: re-running a deterministic failure only delays the answer.
 
+Workers that join mid-job (unpinned scale-up workers once the autoscaler has made room, or workers the job
+starts on nodes that joined: see ``cluster/pool.py``) take queued items as soon as they answer.
+
 Outputs are deterministic keys under the job's work prefix; a re-run overwrites them, so the packaged result
 is byte-identical to a run without faults. Whatever happens, the pool is killed and the work prefix deleted.
 """
@@ -124,6 +127,15 @@ class TranscodeJob:
         if self._cancelled.is_set():
             raise JobCancelledError(f"job {self.job_id} was cancelled")
 
+    def _scale_up(self, layout: PoolLayout, items: int) -> int:
+        """Unpinned workers to ask for beyond the cluster's slots: ``scale_up_workers``, but never more than
+        the items the slots leave over, nor beyond ``max_workers``."""
+        cluster = self.settings.cluster
+        wanted = min(cluster.scale_up_workers, items - layout.total)
+        if cluster.max_workers is not None:
+            wanted = min(wanted, cluster.max_workers - layout.total)
+        return max(0, wanted)
+
     def run(self) -> TranscodeResult:
         """Run the job to the end. Raises the typed error that ended it (the record says the same)."""
         started = time.perf_counter()
@@ -139,7 +151,8 @@ class TranscodeJob:
             asset = prepare_asset(self.source, options)
             items = order_work(asset)
             self._check_cancel()
-            pool = WorkerPool(layout.limited(len(items)), self.settings.cluster)
+            layout = layout.limited(len(items))
+            pool = WorkerPool(layout, self.settings.cluster, scale_up=self._scale_up(layout, len(items)))
             ready = pool.wait_ready()
             choice = (select_encoder(options.codec, options.encoder, probe=pool.capability)
                       if asset.plan is not None else None)
@@ -147,7 +160,7 @@ class TranscodeJob:
             spec = JobSpec(self.job_id, asset, used.name or "", self.work.url, self.settings.storage)
             self._update(state=JobState.ENCODING, chunks_total=len(asset.plan.chunks) if asset.plan else 0,
                          frames_total=asset.frame_count, duration_seconds=float(asset.duration_seconds),
-                         workers=len(pool), encoder=used.name, fallback_from=used.fallback_from,
+                         workers=len(ready), encoder=used.name, fallback_from=used.fallback_from,
                          fallback_reason=used.fallback_reason, encode_started_at=time.time())
             stages = {"plan": time.perf_counter() - started}
             mark = time.perf_counter()
@@ -204,7 +217,10 @@ class _Dispatcher:
         self.inflight: dict[Any, tuple[int, WorkItem, int]] = {}  # run() ref -> (worker, item, attempt)
         self.attempts: dict[WorkItem, int] = {}
         self.results: dict[WorkItem, Any] = {}
+        self.gone: set[int] = set()  # workers that will not come back
         self.waiting_since: float | None = None
+        self.rescan = pool.settings.rescan_nodes_seconds
+        self.next_rescan = time.monotonic() + self.rescan
         for position in range(len(pool)):
             if position not in ready:
                 self.starting[pool.actors[position].capabilities.remote()] = position
@@ -237,6 +253,8 @@ class _Dispatcher:
             while self.queue or self.inflight:
                 self.job._check_cancel()
                 self._dispatch()
+                if self.rescan and self.queue and time.monotonic() >= self.next_rescan:
+                    self._grow()
                 if not self.inflight and not self.idle:
                     # Every worker is (re)starting: wait, but not forever.
                     self.waiting_since = self.waiting_since or time.monotonic()
@@ -245,12 +263,15 @@ class _Dispatcher:
                                               f"({len(self.queue)} items left, none started within {timeout:.0f}s)")
                 else:
                     self.waiting_since = None
-                done, _ = ray.wait(list(self.inflight) + list(self.starting), num_returns=1, timeout=0.5)
-                for ref in done:
-                    if ref in self.starting:
-                        self._worker_back(ref)
-                    else:
-                        self._finished(ref)
+                refs = list(self.starting) + list(self.inflight)
+                if ray.wait(refs, num_returns=1, timeout=0.5)[0]:
+                    # Everything that is ready, workers that answered first: one ref per turn would leave
+                    # the later ones in the list waiting behind a steady stream of completions.
+                    for ref in ray.wait(refs, num_returns=len(refs), timeout=0)[0]:
+                        if ref in self.starting:
+                            self._worker_back(ref)
+                        else:
+                            self._finished(ref)
         except BaseException:
             for ref in self.inflight:
                 try:
@@ -260,13 +281,30 @@ class _Dispatcher:
             raise
         return self.results
 
+    def _grow(self) -> None:
+        """Start workers on nodes that joined the cluster, for the queued items no starting worker will take."""
+        self.next_rescan = time.monotonic() + self.rescan
+        limit = len(self.queue) - len(self.starting)
+        if limit <= 0:
+            return
+        for position in self.pool.grow(limit):
+            self.starting[self.pool.actors[position].capabilities.remote()] = position
+
+    def _count_workers(self) -> None:
+        """The record's ``workers``: those up and taking work (not starting, restarting or gone)."""
+        workers = len(self.pool) - len(self.starting) - len(self.gone)
+        if workers != self.job.record.workers:
+            self.job._update(workers=workers)
+
     def _worker_back(self, ref: Any) -> None:
         worker = self.starting.pop(ref)
         try:
             self.pool.capabilities[worker] = ray.get(ref)
             self.idle.append(worker)
-        except _WORKER_LOST as e:
+        except ray.exceptions.RayError as e:
+            self.gone.add(worker)
             log.warning("encoder worker is gone for good", extra={"worker": worker, "error": str(e)})
+        self._count_workers()
 
     def _finished(self, ref: Any) -> None:
         worker, item, attempt = self.inflight.pop(ref)
@@ -277,6 +315,7 @@ class _Dispatcher:
         except _WORKER_LOST as e:
             # The worker (or its node) died mid-item: Ray restarts it; the item goes back to the front.
             self.starting[self.pool.actors[worker].capabilities.remote()] = worker
+            self._count_workers()
             self._retry(item, attempt, pid, node, f"worker died: {type(e).__name__}")
             return
         except ray.exceptions.RayTaskError as e:

@@ -5,6 +5,16 @@ other job in this process is using a pool, they stay up for ``keep_workers_secon
 the same layout takes them over instead of starting new processes; otherwise — and when that time is up —
 they are killed. Kept actors hold their Ray CPUs, which is why the wait is short and why a job that starts
 while another runs never leaves its actors behind (they could keep that job's pending actors waiting).
+
+A pool also grows while its job runs:
+
+- **Scale-up demand** (``scale_up_workers``): besides one worker per slot the cluster has, a job may ask for a
+  few more, not pinned to any node. On a fixed cluster they just wait; on an autoscaling one (KubeRay's in-tree
+  autoscaler) their pending resource requests are the demand that adds nodes, and each joins the job as soon
+  as it starts there.
+- **Nodes that join** (``rescan_nodes_seconds``): the job looks at ``ray.nodes()`` now and then and starts
+  workers on nodes it has not seen (added by the autoscaler for anyone, or by hand), less those its own
+  unpinned workers are about to take.
 """
 
 from __future__ import annotations
@@ -45,16 +55,21 @@ class NodeResources:
                 for node in ray.nodes() if node.get("Alive")]
 
 
+#: Where a worker goes and what it is: ``(node_id, "gpu" | "cpu")``; node ``None`` = anywhere (scale-up demand).
+Slot = tuple[str | None, str]
+
+
 @dataclass(frozen=True)
 class PoolLayout:
     """Which kind of worker goes on which node: ``(node_id, "gpu" | "cpu")`` per worker, GPU workers first.
 
     Each GPU gets ``gpu_sessions_per_gpu`` GPU workers (each also takes one of its node's CPUs: demux, and the
     encode on GPUs without NVENC); every other CPU gets a CPU worker. Nodes with no CPU (a KubeRay head with
-    ``num-cpus: 0``) get none.
+    ``num-cpus: 0``) get none. ``nodes`` are all the nodes it was sized from (a pool grows onto others only).
     """
 
     workers: tuple[tuple[str, str], ...]
+    nodes: frozenset[str] = frozenset()
 
     @property
     def total(self) -> int:
@@ -80,14 +95,14 @@ class PoolLayout:
             cpu_slots.append([(node.node_id, "cpu")] * (cpus - on_gpu))
         # Round-robin over nodes, so a pool cut short by the work-item count is still spread out.
         cpu = [slot for row in itertools.zip_longest(*cpu_slots) for slot in row if slot is not None]
-        layout = cls(tuple(gpu + cpu))
+        layout = cls(tuple(gpu + cpu), frozenset(node.node_id for node in nodes))
         if not layout.workers:
             raise ClusterError(f"the Ray cluster has no CPU for an encoder worker (nodes: {nodes})")
         return layout.limited(settings.max_workers) if settings.max_workers else layout
 
     def limited(self, count: int) -> PoolLayout:
         """The first ``count`` workers (GPU workers are kept first)."""
-        return PoolLayout(self.workers[: max(1, count)])
+        return PoolLayout(self.workers[: max(1, count)], self.nodes)
 
 
 class WorkerPool:
@@ -97,31 +112,67 @@ class WorkerPool:
     (kill them: failures, retries, cancellation).
     """
 
-    def __init__(self, layout: PoolLayout, settings: ClusterSettings) -> None:
+    def __init__(self, layout: PoolLayout, settings: ClusterSettings, *, scale_up: int = 0) -> None:
+        """Start (or take over) one worker per slot of ``layout``, plus ``scale_up`` unpinned workers of kind
+        ``settings.scale_up_kind`` (scale-up demand: see the module doc)."""
         self.settings = settings
         self._ended = False
-        fraction = 1.0 / settings.gpu_sessions_per_gpu
         self.session, self.options = _session(), _start_options(settings)
-        kept = _KEPT.take(layout.workers, self.session, self.options)
+        self.nodes = set(layout.nodes)
+        self.sized = layout.total  # the workers the cluster had room for when the pool was made
+        slots: tuple[Slot, ...] = (*layout.workers, *[(None, settings.scale_up_kind)] * max(0, scale_up))
+        kept = _KEPT.take(slots, self.session, self.options)
         self.actors: list[Any] = []
         self.capabilities: list[WorkerCapabilities | None] = []
+        self.slots: list[Slot] = []
         try:
-            for position, (node_id, kind) in enumerate(layout.workers):
+            for position, slot in enumerate(slots):
                 if position in kept:
-                    self.actors.append(kept[position].actor)
-                    self.capabilities.append(kept[position].capabilities)
-                    continue
-                # Placed on its node, softly: a worker whose node is gone restarts wherever there is room.
-                self.actors.append(_RemoteWorker.options(
-                    **worker_options(kind, fraction, settings.chunk_retries),
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True),
-                ).remote(kind))
-                self.capabilities.append(None)
+                    self._add(slot, kept[position].actor, kept[position].capabilities)
+                else:
+                    self._add(slot, self._start(slot), None)
         except BaseException:
             self.shutdown()  # leaves the in-use count too, so later jobs can still keep their actors
             _kill([k.actor for p, k in kept.items() if p >= len(self.actors)])
             raise
-        self.slots = layout.workers
+
+    def _start(self, slot: Slot) -> Any:
+        node_id, kind = slot
+        # Placed on its node, softly: a worker whose node is gone restarts wherever there is room.
+        strategy = NodeAffinitySchedulingStrategy(node_id, soft=True) if node_id else "DEFAULT"
+        options = worker_options(kind, 1.0 / self.settings.gpu_sessions_per_gpu, self.settings.chunk_retries)
+        return _RemoteWorker.options(**options, scheduling_strategy=strategy).remote(kind)
+
+    def _add(self, slot: Slot, actor: Any, capabilities: WorkerCapabilities | None) -> int:
+        self.slots.append(slot)
+        self.actors.append(actor)
+        self.capabilities.append(capabilities)
+        return len(self.actors) - 1
+
+    def grow(self, limit: int) -> list[int]:
+        """Start workers on nodes that joined the cluster since the pool was sized; their positions.
+
+        At most ``limit`` of them (and never beyond ``max_workers`` in all). Unpinned workers that have not
+        started yet are expected to land on the new nodes, so that many fewer are started. A node is looked
+        at once: later calls only consider nodes that joined after it.
+        """
+        fresh = [node for node in NodeResources.of_cluster() if node.node_id not in self.nodes]
+        if not fresh or self._ended:
+            return []
+        self.nodes.update(node.node_id for node in fresh)
+        room = limit if self.settings.max_workers is None else min(limit, self.settings.max_workers - len(self))
+        unplaced = sum(node is None and capabilities is None
+                       for (node, _), capabilities in zip(self.slots, self.capabilities, strict=True))
+        try:
+            slots = PoolLayout.from_cluster(self.settings.model_copy(update={"max_workers": None}), fresh).workers
+        except ClusterError:  # only CPU-less nodes joined
+            return []
+        slots = slots[unplaced:][: max(0, room)]
+        positions = [self._add(slot, self._start(slot), None) for slot in slots]
+        if positions:
+            log.info("encoder pool grew onto new nodes", extra={"workers": len(positions),
+                                                                 "nodes": sorted({n for n, _ in slots})})
+        return positions
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -132,7 +183,8 @@ class WorkerPool:
         Raises:
             ClusterError: no worker started within ``worker_start_timeout_seconds``.
         """
-        refs = {actor.capabilities.remote(): position for position, actor in enumerate(self.actors)}
+        # Scale-up workers are left out: they start when the cluster has room, maybe never.
+        refs = {actor.capabilities.remote(): position for position, actor in enumerate(self.actors[: self.sized])}
         deadline = time.monotonic() + self.settings.worker_start_timeout_seconds
         ready: list[int] = []
         pending = list(refs)
@@ -164,17 +216,28 @@ class WorkerPool:
     def release(self) -> None:
         """The job finished cleanly: keep the actors for the next job (see the module doc), else kill them."""
         if self._end() and self.settings.keep_workers_seconds > 0:
-            kept = [_Kept(slot, self.session, self.options, actor, capabilities)
-                    for slot, actor, capabilities in zip(self.slots, self.actors, self.capabilities, strict=True)
+            # Kept under the node each one runs on (an unpinned worker's slot says "anywhere").
+            kept = [_Kept((capabilities.node_id, kind), self.session, self.options, actor, capabilities)
+                    for (_, kind), actor, capabilities in zip(self.slots, self.actors, self.capabilities, strict=True)
                     if capabilities is not None]
             if _KEPT.keep(kept, self.settings.keep_workers_seconds):
+                _kill([actor for actor, capabilities in zip(self.actors, self.capabilities, strict=True)
+                       if capabilities is None])  # never started: nothing to keep
                 return
         _kill(self.actors)
 
-    def shutdown(self) -> None:
-        """Kill the actors (stopping whatever they run)."""
+    def shutdown(self, wait_seconds: float = 10.0) -> None:
+        """Kill the actors (stopping whatever they run) and wait, at most ``wait_seconds``, until Ray reports
+        each one dead: a chunk cut off mid-commit cannot then write into a work prefix deleted after this."""
         self._end()
         _kill(self.actors)
+        if wait_seconds > 0 and self.actors:
+            try:
+                # A call to a killed actor fails once Ray knows it is dead; until then it waits.
+                probes = [actor.__ray_ready__.remote() for actor in self.actors]
+                ray.wait(probes, num_returns=len(probes), timeout=wait_seconds)
+            except Exception:  # noqa: BLE001 - the Ray session is gone: so are its actors
+                pass
 
     def _end(self) -> bool:
         """Leave the process's count of pools in use; True the first time."""
@@ -200,7 +263,7 @@ def _start_options(settings: ClusterSettings) -> tuple[int, int]:
 
 @dataclass
 class _Kept:
-    slot: tuple[str, str]  # (node_id, kind)
+    slot: Slot  # (node_id, kind)
     session: tuple[Any, ...]  # the Ray session it lives in (_session)
     options: tuple[int, int]  # what it was started with (_start_options)
     actor: Any
@@ -216,7 +279,7 @@ class _KeptWorkers:
         self._kept: list[_Kept] = []
         self._in_use = 0
 
-    def take(self, slots: tuple[tuple[str, str], ...], session: tuple[Any, ...],
+    def take(self, slots: tuple[Slot, ...], session: tuple[Any, ...],
              options: tuple[int, int]) -> dict[int, _Kept]:
         """Kept actors for ``slots`` (by position); the others kept from this session are killed, since the new
         pool may need their CPUs. Counts the new pool as in use."""
