@@ -1,7 +1,7 @@
 """A job on an autoscaling Ray cluster: its scale-up workers are the demand that adds a node, and they join it.
 
-The cluster is Ray's own autoscaler (the monitor process ``ray start --autoscaling-config`` runs, as KubeRay's
-in-tree autoscaler does) with its fake multi-node provider, which launches each "node" as another raylet on
+The cluster is Ray's own autoscaler (the monitor process a head started with an autoscaling config runs, as
+KubeRay's in-tree autoscaler does) with its fake multi-node provider, which launches each "node" as another raylet on
 this machine. Nothing in kinoray is told a node is coming: the job only asks Ray for workers.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -28,7 +26,6 @@ from tests.reference import engine_digest, tree_digest
 
 pytestmark = pytest.mark.slow
 
-RAY = str(Path(sys.executable).with_name("ray"))
 SOURCE = MediaSpec(name="autoscale_source", width=320, height=180, duration_s=Fraction(16), gop=30)
 OPTIONS = TranscodeOptions(ladder=(180, 144), segment_seconds=2, chunk_seconds=2, parallelism=2)
 MAX_NODES = 2
@@ -86,26 +83,37 @@ def _stop(port: int) -> None:
 
 @pytest.fixture(scope="module")
 def autoscaling_cluster(tmp_path_factory):
-    """``ray start --head`` on a free port with Ray's autoscaler; the driver connected. Stopped afterwards."""
+    """A head (no CPU) whose monitor runs Ray's autoscaler over the fake provider; the driver connected.
+
+    The head is a ``ray.cluster_utils.Cluster`` started from this process, so it shares the process's Ray
+    settings (token authentication among them), and its monitor and the nodes it launches inherit them.
+    Stopped afterwards, nodes launched by the autoscaler included.
+    """
+    from ray.cluster_utils import Cluster
+
     port = free_port()
     address = f"{ray.util.get_node_ip_address()}:{port}"
     config = tmp_path_factory.mktemp("autoscaler") / "cluster.json"
     config.write_text(json.dumps(_autoscaling_config(address)))
-    env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    try:
-        subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
-                        f"--autoscaling-config={config}", "--disable-usage-stats"],
-                       check=True, env=env, capture_output=True, timeout=180)
-        ray.init(address=address, log_to_driver=False)
-        deadline = time.monotonic() + 120
-        while len(_cpu_nodes()) < 1 and time.monotonic() < deadline:  # min_workers: 1
-            time.sleep(0.5)
-        assert len(_cpu_nodes()) == 1, "the autoscaler did not start the minimum worker node"
-        yield
-    finally:
-        ray.shutdown()
-        _stop(port)
+    cluster = None
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_FAKE_CLUSTER", "1")  # read by the fake provider, in the monitor process
+        env.setenv("AUTOSCALER_UPDATE_INTERVAL_S", "1")
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 0, "gcs_server_port": port, "autoscaling_config": str(config),
+                "include_dashboard": False})
+            ray.init(address=cluster.address, log_to_driver=False)
+            deadline = time.monotonic() + 120
+            while len(_cpu_nodes()) < 1 and time.monotonic() < deadline:  # min_workers: 1
+                time.sleep(0.5)
+            assert len(_cpu_nodes()) == 1, "the autoscaler did not start the minimum worker node"
+            yield
+        finally:
+            ray.shutdown()
+            if cluster is not None:
+                cluster.shutdown()
+            _stop(port)
 
 
 def settings_for(tmp_path: Path, **cluster: object) -> Settings:

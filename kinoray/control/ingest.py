@@ -1,7 +1,8 @@
 """Fetching an asset's input URL into object storage (``assets/<id>/input``), streamed, bounded and policed.
 
 - ``http(s)``: every hop of a redirect chain is checked with :func:`kinoray.control.urls.check_public_url`
-  (at most 5 hops); the whole fetch is bounded by ``api.ingest_timeout_seconds``; bodies larger than
+  (at most 5 hops), and every connection checks the addresses it actually connects to
+  (:mod:`kinoray.control.outbound`: no DNS rebinding, no environment proxies); the whole fetch is bounded by ``api.ingest_timeout_seconds``; bodies larger than
   ``limits.max_file_bytes`` are refused while streaming.
 - ``s3://``: read with the platform's storage credentials and endpoint.
 - ``file://``: only when ``api.allow_file_inputs``.
@@ -19,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import IO, Any
 
+from kinoray.control.outbound import policed_handlers
 from kinoray.control.urls import check_public_url
 from kinoray.errors import InvalidMediaError, KinorayError, MediaLimitError
 from kinoray.settings import Settings
@@ -48,7 +50,8 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
 def _open(url: str, settings: Settings) -> IO[bytes]:
     check_public_url(url, settings)
     if url.startswith(("http://", "https://")):
-        opener = urllib.request.build_opener(_CheckedRedirects(settings))
+        # The connection itself checks the addresses it connects to (no DNS-rebinding window).
+        opener = urllib.request.build_opener(*policed_handlers(settings), _CheckedRedirects(settings))
         request = urllib.request.Request(url, headers={"User-Agent": "kinoray-ingest"})
         try:
             return opener.open(request, timeout=min(60.0, settings.api.ingest_timeout_seconds))

@@ -6,8 +6,10 @@ accepted: loopback, private (RFC 1918, ULA), link-local (including the cloud met
 resolves to any of them. ``api.allow_private_inputs`` lifts the address check (a trusted single-tenant setup);
 ``api.allow_file_inputs`` additionally accepts ``file://`` inputs.
 
-The check runs when a URL is accepted and again right before each fetch (DNS answers change), and redirects are
-checked hop by hop by the fetcher (:mod:`kinoray.control.ingest`).
+The check runs when a URL is accepted and again right before each fetch (DNS answers change), redirects are
+checked hop by hop by the fetcher (:mod:`kinoray.control.ingest`), and the connections themselves check the
+addresses they connect to (:mod:`kinoray.control.outbound`), so a name that resolves elsewhere by then
+(DNS rebinding) is refused too.
 """
 
 from __future__ import annotations

@@ -43,9 +43,10 @@ from sqlalchemy.orm import Session
 
 import kinoray
 from kinoray.control.lookup import find
+from kinoray.control.outbound import policed_handlers
 from kinoray.control.requests import RequestModel
 from kinoray.control.urls import check_public_url
-from kinoray.errors import AuthenticationError, InvalidParametersError
+from kinoray.errors import AuthenticationError, InputUrlRefusedError, InvalidParametersError
 from kinoray.settings import Settings
 from kinoray.store.db import newest_first
 from kinoray.store.models import WebhookDelivery, WebhookEndpoint, new_id, new_secret, utcnow
@@ -343,28 +344,29 @@ class DeliveryResult:
         return self.status is not None and 200 <= self.status < 300
 
 
-def _opener() -> urllib.request.OpenerDirector:
-    # Only the HTTP(S) handlers: no redirect handler (a 3xx comes back as a response and counts as a failure),
+def _opener(settings: Settings) -> urllib.request.OpenerDirector:
+    # Only the HTTP(S) handlers, whose connections apply the SSRF policy to the addresses they connect to
+    # (kinoray.control.outbound): no redirect handler (a 3xx comes back as a response and counts as a failure),
     # no error processor (a 4xx/5xx is a response, not an exception), no proxies from the environment, and no
     # file:// or ftp:// handler whatever URL reaches it.
     opener = urllib.request.OpenerDirector()
-    opener.add_handler(urllib.request.HTTPHandler())
-    opener.add_handler(urllib.request.HTTPSHandler())
+    for handler in policed_handlers(settings, purpose="webhook"):
+        opener.add_handler(handler)
     return opener
 
 
-_OPENER = _opener()
-
-
-def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> DeliveryResult:
+def _post(url: str, body: bytes, headers: dict[str, str], settings: Settings) -> DeliveryResult:
     started = time.monotonic()
+    timeout = settings.api.webhook_timeout_seconds
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        response = _OPENER.open(request, timeout=timeout)
+        response = _opener(settings).open(request, timeout=timeout)
         if response is None:  # no handler for the scheme
             return DeliveryResult(None, f"unsupported URL scheme in {url!r}", time.monotonic() - started)
         with response:  # the answer's body is not used: closing without reading it costs nothing
             status = int(response.status)
+    except InputUrlRefusedError as error:  # the name now resolves somewhere the policy forbids
+        return DeliveryResult(None, f"URL refused: {error}", time.monotonic() - started)
     except TimeoutError:
         return DeliveryResult(None, f"timed out after {timeout:g} s", time.monotonic() - started)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
@@ -390,7 +392,7 @@ def _send(claimed: _Claimed, settings: Settings) -> DeliveryResult:
         SIGNATURE_HEADER: sign(claimed.secret, body, int(time.time())),
         "Webhook-Id": claimed.event_id,
     }
-    return _post(claimed.url, body, headers, settings.api.webhook_timeout_seconds)
+    return _post(claimed.url, body, headers, settings)
 
 
 def _lease(settings: Settings, count: int, workers: int) -> timedelta:
