@@ -361,20 +361,25 @@ def test_a_node_that_joins_mid_job_gets_workers_and_output_is_identical(cluster,
             the_cluster.remove_node(node)
 
 
-def test_node_removed_mid_job_output_identical(cluster, source, reference, tmp_path):
+# 720p chunks (~0.5-1 s each here): long enough that a node removed as one is dispatched still holds it when its
+# raylet goes (with the 0.2 s chunks of SOURCE the chunk sometimes finished first, and nothing was retried).
+HEAVY = MediaSpec(name="cluster_heavy", width=1280, height=720, duration_s=Fraction(12), gop=30)
+HEAVY_OPTIONS = TranscodeOptions(ladder=(720, 360), segment_seconds=2, chunk_seconds=2, parallelism=3)
+
+
+def test_node_removed_mid_job_output_identical(cluster, media_dir, tmp_path):
     """Runs last in this module: it takes a node away (and adds a fresh one back for whatever follows)."""
     the_cluster, cpu_node, _ = cluster
     node_id = cpu_node.node_id
+    source = make_media(HEAVY, media_dir)
+    reference = engine_digest(source, HEAVY_OPTIONS, tmp_path / "reference")
 
     def remove(event: ChunkEvent) -> None:
-        # At once: a chunk here takes ~0.2 s (its two rungs encode on threads of their own), and the node's
-        # worker must still hold it (or be about to) when the raylet goes.
-        time.sleep(0.02)
-        the_cluster.remove_node(cpu_node, allow_graceful=False)
+        the_cluster.remove_node(cpu_node, allow_graceful=False)  # at once: the node's worker holds the chunk
 
     hook, fired = _kill_on(lambda e: e.kind == "dispatched" and e.worker_node == node_id
                            and e.chunk_index not in (None, 0), remove)
-    job = TranscodeJob(str(source), str(tmp_path / "out"), OPTIONS, settings=settings_for(tmp_path),
+    job = TranscodeJob(str(source), str(tmp_path / "out"), HEAVY_OPTIONS, settings=settings_for(tmp_path),
                        on_event=hook)
     result = job.run()
     assert fired.is_set()
