@@ -241,7 +241,11 @@ class _Dispatcher:
         return item.kind == "audio" or capabilities.can_encode(self.codec, self.encoder)
 
     def _dispatch(self) -> None:
+        restarting = set(self.starting.values())
         for worker in list(self.idle):
+            if worker in restarting:  # died since it went idle: it takes work again once it answers
+                self.idle.remove(worker)
+                continue
             item = next((i for i in self.queue if self._eligible(worker, i)), None)
             if item is None:
                 continue
@@ -279,7 +283,7 @@ class _Dispatcher:
                     for ref in ray.wait(refs, num_returns=len(refs), timeout=0)[0]:
                         if ref in self.starting:
                             self._worker_back(ref)
-                        else:
+                        elif ref in self.inflight:
                             self._finished(ref)
         except BaseException:
             for ref in self.inflight:
@@ -309,7 +313,8 @@ class _Dispatcher:
         worker = self.starting.pop(ref)
         try:
             self.pool.capabilities[worker] = ray.get(ref)
-            self.idle.append(worker)
+            if worker not in self.idle and worker not in {w for w, _, _ in self.inflight.values()}:
+                self.idle.append(worker)
         except ray.exceptions.RayError as e:
             self.gone.add(worker)
             log.warning("encoder worker is gone for good", extra={"worker": worker, "error": str(e)})
