@@ -1,7 +1,7 @@
 """API latency under a fixed open-loop load: ``GET /video/v1/assets/{id}`` and ``GET /video/v1/assets``.
 
     .venv/bin/python benchmarks/api_latency.py --start                        # launch `kinoray up` in a temp dir
-    .venv/bin/python benchmarks/api_latency.py --url http://127.0.0.1:8000 --token-id ID --token-secret SECRET
+    .venv/bin/python benchmarks/api_latency.py --url http://127.0.0.1:8000 --token-id=ID --token-secret=SECRET
     .venv/bin/python benchmarks/api_latency.py --url ... --credentials DATA_DIR/credentials.json --rate 200
 
 Requests are sent on a fixed schedule (``--rate`` per second in all, alternating between the two endpoints,

@@ -263,7 +263,7 @@ def test_api_latency_benchmark_smoke(api, api_backend, tmp_path: Path, monkeypat
         session.execute(sa.delete(Asset))
     out = tmp_path / "api_latency.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "api_latency.py"), "--url", api.url,
-               "--token-id", api.token_id, "--token-secret", api.secret, "--rate", "50", "--seconds", "2",
+               f"--token-id={api.token_id}", f"--token-secret={api.secret}", "--rate", "50", "--seconds", "2",
                "--warmup-seconds", "0.2", "--assets", "2", "--json", str(out)]
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stdout + finished.stderr
