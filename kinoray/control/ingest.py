@@ -2,8 +2,8 @@
 
 - ``http(s)``: every hop of a redirect chain is checked with :func:`kinoray.control.urls.check_public_url`
   (at most 5 hops), and every connection checks the addresses it actually connects to
-  (:mod:`kinoray.control.outbound`: no DNS rebinding, no environment proxies); the whole fetch is bounded by ``api.ingest_timeout_seconds``; bodies larger than
-  ``limits.max_file_bytes`` are refused while streaming.
+  (:mod:`kinoray.control.outbound`: no DNS rebinding, no environment proxies); the whole fetch is bounded by
+  ``api.ingest_timeout_seconds``; bodies larger than ``limits.max_file_bytes`` are refused while streaming.
 - ``s3://``: read with the platform's storage credentials and endpoint.
 - ``file://``: only when ``api.allow_file_inputs``.
 
