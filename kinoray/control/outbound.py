@@ -19,25 +19,18 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from kinoray.control.urls import is_public_address
-from kinoray.errors import InputUrlRefusedError
+from kinoray.control.urls import check_addresses
 from kinoray.settings import Settings
 
 __all__ = ["policed_handlers"]
 
-#: Given an address a connection is about to use: raises InputUrlRefusedError when the policy forbids it.
-AddressCheck = Callable[[str, str], None]
+#: Given a host and the addresses a connection is about to use: raises InputUrlRefusedError when the policy
+#: forbids any of them.
+AddressCheck = Callable[[str, list[str]], None]
 
 
 def _address_check(settings: Settings, purpose: str) -> AddressCheck:
-    def check(host: str, address: str) -> None:
-        if settings.api.allow_private_inputs or is_public_address(address):
-            return
-        raise InputUrlRefusedError(
-            f"the {purpose} URL's host {host!r} resolves to a non-public address ({address}) at connection "
-            "time; such URLs are refused (KINORAY_API__ALLOW_PRIVATE_INPUTS allows them in trusted setups)")
-
-    return check
+    return functools.partial(check_addresses, settings=settings, purpose=purpose, when=" at connection time")
 
 
 _DEFAULT_TIMEOUT: Any = socket._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # "not given"
@@ -51,8 +44,8 @@ def _connect(check: AddressCheck, address: tuple[str, int], timeout: Any = _DEFA
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
         raise OSError(f"cannot resolve host {host!r}: {error}") from None
-    for info in infos:  # every answer, not only the one tried first: a mixed answer is refused as a whole
-        check(host, str(info[4][0]))
+    # every answer, not only the one tried first: a mixed answer is refused as a whole
+    check(host, [str(info[4][0]) for info in infos])
     failures: list[OSError] = []
     for family, kind, proto, _, sockaddr in infos:
         sock = socket.socket(family, kind, proto)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from kinoray.errors import InputUrlRefusedError
 from kinoray.settings import Settings
 
-__all__ = ["check_public_url", "is_public_address"]
+__all__ = ["check_addresses", "check_public_url", "is_public_address"]
 
 _INPUT_SCHEMES = ("http", "https", "s3")
 _WEBHOOK_SCHEMES = ("http", "https")
@@ -68,9 +68,17 @@ def check_public_url(url: str, settings: Settings, *, purpose: str = "input") ->
         raise InputUrlRefusedError("credentials in URLs are not accepted")
     if scheme == "s3" or settings.api.allow_private_inputs:
         return  # an s3 bucket name is not an address; the storage client's endpoint is configured, not given
-    addresses = _resolve(host, port or (443 if scheme == "https" else 80))
+    check_addresses(host, _resolve(host, port or (443 if scheme == "https" else 80)), settings, purpose=purpose)
+
+
+def check_addresses(host: str, addresses: list[str], settings: Settings, *, purpose: str = "input",
+                    when: str = "") -> None:
+    """Refuse (``InputUrlRefusedError``) when any address ``host`` resolved to is not public, unless
+    ``api.allow_private_inputs``. ``when`` says at which step, for the message (e.g. " at connection time")."""
+    if settings.api.allow_private_inputs:
+        return
     refused = [address for address in addresses if not is_public_address(address)]
     if refused:
         raise InputUrlRefusedError(
-            f"the {purpose} URL's host {host!r} resolves to a non-public address ({refused[0]}); "
+            f"the {purpose} URL's host {host!r} resolves to a non-public address ({refused[0]}){when}; "
             "such URLs are refused (KINORAY_API__ALLOW_PRIVATE_INPUTS allows them in trusted setups)")
