@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kinoray-installed
 DATA_DIR ?= ./data
 
-.PHONY: run test setup system-deps lint clean player
+.PHONY: run test setup system-deps bench-deps lint clean player
 
 setup: $(STAMP) system-deps
 
@@ -28,6 +28,11 @@ system-deps:
 	  echo "installing Debian chromium (browser tests of the web player)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    chromium >/dev/null; }
+
+# The benchmarks' peers (benchmarks/delivery.py): Debian's nginx and wrk. Not needed by run or test.
+bench-deps:
+	@command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null; }
 
 # Rebuilds the vendored hls.js/dash.js in kinoray/player/static/ from the pinned lockfile (needs node and npm;
 # `make run` and `make test` do not: the built files are committed, and a test checks them against the lock).

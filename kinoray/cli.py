@@ -191,7 +191,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from kinoray.serve.launch import up
 
-    return up(args.host, args.port, Path(args.data_dir), demo=args.demo)
+    return up(args.host, args.port, Path(args.data_dir), demo=args.demo, api_port=args.api_port)
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    from kinoray.edge.server import serve
+
+    overrides = {"HOST": args.host, "PORT": args.port, "WORKERS": args.workers, "API_URL": args.api_url,
+                 "DOMAIN": args.domain, "TLS_CERT": args.tls_cert, "TLS_KEY": args.tls_key}
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[f"KINORAY_EDGE__{name}"] = str(value)  # the worker processes read the same settings
+    get_settings.cache_clear()
+    settings = get_settings()
+    log.info("edge starting", extra={"host": settings.edge.host, "port": settings.edge.port,
+                                     "api_url": settings.edge.api_url, "tls": settings.edge.tls_cert is not None})
+    serve(settings.edge)
+    return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -253,11 +269,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     u = sub.add_parser("up", help="run the platform locally: Ray + Serve (API and job runner), SQLite, local storage")
-    u.add_argument("--host", default=os.environ.get("KINORAY_SERVE__HOST", "127.0.0.1"))
-    u.add_argument("--port", type=int, default=int(os.environ.get("KINORAY_SERVE__PORT", "8000")))
+    u.add_argument("--host", default=os.environ.get("KINORAY_EDGE__HOST", "127.0.0.1"))
+    u.add_argument("--port", type=int, default=int(os.environ.get("KINORAY_EDGE__PORT", "8000")),
+                   help="the port users open: the delivery edge, which forwards the API (default 8000)")
+    u.add_argument("--api-port", type=int, default=None,
+                   help="Ray Serve's proxy: the management API alone (default --port + 1)")
     u.add_argument("--data-dir", default=os.environ.get("KINORAY_DATA_DIR", "./data"))
     u.add_argument("--demo", action="store_true", help="upload a generated clip once up and print its playback URL")
     u.set_defaults(func=cmd_up)
+
+    e = sub.add_parser("edge", help="run the delivery edge (streams, images, uploads, beacons, player) on Granian; "
+                                     "other paths are forwarded to --api-url")
+    e.add_argument("--host", default=None, help="default KINORAY_EDGE__HOST (127.0.0.1)")
+    e.add_argument("--port", type=int, default=None, help="default KINORAY_EDGE__PORT (8080)")
+    e.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU)")
+    e.add_argument("--api-url", default=None, help="the management API (Serve's proxy) to forward other paths to")
+    e.add_argument("--domain", default=None, help="host-based routing: stream.DOMAIN, image.DOMAIN, beacon.DOMAIN")
+    e.add_argument("--tls-cert", default=None, help="PEM certificate chain (HTTPS)")
+    e.add_argument("--tls-key", default=None, help="PEM private key")
+    e.set_defaults(func=cmd_edge)
 
     k = sub.add_parser("token", help="access tokens (in the database the settings name)")
     actions = k.add_subparsers(dest="action", required=True)

@@ -28,6 +28,7 @@
         │   └── IdempotencyInProgressError            the first request with this Idempotency-Key still runs
         ├── IdempotencyKeyReusedError                same key, different request
         ├── RateLimitedError                         over the token's request budget (has retry_after)
+        ├── ApiUnavailableError                      the delivery edge could not reach the management API
         └── UploadError                              the tus / Content-Range upload protocol
             ├── OffsetMismatchError                   Upload-Offset is not the upload's offset
             ├── ChecksumMismatchError                 Upload-Checksum did not match the chunk
@@ -46,6 +47,7 @@ from __future__ import annotations
 __all__ = [
     "ERROR_TABLE",
     "ApiError",
+    "ApiUnavailableError",
     "AssetNotReadyError",
     "AuthenticationError",
     "ChecksumMismatchError",
@@ -200,6 +202,16 @@ class RateLimitedError(ApiError):
         self.limit = limit
 
 
+class ApiUnavailableError(ApiError):
+    """The delivery edge forwards management paths to the API (Serve's proxy); it did not answer."""
+
+    type = "api_unavailable"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class UploadError(ApiError):
     type = "upload_error"
 
@@ -260,6 +272,7 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     IdempotencyInProgressError: 409,
     IdempotencyKeyReusedError: 422,
     RateLimitedError: 429,
+    ApiUnavailableError: 502,
     UploadError: 400,
     OffsetMismatchError: 409,
     ChecksumMismatchError: 460,  # tus checksum extension

@@ -5,6 +5,7 @@ Example: ``KINORAY_LIMITS__MAX_PIXELS=8294400`` or ``KINORAY_TRANSCODE__SEGMENT_
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -15,8 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kinoray.errors import ConfigurationError
 
-__all__ = ["ApiSettings", "ClusterSettings", "InputLimits", "ServeSettings", "Settings", "StorageSettings", "TranscodeDefaults",
-           "get_settings"]
+__all__ = ["ApiSettings", "ClusterSettings", "EdgeSettings", "InputLimits", "ServeSettings", "Settings", "StorageSettings",
+           "TranscodeDefaults", "get_settings", "settings_env"]
 
 _DEV_SECRET = "dev-insecure-change-me"
 
@@ -93,13 +94,52 @@ class ClusterSettings(BaseModel):
 
 
 class ServeSettings(BaseModel):
+    """The management API on Ray Serve's HTTP proxy (``kinoray up`` puts it on the edge's port + 1 and the
+    edge forwards to it; on KubeRay it is the RayService's serve port)."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     public_url: str | None = Field(
         default=None,
-        description="base URL clients reach the API at (upload URLs are built on it); None = http://HOST:PORT")
+        description="base URL clients reach kinoray at (upload URLs are built on it); None = the edge's "
+                    "SCHEME://EDGE_HOST:EDGE_PORT")
     max_concurrent_jobs: int = Field(default=2, ge=1, description="transcode jobs the runner runs at once")
     poll_seconds: float = Field(default=0.5, gt=0, description="how often the runner looks for due work")
+
+
+class EdgeSettings(BaseModel):
+    """The delivery edge (``kinoray edge``; :mod:`kinoray.edge`): streams, images, the upload data plane, beacons
+    and the player, served by Granian worker processes outside Ray Serve. Everything else it forwards to
+    ``api_url`` (Serve's HTTP proxy), so one port gives the whole product."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(default=0, ge=0, description="worker processes (SO_REUSEPORT); 0 = one per CPU")
+    api_url: str | None = Field(
+        default=None,
+        description="the management API (Serve's proxy) that paths the edge does not serve are forwarded to; "
+                    "None = such paths answer 404")
+    cache_seconds: float = Field(
+        default=2.0, ge=0, le=5,
+        description="how long a process keeps a playback id's row, a signing key and a verified token; a "
+                    "deleted asset or playback id or a revoked key stops playing within this bound")
+    domain: str | None = Field(
+        default=None,
+        description="host-based routing (Mux-style custom domains): stream.DOMAIN serves streams only, "
+                    "image.DOMAIN images only, beacon.DOMAIN beacons only; other hosts get everything")
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain: the edge speaks HTTPS")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+    forward_timeout_seconds: float = Field(default=60.0, gt=0, description="limit on one forwarded API call")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> EdgeSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigurationError("edge TLS needs both tls_cert and tls_key")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
 
 class ApiSettings(BaseModel):
@@ -139,6 +179,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Redis for shared rate limits; None = in-process")
     cluster: ClusterSettings = ClusterSettings()
     serve: ServeSettings = ServeSettings()
+    edge: EdgeSettings = EdgeSettings()
 
     @field_validator("log_level", "native_log_level")
     @classmethod
@@ -158,7 +199,19 @@ class Settings(BaseSettings):
 
     @property
     def public_url(self) -> str:
-        return (self.serve.public_url or f"http://{self.serve.host}:{self.serve.port}").rstrip("/")
+        if self.serve.public_url:
+            return self.serve.public_url.rstrip("/")
+        host = "127.0.0.1" if self.edge.host in ("0.0.0.0", "::", "") else self.edge.host
+        return f"{self.edge.scheme}://{host}:{self.edge.port}"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the ``KINORAY_*`` environment that rebuilds them in another process (a Ray worker, an
+    edge worker): sections as JSON, plain values as text, unset values left out."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json", exclude_none=True).items():
+        env[f"KINORAY_{name.upper()}"] = json.dumps(value) if isinstance(value, dict | list) else str(value)
+    return env
 
 
 @lru_cache(maxsize=1)

@@ -1,5 +1,9 @@
-"""The control plane served for tests: a real HTTP server (uvicorn on 127.0.0.1, in a thread) over
-:func:`kinoray.serve.app.build_api`, on a fresh SQLite or PostgreSQL database and a fresh storage directory.
+"""The platform served for tests: the management API (:func:`kinoray.serve.api.build_api`) and the delivery
+edge (:class:`kinoray.edge.EdgeApp`, forwarding other paths to that API), each a real HTTP server (uvicorn on
+127.0.0.1, in a thread) on one :class:`~kinoray.control.Platform`, over a fresh SQLite or PostgreSQL database and
+a fresh storage directory. ``url`` is the API, ``edge_url`` the edge: viewer-facing paths (streams, images,
+the upload URL, beacons, the player) are tested through the edge. ``tests/test_edge.py`` runs the production
+edge (Granian worker processes) too.
 
 Fixtures in ``conftest.py`` (``api_backend``, ``api``) build these; tests talk to them with ``requests`` like any
 client would. The job runner is started on demand (:meth:`ApiServer.start_runner`).
@@ -11,11 +15,14 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 import sqlalchemy as sa
+
+T = TypeVar("T")
 
 POSTGRES_URL = os.environ.get("KINORAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -47,6 +54,37 @@ class Backend:
         self.admin.dispose()
 
 
+#: Seconds within which a change (a deleted asset, playback id, text track or signing key) must reach every
+#: edge process: the issue's bound; the edge's own is ``edge.cache_seconds`` (2 s) plus one request.
+INVALIDATION_BOUND = 5.0
+
+
+def eventually(check: Callable[[], T], within: float = INVALIDATION_BOUND) -> T:
+    """``check()``'s result once it stops failing an assertion, retried for at most ``within`` seconds: how a
+    test reads through the edge after changing what it serves (the edge's caches expire within the bound)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _wait_tls(process: Any, url: str, ca: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(f"{url}/edge/healthz", verify=ca, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if not process.alive or time.monotonic() > deadline:
+            raise RuntimeError(f"the TLS edge did not start: {process._log_tail()}")
+        time.sleep(0.1)
+
+
 class ApiServer:
     """One running API: ``url``, an access token (``token_id``/``secret``), ``client`` (a ``requests.Session``
     with those credentials) and the :class:`~kinoray.control.Platform` behind it."""
@@ -56,15 +94,19 @@ class ApiServer:
 
         from kinoray.control.auth import create_token
         from kinoray.control.platform import Platform
-        from kinoray.serve.app import build_api
+        from kinoray.edge import EdgeApp
+        from kinoray.serve.api import build_api
         from kinoray.serve.deps import set_platform
         from kinoray.settings import Settings
         from tests.conftest import free_port
 
-        self.port = free_port()
+        self.port, self.edge_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.edge_url = f"http://127.0.0.1:{self.edge_port}"
         settings.setdefault("serve", {})
         settings["serve"] = {"host": "127.0.0.1", "port": self.port, **settings["serve"]}
+        settings["edge"] = {"host": "127.0.0.1", "port": self.edge_port, "api_url": self.url,
+                            **settings.get("edge", {})}
         self.settings = Settings(data_dir=data_dir, database_url=database_url, environment="test", **settings)
         self.platform = Platform.from_settings(self.settings)
         with self.platform.db.session() as session:
@@ -75,16 +117,45 @@ class ApiServer:
         self.client.auth = self.auth
         set_platform(self.platform)
         self.runner: Any = None
-        config = uvicorn.Config(build_api(), host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
-        self.thread.start()
+        self.edge = EdgeApp(self.platform, api_url=self.url, domain=self.settings.edge.domain)
+        self.servers: list[tuple[Any, threading.Thread]] = []
+        for app, port in ((build_api(), self.port), (self.edge, self.edge_port)):
+            # the edge's lifespan closes its connection pool to the API when the server stops
+            config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                                    lifespan="on" if app is self.edge else "off")
+            server = uvicorn.Server(config)
+            thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+            thread.start()
+            self.servers.append((server, thread))
         deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test API server did not start")
-            time.sleep(0.02)
+        for server, thread in self.servers:
+            while not server.started:
+                if time.monotonic() > deadline or not thread.is_alive():
+                    raise RuntimeError("the test API server did not start")
+                time.sleep(0.02)
+
+    def start_granian_edge(self, workers: int = 2, **edge: Any) -> tuple[Any, str]:
+        """The production edge (``kinoray edge``: Granian, ``workers`` processes) on this platform's database
+        and storage, forwarding to this API; ``(EdgeProcess, url)``. The caller stops it."""
+        from kinoray.edge import EdgeProcess
+        from kinoray.settings import settings_env
+        from tests.conftest import free_port
+
+        port = free_port()
+        env = {**settings_env(self.settings), "KINORAY_EDGE__PORT": str(port), "KINORAY_EDGE__WORKERS": str(workers)}
+        env.update({f"KINORAY_EDGE__{name.upper()}": str(value) for name, value in edge.items()})
+        scheme = "https" if "tls_cert" in edge else "http"
+        url = f"{scheme}://127.0.0.1:{port}"
+        process = EdgeProcess(env, log_path=Path(self.settings.data_dir) / f"edge-{port}.log").start()
+        try:
+            if scheme == "http":
+                process.wait_ready(url)
+            else:
+                _wait_tls(process, url, edge["tls_cert"])
+        except BaseException:
+            process.stop()
+            raise
+        return process, url
 
     def new_token(self, name: str = "extra") -> tuple[str, str]:
         from kinoray.control.auth import create_token
@@ -120,8 +191,10 @@ class ApiServer:
 
         if self.runner is not None:
             self.runner.stop()
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        for server, _ in self.servers:
+            server.should_exit = True
+        for _, thread in self.servers:
+            thread.join(timeout=10)
         self.client.close()
         set_platform(None)
         self.platform.close()

@@ -177,5 +177,5 @@ def test_text_no_database_can_store_is_a_typed_400(api, text) -> None:
     assert answer.json()["error"]["type"] == "invalid_parameters"
     beacon = json.dumps({"events": [{"event": "play", "viewer_time": 1, "playback_time": 0, "view_id": "v" * 10,
                                      "session_id": "s" * 10, "playback_id": "abc", "error_message": text}]})
-    answer = api.client.post(f"{api.url}/data/v1/events", data=beacon, headers={"Content-Type": "application/json"})
+    answer = api.client.post(f"{api.edge_url}/data/v1/events", data=beacon, headers={"Content-Type": "application/json"})
     assert answer.status_code == 400, answer.text

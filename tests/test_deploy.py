@@ -149,9 +149,10 @@ def _schema_errors(doc: Manifest) -> list[str]:
 
 # --- (a) the manifest against KubeRay's CRDs -------------------------------------------------------------
 
-def test_manifest_is_one_raycluster_and_one_rayservice() -> None:
+def test_manifest_is_the_ray_tiers_and_the_edge_tier() -> None:
     assert sorted((doc["apiVersion"], doc["kind"]) for doc in _documents()) == [
-        ("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayService")]
+        ("apps/v1", "Deployment"), ("autoscaling/v2", "HorizontalPodAutoscaler"), ("ray.io/v1", "RayCluster"),
+        ("ray.io/v1", "RayService"), ("v1", "Service")]
     # docs/DEPLOY.md applies one or the other with `kubectl apply -l app.kubernetes.io/component=...`
     assert _document("RayCluster")["metadata"]["labels"]["app.kubernetes.io/component"] == "jobs"
     assert _document("RayService")["metadata"]["labels"]["app.kubernetes.io/component"] == "api"
@@ -161,6 +162,79 @@ def test_manifest_is_one_raycluster_and_one_rayservice() -> None:
 def test_manifest_validates_against_kuberay_crd(kind: str) -> None:
     errors = _schema_errors(_document(kind))
     assert not errors, "\n".join(errors)
+
+
+# --- (a') the edge tier against Kubernetes' own schemas ---------------------------------------------------
+
+#: The Kubernetes version whose schemas (``kubernetes-validate``'s strict copies: unknown fields refused) the
+#: edge tier's Deployment, Service and HorizontalPodAutoscaler are checked against.
+KUBERNETES_VERSION = "1.34.0"
+EDGE_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler")
+
+
+def _kubernetes_errors(doc: Manifest) -> list[str]:
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        return [f"{'.'.join(str(p) for p in error.path)}: {error.message}"]
+    return []
+
+
+@pytest.mark.parametrize("kind", EDGE_KINDS)
+def test_edge_tier_validates_against_kubernetes_schemas(kind: str) -> None:
+    errors = _kubernetes_errors(_document(kind))
+    assert not errors, "\n".join(errors)
+
+
+def _edge_container(doc: Manifest) -> Manifest:
+    (container,) = doc["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize(("kind", "field", "breakage"), [
+    ("Deployment", "containerPort", lambda doc: _edge_container(doc)["ports"][0].update(containerPort="8080")),
+    ("Deployment", "replica", lambda doc: doc["spec"].update(replica=2)),
+    ("Deployment", "selector", lambda doc: doc["spec"].pop("selector")),
+    ("HorizontalPodAutoscaler", "maxReplicas", lambda doc: doc["spec"].pop("maxReplicas")),
+    ("Service", "port", lambda doc: doc["spec"]["ports"][0].update(port="eighty")),
+], ids=["containerPort as a string", "misspelt replicas", "no selector", "no maxReplicas", "port as a word"])
+def test_broken_edge_copies_fail_the_kubernetes_check(kind: str, field: str, breakage: Any) -> None:
+    broken = copy.deepcopy(_document(kind))
+    breakage(broken)
+    errors = _kubernetes_errors(broken)
+    assert errors and field in " ".join(errors), errors
+
+
+def test_edge_tier_runs_the_edge_against_the_api_and_scales_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kinoray.cli import build_parser
+    from kinoray.edge.app import build_edge_api
+
+    deployment, service, autoscaler = (_document(kind) for kind in EDGE_KINDS)
+    container = _edge_container(deployment)
+    assert container["command"][:2] == ["kinoray", "edge"]
+    build_parser().parse_args(container["command"][1:])  # the CLI takes it
+    env = _env(container)
+    names = [name for name in env if name.startswith("KINORAY_")]
+    for name in names:
+        assert _settings_field(name), f"edge: {name} is not a Settings field"
+        monkeypatch.setenv(name, env[name].get("value", "value-from-a-kubernetes-secret"))
+    settings = Settings()
+    assert settings.environment == "production" and settings.storage.url == _env(
+        _containers(_cluster_specs()[1][1]).__next__()[1])["KINORAY_STORAGE__URL"]["value"]  # the same storage
+    # it forwards to the RayService's serve Service (KubeRay names it <name>-serve-svc) on Serve's port
+    assert settings.edge.api_url == f"http://{_document('RayService')['metadata']['name']}-serve-svc:" \
+                                    f"{_serve_config()['http_options']['port']}"
+    (port,) = container["ports"]
+    assert port["containerPort"] == settings.edge.port and service["spec"]["ports"][0]["targetPort"] == port["name"]
+    paths = {route.path for route in build_edge_api().routes if hasattr(route, "path")}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] in paths
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert autoscaler["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                    "name": deployment["metadata"]["name"]}
+    assert autoscaler["spec"]["minReplicas"] >= 2  # an edge pod may go at any time: never a single one
 
 
 def _worker(doc: Manifest, name: str) -> Manifest:

@@ -50,7 +50,7 @@ class Images:
         from kinoray.control.signing import create_signing_key
         from kinoray.store.models import Asset, AssetStatus, PlaybackId, PlaybackPolicy
 
-        self.server, self.url = server, server.url
+        self.server, self.url = server, server.edge_url
         storage = Path(server.settings.storage_url)
         with server.platform.db.session() as session:
             ready = Asset(status=AssetStatus.READY, progress_state="completed", progress_fraction=1.0, **fields)

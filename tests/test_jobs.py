@@ -6,11 +6,15 @@ pyarrow, not with kinoray's own readers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,27 +32,81 @@ RAY = str(Path(sys.executable).with_name("ray"))
 CLIP = MediaSpec(name="jobs_clip", width=320, height=180, duration_s=Fraction(8), gop=30)
 
 
+def _pids_under(marker: str) -> list[int]:
+    """Processes whose command line names ``marker`` (our head's own temp dir): the head's raylet, GCS,
+    dashboard, agents and workers, and nothing of any other Ray on this machine."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def stop_head(process: subprocess.Popen[bytes], temp_dir: str) -> None:
+    """Stop the head ``ray start --block`` started: its process group, then any process of its temp dir that
+    left the group. Never ``ray stop``, which stops every Ray on the machine."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        for pid in _pids_under(temp_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and (process.poll() is None or _pids_under(temp_dir)):
+            time.sleep(0.2)
+        if process.poll() is not None and not _pids_under(temp_dir):
+            return
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """``ray start --head`` on free ports (never 6379: Redis has it), token auth on; stopped afterwards."""
+    """``ray start --head --block`` on free ports (never 6379: Redis has it) with its own temp dir, token auth
+    on, in its own process group; stopped afterwards by that group and temp dir only."""
     port, dashboard = free_port(), free_port()
+    temp_dir = f"/tmp/krjobs-{secrets.token_hex(4)}"  # short: Ray's socket paths must fit in 107 bytes
     # As from an activated virtualenv: the job's ``python`` is the one the cluster was started with.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_USAGE_STATS_ENABLED": "0"}
-    start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    start = [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
+             f"--temp-dir={temp_dir}"]
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(start, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
     try:
-        yield f"http://127.0.0.1:{dashboard}", env
+        deadline = time.monotonic() + 180
+        while subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True,
+                             timeout=60).returncode != 0:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the head's job server did not answer: " + log.read_text()[-3000:]
+            time.sleep(1)
+        yield address, env
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_head(process, temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+#: What ``ray job submit`` says when the head's job agent has not registered yet: the job was not created.
+_AGENT_NOT_READY = "No available agent to submit job"
 
 
 def submit(address: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``ray job submit``, waiting (up to 2 minutes) for the head's job agent rather than racing it."""
     command = [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
                "python", "-m", "kinoray.jobs.transcode", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while True:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        if _AGENT_NOT_READY not in done.stdout + done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(1)
 
 
 def test_ray_job_submit_transcodes_on_the_cluster(ray_head, media_dir, tmp_path):

@@ -27,6 +27,7 @@ from kinoray.media.manifest_rewrite import (
     rewrite_hls_media,
 )
 from kinoray.store.models import Asset, AssetStatus, PlaybackId, PlaybackPolicy, new_id
+from tests.api_server import eventually
 from tests.media import MediaSpec, make_media
 
 SOURCE = MediaSpec(name="playback", width=854, height=480, duration_s=Fraction(6))
@@ -113,7 +114,7 @@ def ready(api, media_dir, tmp_path_factory):
 
 def test_hls_master_and_everything_it_lists_resolve(ready) -> None:
     server, _, media, _, playback_id = ready
-    master_url = f"{server.url}/{playback_id}.m3u8"
+    master_url = f"{server.edge_url}/{playback_id}.m3u8"
     answer = requests.get(master_url, timeout=10)
     assert answer.status_code == 200
     assert answer.headers["Content-Type"] == "application/vnd.apple.mpegurl"
@@ -150,14 +151,14 @@ def test_ffmpeg_plays_hls_and_dash_with_every_frame(ready) -> None:
     server, source, _, _, playback_id = ready
     expected = frame_count(str(source))
     assert expected == SOURCE.expected_video_frames
-    for url in (f"{server.url}/{playback_id}.m3u8", f"{server.url}/{playback_id}.mpd"):
+    for url in (f"{server.edge_url}/{playback_id}.m3u8", f"{server.edge_url}/{playback_id}.mpd"):
         ffmpeg_decodes(url)
         assert frame_count(url) == expected, url
 
 
 def test_modifiers_filter_and_order_variants(ready) -> None:
     server, _, _, _, playback_id = ready
-    url = f"{server.url}/{playback_id}.m3u8"
+    url = f"{server.edge_url}/{playback_id}.m3u8"
 
     def heights(**query: str) -> list[int]:
         answer = requests.get(url, params=query, timeout=10)
@@ -176,7 +177,7 @@ def test_modifiers_filter_and_order_variants(ready) -> None:
                 {"min_resolution": "1080p", "max_resolution": "720p"}):
         assert_error(requests.get(url, params=bad, timeout=10), 400, "invalid_parameters")
 
-    mpd_url = f"{server.url}/{playback_id}.mpd"
+    mpd_url = f"{server.edge_url}/{playback_id}.mpd"
     mpd = mpegdash.parser.MPEGDASHParser.parse(requests.get(mpd_url, params={"min_resolution": "480p"}, timeout=10).text)
     video = [a for a in mpd.periods[0].adaptation_sets if a.content_type == "video"][0]
     assert [r.height for r in video.representations] == [480]
@@ -186,8 +187,8 @@ def test_media_playlists_and_head(ready) -> None:
     server, _, _, _, playback_id = ready
     for path in (f"/{playback_id}.m3u8", f"/{playback_id}.mpd", f"/{playback_id}/480p/index.m3u8",
                  f"/{playback_id}/480p/seg_00001.m4s", f"/{playback_id}/highest.mp4"):
-        got = requests.get(server.url + path, timeout=10)
-        head = requests.head(server.url + path, timeout=10)
+        got = requests.get(server.edge_url + path, timeout=10)
+        head = requests.head(server.edge_url + path, timeout=10)
         assert got.status_code == head.status_code == 200, path
         assert head.content == b""
         assert head.headers["Content-Length"] == got.headers["Content-Length"] == str(len(got.content))
@@ -200,7 +201,7 @@ def test_media_playlists_and_head(ready) -> None:
 
 def test_dash_mpd_parses_and_its_segments_resolve(ready) -> None:
     server, _, media, _, playback_id = ready
-    mpd_url = f"{server.url}/{playback_id}.mpd"
+    mpd_url = f"{server.edge_url}/{playback_id}.mpd"
     answer = requests.get(mpd_url, timeout=10)
     assert answer.status_code == 200 and answer.headers["Content-Type"] == "application/dash+xml"
     mpd = mpegdash.parser.MPEGDASHParser.parse(answer.text)
@@ -229,29 +230,29 @@ def test_static_renditions(ready) -> None:
     server, _, media, _, playback_id = ready
     highest = (media / "highest.mp4").read_bytes()
     for name in ("highest.mp4", "capped-1080p.mp4"):  # the top rung is 480p, so capped-1080p is the same file
-        got = requests.get(f"{server.url}/{playback_id}/{name}", timeout=10)
+        got = requests.get(f"{server.edge_url}/{playback_id}/{name}", timeout=10)
         assert got.status_code == 200 and got.content == highest
         assert got.headers["Content-Type"] == "video/mp4" and got.headers["Cache-Control"] == IMMUTABLE
-    assert_error(requests.get(f"{server.url}/{playback_id}/audio.m4a", timeout=10), 404, "not_found")
-    assert requests.get(f"{server.url}/{playback_id}/low.mp4", timeout=10).status_code == 404
+    assert_error(requests.get(f"{server.edge_url}/{playback_id}/audio.m4a", timeout=10), 404, "not_found")
+    assert requests.get(f"{server.edge_url}/{playback_id}/low.mp4", timeout=10).status_code == 404
 
 
 def test_audio_only_asset(api, media_dir, tmp_path_factory) -> None:
     media = packaged_audio_only(media_dir, tmp_path_factory.getbasetemp())
     _, (playback_id,) = publish(api, media)
-    master_url = f"{api.url}/{playback_id}.m3u8"
+    master_url = f"{api.edge_url}/{playback_id}.m3u8"
     for query in ({}, {"min_resolution": "1080p", "rendition_order": "desc"}):  # modifiers leave audio alone
         master = m3u8.loads(requests.get(master_url, params=query, timeout=10).text)
         assert [p.uri for p in master.playlists] == [f"{playback_id}/audio/index.m3u8"]
     ffmpeg_decodes(master_url)
-    ffmpeg_decodes(f"{api.url}/{playback_id}.mpd")
+    ffmpeg_decodes(f"{api.edge_url}/{playback_id}.mpd")
     stored = (media / "audio.m4a").read_bytes()
-    got = requests.get(f"{api.url}/{playback_id}/audio.m4a", timeout=10)
+    got = requests.get(f"{api.edge_url}/{playback_id}/audio.m4a", timeout=10)
     assert got.status_code == 200 and got.content == stored and got.headers["Content-Type"] == "audio/mp4"
-    got = requests.get(f"{api.url}/{playback_id}/audio.m4a", headers={"Range": "bytes=-64"}, timeout=10)
+    got = requests.get(f"{api.edge_url}/{playback_id}/audio.m4a", headers={"Range": "bytes=-64"}, timeout=10)
     assert got.status_code == 206 and got.content == stored[-64:]
     for name in ("highest.mp4", "capped-1080p.mp4"):
-        assert_error(requests.get(f"{api.url}/{playback_id}/{name}", timeout=10), 404, "not_found")
+        assert_error(requests.get(f"{api.edge_url}/{playback_id}/{name}", timeout=10), 404, "not_found")
 
 
 @pytest.mark.parametrize(("header", "start", "end"), [
@@ -269,7 +270,7 @@ def test_range_requests(ready, header: str, start: int, end: int | None) -> None
     first = start if start >= 0 else size + start
     last = size - 1 if end is None else end
     for method in (requests.get, requests.head):
-        got = method(f"{server.url}/{playback_id}/highest.mp4", headers={"Range": header}, timeout=10)
+        got = method(f"{server.edge_url}/{playback_id}/highest.mp4", headers={"Range": header}, timeout=10)
         assert got.status_code == 206
         assert got.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
         assert got.headers["Content-Length"] == str(last - first + 1)
@@ -279,7 +280,7 @@ def test_range_requests(ready, header: str, start: int, end: int | None) -> None
 
 def test_range_edge_cases(ready) -> None:
     server, _, media, _, playback_id = ready
-    url = f"{server.url}/{playback_id}/highest.mp4"
+    url = f"{server.edge_url}/{playback_id}/highest.mp4"
     stored = (media / "highest.mp4").read_bytes()
     size = len(stored)
     for header in (f"bytes={size}-", f"bytes={size + 10}-{size + 20}", "bytes=-0"):
@@ -297,7 +298,7 @@ def test_range_edge_cases(ready) -> None:
     assert got.status_code == 206 and got.content == stored[:10]
     got = requests.get(url, headers={"Range": "bytes=0-9", "If-Range": '"stale"'}, timeout=10)
     assert got.status_code == 200 and got.content == stored
-    segment = requests.get(f"{server.url}/{playback_id}/240p/seg_00002.m4s", headers={"Range": "bytes=8-15"},
+    segment = requests.get(f"{server.edge_url}/{playback_id}/240p/seg_00002.m4s", headers={"Range": "bytes=8-15"},
                            timeout=10)
     assert segment.status_code == 206 and segment.content == (media / "240p" / "seg_00002.m4s").read_bytes()[8:16]
 
@@ -306,20 +307,20 @@ def test_etags_and_not_modified(ready) -> None:
     server, _, _, _, playback_id = ready
     for path in (f"/{playback_id}/highest.mp4", f"/{playback_id}/480p/init.mp4", f"/{playback_id}/audio/seg_00001.m4s",
                  f"/{playback_id}.m3u8", f"/{playback_id}.mpd", f"/{playback_id}/240p/index.m3u8"):
-        first = requests.get(server.url + path, timeout=10)
+        first = requests.get(server.edge_url + path, timeout=10)
         etag = first.headers["ETag"]
         assert etag.startswith('"') and not etag.startswith("W/")  # strong
-        assert requests.get(server.url + path, timeout=10).headers["ETag"] == etag  # stable
+        assert requests.get(server.edge_url + path, timeout=10).headers["ETag"] == etag  # stable
         for condition in (etag, f"W/{etag}", f'"other", {etag}', "*"):
-            again = requests.get(server.url + path, headers={"If-None-Match": condition}, timeout=10)
+            again = requests.get(server.edge_url + path, headers={"If-None-Match": condition}, timeout=10)
             assert again.status_code == 304, (path, condition)
             assert again.content == b""
             assert again.headers["ETag"] == etag
             assert again.headers["Cache-Control"] == first.headers["Cache-Control"]
             assert again.headers["Access-Control-Allow-Origin"] == "*"
-        assert requests.get(server.url + path, headers={"If-None-Match": '"other"'}, timeout=10).status_code == 200
-    a = requests.head(f"{server.url}/{playback_id}/480p/seg_00001.m4s", timeout=10).headers["ETag"]
-    b = requests.head(f"{server.url}/{playback_id}/480p/seg_00002.m4s", timeout=10).headers["ETag"]
+        assert requests.get(server.edge_url + path, headers={"If-None-Match": '"other"'}, timeout=10).status_code == 200
+    a = requests.head(f"{server.edge_url}/{playback_id}/480p/seg_00001.m4s", timeout=10).headers["ETag"]
+    b = requests.head(f"{server.edge_url}/{playback_id}/480p/seg_00002.m4s", timeout=10).headers["ETag"]
     assert a != b
 
 
@@ -328,17 +329,17 @@ def test_cors(ready) -> None:
     origin = {"Origin": "https://player.example"}
     for path in (f"/{playback_id}.m3u8", f"/{playback_id}/480p/seg_00001.m4s", f"/{new_id()}.m3u8",
                  f"/{playback_id}/480p/seg_1.m4s"):
-        got = requests.get(server.url + path, headers=origin, timeout=10)
+        got = requests.get(server.edge_url + path, headers=origin, timeout=10)
         assert got.headers["Access-Control-Allow-Origin"] == "*", path
         assert "Content-Range" in got.headers["Access-Control-Expose-Headers"]
         assert "ETag" in got.headers["Access-Control-Expose-Headers"]
-    preflight = requests.options(f"{server.url}/{playback_id}/highest.mp4", timeout=10, headers={
+    preflight = requests.options(f"{server.edge_url}/{playback_id}/highest.mp4", timeout=10, headers={
         **origin, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range, if-none-match"})
     assert preflight.status_code == 204
     assert preflight.headers["Access-Control-Allow-Origin"] == "*"
     assert "GET" in preflight.headers["Access-Control-Allow-Methods"]
     assert preflight.headers["Access-Control-Allow-Headers"].lower() == "range, if-none-match"
-    assert requests.options(f"{server.url}/{playback_id}.m3u8", timeout=10).status_code == 204
+    assert requests.options(f"{server.edge_url}/{playback_id}.m3u8", timeout=10).status_code == 204
 
 
 # --- errors ------------------------------------------------------------------------------------------------------
@@ -348,25 +349,25 @@ def test_unknown_invalid_preparing_errored_and_deleted(ready) -> None:
     server, _, media, _, _ = ready
     for path in (f"/{new_id()}.m3u8", f"/{new_id()}.mpd", f"/{new_id()}/480p/init.mp4", f"/{new_id()}/highest.mp4",
                  "/not-an-id.m3u8", f"/{'a' * 65}.m3u8", "/a.b.m3u8"):
-        assert_error(requests.get(server.url + path, timeout=10), 404, "not_found")
+        assert_error(requests.get(server.edge_url + path, timeout=10), 404, "not_found")
     _, (preparing,) = publish(server, None, status=AssetStatus.PREPARING)
     for path in (f"/{preparing}.m3u8", f"/{preparing}.mpd", f"/{preparing}/480p/seg_00001.m4s"):
-        assert_error(requests.get(server.url + path, timeout=10), 412, "asset_not_ready")
+        assert_error(requests.get(server.edge_url + path, timeout=10), 412, "asset_not_ready")
     _, (errored,) = publish(server, None, status=AssetStatus.ERRORED)
-    assert_error(requests.get(f"{server.url}/{errored}.m3u8", timeout=10), 404, "not_found")
+    assert_error(requests.get(f"{server.edge_url}/{errored}.m3u8", timeout=10), 404, "not_found")
     asset_id, (doomed,) = publish(server, media)
-    assert requests.get(f"{server.url}/{doomed}.m3u8", timeout=10).status_code == 200
-    assert server.client.delete(f"{server.url}/video/v1/assets/{asset_id}", timeout=10).status_code == 204
+    assert requests.get(f"{server.edge_url}/{doomed}.m3u8", timeout=10).status_code == 200
+    assert server.client.delete(f"{server.edge_url}/video/v1/assets/{asset_id}", timeout=10).status_code == 204
     for path in (f"/{doomed}.m3u8", f"/{doomed}/480p/seg_00001.m4s", f"/{doomed}/highest.mp4"):
-        assert_error(requests.get(server.url + path, timeout=10), 404, "not_found")
+        eventually(lambda path=path: assert_error(requests.get(server.edge_url + path, timeout=10), 404, "not_found"))
 
 
 def test_unknown_files_and_path_traversal(ready) -> None:
     server, _, _, asset_id, playback_id = ready
     for path in (f"/{playback_id}/480p/seg_1.m4s", f"/{playback_id}/480p/master.m3u8", f"/{playback_id}/480p/x",
                  f"/{playback_id}/480p/seg_99999.m4s", f"/{playback_id}/9999p/index.m3u8"):
-        assert_error(requests.get(server.url + path, timeout=10), 404, "not_found")
-    host = urlsplit(server.url)
+        assert_error(requests.get(server.edge_url + path, timeout=10), 404, "not_found")
+    host = urlsplit(server.edge_url)
     raw_paths = [f"/{playback_id}/..%2F..%2Fkinoray.db", f"/{playback_id}/480p/../../x",
                  f"/{playback_id}/480p/..%2F..%2F..%2Finput", f"/{playback_id}/480p/%2e%2e%2fhighest.mp4",
                  f"/{playback_id}/..%2Fhighest.mp4", f"/{playback_id}/480p/..", f"/{playback_id}/../{playback_id}.m3u8",

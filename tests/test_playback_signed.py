@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from kinoray.store.models import PlaybackPolicy, new_id
+from tests.api_server import eventually
 from tests.test_playback import assert_error, ffmpeg_decodes, frame_count, packaged_asset, publish
 
 
@@ -29,7 +30,7 @@ def signed(api, media_dir, tmp_path_factory):
     _, media = packaged_asset(media_dir, tmp_path_factory.getbasetemp())
     _, (signed_id, other_signed_id, public_id) = publish(
         api, media, policies=(PlaybackPolicy.SIGNED, PlaybackPolicy.SIGNED, PlaybackPolicy.PUBLIC))
-    created = api.client.post(f"{api.url}/system/v1/signing-keys", timeout=10)
+    created = api.client.post(f"{api.edge_url}/system/v1/signing-keys", timeout=10)
     assert created.status_code == 201, created.text
     key = created.json()["data"]
     private_pem = base64.b64decode(key["private_key"])
@@ -65,7 +66,7 @@ def tampered(token: str, claims: dict[str, Any]) -> str:
 def test_valid_token_plays_hls_and_dash(signed) -> None:
     server, kid, private_pem, _, signed_id, _, _ = signed
     token = mint(kid, private_pem, signed_id)
-    master_url = f"{server.url}/{signed_id}.m3u8?token={token}"
+    master_url = f"{server.edge_url}/{signed_id}.m3u8?token={token}"
     answer = requests.get(master_url, timeout=10)
     assert answer.status_code == 200, answer.text
     assert answer.headers["Cache-Control"] == "private, no-store"
@@ -81,7 +82,7 @@ def test_valid_token_plays_hls_and_dash(signed) -> None:
         assert got.status_code == 200
         max_age = int(got.headers["Cache-Control"].split("max-age=")[1].split(",")[0])
         assert 0 < max_age <= 600  # no cache keeps a signed URL past its token's expiry
-    mpd_url = f"{server.url}/{signed_id}.mpd?token={token}"
+    mpd_url = f"{server.edge_url}/{signed_id}.mpd?token={token}"
     mpd = mpegdash.parser.MPEGDASHParser.parse(requests.get(mpd_url, timeout=10).text)
     for adaptation in mpd.periods[0].adaptation_sets:
         for representation in adaptation.representations:
@@ -92,7 +93,7 @@ def test_valid_token_plays_hls_and_dash(signed) -> None:
     for url in (master_url, mpd_url):
         ffmpeg_decodes(url)
         assert frame_count(url) == 180
-    mp4 = requests.get(f"{server.url}/{signed_id}/highest.mp4", params={"token": token},
+    mp4 = requests.get(f"{server.edge_url}/{signed_id}/highest.mp4", params={"token": token},
                        headers={"Range": "bytes=0-9"}, timeout=10)
     assert mp4.status_code == 206 and len(mp4.content) == 10
 
@@ -101,7 +102,7 @@ def test_modifiers_come_from_the_token(signed) -> None:
     server, kid, private_pem, _, signed_id, _, _ = signed
 
     def heights(token: str, **query: str) -> list[int]:
-        answer = requests.get(f"{server.url}/{signed_id}.m3u8", params={"token": token, **query}, timeout=10)
+        answer = requests.get(f"{server.edge_url}/{signed_id}.m3u8", params={"token": token, **query}, timeout=10)
         assert answer.status_code == 200, answer.text
         return [p.stream_info.resolution[1] for p in m3u8.loads(answer.text).playlists]
 
@@ -111,7 +112,7 @@ def test_modifiers_come_from_the_token(signed) -> None:
     assert heights(mint(kid, private_pem, signed_id, rendition_order="desc")) == [480, 240]
     assert heights(mint(kid, private_pem, signed_id), rendition_order="desc") == [240, 480]
     bad = mint(kid, private_pem, signed_id, max_resolution="999p")
-    assert_error(requests.get(f"{server.url}/{signed_id}.m3u8", params={"token": bad}, timeout=10), 400,
+    assert_error(requests.get(f"{server.edge_url}/{signed_id}.m3u8", params={"token": bad}, timeout=10), 400,
                  "invalid_parameters")
 
 
@@ -152,7 +153,7 @@ def test_bad_tokens_are_refused_everywhere(signed) -> None:
     for reason, token in _refusals(signed).items():
         for path in paths:
             params = {} if token is None else {"token": token}
-            answer = requests.get(server.url + path, params=params, timeout=10)
+            answer = requests.get(server.edge_url + path, params=params, timeout=10)
             assert answer.status_code == 403, (reason, path, answer.status_code, answer.text)
             assert_error(answer, 403, "playback_forbidden")
             assert b"ftyp" not in answer.content and b"#EXTM3U" not in answer.content
@@ -161,11 +162,11 @@ def test_bad_tokens_are_refused_everywhere(signed) -> None:
 def test_token_scope_and_public_ids(signed) -> None:
     server, kid, private_pem, _, signed_id, other_signed_id, public_id = signed
     other = mint(kid, private_pem, other_signed_id)
-    assert requests.get(f"{server.url}/{other_signed_id}.m3u8", params={"token": other}, timeout=10).status_code == 200
-    assert requests.get(f"{server.url}/{signed_id}.m3u8", params={"token": other}, timeout=10).status_code == 403
+    assert requests.get(f"{server.edge_url}/{other_signed_id}.m3u8", params={"token": other}, timeout=10).status_code == 200
+    assert requests.get(f"{server.edge_url}/{signed_id}.m3u8", params={"token": other}, timeout=10).status_code == 403
     # a public id needs no token, ignores one (even a bad one) and never propagates it
     for params in ({}, {"token": "garbage"}, {"token": other}):
-        answer = requests.get(f"{server.url}/{public_id}.m3u8", params=params, timeout=10)
+        answer = requests.get(f"{server.edge_url}/{public_id}.m3u8", params=params, timeout=10)
         assert answer.status_code == 200 and "token" not in answer.text
         assert answer.headers["Cache-Control"] == "public, max-age=5"
 
@@ -174,10 +175,11 @@ def test_leeway_and_deleted_key(signed) -> None:
     server, kid, private_pem, _, signed_id, _, _ = signed
     now = int(time.time())
     just_expired = mint(kid, private_pem, signed_id, exp=now - 2)  # within the clock-skew leeway
-    assert requests.get(f"{server.url}/{signed_id}.m3u8", params={"token": just_expired}, timeout=10).status_code == 200
-    created = server.client.post(f"{server.url}/system/v1/signing-keys", timeout=10).json()["data"]
+    assert requests.get(f"{server.edge_url}/{signed_id}.m3u8", params={"token": just_expired}, timeout=10).status_code == 200
+    created = server.client.post(f"{server.edge_url}/system/v1/signing-keys", timeout=10).json()["data"]
     token = mint(created["id"], base64.b64decode(created["private_key"]), signed_id)
-    url = f"{server.url}/{signed_id}/480p/init.mp4"
+    url = f"{server.edge_url}/{signed_id}/480p/init.mp4"
     assert requests.get(url, params={"token": token}, timeout=10).status_code == 200
-    assert server.client.delete(f"{server.url}/system/v1/signing-keys/{created['id']}", timeout=10).status_code == 204
-    assert_error(requests.get(url, params={"token": token}, timeout=10), 403, "playback_forbidden")
+    assert server.client.delete(f"{server.edge_url}/system/v1/signing-keys/{created['id']}", timeout=10).status_code == 204
+    eventually(lambda: assert_error(requests.get(url, params={"token": token}, timeout=10), 403,
+                                    "playback_forbidden"))

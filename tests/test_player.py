@@ -91,30 +91,30 @@ def test_vendored_versions_are_the_ones_the_scripts_report() -> None:
 def test_static_files_are_an_allow_list_with_long_caching(api) -> None:
     for name in sorted(static_names()):
         shipped = static_file(name)
-        versioned = requests.get(f"{api.url}/player/{shipped_url(name)}", timeout=10)
+        versioned = requests.get(f"{api.edge_url}/player/{shipped_url(name)}", timeout=10)
         assert versioned.status_code == 200, name
         assert versioned.content == shipped.body  # requests undoes the gzip
         assert versioned.headers["Cache-Control"] == IMMUTABLE
         assert versioned.headers["Content-Type"] == shipped.content_type
         assert versioned.headers["X-Content-Type-Options"] == "nosniff"
         assert versioned.headers["Access-Control-Allow-Origin"] == "*"
-        plain = requests.get(f"{api.url}/player/static/{name}", timeout=10)
+        plain = requests.get(f"{api.edge_url}/player/static/{name}", timeout=10)
         assert plain.headers["Cache-Control"] == "public, max-age=300"
-        again = requests.get(f"{api.url}/player/static/{name}", headers={"If-None-Match": plain.headers["ETag"]},
+        again = requests.get(f"{api.edge_url}/player/static/{name}", headers={"If-None-Match": plain.headers["ETag"]},
                              timeout=10)
         assert again.status_code == 304 and not again.content
-    hls = requests.get(f"{api.url}/player/static/hls.min.js", headers={"Accept-Encoding": "gzip"}, stream=True,
+    hls = requests.get(f"{api.edge_url}/player/static/hls.min.js", headers={"Accept-Encoding": "gzip"}, stream=True,
                        timeout=10)
     assert hls.headers["Content-Encoding"] == "gzip"
     assert int(hls.headers["Content-Length"]) < len(static_file("hls.min.js").body) / 2
-    identity = requests.get(f"{api.url}/player/static/hls.min.js", headers={"Accept-Encoding": "identity"},
+    identity = requests.get(f"{api.edge_url}/player/static/hls.min.js", headers={"Accept-Encoding": "identity"},
                             timeout=10)
     assert "Content-Encoding" not in identity.headers and identity.content == static_file("hls.min.js").body
-    head = requests.head(f"{api.url}/player/static/kinoray-player.js", timeout=10)
+    head = requests.head(f"{api.edge_url}/player/static/kinoray-player.js", timeout=10)
     assert head.status_code == 200 and head.headers["ETag"] == static_file("kinoray-player.js").etag
     for name in ("vendor.json", "__init__.py", "..%2F__init__.py", "%2e%2e", "hls.js", "build.mjs",
                  "package.json", ".gitignore"):
-        answer = requests.get(f"{api.url}/player/static/{name}", timeout=10)
+        answer = requests.get(f"{api.edge_url}/player/static/{name}", timeout=10)
         assert answer.status_code == 404, name
         if answer.headers.get("Content-Type", "").startswith("application/json"):
             assert answer.json()["error"]["type"] == "not_found"
@@ -128,7 +128,7 @@ def shipped_url(name: str) -> str:
 
 def test_player_page_passes_tokens_as_attributes(api) -> None:
     playback_id = new_id()
-    public = requests.get(f"{api.url}/player/{playback_id}", timeout=10)
+    public = requests.get(f"{api.edge_url}/player/{playback_id}", timeout=10)
     assert public.status_code == 200
     assert public.headers["Content-Type"] == "text/html; charset=utf-8"
     assert public.headers["Cache-Control"] == "public, max-age=300"
@@ -140,7 +140,7 @@ def test_player_page_passes_tokens_as_attributes(api) -> None:
     for name in ("hls.min.js", "kinoray-player.js", "kinoray-player.css"):
         assert shipped_url(name) in public.text
     token = jwt.encode({"sub": playback_id, "aud": "v"}, "s" * 32, algorithm="HS256")
-    signed = requests.get(f"{api.url}/player/{playback_id}",
+    signed = requests.get(f"{api.edge_url}/player/{playback_id}",
                           params={"token": token, "thumbnail_token": token, "storyboard_token": token,
                                   "autoplay": "true", "muted": "1"}, timeout=10)
     assert signed.status_code == 200
@@ -148,17 +148,17 @@ def test_player_page_passes_tokens_as_attributes(api) -> None:
     for attribute in (f'token="{token}"', f'thumbnail-token="{token}"', f'storyboard-token="{token}"',
                       " autoplay", " muted"):
         assert attribute in signed.text
-    dash = requests.get(f"{api.url}/player/{playback_id}/dash", params={"token": token}, timeout=10)
+    dash = requests.get(f"{api.edge_url}/player/{playback_id}/dash", params={"token": token}, timeout=10)
     assert dash.status_code == 200
     assert f'data-src="../../{playback_id}.mpd?token={token}"' in dash.text
     assert shipped_url("dash.all.min.js") in dash.text
-    assert requests.head(f"{api.url}/player/{playback_id}", timeout=10).status_code == 200
+    assert requests.head(f"{api.edge_url}/player/{playback_id}", timeout=10).status_code == 200
 
 
 @pytest.mark.parametrize("query", [{"token": '"><script>alert(1)</script>'}, {"thumbnail_token": "a.b"},
                                    {"storyboard_token": "x" * 9000}, {"autoplay": "maybe"}])
 def test_player_page_refuses_what_is_not_a_token(api, query: dict[str, str]) -> None:
-    answer = requests.get(f"{api.url}/player/{new_id()}", params=query, timeout=10)
+    answer = requests.get(f"{api.edge_url}/player/{new_id()}", params=query, timeout=10)
     assert answer.status_code == 400
     assert answer.json()["error"]["type"] == "invalid_parameters"
     assert "<script>" not in answer.text
@@ -166,7 +166,7 @@ def test_player_page_refuses_what_is_not_a_token(api, query: dict[str, str]) -> 
 
 @pytest.mark.parametrize("playback_id", ["a" * 65, "abc.def", "ab%2Fcd", "ab_cd"])
 def test_player_page_for_a_malformed_id_is_not_found(api, playback_id: str) -> None:
-    answer = requests.get(f"{api.url}/player/{playback_id}", timeout=10)
+    answer = requests.get(f"{api.edge_url}/player/{playback_id}", timeout=10)
     assert answer.status_code == 404
     if answer.headers.get("Content-Type", "").startswith("application/json"):
         assert answer.json()["error"]["type"] == "not_found"
@@ -209,7 +209,7 @@ def test_beacons_are_stored_as_sent(api) -> None:
                a_field_from_a_newer_player="ignored"),
     ]
     before = time.time()
-    answer = requests.post(f"{api.url}/data/v1/events", json={"events": events}, timeout=10)
+    answer = requests.post(f"{api.edge_url}/data/v1/events", json={"events": events}, timeout=10)
     assert answer.status_code == 202, answer.text
     assert answer.json() == {"data": {"accepted": 3}}
     assert answer.headers["Access-Control-Allow-Origin"] == "*"
@@ -231,7 +231,7 @@ def test_beacons_are_stored_as_sent(api) -> None:
 def test_beacons_sent_as_text_plain_like_send_beacon(api, content_type: str | None) -> None:
     view_id = new_id()
     body = json.dumps({"events": [beacon("heartbeat", view_id=view_id)]}).encode()
-    request = requests.Request("POST", f"{api.url}/data/v1/events", data=body).prepare()
+    request = requests.Request("POST", f"{api.edge_url}/data/v1/events", data=body).prepare()
     if content_type is None:
         request.headers.pop("Content-Type", None)
     else:
@@ -260,7 +260,7 @@ def test_bad_beacon_batches_are_refused_whole(api, body: Any, status: int, error
     if isinstance(body, dict):
         body = json.dumps({"events": [{**event, "view_id": view_id} if event.get("view_id") == "v" * 32 else event
                                       for event in body["events"]]} if "events" in body else body)
-    answer = requests.post(f"{api.url}/data/v1/events", data=body, headers={"Content-Type": "text/plain"},
+    answer = requests.post(f"{api.edge_url}/data/v1/events", data=body, headers={"Content-Type": "text/plain"},
                            timeout=10)
     assert_typed(answer, status, error_type)
     assert says in " ".join(answer.json()["error"]["messages"])
@@ -272,19 +272,19 @@ def test_an_oversized_body_is_refused_while_it_streams(api) -> None:
         for _ in range(100):
             yield b" " * 1024
 
-    answer = requests.post(f"{api.url}/data/v1/events", data=chunks(), headers={"Content-Type": "text/plain"},
+    answer = requests.post(f"{api.edge_url}/data/v1/events", data=chunks(), headers={"Content-Type": "text/plain"},
                            timeout=10)
     assert_typed(answer, 413, "too_large")
 
 
 def test_other_content_types_are_refused(api) -> None:
-    answer = requests.post(f"{api.url}/data/v1/events", data=json.dumps({"events": [beacon()]}),
+    answer = requests.post(f"{api.edge_url}/data/v1/events", data=json.dumps({"events": [beacon()]}),
                            headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=10)
     assert_typed(answer, 415, "unsupported_media_type")
 
 
 def test_cors_preflight(api) -> None:
-    answer = requests.options(f"{api.url}/data/v1/events", headers={
+    answer = requests.options(f"{api.edge_url}/data/v1/events", headers={
         "Origin": "https://player.example.com", "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "content-type"}, timeout=10)
     assert answer.status_code == 204
@@ -300,13 +300,13 @@ def test_beacons_need_no_credentials_but_are_rate_limited_per_client(api, monkey
     monkeypatch.setattr(api.platform, "limiter", limiter)
     body = {"events": [beacon()]}
     for _ in range(2):
-        assert requests.post(f"{api.url}/data/v1/events", json=body, timeout=10).status_code == 202
-    refused = requests.post(f"{api.url}/data/v1/events", json=body, timeout=10)
+        assert requests.post(f"{api.edge_url}/data/v1/events", json=body, timeout=10).status_code == 202
+    refused = requests.post(f"{api.edge_url}/data/v1/events", json=body, timeout=10)
     assert_typed(refused, 429, "too_many_requests")
     assert int(refused.headers["Retry-After"]) >= 1
     assert set(limiter._buckets) == {"beacon:127.0.0.1"}  # keyed by client address, not by any token
     # a management request has its own bucket, keyed by its token
-    assert api.client.get(f"{api.url}/video/v1/assets", timeout=10).status_code == 200
+    assert api.client.get(f"{api.edge_url}/video/v1/assets", timeout=10).status_code == 200
 
 
 # --- in Chromium ---------------------------------------------------------------------------------------------------
@@ -432,7 +432,7 @@ def events_of(api, view_id: str, wanted: set[str], timeout: float = 10.0) -> lis
 def test_hls_plays_switches_rendition_and_reports_beacons(browser_api, ready_media, tab: Tab) -> None:
     api = browser_api
     playback_id = publish(api, ready_media)
-    tab.page.goto(f"{api.url}/player/{playback_id}?muted=1")
+    tab.page.goto(f"{api.edge_url}/player/{playback_id}?muted=1")
     tab.wait(f"{P} && {P}.hls && {P}.hls.levels.length === 2", what="hls.js to parse the master playlist")
     assert tab.eval(f"{P}.video.poster").endswith(f"/{playback_id}/thumbnail.jpg")
     assert tab.eval(f"{P}.video.muted") is True
@@ -506,7 +506,7 @@ def test_hls_plays_switches_rendition_and_reports_beacons(browser_api, ready_med
 def test_keyboard_shortcuts_and_labelled_controls(browser_api, ready_media, tab: Tab) -> None:
     api = browser_api
     playback_id = publish(api, ready_media)
-    tab.page.goto(f"{api.url}/player/{playback_id}?muted=1&autoplay=1")
+    tab.page.goto(f"{api.edge_url}/player/{playback_id}?muted=1&autoplay=1")
     tab.wait(f"{P} && {P}.video.currentTime > 0.5", what="autoplay")
     for selector in (".kr-play", ".kr-mute", ".kr-fullscreen", ".kr-quality-button", ".kr-captions-button",
                      ".kr-seek", ".kr-volume"):
@@ -612,13 +612,13 @@ def test_captions_show_from_the_menu_and_the_c_key(browser_api, ready_media, tab
         asset_id = session.get(PlaybackId, playback_id).asset_id
     srt = tmp_path / "captions.srt"
     srt.write_text(CAPTIONS_SRT)
-    added = api.client.post(f"{api.url}/video/v1/assets/{asset_id}/tracks", timeout=30, json={
+    added = api.client.post(f"{api.edge_url}/video/v1/assets/{asset_id}/tracks", timeout=30, json={
         "url": srt.as_uri(), "type": "text", "text_type": "subtitles", "language_code": "en",
         "closed_captions": False})
     assert added.status_code == 201, added.text
     assert added.json()["data"]["name"] == "English"
 
-    tab.page.goto(f"{api.url}/player/{playback_id}?muted=1")
+    tab.page.goto(f"{api.edge_url}/player/{playback_id}?muted=1")
     tab.wait(f"{P} && {P}.hls && {P}.hls.subtitleTracks.length === 1", what="hls.js to list the subtitle track")
     tab.wait(label(".kr-captions-button", "Captions: Off"), what="the captions button to offer the track")
     assert tab.eval(f"{P}.hls.subtitleTrack") == -1  # not DEFAULT in the manifest: off until the viewer asks
@@ -683,7 +683,7 @@ def test_captions_show_from_the_menu_and_the_c_key(browser_api, ready_media, tab
 def test_dash_plays_through_dash_js(browser_api, ready_media, tab: Tab) -> None:
     api = browser_api
     playback_id = publish(api, ready_media)
-    tab.page.goto(f"{api.url}/player/{playback_id}/dash?muted=1&autoplay=1")
+    tab.page.goto(f"{api.edge_url}/player/{playback_id}/dash?muted=1&autoplay=1")
     tab.wait("window.kinorayDash && window.kinorayDash.player && document.getElementById('video').currentTime >= 3",
              timeout=30, what="3 s of DASH playhead")
     assert tab.eval("window.kinorayDash.errors") == []
@@ -713,7 +713,7 @@ def test_signed_playback_plays_with_valid_tokens(signed, tab: Tab) -> None:
     api, playback_id, key_id, private_pem = signed
     tokens = {name: mint(key_id, private_pem, playback_id, audience, 600)
               for name, audience in (("token", "v"), ("thumbnail_token", "t"), ("storyboard_token", "s"))}
-    tab.page.goto(f"{api.url}/player/{playback_id}?muted=1&autoplay=1&" +
+    tab.page.goto(f"{api.edge_url}/player/{playback_id}?muted=1&autoplay=1&" +
                   "&".join(f"{name}={value}" for name, value in tokens.items()))
     tab.wait(f"{P} && {P}.video.currentTime >= 2", timeout=30, what="2 s of signed playback")
     assert tab.eval(f"{P}.error") is None
@@ -727,7 +727,7 @@ def test_signed_playback_plays_with_valid_tokens(signed, tab: Tab) -> None:
 def test_signed_playback_with_an_expired_token_shows_the_typed_error(signed, tab: Tab) -> None:
     api, playback_id, key_id, private_pem = signed
     expired = mint(key_id, private_pem, playback_id, "v", -60)
-    tab.page.goto(f"{api.url}/player/{playback_id}?muted=1&autoplay=1&token={expired}")
+    tab.page.goto(f"{api.edge_url}/player/{playback_id}?muted=1&autoplay=1&token={expired}")
     error = tab.wait(f"{P} && {P}.error", what="the player's error")
     assert (error["type"], error["status"]) == ("playback_forbidden", 403)
     assert "token expired" in error["message"]

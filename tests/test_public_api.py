@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 PACKAGES = ["kinoray", "kinoray.media", "kinoray.encoders", "kinoray.cluster", "kinoray.store", "kinoray.errors",
-            "kinoray.settings", "kinoray.player"]
+            "kinoray.settings", "kinoray.player", "kinoray.edge"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
@@ -24,6 +24,14 @@ def test_all_is_exactly_the_public_names(name: str) -> None:
     assert not missing, f"{name} exposes names not in __all__: {sorted(missing)}"
     for attr in module.__all__:
         assert hasattr(module, attr), f"{name}.__all__ lists {attr} but it is not defined"
+
+
+def test_edge_never_imports_ray() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, kinoray.edge, kinoray.edge.app; sys.exit(1 if 'ray' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "the edge runs outside Ray: Ray-free"
 
 
 def test_media_never_imports_ray() -> None:

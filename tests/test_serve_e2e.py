@@ -59,7 +59,7 @@ class Platform:
     """``kinoray up`` in a subprocess with its own data dir and database."""
 
     def __init__(self, data_dir: Path, database_url: str | None) -> None:
-        self.data_dir, self.port = data_dir, free_port()
+        self.data_dir, self.port, self.api_port = data_dir, free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "KINORAY_DATA_DIR": str(data_dir), "KINORAY_API__ALLOW_PRIVATE_INPUTS": "true",
                     "KINORAY_SERVE__POLL_SECONDS": "0.2", "KINORAY_TRANSCODE__CHUNK_SECONDS": "4",
@@ -72,7 +72,7 @@ class Platform:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = (self.data_dir / f"up-{time.time_ns()}.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kinoray.cli", "up", "--port", str(self.port), "--data-dir", str(self.data_dir),
+            [sys.executable, "-m", "kinoray.cli", "up", "--port", str(self.port), "--api-port", str(self.api_port), "--data-dir", str(self.data_dir),
              *extra],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 180

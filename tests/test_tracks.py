@@ -37,6 +37,7 @@ from kinoray.media.manifest_rewrite import (
     rewrite_hls_master,
 )
 from kinoray.store.models import Asset, AssetStatus, Event, PlaybackPolicy
+from tests.api_server import eventually
 from tests.test_playback import FOUR_RUNG_MASTER, assert_error, ffmpeg_decodes, packaged_asset, publish
 from tests.test_playback_signed import mint
 
@@ -299,7 +300,7 @@ def asset(api, media_dir, tmp_path_factory):
 
 
 def add(server, asset_id: str, **body) -> requests.Response:
-    return server.client.post(f"{server.url}/video/v1/assets/{asset_id}/tracks",
+    return server.client.post(f"{server.edge_url}/video/v1/assets/{asset_id}/tracks",
                               json={"type": "text", "text_type": "subtitles", "language_code": "en", **body},
                               timeout=30)
 
@@ -317,12 +318,12 @@ def test_add_track_then_hls_dash_and_ffmpeg_see_it(asset, files) -> None:
     assert track == {"type": "text", "id": track["id"], "text_type": "subtitles", "text_source": "uploaded",
                      "language_code": "en", "name": "English", "closed_captions": False,
                      "passthrough": "from-srt", "status": "ready"}
-    shown = server.client.get(f"{server.url}/video/v1/assets/{asset_id}", timeout=10).json()["data"]
+    shown = server.client.get(f"{server.edge_url}/video/v1/assets/{asset_id}", timeout=10).json()["data"]
     assert [t["type"] for t in shown["tracks"]] == ["video", "audio", "text"] and shown["tracks"][2] == track
     assert sorted(stored_text_files(server, asset_id)) == [
         f"assets/{asset_id}/media/text/{track['id']}.m3u8", f"assets/{asset_id}/media/text/{track['id']}.vtt"]
 
-    master_url = f"{server.url}/{playback_id}.m3u8"
+    master_url = f"{server.edge_url}/{playback_id}.m3u8"
     master = m3u8.loads(requests.get(master_url, timeout=10).text, uri=master_url)
     (subtitles,) = [m for m in master.media if m.type == "SUBTITLES"]
     assert (subtitles.group_id, subtitles.name, subtitles.language, subtitles.default, subtitles.autoselect) == \
@@ -361,7 +362,7 @@ def test_add_track_then_hls_dash_and_ffmpeg_see_it(asset, files) -> None:
     # ffmpeg shifts every stream by the AAC priming (1024/48000 s) it sees at the audio's start
     assert got == pytest.approx(flat_seconds(RICH_SRT_TIMES), abs=0.03)
 
-    mpd_url = f"{server.url}/{playback_id}.mpd"
+    mpd_url = f"{server.edge_url}/{playback_id}.mpd"
     mpd = mpegdash.parser.MPEGDASHParser.parse(requests.get(mpd_url, timeout=10).text)
     (text,) = [a for a in mpd.periods[0].adaptation_sets if a.content_type == "text"]
     assert (text.mime_type, text.lang, text.roles[0].value) == ("text/vtt", "en", "subtitle")
@@ -387,12 +388,12 @@ def test_modifiers_keep_the_group_and_cc_tracks_get_characteristics(asset, files
     assert_error_type(taken, 409, "conflict")
 
     for query in ({"min_resolution": "480p"}, {"max_resolution": "720p", "rendition_order": "desc"}):
-        master = m3u8.loads(requests.get(f"{server.url}/{playback_id}.m3u8", params=query, timeout=10).text)
+        master = m3u8.loads(requests.get(f"{server.edge_url}/{playback_id}.m3u8", params=query, timeout=10).text)
         assert master.playlists and all(p.stream_info.subtitles == "subs" for p in master.playlists)
         subtitles = [m for m in master.media if m.type == "SUBTITLES"]
         assert [m.name for m in subtitles] == ["English", "English (CC)", "Portuguese (BR) (CC)", "English 2"]
         assert [m.characteristics is not None for m in subtitles] == [False, True, True, False]
-    mpd = mpegdash.parser.MPEGDASHParser.parse(requests.get(f"{server.url}/{playback_id}.mpd", timeout=10).text)
+    mpd = mpegdash.parser.MPEGDASHParser.parse(requests.get(f"{server.edge_url}/{playback_id}.mpd", timeout=10).text)
     roles = [(a.lang, a.roles[0].value) for a in mpd.periods[0].adaptation_sets if a.content_type == "text"]
     assert roles == [("en", "subtitle"), ("en", "caption"), ("pt-BR", "caption"), ("en", "subtitle")]
 
@@ -408,9 +409,9 @@ def test_signed_ids_carry_the_token_to_subtitles(api, media_dir, tmp_path_factor
     _, media = packaged_asset(media_dir, tmp_path_factory.getbasetemp())
     asset_id, (signed_id,) = publish(api, media, policies=(PlaybackPolicy.SIGNED,))
     track = add(api, asset_id, url=caption_url(files, "signed.srt", RICH_SRT)).json()["data"]
-    key = api.client.post(f"{api.url}/system/v1/signing-keys", timeout=10).json()["data"]
+    key = api.client.post(f"{api.edge_url}/system/v1/signing-keys", timeout=10).json()["data"]
     token = mint(key["id"], base64.b64decode(key["private_key"]), signed_id)
-    master_url = f"{api.url}/{signed_id}.m3u8?token={token}"
+    master_url = f"{api.edge_url}/{signed_id}.m3u8?token={token}"
     master = m3u8.loads(requests.get(master_url, timeout=10).text, uri=master_url)
     (subtitles,) = [m for m in master.media if m.type == "SUBTITLES"]
     assert parse_qs(urlsplit(subtitles.uri).query)["token"] == [token]
@@ -422,9 +423,9 @@ def test_signed_ids_carry_the_token_to_subtitles(api, media_dir, tmp_path_factor
     vtt = requests.get(urljoin(playlist_url, vtt_uri), timeout=10)
     assert vtt.status_code == 200 and vtt.text.startswith("WEBVTT")
     assert vtt.headers["Cache-Control"].startswith("public, max-age=") and "31536000" not in vtt.headers["Cache-Control"]
-    bare = f"{api.url}/{signed_id}/text/{track['id']}.vtt"
+    bare = f"{api.edge_url}/{signed_id}/text/{track['id']}.vtt"
     assert_error(requests.get(bare, timeout=10), 403, "playback_forbidden")
-    mpd_url = f"{api.url}/{signed_id}.mpd?token={token}"
+    mpd_url = f"{api.edge_url}/{signed_id}.mpd?token={token}"
     mpd = mpegdash.parser.MPEGDASHParser.parse(requests.get(mpd_url, timeout=10).text)
     (text,) = [a for a in mpd.periods[0].adaptation_sets if a.content_type == "text"]
     base_url = text.representations[0].base_urls[0].base_url_value
@@ -437,24 +438,31 @@ def test_delete_removes_the_track_its_files_and_manifest_entries(asset, files) -
     server, asset_id, playback_id = asset
     url = caption_url(files, "gone.srt", RICH_SRT)
     kept, doomed = (add(server, asset_id, url=url, name=name).json()["data"] for name in ("Keep", "Drop"))
-    vtt_url = f"{server.url}/{playback_id}/text/{doomed['id']}.vtt"
+    vtt_url = f"{server.edge_url}/{playback_id}/text/{doomed['id']}.vtt"
     assert requests.get(vtt_url, timeout=10).status_code == 200
-    base = f"{server.url}/video/v1/assets/{asset_id}/tracks"
+    base = f"{server.edge_url}/video/v1/assets/{asset_id}/tracks"
     assert server.client.delete(f"{base}/{doomed['id']}", timeout=10).status_code == 204
-    shown = server.client.get(f"{server.url}/video/v1/assets/{asset_id}", timeout=10).json()["data"]
+    shown = server.client.get(f"{server.edge_url}/video/v1/assets/{asset_id}", timeout=10).json()["data"]
     assert [t["id"] for t in shown["tracks"] if t["type"] == "text"] == [kept["id"]]
-    assert_error(requests.get(vtt_url, timeout=10), 404, "not_found")
-    assert_error(requests.get(vtt_url.replace(".vtt", ".m3u8"), timeout=10), 404, "not_found")
+
+    def doomed_gone() -> None:  # every edge process drops the track within the invalidation bound
+        assert_error(requests.get(vtt_url, timeout=10), 404, "not_found")
+        assert_error(requests.get(vtt_url.replace(".vtt", ".m3u8"), timeout=10), 404, "not_found")
+        master = m3u8.loads(requests.get(f"{server.edge_url}/{playback_id}.m3u8", timeout=10).text)
+        assert [m.name for m in master.media if m.type == "SUBTITLES"] == ["Keep"]
+        mpd_text = requests.get(f"{server.edge_url}/{playback_id}.mpd", timeout=10).text
+        assert doomed["id"] not in mpd_text and kept["id"] in mpd_text
+
+    eventually(doomed_gone)
     assert not any(doomed["id"] in key for key in stored_text_files(server, asset_id))
-    master = m3u8.loads(requests.get(f"{server.url}/{playback_id}.m3u8", timeout=10).text)
-    assert [m.name for m in master.media if m.type == "SUBTITLES"] == ["Keep"]
-    mpd_text = requests.get(f"{server.url}/{playback_id}.mpd", timeout=10).text
-    assert doomed["id"] not in mpd_text and kept["id"] in mpd_text
 
     assert server.client.delete(f"{base}/{kept['id']}", timeout=10).status_code == 204
-    master_text = requests.get(f"{server.url}/{playback_id}.m3u8", timeout=10).text
-    assert "SUBTITLES" not in master_text
-    assert "text/vtt" not in requests.get(f"{server.url}/{playback_id}.mpd", timeout=10).text
+
+    def all_gone() -> None:
+        assert "SUBTITLES" not in requests.get(f"{server.edge_url}/{playback_id}.m3u8", timeout=10).text
+        assert "text/vtt" not in requests.get(f"{server.edge_url}/{playback_id}.mpd", timeout=10).text
+
+    eventually(all_gone)
     assert stored_text_files(server, asset_id) == []
     assert_error_type(server.client.delete(f"{base}/{kept['id']}", timeout=10), 404, "not_found")
     assert_error_type(server.client.delete(f"{base}/{'V' * 32}", timeout=10), 409, "conflict")  # the video
@@ -477,12 +485,12 @@ def test_delete_removes_the_track_its_files_and_manifest_entries(asset, files) -
 ])
 def test_bad_files_are_a_typed_400_that_changes_nothing(asset, files, name: str, data: bytes, needle: str) -> None:
     server, asset_id, playback_id = asset
-    before = server.client.get(f"{server.url}/video/v1/assets/{asset_id}", timeout=10).json()["data"]
+    before = server.client.get(f"{server.edge_url}/video/v1/assets/{asset_id}", timeout=10).json()["data"]
     message = assert_error_type(add(server, asset_id, url=caption_url(files, name, data)), 400, "invalid_media")
     assert needle in message
-    assert server.client.get(f"{server.url}/video/v1/assets/{asset_id}", timeout=10).json()["data"] == before
+    assert server.client.get(f"{server.edge_url}/video/v1/assets/{asset_id}", timeout=10).json()["data"] == before
     assert stored_text_files(server, asset_id) == []
-    assert "SUBTITLES" not in requests.get(f"{server.url}/{playback_id}.m3u8", timeout=10).text
+    assert "SUBTITLES" not in requests.get(f"{server.edge_url}/{playback_id}.m3u8", timeout=10).text
 
 
 def test_refused_urls_and_request_errors(asset, files) -> None:
@@ -501,7 +509,7 @@ def test_refused_urls_and_request_errors(asset, files) -> None:
     for status in (AssetStatus.PREPARING, AssetStatus.ERRORED):
         not_ready, _ = publish(server, None, status=status)
         assert_error_type(add(server, not_ready, url=good), 412, "asset_not_ready")
-    anonymous = requests.post(f"{server.url}/video/v1/assets/{asset_id}/tracks",
+    anonymous = requests.post(f"{server.edge_url}/video/v1/assets/{asset_id}/tracks",
                               json={"url": good, "type": "text", "language_code": "en"}, timeout=10)
     assert_error_type(anonymous, 401, "unauthorized")
     assert stored_text_files(server, asset_id) == []
@@ -513,7 +521,7 @@ def test_files_of_unknown_tracks_and_odd_names_are_404(asset, files) -> None:
     for path in (f"/{playback_id}/text/{'Q' * 32}.vtt", f"/{playback_id}/text/{track['id']}.srt",
                  f"/{playback_id}/text/{track['id']}.source", f"/{playback_id}/text/{track['id'][:31]}.vtt",
                  f"/{playback_id}/text/..%2F{track['id']}.vtt"):
-        answer = requests.get(server.url + path, timeout=10)
+        answer = requests.get(server.edge_url + path, timeout=10)
         assert answer.status_code == 404, path
     _, (other_pid,) = publish(server, None)  # another asset: a track id of this one opens nothing there
-    assert_error(requests.get(f"{server.url}/{other_pid}/text/{track['id']}.vtt", timeout=10), 404, "not_found")
+    assert_error(requests.get(f"{server.edge_url}/{other_pid}/text/{track['id']}.vtt", timeout=10), 404, "not_found")

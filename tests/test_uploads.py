@@ -132,7 +132,7 @@ def test_tuspy_upload_cut_mid_patch_and_resumed_is_byte_identical(api: Any, clip
     from tusclient.uploader import Uploader
 
     upload = _new(api, new_asset_settings={"playback_policies": ["public"], "passthrough": "tus-test"})
-    assert upload["status"] == "waiting" and upload["url"] == f"{api.url}/upload/v1/{upload['id']}"
+    assert upload["status"] == "waiting" and upload["url"] == f"{api.edge_url}/upload/v1/{upload['id']}"
 
     # tuspy creates (POST on the upload URL) and sends the first two chunks
     first = TusClient(upload["url"]).uploader(file_stream=io.BytesIO(clip), chunk_size=CHUNK,

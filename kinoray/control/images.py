@@ -3,7 +3,7 @@
 What a request goes through, Ray- and HTTP-free:
 
 1. :func:`resolve_source`: the playback id → its asset, through stream delivery's checks
-   (:func:`kinoray.control.playback.resolve_playback`: signed ids need a valid ``?token=`` for the image's
+   (:class:`kinoray.control.resolver.PlaybackResolver`: signed ids need a valid ``?token=`` for the image's
    audience, ``t`` thumbnail, ``g`` animated, ``s`` storyboard; the asset must be ready), then it must have video.
 2. ``*Params.parse``: query values → bounded, canonical parameters (``InvalidParametersError`` otherwise).
 3. :class:`ImageCache`: the image is read from ``assets/<id>/images/<hash>.<ext>`` where ``hash`` covers the
@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal, cast
 
-from sqlalchemy.orm import Session
-
 from kinoray.control.playback import AUDIENCES as PLAYBACK_AUDIENCES
-from kinoray.control.playback import Playback, resolve_playback, text_etag
+from kinoray.control.playback import Playback, text_etag
+from kinoray.control.resolver import PlaybackResolver
 from kinoray.errors import InvalidParametersError, NotFoundError, StorageError
 from kinoray.media import images as media_images
 from kinoray.media.images import (
@@ -54,7 +53,6 @@ from kinoray.media.images import (
     Size,
     StillFormat,
 )
-from kinoray.store.models import Asset
 from kinoray.store.objects import ObjectStore
 
 __all__ = [
@@ -128,24 +126,24 @@ class ImageSource:
         return f"{self.storage_prefix}/images/{digest}.{extension}"
 
 
-def resolve_source(session: Session, playback_id: str, *, token: str | None, kind: ImageKind) -> ImageSource:
+def resolve_source(resolver: PlaybackResolver, playback_id: str, *, token: str | None,
+                   kind: ImageKind) -> ImageSource:
     """The asset behind ``playback_id`` if images of it can be served to this caller: stream delivery's checks
-    (:func:`kinoray.control.playback.resolve_playback`, with the image's JWT audience), then video present.
+    (:meth:`kinoray.control.resolver.PlaybackResolver.resolve`, with the image's JWT audience), then video
+    present.
 
     Raises:
         NotFoundError: unknown or malformed id (no path or dot ever reaches storage), errored or audio-only asset.
         PlaybackForbiddenError: a signed playback id without a valid token for ``kind``'s audience.
         AssetNotReadyError: the asset is still preparing.
     """
-    playback = resolve_playback(session, playback_id, token=token, audience=AUDIENCES[kind])
-    asset = session.get(Asset, playback.asset_id)  # already in the session: resolve_playback loaded it
-    assert asset is not None
-    if asset.resolution_tier == "audio-only" or not any(track.get("type") == "video" for track in asset.tracks):
+    resolved = resolver.resolve(playback_id, token, AUDIENCES[kind])
+    record, playback = resolved.record, resolved.playback
+    if not record.has_video:
         raise NotFoundError(f"playback id {playback.playback_id} is audio-only: it has no images")
-    if not asset.duration or asset.duration <= 0:
+    if not record.duration or record.duration <= 0:
         raise NotFoundError(f"playback id {playback.playback_id} has no video duration: it has no images")
-    return ImageSource(playback=playback, duration=_exact(asset.duration),
-                       storage_prefix=(asset.storage_prefix or f"assets/{asset.id}").rstrip("/"))
+    return ImageSource(playback=playback, duration=_exact(record.duration), storage_prefix=record.storage_prefix)
 
 
 # --- parameters ----------------------------------------------------------------------------------------------

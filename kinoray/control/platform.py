@@ -16,6 +16,7 @@ from kinoray.store.objects import ObjectStore
 
 if TYPE_CHECKING:
     from kinoray.control.ratelimit import RateLimiter
+    from kinoray.control.resolver import PlaybackResolver
 
 __all__ = ["Platform"]
 
@@ -35,17 +36,21 @@ class Platform:
     db: Database
     store: ObjectStore
     limiter: RateLimiter = field(repr=False)
+    #: Playback ids → what they may serve, cached for ``edge.cache_seconds`` (images and stream delivery).
+    resolver: PlaybackResolver = field(repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, migrate: bool = True) -> Platform:
         from kinoray.control.ratelimit import RateLimiter
+        from kinoray.control.resolver import PlaybackResolver
 
         settings = settings or get_settings()
         db = Database.from_settings(settings)
         if migrate:
             db.migrate()
         store = ObjectStore(settings.storage_url, settings.storage)
-        return cls(settings=settings, db=db, store=store, limiter=RateLimiter.from_settings(settings))
+        return cls(settings=settings, db=db, store=store, limiter=RateLimiter.from_settings(settings),
+                   resolver=PlaybackResolver(db, ttl=settings.edge.cache_seconds))
 
     def close(self) -> None:
         self.db.dispose()

@@ -29,9 +29,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import re
+import stat
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -58,7 +60,7 @@ from kinoray.media.manifest_rewrite import (
     rewrite_hls_media,
     variant_short_sides,
 )
-from kinoray.store.models import AssetStatus, PlaybackId, PlaybackPolicy
+from kinoray.store.models import AssetStatus, PlaybackId, PlaybackPolicy, is_valid_id
 from kinoray.store.objects import ObjectStore
 
 __all__ = [
@@ -72,17 +74,22 @@ __all__ = [
     "TEXT_DIR",
     "TEXT_FILE_PATTERN",
     "ByteRange",
+    "KeyLookup",
     "Playback",
+    "PlaybackRecord",
     "StoredObject",
     "TOKEN_LEEWAY_SECONDS",
     "TOKEN_MAX_LENGTH",
+    "authorize",
     "cache_control",
+    "check_state",
     "dash_manifest",
     "etag_matches",
     "hls_master",
     "hls_media",
     "hls_subtitles",
     "if_range_allows",
+    "load_record",
     "media_content_type",
     "media_file_key",
     "parse_range",
@@ -94,6 +101,7 @@ __all__ = [
     "text_etag",
     "text_file_key",
     "text_renditions",
+    "token_expired",
     "verify_token",
 ]
 
@@ -176,13 +184,48 @@ def _load_public_key(pem: str) -> RSAPublicKey:
     return key
 
 
-def verify_token(session: Session, playback_id: str, token: str | None, audience: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PlaybackRecord:
+    """What the database says about a playback id, before any token is looked at: one row read, cacheable
+    (:class:`kinoray.control.resolver.PlaybackResolver` keeps these for a few seconds per process)."""
+
+    playback_id: str
+    asset_id: str
+    policy: PlaybackPolicy
+    status: AssetStatus
+    storage_prefix: str  # "assets/<asset_id>"
+    text_tracks: tuple[TextRendition, ...] = ()
+    #: For images: whether the asset has a video track, and its duration in seconds (``None`` if unknown).
+    has_video: bool = False
+    duration: float | None = None
+
+
+#: Looks up a signing key's PEM public key by ``kid`` (``None``: no such key).
+KeyLookup = Callable[[str], str | None]
+
+
+def load_record(session: Session, playback_id: str) -> PlaybackRecord:
+    """The playback id's row and its asset's state. Raises ``NotFoundError`` for unknown, deleted or malformed
+    ids (nothing but a valid id ever reaches the query)."""
+    row = find(session, PlaybackId, playback_id, what="playback id", options=(joinedload(PlaybackId.asset),))
+    asset = row.asset
+    tracks = asset.tracks or []
+    return PlaybackRecord(
+        playback_id=row.id, asset_id=asset.id, policy=row.policy, status=asset.status,
+        storage_prefix=(asset.storage_prefix or f"assets/{asset.id}").rstrip("/"),
+        text_tracks=text_renditions(tracks),
+        has_video=asset.resolution_tier != "audio-only" and any(track.get("type") == "video" for track in tracks),
+        duration=asset.duration)
+
+
+def verify_token(playback_id: str, token: str | None, audience: str, public_key: KeyLookup) -> dict[str, Any]:
     """The claims of ``token`` if it opens ``playback_id`` for ``audience`` (``"v"``, ``"t"``, ``"g"``, ``"s"``).
 
     Accepted: RS256 only (the algorithm is pinned, so ``alg: none`` and HS256 keyed with the public key are
-    refused), signed by the signing key named in the header's ``kid``, ``sub`` equal to the playback id,
-    ``aud`` exactly ``audience``, ``exp`` present and in the future, ``nbf``/``iat`` (if present) not in the
-    future, each with :data:`TOKEN_LEEWAY_SECONDS` of clock skew. One signature check and one key lookup.
+    refused), signed by the signing key named in the header's ``kid`` (looked up with ``public_key``), ``sub``
+    equal to the playback id, ``aud`` exactly ``audience``, ``exp`` present and in the future, ``nbf``/``iat``
+    (if present) not in the future, each with :data:`TOKEN_LEEWAY_SECONDS` of clock skew. One signature check
+    and one key lookup.
 
     Raises:
         PlaybackForbiddenError: for every refusal, with the reason in the message.
@@ -198,7 +241,7 @@ def verify_token(session: Session, playback_id: str, token: str | None, audience
     if header.get("alg") != "RS256":
         raise PlaybackForbiddenError(f"token algorithm {str(header.get('alg'))[:16]!r} refused: only RS256")
     kid = header.get("kid")
-    pem = public_key_pem(session, kid) if isinstance(kid, str) else None
+    pem = public_key(kid) if isinstance(kid, str) and is_valid_id(kid) else None
     if pem is None:
         raise PlaybackForbiddenError("token kid names no signing key")
     try:
@@ -220,29 +263,45 @@ def verify_token(session: Session, playback_id: str, token: str | None, audience
     return claims
 
 
+def token_expired(claims: Mapping[str, Any], now: float | None = None) -> bool:
+    """Whether verified ``claims`` have expired since (``exp`` plus the leeway :func:`verify_token` allows), so
+    a cached verification is not used past the token's life."""
+    return (time.time() if now is None else now) > int(claims["exp"]) + TOKEN_LEEWAY_SECONDS
+
+
+def check_state(record: PlaybackRecord) -> None:
+    """Raises ``AssetNotReadyError`` while the asset is preparing, ``NotFoundError`` when it errored."""
+    if record.status == AssetStatus.PREPARING:
+        raise AssetNotReadyError(f"asset for playback id {record.playback_id} is still preparing; retry when it "
+                                 "is ready")
+    if record.status != AssetStatus.READY:
+        raise NotFoundError(f"playback id {record.playback_id} has nothing to play: its asset errored")
+
+
+def authorize(record: PlaybackRecord, claims: Mapping[str, Any] | None, token: str | None) -> Playback:
+    """The :class:`Playback` of ``record`` for a caller whose token's ``claims`` were verified (signed ids; a
+    token given for a public id is ignored), once the asset's state allows playback."""
+    check_state(record)
+    return Playback(playback_id=record.playback_id, asset_id=record.asset_id, policy=record.policy,
+                    media_prefix=f"{record.storage_prefix}/media",
+                    token=token if claims is not None else None, claims=claims, text_tracks=record.text_tracks)
+
+
 def resolve_playback(session: Session, playback_id: str, *, token: str | None, audience: str) -> Playback:
-    """What ``playback_id`` may serve now. Checks, in this order (so an anonymous caller learns nothing about
-    a signed id's asset): the id exists, the token (signed ids; a token given for a public id is ignored), the
-    asset's state.
+    """What ``playback_id`` may serve now, read from the database (uncached; the delivery edge goes through
+    :class:`kinoray.control.resolver.PlaybackResolver`). Checks, in this order (so an anonymous caller learns
+    nothing about a signed id's asset): the id exists, the token (signed ids), the asset's state.
 
     Raises:
         NotFoundError: unknown, deleted or malformed id; errored asset.
         PlaybackForbiddenError: a signed id without a valid token for ``audience``.
         AssetNotReadyError: the asset is still preparing.
     """
-    row = find(session, PlaybackId, playback_id, what="playback id", options=(joinedload(PlaybackId.asset),))
+    record = load_record(session, playback_id)
     claims = None
-    if row.policy == PlaybackPolicy.SIGNED:
-        claims = verify_token(session, row.id, token, audience)
-    asset = row.asset
-    if asset.status == AssetStatus.PREPARING:
-        raise AssetNotReadyError(f"asset for playback id {row.id} is still preparing; retry when it is ready")
-    if asset.status != AssetStatus.READY:
-        raise NotFoundError(f"playback id {row.id} has nothing to play: its asset errored")
-    prefix = (asset.storage_prefix or f"assets/{asset.id}").rstrip("/")
-    return Playback(playback_id=row.id, asset_id=asset.id, policy=row.policy, media_prefix=f"{prefix}/media",
-                    token=token if claims is not None else None, claims=claims,
-                    text_tracks=text_renditions(asset.tracks or []))
+    if record.policy == PlaybackPolicy.SIGNED:
+        claims = verify_token(record.playback_id, token, audience, lambda kid: public_key_pem(session, kid))
+    return authorize(record, claims, token)
 
 
 def text_renditions(tracks: Sequence[Mapping[str, Any]]) -> tuple[TextRendition, ...]:
@@ -398,6 +457,16 @@ class StoredObject:
 
 def stat_object(store: ObjectStore, key: str) -> StoredObject:
     """One metadata request. Raises ``NotFoundError`` if there is no such file, ``StorageError`` otherwise."""
+    if store.is_local:  # one stat(2), the same fields fsspec's local info reports
+        try:
+            status = os.stat(store.path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFoundError(f"no file {key.rsplit('/', 2)[-2:]} for this playback id") from None
+        except OSError as error:
+            raise StorageError(f"stat {key} failed: {type(error).__name__}: {error}") from error
+        if not stat.S_ISREG(status.st_mode):
+            raise NotFoundError("no such file for this playback id")
+        return _stored(key, status.st_size, status.st_mtime)
     try:
         info = store.fs.info(store.path(key))
     except (FileNotFoundError, NotADirectoryError):
@@ -406,8 +475,11 @@ def stat_object(store: ObjectStore, key: str) -> StoredObject:
         raise StorageError(f"stat {key} failed: {type(error).__name__}: {error}") from error
     if info.get("type") != "file":
         raise NotFoundError("no such file for this playback id")
-    size = int(info["size"])
     version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created") or ""
+    return _stored(key, int(info["size"]), version)
+
+
+def _stored(key: str, size: int, version: object) -> StoredObject:
     digest = hashlib.sha256(f"{key}\0{size}\0{version}".encode()).hexdigest()[:32]
     return StoredObject(key=key, size=size, etag=f'"{digest}"')
 

@@ -1,6 +1,11 @@
-"""``kinoray up``: the whole platform on one machine — local Ray, Serve (API + runner), SQLite and a storage
-directory under ``--data-dir`` (or whatever ``KINORAY_*`` settings say) — plus the bootstrap access token and
-the optional demo upload ``make run`` uses.
+"""``kinoray up``: the whole platform on one machine — local Ray, Serve (management API + job runner), the
+delivery edge in front of it, SQLite and a storage directory under ``--data-dir`` (or whatever ``KINORAY_*``
+settings say) — plus the bootstrap access token and the optional demo upload ``make run`` uses.
+
+Ports: the edge listens on ``--port`` (what users open: streams, images, uploads, beacons, the player, and the
+API by forwarding), Serve's proxy on ``--api-port`` (default ``--port`` + 1, same host), which is the API
+alone for those who want to split them. The edge runs as a child process group (``kinoray edge``, Granian
+workers) that dies with ``kinoray up``.
 
 The token is written to ``DATA_DIR/credentials.json`` (mode 0600) and reused on the next start while it is
 valid, so ``kinoray up`` is idempotent.
@@ -16,6 +21,7 @@ import signal
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -25,11 +31,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kinoray.control.auth import create_token
 from kinoray.control.platform import Platform
+from kinoray.edge.server import EdgeProcess, wait_ok
 from kinoray.errors import KinorayError
 from kinoray.settings import Settings, get_settings
 from kinoray.store.models import AccessToken, is_valid_id
 
-__all__ = ["bootstrap_token", "demo_upload", "start", "up"]
+__all__ = ["Running", "bootstrap_token", "demo_upload", "start", "up"]
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +66,48 @@ def bootstrap_token(settings: Settings) -> tuple[str, str]:
     return info.id, secret
 
 
-def _settings_env(host: str, port: int, data_dir: Path) -> dict[str, str]:
-    """The ``KINORAY_*`` (and AWS) environment every Ray process of the platform gets."""
-    os.environ["KINORAY_DATA_DIR"] = str(data_dir)
-    os.environ["KINORAY_SERVE__HOST"] = host
-    os.environ["KINORAY_SERVE__PORT"] = str(port)
+def _settings_env(host: str, port: int, api_port: int, data_dir: Path) -> dict[str, str]:
+    """The ``KINORAY_*`` (and AWS) environment every process of the platform (Ray's, the edge's) gets."""
+    api_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    os.environ.update({
+        "KINORAY_DATA_DIR": str(data_dir), "KINORAY_SERVE__HOST": host, "KINORAY_SERVE__PORT": str(api_port),
+        "KINORAY_EDGE__HOST": host, "KINORAY_EDGE__PORT": str(port),
+        "KINORAY_EDGE__API_URL": f"http://{api_host}:{api_port}"})
     get_settings.cache_clear()
     return {key: value for key, value in os.environ.items() if key.startswith(("KINORAY_", "AWS_"))}
 
 
-def start(host: str, port: int, data_dir: Path) -> tuple[Settings, tuple[str, str]]:
-    """Start local Ray and the Serve application; returns the settings and the bootstrap token. Non-blocking:
-    call ``serve.shutdown()`` and ``ray.shutdown()`` to stop."""
+@dataclass
+class Running:
+    """What :func:`start` started: call :meth:`stop` (edge, Serve, Ray)."""
+
+    settings: Settings
+    token: tuple[str, str]
+    edge: EdgeProcess
+
+    @property
+    def url(self) -> str:
+        return self.settings.public_url
+
+    def stop(self) -> None:
+        import ray
+        from ray import serve
+
+        self.edge.stop()
+        serve.shutdown()
+        ray.shutdown()
+
+
+def start(host: str, port: int, data_dir: Path, api_port: int | None = None) -> Running:
+    """Start local Ray, the Serve application (on ``api_port``, default ``port`` + 1) and the edge (on
+    ``port``); returns what to stop. Non-blocking."""
     import ray
     from ray import serve
 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = _settings_env(host, port, data_dir)
+    api_port = api_port or port + 1
+    env = _settings_env(host, port, api_port, data_dir)
     settings = get_settings()
     token = bootstrap_token(settings)  # also migrates the database before any replica starts
     if not ray.is_initialized():
@@ -87,27 +118,24 @@ def start(host: str, port: int, data_dir: Path) -> tuple[Settings, tuple[str, st
 
     # Per-request access log lines cost more CPU than a small API request itself; kinoray's own metrics and
     # logs cover requests.
-    serve.start(http_options={"host": host, "port": port},
+    serve.start(http_options={"host": host, "port": api_port},
                 logging_config=LoggingConfig(enable_access_log=False, log_level="WARNING"))
     from kinoray.serve.app import app
 
     serve.run(app, name="kinoray", route_prefix="/", blocking=False)
-    _wait_healthy(f"http://{host}:{port}")
-    return settings, token
+    _wait_healthy(settings.edge.api_url or "")
+    edge = EdgeProcess(env, log_path=data_dir / "edge.log").start()
+    try:
+        edge.wait_ready(settings.public_url)
+        _wait_healthy(settings.public_url)  # the API through the edge
+    except BaseException:
+        edge.stop()
+        raise
+    return Running(settings, token, edge)
 
 
 def _wait_healthy(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise KinorayError(f"the API did not answer on {url} within {timeout:.0f} s")
-        time.sleep(0.25)
+    wait_ok(f"{url}/healthz", timeout, what="the API")
 
 
 def _call(method: str, url: str, auth: tuple[str, str] | None = None, body: Any = None,
@@ -169,20 +197,21 @@ def demo_upload(url: str, auth: tuple[str, str], data_dir: Path, console: Consol
             time.sleep(0.5)
 
 
-def up(host: str, port: int, data_dir: Path, *, demo: bool = False, console: Console | None = None) -> int:
-    """Run the platform until SIGINT/SIGTERM."""
-    import ray
-    from ray import serve
-
+def up(host: str, port: int, data_dir: Path, *, demo: bool = False, console: Console | None = None,
+       api_port: int | None = None) -> int:
+    """Run the platform until SIGINT/SIGTERM, or until the edge exits (then non-zero, so a supervisor
+    restarts it)."""
     console = console or Console()
     stop = threading.Event()
-    settings, (token_id, secret) = start(host, port, data_dir)
+    running = start(host, port, data_dir, api_port)
+    settings, (token_id, secret) = running.settings, running.token
     # After start(): ray.init installs a SIGTERM handler that exits without shutting Serve and Ray down.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    url = f"http://{host}:{port}"
+    url = settings.public_url
     try:
-        console.print(f"[bold green]kinoray is up[/] at {url}  (API docs: {url}/docs)")
+        console.print(f"[bold green]kinoray is up[/] at {url}  (API docs: {url}/docs; the API alone: "
+                      f"{settings.edge.api_url})")
         console.print(f"access token id:     {token_id}\naccess token secret: {secret}\n"
                       f"(saved in {Path(settings.data_dir) / CREDENTIALS_FILE}; try: "
                       f"curl -u {token_id}:{secret} {url}/video/v1/assets)")
@@ -198,8 +227,10 @@ def up(host: str, port: int, data_dir: Path, *, demo: bool = False, console: Con
             else:
                 console.print(f"[bold red]demo asset errored[/]: {asset.get('errors')}")
         console.print("Ctrl-C stops kinoray.")
-        stop.wait()
+        while not stop.wait(1.0):
+            if not running.edge.alive:
+                console.print("[bold red]the delivery edge exited[/]: stopping (see edge.log in the data dir)")
+                return 1
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        running.stop()
     return 0

@@ -65,8 +65,7 @@ def _respond(request: Request, source: ImageSource, result: ImageResult) -> Resp
 
 
 def _source(platform: PlatformDep, playback_id: str, token: str | None, kind: ImageKind) -> ImageSource:
-    with platform.db.session() as session:
-        return resolve_source(session, playback_id, token=token, kind=kind)
+    return resolve_source(platform.resolver, playback_id, token=token, kind=kind)
 
 
 def _known(extension: str, allowed: tuple[str, ...], what: str) -> None:

@@ -1,5 +1,5 @@
-"""Direct uploads: the Mux-shaped resource (``/video/v1/uploads``, authenticated) and the upload URL itself
-(``/upload/v1/{id}``), which speaks tus 1.0.0 (core, creation, creation-with-upload, creation-defer-length,
+"""Direct uploads: the Mux-shaped resource (:data:`management`: ``/video/v1/uploads``, authenticated, on the
+management API) and the upload URL itself (:data:`tus`: ``/upload/v1/{id}``, on the delivery edge), which speaks tus 1.0.0 (core, creation, creation-with-upload, creation-defer-length,
 termination, checksum) and UpChunk's ``PUT`` with ``Content-Range``.
 
 The upload URL takes no credentials: its 190-bit random id is the capability, as Mux's signed upload URL is.
@@ -40,7 +40,7 @@ from kinoray.serve.schemas import AUTHENTICATED, error_responses
 from kinoray.store.models import Upload, UploadStatus
 from kinoray.telemetry import UPLOAD_BYTES
 
-__all__ = ["TUS_EXTENSIONS", "TUS_VERSION", "TusRoute", "router"]
+__all__ = ["TUS_EXTENSIONS", "TUS_VERSION", "TusRoute", "management", "tus"]
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,creation-defer-length,termination,checksum"
@@ -452,6 +452,3 @@ def _put_answer(upload: Upload, platform: Platform) -> Response:
     return Response(status_code=308, headers=headers)
 
 
-router = APIRouter()
-router.include_router(management)
-router.include_router(tus)

@@ -1,0 +1,193 @@
+"""Playback ids resolved with a per-process cache: what the delivery edge asks on every viewer request.
+
+Three small caches, each entry kept at most ``ttl`` seconds (``edge.cache_seconds``, 2 s by default):
+
+- playback id → :class:`~kinoray.control.playback.PlaybackRecord` (one database row read); unknown ids are
+  remembered for ``negative_ttl`` seconds, so a flood of made-up ids costs one query per id and window;
+- signing key id → PEM public key (``None`` for a deleted key);
+- (token, playback id, audience) → verified claims, or the refusal, so a signed viewer's segments cost no RSA
+  verification after the first; never used past the token's ``exp``.
+
+Invalidation is by expiry, which makes the bound hold on every process without any message between them: a
+deleted asset or playback id, a revoked signing key or a changed text track list reaches every edge process
+within ``ttl`` seconds plus one request. Only ready assets' records are kept: one that is still preparing is
+read again on every request, so it plays as soon as it is ready.
+
+Thread-safe: the edge's event loop reads the caches inline (:meth:`PlaybackResolver.cached`) and resolves
+misses on a worker thread (:meth:`PlaybackResolver.resolve`); FastAPI's threadpool routes use ``resolve``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from kinoray.control.playback import (
+    Playback,
+    PlaybackRecord,
+    authorize,
+    load_record,
+    token_expired,
+    verify_token,
+)
+from kinoray.control.signing import public_key_pem
+from kinoray.errors import KinorayError, NotFoundError, PlaybackForbiddenError
+from kinoray.store.db import Database
+from kinoray.store.models import AssetStatus, PlaybackPolicy
+
+__all__ = ["PlaybackResolver", "Resolved", "TtlCache"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class TtlCache(Generic[K, V]):
+    """A bounded map whose entries expire: least recently stored entries go first when full."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K, now: float) -> tuple[bool, V | None]:
+        """``(True, value)`` while ``key``'s entry is fresh at ``now`` (monotonic seconds), else ``(False, None)``."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now:
+            return False, None
+        return True, entry[1]
+
+    def put(self, key: K, value: V, expires: float) -> None:
+        with self._lock:
+            self._entries[key] = (expires, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A cached error: its class and message (a new exception is raised each time, never the same object)."""
+
+    error_type: type[KinorayError]
+    message: str
+
+    def raise_it(self) -> None:
+        raise self.error_type(self.message)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A playback id a caller may use now: the database facts and what may be served."""
+
+    record: PlaybackRecord
+    playback: Playback
+
+
+_MISS = object()
+
+
+class PlaybackResolver:
+    """Resolves ``(playback id, token, audience)`` to a :class:`Resolved`, reading the database only on a cache
+    miss. ``ttl=0`` turns caching off (every call reads the database)."""
+
+    def __init__(self, db: Database, *, ttl: float = 2.0, negative_ttl: float = 1.0,
+                 max_entries: int = 50_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.db, self.ttl, self.negative_ttl, self.clock = db, ttl, min(negative_ttl, ttl), clock
+        self._records: TtlCache[str, PlaybackRecord | _Refusal] = TtlCache(max_entries)
+        self._keys: TtlCache[str, str | None] = TtlCache(1024)
+        self._tokens: TtlCache[tuple[str, str, str], Mapping[str, Any] | _Refusal] = TtlCache(max_entries)
+
+    # --- the database, on a miss ---------------------------------------------------------------------------
+    def _record(self, playback_id: str) -> PlaybackRecord:
+        now = self.clock()
+        found, value = self._records.get(playback_id, now)
+        if not found:
+            try:
+                with self.db.session() as session:
+                    value = load_record(session, playback_id)
+                if self.ttl > 0 and value.status == AssetStatus.READY:  # preparing: re-read until it is ready
+                    self._records.put(playback_id, value, now + self.ttl)
+            except NotFoundError as error:
+                if self.negative_ttl > 0:
+                    self._records.put(playback_id, _Refusal(NotFoundError, str(error)), now + self.negative_ttl)
+                raise
+        if isinstance(value, _Refusal):
+            value.raise_it()
+        assert isinstance(value, PlaybackRecord)
+        return value
+
+    def _public_key(self, kid: str) -> str | None:
+        now = self.clock()
+        found, pem = self._keys.get(kid, now)
+        if not found:
+            with self.db.session() as session:
+                pem = public_key_pem(session, kid)
+            if self.ttl > 0:
+                self._keys.put(kid, pem, now + self.ttl)
+        return pem
+
+    def _claims(self, record: PlaybackRecord, token: str | None, audience: str) -> Mapping[str, Any]:
+        key = (token or "", record.playback_id, audience)
+        now = self.clock()
+        found, value = self._tokens.get(key, now)
+        if found and not (isinstance(value, Mapping) and token_expired(value)):
+            if isinstance(value, _Refusal):
+                value.raise_it()
+            assert isinstance(value, Mapping)
+            return value
+        try:
+            claims = verify_token(record.playback_id, token, audience, self._public_key)
+        except PlaybackForbiddenError as error:
+            if self.ttl > 0 and token:
+                self._tokens.put(key, _Refusal(PlaybackForbiddenError, str(error)), now + self.ttl)
+            raise
+        if self.ttl > 0:
+            self._tokens.put(key, claims, now + self.ttl)
+        return claims
+
+    def resolve(self, playback_id: str, token: str | None, audience: str) -> Resolved:
+        """What ``playback_id`` may serve to a caller with ``token`` (reads the database on a miss). The checks
+        and their order are :func:`kinoray.control.playback.resolve_playback`'s.
+
+        Raises:
+            NotFoundError, PlaybackForbiddenError, AssetNotReadyError: as ``resolve_playback``.
+        """
+        record = self._record(playback_id)
+        claims = self._claims(record, token, audience) if record.policy == PlaybackPolicy.SIGNED else None
+        return Resolved(record, authorize(record, claims, token))
+
+    def cached(self, playback_id: str, token: str | None, audience: str) -> Resolved | None:
+        """:meth:`resolve` when everything it needs is cached (no I/O: safe on an event loop), else ``None``."""
+        now = self.clock()
+        found, record = self._records.get(playback_id, now)
+        if not found:
+            return None
+        if isinstance(record, _Refusal):
+            record.raise_it()
+        assert isinstance(record, PlaybackRecord)
+        claims: Mapping[str, Any] | None = None
+        if record.policy == PlaybackPolicy.SIGNED:
+            found, value = self._tokens.get((token or "", record.playback_id, audience), now)
+            if not found or (isinstance(value, Mapping) and token_expired(value)):
+                return None
+            if isinstance(value, _Refusal):
+                value.raise_it()
+            assert isinstance(value, Mapping)
+            claims = value
+        return Resolved(record, authorize(record, claims, token))
+
+    def clear(self) -> None:
+        """Forget everything (tests; an operator's flush)."""
+        for cache in (self._records, self._keys, self._tokens):
+            cache.clear()

@@ -1,0 +1,151 @@
+"""The delivery edge's ASGI application: one per worker process, outside Ray Serve.
+
+What it serves, by path (and, with ``edge.domain`` set, by host — see :func:`surface_of`):
+
+- stream URLs (:mod:`kinoray.edge.stream`): served straight from ASGI, caches per process;
+- images, the upload URL (tus and chunked ``PUT``), player beacons, the player pages and files, and the edge's
+  own ``/edge/healthz`` and ``/edge/openapi.json``: a FastAPI app of kinoray's routers
+  (:func:`build_edge_api`), the same code the management API used to run for them;
+- anything else: forwarded to the management API (``edge.api_url``, :mod:`kinoray.edge.forward`), or a typed
+  404 when none is configured.
+
+``kinoray edge`` (:mod:`kinoray.edge.server`) runs it on Granian with one process per CPU; tests run it on
+uvicorn in a thread (no ``pathsend`` there: the body is streamed instead, same bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+import kinoray
+from kinoray.control.platform import Platform
+from kinoray.edge.asgi import Receive, Scope, Send, identify_worker, send_error
+from kinoray.edge.forward import Forwarder
+from kinoray.edge.stream import STREAM_PATH, StreamDelivery
+from kinoray.errors import NotFoundError
+from kinoray.serve.api import install_error_handlers
+from kinoray.serve.routes import data, images, player, uploads
+
+__all__ = ["EdgeApp", "EdgeHealth", "build_edge_api", "create_app", "surface_of"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_PATH = re.compile(r"/[^/]+/(?:thumbnail|animated|storyboard)\.[^/]+")
+BEACON_PREFIX = "/data/v1/"
+_APP_PREFIXES = ("/upload/v1/", "/player/", "/edge/")
+_SURFACES = ("stream", "image", "beacon")
+
+
+class EdgeHealth(BaseModel):
+    status: str
+    version: str
+    role: str = "edge"
+
+
+def build_edge_api() -> FastAPI:
+    """The edge's FastAPI part: images, the tus/``PUT`` upload URL, beacons and the player (kinoray's routers,
+    kinoray's error bodies), with its own OpenAPI document at ``/edge/openapi.json``."""
+    app = FastAPI(title="kinoray edge", version=kinoray.__version__, openapi_url="/edge/openapi.json",
+                  docs_url=None, redoc_url=None,
+                  description="Viewer-facing paths of kinoray: direct upload URLs (tus 1.0.0 and chunked PUT) "
+                              "and player beacons. Streams, images and player pages are documented in "
+                              "docs/API.md.")
+    install_error_handlers(app)
+    for router in (uploads.tus, data.router, player.router, images.router):
+        app.include_router(router)
+
+    @app.get("/edge/healthz", tags=["system"])
+    def healthz() -> EdgeHealth:
+        """Liveness of this edge process (it does not ask the database or the API)."""
+        return EdgeHealth(status="ok", version=kinoray.__version__)
+
+    return app
+
+
+def surface_of(host: str, domain: str | None) -> str | None:
+    """``"stream"``, ``"image"`` or ``"beacon"`` when ``host`` is that subdomain of ``domain``; ``None`` (every
+    path) for any other host or when no domain is set."""
+    if not domain:
+        return None
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    label, _, rest = name.lower().rstrip(".").partition(".")
+    return label if rest == domain.lower().rstrip(".") and label in _SURFACES else None
+
+
+class EdgeApp:
+    """Routes one process's requests: streams natively, the FastAPI part, or the management API."""
+
+    def __init__(self, platform: Platform, *, api_url: str | None = None, domain: str | None = None,
+                 owns_platform: bool = False) -> None:
+        from kinoray.serve.deps import set_platform
+
+        set_platform(platform)  # the FastAPI part's routers read the process's platform
+        identify_worker()
+        self.platform, self.domain, self.owns_platform = platform, domain, owns_platform
+        self.stream = StreamDelivery(platform)
+        self.api = build_edge_api()
+        self.forward = Forwarder(api_url, timeout=platform.settings.edge.forward_timeout_seconds) if api_url else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        surface = None
+        if self.domain:
+            host = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), "")
+            surface = surface_of(host, self.domain)
+        if surface in (None, "stream"):
+            match = STREAM_PATH.fullmatch(path)
+            if match is not None:
+                await self.stream(scope, receive, send, match)
+                return
+        if (surface is None and path.startswith(_APP_PREFIXES)) \
+                or (surface in (None, "image") and IMAGE_PATH.fullmatch(path)) \
+                or (surface in (None, "beacon") and path.startswith(BEACON_PREFIX)):
+            await self.api(scope, receive, send)
+            return
+        if surface is None and self.forward is not None:
+            await self.forward(scope, receive, send)
+            return
+        where = f" on {surface}.{self.domain}" if surface else ""
+        await send_error(send, NotFoundError(f"nothing at {path[:120]!r}{where}"), head=scope["method"] == "HEAD")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def close(self) -> None:
+        if self.forward is not None:
+            await self.forward.close()
+        if self.owns_platform:
+            self.platform.close()
+
+
+def create_app() -> EdgeApp:
+    """The app of one edge worker process, from the ``KINORAY_*`` settings (Granian's factory target). The
+    database is not migrated here: the management API (or ``kinoray up``) does that once."""
+    from kinoray.logs import setup_logging
+    from kinoray.settings import get_settings
+
+    settings = get_settings()
+    setup_logging(settings.log_level, settings.native_log_level)
+    platform = Platform.from_settings(settings, migrate=False)
+    return EdgeApp(platform, api_url=settings.edge.api_url, domain=settings.edge.domain, owns_platform=True)
+

@@ -1,0 +1,98 @@
+"""The few ASGI pieces the edge's hot paths use directly (no framework between the server and the handler): a
+parsed request, whole-body and error responses in kinoray's error format.
+
+The edge answers each stream request with two or three ASGI messages; going through Starlette's ``Request`` and
+``Response`` objects would cost more than the rest of the request (measured in ``benchmarks/delivery.py``'s
+history, docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from kinoray.errors import KinorayError, http_status
+
+__all__ = [
+    "Receive",
+    "Scope",
+    "Send",
+    "EdgeRequest",
+    "error_body",
+    "identify_worker",
+    "send_error",
+    "send_response",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_served_by = b""
+
+
+def identify_worker() -> None:
+    """Name this process in ``X-Served-By`` (as CDNs name their cache node): operators and the invalidation
+    tests tell the worker processes apart by it. Called where each worker builds its app (a forked worker
+    must not keep its parent's name)."""
+    global _served_by
+    _served_by = f"kinoray-edge-{os.getpid()}".encode()
+
+
+identify_worker()
+
+
+@dataclass(frozen=True)
+class EdgeRequest:
+    """What the handlers read of an HTTP request: method, path, query (the last value of a repeated name wins,
+    as Starlette's ``query_params.get`` does) and headers by lower-case name."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    pathsend: bool  # the server takes ``http.response.pathsend`` (Granian: it sends the file itself)
+
+    @classmethod
+    def from_scope(cls, scope: Scope) -> EdgeRequest:
+        raw_query = scope.get("query_string", b"")
+        query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if raw_query else {}
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        return cls(method=scope["method"], path=scope["path"], query=query, headers=headers,
+                   pathsend="http.response.pathsend" in (scope.get("extensions") or {}))
+
+
+def _header_list(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    encoded.append((b"x-served-by", _served_by))
+    return encoded
+
+
+async def send_response(send: Send, status: int, headers: Mapping[str, str], body: bytes = b"",
+                        *, head: bool = False) -> None:
+    """One whole response. ``Content-Length`` is set from ``body`` unless given; ``head`` sends no body."""
+    if "Content-Length" not in headers and status != 304 and not 100 <= status < 200 and status != 204:
+        headers = {**headers, "Content-Length": str(len(body))}
+    await send({"type": "http.response.start", "status": status, "headers": _header_list(headers)})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def send_start(send: Send, status: int, headers: Mapping[str, str]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": _header_list(headers)})
+
+
+def error_body(error_type: str, messages: list[str]) -> bytes:
+    return json.dumps({"error": {"type": error_type, "messages": messages}}).encode()
+
+
+async def send_error(send: Send, error: KinorayError, extra_headers: Mapping[str, str] | None = None,
+                     *, head: bool = False) -> None:
+    """``error`` as kinoray's error body with its status (and the headers it carries)."""
+    headers = {**(extra_headers or {}), **(getattr(error, "headers", None) or {}),
+               "Content-Type": "application/json"}
+    await send_response(send, http_status(error), headers, error_body(error.type, [str(error)]), head=head)

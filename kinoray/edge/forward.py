@@ -1,0 +1,107 @@
+"""Forwarding to the management API: what makes one port a whole product. Paths the edge does not serve itself
+(``/video/v1/...``, ``/system/v1/...``, ``/healthz``, ``/metrics``, ``/docs``, ``/openapi.json``) go to
+``edge.api_url`` (Serve's HTTP proxy) over a keep-alive connection pool, bodies streamed both ways.
+
+Hop-by-hop headers are dropped (RFC 9110 §7.6.1) and ``X-Forwarded-For/-Proto/-Host`` added. When the API
+cannot be reached the answer is a typed ``502 api_unavailable`` with ``Retry-After``; nothing is retried,
+since a request with a body may already have had its effect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from kinoray.edge.asgi import Receive, Scope, Send, send_error
+from kinoray.errors import ApiUnavailableError
+
+__all__ = ["Forwarder"]
+
+log = logging.getLogger(__name__)
+
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+                         "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
+_BLOCK = 64 * 1024
+
+
+class Forwarder:
+    """Forwards ASGI HTTP requests to ``api_url``. One connection pool per process, opened on first use."""
+
+    def __init__(self, api_url: str, *, timeout: float = 60.0, connections: int = 256) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.timeout, self.connections = timeout, connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.connections, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=self.timeout, connect=5),
+                auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        query = scope.get("query_string") or b""
+        url = self.api_url + raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+        headers: list[tuple[str, str]] = []
+        host = ""
+        forwarded_for = ""
+        has_body = False
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            if name == "host":
+                host = value
+            elif name == "x-forwarded-for":
+                forwarded_for = value
+            elif name in ("content-length", "transfer-encoding"):
+                has_body = has_body or name == "transfer-encoding" or value.strip() not in ("", "0")
+            if name not in _HOP_BY_HOP and name != "x-forwarded-for":
+                headers.append((name, value))
+        client = (scope.get("client") or ("", 0))[0]
+        headers.append(("x-forwarded-for", f"{forwarded_for}, {client}" if forwarded_for else client))
+        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
+        if host:
+            headers.append(("x-forwarded-host", host))
+        body = _body(receive) if has_body else None
+        head = scope["method"] == "HEAD"
+        started = False
+        try:
+            async with self._client().request(scope["method"], url, headers=headers, data=body,
+                                              allow_redirects=False) as answer:
+                out = [(name, value) for name, value in answer.headers.items() if name.lower() not in _HOP_BY_HOP]
+                if "Content-Length" in answer.headers:
+                    out.append(("content-length", answer.headers["Content-Length"]))
+                await send({"type": "http.response.start", "status": answer.status,
+                            "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in out]})
+                started = True
+                if not head:
+                    async for block in answer.content.iter_chunked(_BLOCK):
+                        await send({"type": "http.response.body", "body": block, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (aiohttp.ClientConnectionError, TimeoutError) as error:
+            log.warning("management API unreachable", extra={"url": self.api_url, "error": str(error)[:200]})
+            if started:
+                raise  # the answer is under way: the server ends the connection, the client sees a cut
+            await send_error(send, ApiUnavailableError(
+                f"the management API did not answer ({type(error).__name__}); retry shortly"), head=head)
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+

@@ -1,0 +1,250 @@
+"""Stream delivery on the edge: Mux-shaped stream URLs served straight from ASGI (see
+:mod:`kinoray.control.playback` for the URL scheme, the token rules and the HTTP semantics it implements)::
+
+    /{playback_id}.m3u8    /{playback_id}.mpd    /{playback_id}/{rung}/{index.m3u8|init.mp4|seg_N.m4s}
+    /{playback_id}/{highest.mp4|capped-1080p.mp4|audio.m4a}    /{playback_id}/text/{track_id}.{vtt|m3u8}
+
+Per request, with warm caches, no I/O but one ``stat`` and the file itself: the playback id's row, the signing
+key and the verified token come from the process's :class:`~kinoray.control.resolver.PlaybackResolver`,
+rewritten manifests and (S3) object metadata from :class:`StreamCache`. Misses go to a worker thread, so the event
+loop never waits on the database or S3.
+
+Bodies: on a local store a whole file goes out with ``http.response.pathsend`` where the server offers it
+(Granian sends it from Rust: no Python on the byte path); byte ranges, S3 objects and servers without
+pathsend are streamed in 256 KiB blocks read on a worker thread, one block in flight (memory bounded per
+response). Every answer, errors and 304s included, carries the CORS headers; errors are ``no-store``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from kinoray.control import playback as delivery
+from kinoray.control.platform import Platform
+from kinoray.control.resolver import Resolved, TtlCache
+from kinoray.edge.asgi import EdgeRequest, Receive, Scope, Send, send_error, send_response, send_start
+from kinoray.errors import KinorayError, NotFoundError, RangeNotSatisfiableError, StorageError
+from kinoray.media.manifest_rewrite import RenditionFilter
+
+__all__ = ["STREAM_PATH", "StreamCache", "StreamDelivery"]
+
+log = logging.getLogger(__name__)
+
+STREAM_PATH = re.compile(
+    r"/(?P<id>[^/]+?)\.(?P<manifest>m3u8|mpd)"
+    rf"|/(?P<rid>[^/]+)/(?P<rung>{delivery.RUNG_PATTERN.pattern})/(?P<name>[^/]+)"
+    rf"|/(?P<sid>[^/]+)/(?P<static>{'|'.join(re.escape(name) for name in delivery.STATIC_RENDITIONS)})"
+    rf"|/(?P<tid>[^/]+)/{delivery.TEXT_DIR}/(?P<text>[A-Za-z0-9]{{32}}\.(?:vtt|m3u8))")
+"""The stream URLs (``fullmatch`` against the request path)."""
+
+_VIDEO = delivery.AUDIENCES["video"]
+_HLS = "application/vnd.apple.mpegurl"
+_DASH = "application/dash+xml"
+_ALLOWED = "GET, HEAD, OPTIONS"
+_PREFLIGHT = {**delivery.CORS_HEADERS, "Access-Control-Allow-Methods": _ALLOWED, "Access-Control-Max-Age": "86400"}
+_ERROR_HEADERS = {**delivery.CORS_HEADERS, "Cache-Control": "no-store"}
+_DEFAULT_REQUEST_HEADERS = "Range, If-None-Match, If-Range, If-Modified-Since, Accept, Origin"
+_HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(?:\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
+#: Rewritten manifests and object metadata never change under their key while the asset is ready (the key
+#: names the asset, its text tracks and the token); the resolver, not this expiry, stops a deleted asset.
+_CACHE_SECONDS = 60.0
+
+
+class _MethodNotAllowed(KinorayError):
+    type = "method_not_allowed"
+
+
+@dataclass(frozen=True)
+class _Manifest:
+    body: bytes
+    etag: str
+
+
+class StreamCache:
+    """Per-process caches of rewritten manifests and object metadata (``stat``), bounded in entries."""
+
+    def __init__(self, max_entries: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.manifests: TtlCache[tuple[object, ...], _Manifest] = TtlCache(max_entries)
+        self.objects: TtlCache[str, delivery.StoredObject] = TtlCache(max_entries * 4)
+
+    def manifest(self, key: tuple[object, ...], render: Callable[[], str]) -> _Manifest:
+        now = self.clock()
+        found, cached = self.manifests.get(key, now)
+        if found and cached is not None:
+            return cached
+        body = render().encode("utf-8")
+        made = _Manifest(body, delivery.text_etag(body))
+        self.manifests.put(key, made, now + _CACHE_SECONDS)
+        return made
+
+    def stat(self, platform: Platform, key: str) -> delivery.StoredObject:
+        now = self.clock()
+        found, cached = self.objects.get(key, now)
+        if found and cached is not None:
+            return cached
+        stored = delivery.stat_object(platform.store, key)
+        self.objects.put(key, stored, now + _CACHE_SECONDS)
+        return stored
+
+    def cached_stat(self, key: str) -> delivery.StoredObject | None:
+        found, cached = self.objects.get(key, self.clock())
+        return cached if found else None
+
+
+class StreamDelivery:
+    """The stream URLs of one edge process."""
+
+    def __init__(self, platform: Platform, cache: StreamCache | None = None) -> None:
+        self.platform = platform
+        self.cache = cache or StreamCache()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
+        request = EdgeRequest.from_scope(scope)
+        head = request.method == "HEAD"
+        try:
+            if request.method == "OPTIONS":
+                await self._preflight(request, send)
+                return
+            if request.method not in ("GET", "HEAD"):
+                error = _MethodNotAllowed(f"{request.method[:16]} is not allowed here")
+                error.headers = {"Allow": _ALLOWED}  # type: ignore[attr-defined]
+                raise error
+            await self._serve(request, send, match)
+        except KinorayError as error:
+            await send_error(send, error, _ERROR_HEADERS, head=head)
+        except Exception:
+            log.exception("stream request failed", extra={"path": request.path[:200]})
+            await send_error(send, KinorayError("internal error; the server log has the details"), _ERROR_HEADERS,
+                             head=head)
+
+    # --- dispatch ----------------------------------------------------------------------------------------
+    async def _serve(self, request: EdgeRequest, send: Send, match: re.Match[str]) -> None:
+        playback_id = match["id"] or match["rid"] or match["sid"] or match["tid"]
+        token = request.query.get("token")
+        resolved = self.platform.resolver.cached(playback_id, token, _VIDEO)
+        if resolved is None:
+            resolved = await asyncio.to_thread(self.platform.resolver.resolve, playback_id, token, _VIDEO)
+        playback, store = resolved.playback, self.platform.store
+        if match["manifest"] == "m3u8":
+            selection = delivery.rendition_filter(playback, request.query)
+            await self._manifest(request, send, resolved, ("master", selection), _HLS,
+                                 lambda: delivery.hls_master(store, playback, selection))
+        elif match["manifest"] == "mpd":
+            selection = delivery.rendition_filter(playback, request.query)
+            await self._manifest(request, send, resolved, ("mpd", selection), _DASH,
+                                 lambda: delivery.dash_manifest(store, playback, selection))
+        elif match["rung"] is not None:
+            rung, name = match["rung"], match["name"]
+            if name == "index.m3u8":
+                await self._manifest(request, send, resolved, ("media", rung), _HLS,
+                                     lambda: delivery.hls_media(store, playback, rung))
+            else:
+                key = delivery.media_file_key(playback, rung, name)
+                await self._file(request, send, playback, key, delivery.media_content_type(rung, name))
+        elif match["static"] is not None:
+            name = match["static"]
+            key = await asyncio.to_thread(delivery.static_rendition_key, store, playback, name)
+            await self._file(request, send, playback, key, delivery.media_content_type("", name))
+        else:
+            name = match["text"]
+            if name.endswith(".m3u8"):
+                await self._manifest(request, send, resolved, ("text", name), _HLS,
+                                     lambda: delivery.hls_subtitles(store, playback, name))
+            else:
+                key = delivery.text_file_key(playback, name)
+                await self._file(request, send, playback, key, delivery.media_content_type(delivery.TEXT_DIR, name))
+
+    # --- manifests ---------------------------------------------------------------------------------------
+    async def _manifest(self, request: EdgeRequest, send: Send, resolved: Resolved,
+                        what: tuple[str, str | RenditionFilter], media_type: str, render: Callable[[], str]) -> None:
+        playback = resolved.playback
+        key = (*what, playback.playback_id, playback.media_prefix, playback.text_tracks, playback.query)
+        found, manifest = self.cache.manifests.get(key, self.cache.clock())
+        if not found or manifest is None:
+            manifest = await asyncio.to_thread(self.cache.manifest, key, render)
+        headers = {**delivery.CORS_HEADERS, "ETag": manifest.etag,
+                   "Cache-Control": delivery.cache_control(playback, immutable=False)}
+        if delivery.etag_matches(request.headers.get("if-none-match"), manifest.etag):
+            await send_response(send, 304, headers)
+            return
+        await send_response(send, 200, {**headers, "Content-Type": media_type}, manifest.body,
+                            head=request.method == "HEAD")
+
+    # --- files -------------------------------------------------------------------------------------------
+    async def _file(self, request: EdgeRequest, send: Send, playback: delivery.Playback, key: str,
+                    media_type: str) -> None:
+        store = self.platform.store
+        # local: a stat is a few microseconds, and tells a file deleted since at once; S3: cached metadata
+        cached = None if store.is_local else self.cache.cached_stat(key)
+        if cached is not None:
+            stored = cached
+        elif store.is_local:
+            stored = delivery.stat_object(store, key)
+        else:
+            stored = await asyncio.to_thread(self.cache.stat, self.platform, key)
+        headers = {**delivery.CORS_HEADERS, "ETag": stored.etag,
+                   "Cache-Control": delivery.cache_control(playback, immutable=True), "Accept-Ranges": "bytes"}
+        if delivery.etag_matches(request.headers.get("if-none-match"), stored.etag):
+            await send_response(send, 304, headers)
+            return
+        wanted = None
+        if delivery.if_range_allows(request.headers.get("if-range"), stored.etag):
+            try:
+                wanted = delivery.parse_range(request.headers.get("range"), stored.size)
+            except ValueError as error:
+                refused = RangeNotSatisfiableError(str(error))
+                refused.headers = {"Accept-Ranges": "bytes",  # type: ignore[attr-defined]
+                                   "Content-Range": f"bytes */{stored.size}"}
+                raise refused from None
+        status, start, length = 200, 0, stored.size
+        if wanted is not None:
+            status, start, length = 206, wanted.start, wanted.length
+            headers["Content-Range"] = wanted.content_range(stored.size)
+        headers["Content-Length"] = str(length)
+        headers["Content-Type"] = media_type
+        if request.method == "HEAD":
+            await send_start(send, status, headers)
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if status == 200 and request.pathsend and store.is_local:
+            await send_start(send, status, headers)
+            await send({"type": "http.response.pathsend", "path": store.path(key)})
+            return
+        try:
+            blocks = await asyncio.to_thread(delivery.read_object, store, key, start, length)
+        except StorageError as error:
+            if isinstance(error.__cause__, FileNotFoundError):  # deleted since its metadata was cached
+                raise NotFoundError("no such file for this playback id") from None
+            raise
+        await send_start(send, status, headers)
+        await _stream(send, blocks)
+
+    async def _preflight(self, request: EdgeRequest, send: Send) -> None:
+        asked = request.headers.get("access-control-request-headers", "").strip()
+        allowed = asked if asked and len(asked) < 1024 and _HEADER_LIST.fullmatch(asked) else _DEFAULT_REQUEST_HEADERS
+        await send_response(send, 204, {**_PREFLIGHT, "Access-Control-Allow-Headers": allowed})
+
+
+_DONE = object()
+
+
+async def _stream(send: Send, blocks: Iterator[bytes]) -> None:
+    """Send ``blocks`` as the body, each read on a worker thread while the previous one is being sent."""
+    try:
+        while True:
+            block = await asyncio.to_thread(next, blocks, _DONE)
+            if block is _DONE:
+                break
+            assert isinstance(block, bytes)
+            await send({"type": "http.response.body", "body": block, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
