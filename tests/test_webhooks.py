@@ -398,7 +398,7 @@ def test_the_url_policy_is_checked_again_at_delivery(server: ApiServer, receiver
     strict = server.settings.model_copy(
         update={"api": server.settings.api.model_copy(update={"allow_private_inputs": False})})
     platform = Platform(settings=strict, db=server.platform.db, store=server.platform.store,
-                        limiter=server.platform.limiter)
+                        limiter=server.platform.limiter, resolver=server.platform.resolver)
     assert deliver_due(platform) == 1
     assert receiver.received() == []
     row = _delivery(server, event.id)
