@@ -63,16 +63,16 @@ _READ_TIMINGS = """(() => {
 
 
 class LocalApi:
-    """The API app (``build_api``) under uvicorn in a thread, on SQLite and a temporary storage directory, with
+    """The delivery edge's app (``EdgeApp``: player, streams, images) under uvicorn in a thread, on SQLite and a temporary storage directory, with
     one ready asset: a generated 10 s 1280x720 H.264/AAC clip transcoded in-process to 720p/480p/360p/240p."""
 
     def __init__(self, work: Path, console: Console, playback_ids: int) -> None:
         import uvicorn
 
         from kinoray.control.platform import Platform
+        from kinoray.edge import EdgeApp
         from kinoray.media.pipeline import TranscodeOptions, transcode_file
         from kinoray.media.synthetic import generate_clip
-        from kinoray.serve.app import build_api
         from kinoray.serve.deps import set_platform
         from kinoray.serve.runner import asset_fields
         from kinoray.settings import Settings
@@ -96,7 +96,7 @@ class LocalApi:
             session.flush()
             session.add_all(PlaybackId(id=playback_id, asset_id=asset_id) for playback_id in self.playback_ids)
         set_platform(self.platform)
-        app = build_api()
+        app = EdgeApp(self.platform)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                                     lifespan="off", access_log=False))
         self.thread = threading.Thread(target=self.server.run, name="uvicorn-startup-bench", daemon=True)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "startup",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "server": args.url or "in-process uvicorn (build_api), SQLite, local storage",
+        "server": args.url or "in-process uvicorn (the edge's EdgeApp), SQLite, local storage",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_before": load0,
                     "loadavg_after": os.getloadavg()},
         "startup": startup,
