@@ -24,6 +24,7 @@
         ├── NotFoundError
         ├── AssetNotReadyError                       the asset is still preparing (try again later)
         ├── RangeNotSatisfiableError                 no requested byte range overlaps the file
+        ├── MethodNotAllowedError                    a method the URL does not take (carries Allow)
         ├── ConflictError                            the resource's state does not allow the request
         │   └── IdempotencyInProgressError            the first request with this Idempotency-Key still runs
         ├── IdempotencyKeyReusedError                same key, different request
@@ -66,6 +67,7 @@ __all__ = [
     "KinorayError",
     "MediaError",
     "MediaLimitError",
+    "MethodNotAllowedError",
     "NotFoundError",
     "OffsetMismatchError",
     "PlaybackForbiddenError",
@@ -178,6 +180,18 @@ class AssetNotReadyError(ApiError):
 class RangeNotSatisfiableError(ApiError):
     type = "range_not_satisfiable"
 
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.headers = {"Accept-Ranges": "bytes", "Content-Range": f"bytes */{size}"}
+
+
+class MethodNotAllowedError(ApiError):
+    type = "method_not_allowed"
+
+    def __init__(self, message: str, allowed: str) -> None:
+        super().__init__(message)
+        self.headers = {"Allow": allowed}
+
 
 class ConflictError(ApiError):
     type = "conflict"
@@ -268,6 +282,7 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     NotFoundError: 404,
     AssetNotReadyError: 412,
     RangeNotSatisfiableError: 416,
+    MethodNotAllowedError: 405,
     ConflictError: 409,
     IdempotencyInProgressError: 409,
     IdempotencyKeyReusedError: 422,

@@ -49,7 +49,7 @@ def _pids_under(marker: str) -> list[int]:
 
 def stop_head(process: subprocess.Popen[bytes], temp_dir: str) -> None:
     """Stop the head ``ray start --block`` started: its process group, then any process of its temp dir that
-    left the group. Never ``ray stop``, which stops every Ray on the machine."""
+    left the group: only processes this fixture started, never every Ray on the machine."""
     for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)

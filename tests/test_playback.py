@@ -278,6 +278,15 @@ def test_range_requests(ready, header: str, start: int, end: int | None) -> None
         assert got.content == (stored[first:last + 1] if method is requests.get else b"")
 
 
+def test_other_methods_are_a_typed_405_with_allow(ready) -> None:
+    server, _, _, _, playback_id = ready
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        for path in (f"/{playback_id}.m3u8", f"/{playback_id}/480p/seg_00001.m4s", f"/{playback_id}/highest.mp4"):
+            got = requests.request(method, server.edge_url + path, timeout=10)
+            assert_error(got, 405, "method_not_allowed")
+            assert got.headers["Allow"] == "GET, HEAD, OPTIONS"
+
+
 def test_range_edge_cases(ready) -> None:
     server, _, media, _, playback_id = ready
     url = f"{server.edge_url}/{playback_id}/highest.mp4"

@@ -271,5 +271,31 @@ def test_make_run_demo_uploads_and_serves_a_playable_stream(tmp_path: Path) -> N
                                capture_output=True, text=True, timeout=180)
         assert probe.returncode == 0, probe.stderr
         assert int(probe.stdout.split()[0]) == 600  # 20 s at 30 fps
+
+        # its edge dies (the child `kinoray up` started): `kinoray up` exits non-zero, so a supervisor restarts it
+        (edge,) = [pid for pid in _children(running.process.pid) if b"kinoray.cli\x00edge" in _cmdline(pid)]
+        os.killpg(os.getpgid(edge), signal.SIGKILL)
+        assert running.process.wait(timeout=120) == 1, running.output()
+        assert "the delivery edge exited" in running.output()
     finally:
         running.stop()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _children(parent: int) -> list[int]:
+    """Direct children of ``parent`` (from /proc: the processes our own `kinoray up` started)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    children.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return children

@@ -21,7 +21,7 @@ without custom code.
 
 Text tracks (``asset.tracks`` entries of type ``text``, stored as ``media/text/<track_id>.vtt`` and
 ``.m3u8`` by :mod:`kinoray.control.tracks`) are added to the master playlist and the MPD here, per request,
-from the asset row :func:`resolve_playback` loads anyway.
+from the asset row :func:`load_record` reads anyway.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from sqlalchemy.orm import Session, joinedload
 
 from kinoray.control.lookup import find
-from kinoray.control.signing import public_key_pem
 from kinoray.errors import (
     AssetNotReadyError,
     InvalidParametersError,
@@ -82,7 +81,6 @@ __all__ = [
     "TOKEN_MAX_LENGTH",
     "authorize",
     "cache_control",
-    "check_state",
     "dash_manifest",
     "etag_matches",
     "hls_master",
@@ -95,7 +93,6 @@ __all__ = [
     "parse_range",
     "read_object",
     "rendition_filter",
-    "resolve_playback",
     "stat_object",
     "static_rendition_key",
     "text_etag",
@@ -269,39 +266,24 @@ def token_expired(claims: Mapping[str, Any], now: float | None = None) -> bool:
     return (time.time() if now is None else now) > int(claims["exp"]) + TOKEN_LEEWAY_SECONDS
 
 
-def check_state(record: PlaybackRecord) -> None:
-    """Raises ``AssetNotReadyError`` while the asset is preparing, ``NotFoundError`` when it errored."""
+def authorize(record: PlaybackRecord, claims: Mapping[str, Any] | None, token: str | None) -> Playback:
+    """The :class:`Playback` of ``record`` for a caller whose token's ``claims`` were verified (signed ids; a
+    token given for a public id is ignored), once the asset's state allows playback. The checks run in this
+    order (so an anonymous caller learns nothing about a signed id's asset): the id exists (``record``), the
+    token (``claims``), the asset's state.
+
+    Raises:
+        AssetNotReadyError: the asset is still preparing.
+        NotFoundError: the asset errored.
+    """
     if record.status == AssetStatus.PREPARING:
         raise AssetNotReadyError(f"asset for playback id {record.playback_id} is still preparing; retry when it "
                                  "is ready")
     if record.status != AssetStatus.READY:
         raise NotFoundError(f"playback id {record.playback_id} has nothing to play: its asset errored")
-
-
-def authorize(record: PlaybackRecord, claims: Mapping[str, Any] | None, token: str | None) -> Playback:
-    """The :class:`Playback` of ``record`` for a caller whose token's ``claims`` were verified (signed ids; a
-    token given for a public id is ignored), once the asset's state allows playback."""
-    check_state(record)
     return Playback(playback_id=record.playback_id, asset_id=record.asset_id, policy=record.policy,
                     media_prefix=f"{record.storage_prefix}/media",
                     token=token if claims is not None else None, claims=claims, text_tracks=record.text_tracks)
-
-
-def resolve_playback(session: Session, playback_id: str, *, token: str | None, audience: str) -> Playback:
-    """What ``playback_id`` may serve now, read from the database (uncached; the delivery edge goes through
-    :class:`kinoray.control.resolver.PlaybackResolver`). Checks, in this order (so an anonymous caller learns
-    nothing about a signed id's asset): the id exists, the token (signed ids), the asset's state.
-
-    Raises:
-        NotFoundError: unknown, deleted or malformed id; errored asset.
-        PlaybackForbiddenError: a signed id without a valid token for ``audience``.
-        AssetNotReadyError: the asset is still preparing.
-    """
-    record = load_record(session, playback_id)
-    claims = None
-    if record.policy == PlaybackPolicy.SIGNED:
-        claims = verify_token(record.playback_id, token, audience, lambda kid: public_key_pem(session, kid))
-    return authorize(record, claims, token)
 
 
 def text_renditions(tracks: Sequence[Mapping[str, Any]]) -> tuple[TextRendition, ...]:

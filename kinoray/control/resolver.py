@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from kinoray.control.playback import (
     Playback,
@@ -67,12 +67,6 @@ class TtlCache(Generic[K, V]):
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 @dataclass(frozen=True)
@@ -82,7 +76,7 @@ class _Refusal:
     error_type: type[KinorayError]
     message: str
 
-    def raise_it(self) -> None:
+    def raise_it(self) -> NoReturn:
         raise self.error_type(self.message)
 
 
@@ -92,9 +86,6 @@ class Resolved:
 
     record: PlaybackRecord
     playback: Playback
-
-
-_MISS = object()
 
 
 class PlaybackResolver:
@@ -108,24 +99,35 @@ class PlaybackResolver:
         self._keys: TtlCache[str, str | None] = TtlCache(1024)
         self._tokens: TtlCache[tuple[str, str, str], Mapping[str, Any] | _Refusal] = TtlCache(max_entries)
 
-    # --- the database, on a miss ---------------------------------------------------------------------------
-    def _record(self, playback_id: str) -> PlaybackRecord:
-        now = self.clock()
-        found, value = self._records.get(playback_id, now)
-        if not found:
-            try:
-                with self.db.session() as session:
-                    value = load_record(session, playback_id)
-                if self.ttl > 0 and value.status == AssetStatus.READY:  # preparing: re-read until it is ready
-                    self._records.put(playback_id, value, now + self.ttl)
-            except NotFoundError as error:
-                if self.negative_ttl > 0:
-                    self._records.put(playback_id, _Refusal(NotFoundError, str(error)), now + self.negative_ttl)
-                raise
+    # --- what the caches hold (no I/O; a cached refusal is raised) ------------------------------------------
+    def _fresh_record(self, playback_id: str) -> PlaybackRecord | None:
+        found, value = self._records.get(playback_id, self.clock())
         if isinstance(value, _Refusal):
             value.raise_it()
-        assert isinstance(value, PlaybackRecord)
-        return value
+        return value if found else None
+
+    def _fresh_claims(self, key: tuple[str, str, str]) -> Mapping[str, Any] | None:
+        found, value = self._tokens.get(key, self.clock())
+        if isinstance(value, _Refusal):
+            value.raise_it()
+        return value if found and value is not None and not token_expired(value) else None
+
+    # --- the database and the signature check, on a miss --------------------------------------------------
+    def _record(self, playback_id: str) -> PlaybackRecord:
+        record = self._fresh_record(playback_id)
+        if record is not None:
+            return record
+        now = self.clock()
+        try:
+            with self.db.session() as session:
+                record = load_record(session, playback_id)
+        except NotFoundError as error:
+            if self.negative_ttl > 0:
+                self._records.put(playback_id, _Refusal(NotFoundError, str(error)), now + self.negative_ttl)
+            raise
+        if self.ttl > 0 and record.status == AssetStatus.READY:  # preparing: re-read until it is ready
+            self._records.put(playback_id, record, now + self.ttl)
+        return record
 
     def _public_key(self, kid: str) -> str | None:
         now = self.clock()
@@ -139,13 +141,10 @@ class PlaybackResolver:
 
     def _claims(self, record: PlaybackRecord, token: str | None, audience: str) -> Mapping[str, Any]:
         key = (token or "", record.playback_id, audience)
+        claims = self._fresh_claims(key)
+        if claims is not None:
+            return claims
         now = self.clock()
-        found, value = self._tokens.get(key, now)
-        if found and not (isinstance(value, Mapping) and token_expired(value)):
-            if isinstance(value, _Refusal):
-                value.raise_it()
-            assert isinstance(value, Mapping)
-            return value
         try:
             claims = verify_token(record.playback_id, token, audience, self._public_key)
         except PlaybackForbiddenError as error:
@@ -157,11 +156,14 @@ class PlaybackResolver:
         return claims
 
     def resolve(self, playback_id: str, token: str | None, audience: str) -> Resolved:
-        """What ``playback_id`` may serve to a caller with ``token`` (reads the database on a miss). The checks
-        and their order are :func:`kinoray.control.playback.resolve_playback`'s.
+        """What ``playback_id`` may serve to a caller with ``token`` (reads the database on a miss): the id
+        exists, then the token (signed ids), then the asset's state
+        (:func:`kinoray.control.playback.authorize`).
 
         Raises:
-            NotFoundError, PlaybackForbiddenError, AssetNotReadyError: as ``resolve_playback``.
+            NotFoundError: unknown, deleted or malformed id; errored asset.
+            PlaybackForbiddenError: a signed id without a valid token for ``audience``.
+            AssetNotReadyError: the asset is still preparing.
         """
         record = self._record(playback_id)
         claims = self._claims(record, token, audience) if record.policy == PlaybackPolicy.SIGNED else None
@@ -169,25 +171,12 @@ class PlaybackResolver:
 
     def cached(self, playback_id: str, token: str | None, audience: str) -> Resolved | None:
         """:meth:`resolve` when everything it needs is cached (no I/O: safe on an event loop), else ``None``."""
-        now = self.clock()
-        found, record = self._records.get(playback_id, now)
-        if not found:
+        record = self._fresh_record(playback_id)
+        if record is None:
             return None
-        if isinstance(record, _Refusal):
-            record.raise_it()
-        assert isinstance(record, PlaybackRecord)
-        claims: Mapping[str, Any] | None = None
+        claims = None
         if record.policy == PlaybackPolicy.SIGNED:
-            found, value = self._tokens.get((token or "", record.playback_id, audience), now)
-            if not found or (isinstance(value, Mapping) and token_expired(value)):
+            claims = self._fresh_claims((token or "", record.playback_id, audience))
+            if claims is None:
                 return None
-            if isinstance(value, _Refusal):
-                value.raise_it()
-            assert isinstance(value, Mapping)
-            claims = value
         return Resolved(record, authorize(record, claims, token))
-
-    def clear(self) -> None:
-        """Forget everything (tests; an operator's flush)."""
-        for cache in (self._records, self._keys, self._tokens):
-            cache.clear()

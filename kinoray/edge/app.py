@@ -15,7 +15,6 @@ uvicorn in a thread (no ``pathsend`` there: the body is streamed instead, same b
 
 from __future__ import annotations
 
-import logging
 import re
 
 from fastapi import FastAPI
@@ -31,8 +30,6 @@ from kinoray.serve.api import install_error_handlers
 from kinoray.serve.routes import data, images, player, uploads
 
 __all__ = ["EdgeApp", "EdgeHealth", "build_edge_api", "create_app", "surface_of"]
-
-log = logging.getLogger(__name__)
 
 IMAGE_PATH = re.compile(r"/[^/]+/(?:thumbnail|animated|storyboard)\.[^/]+")
 BEACON_PREFIX = "/data/v1/"

@@ -28,8 +28,15 @@ from kinoray.control import playback as delivery
 from kinoray.control.platform import Platform
 from kinoray.control.resolver import Resolved, TtlCache
 from kinoray.edge.asgi import EdgeRequest, Receive, Scope, Send, send_error, send_response, send_start
-from kinoray.errors import KinorayError, NotFoundError, RangeNotSatisfiableError, StorageError
+from kinoray.errors import (
+    KinorayError,
+    MethodNotAllowedError,
+    NotFoundError,
+    RangeNotSatisfiableError,
+    StorageError,
+)
 from kinoray.media.manifest_rewrite import RenditionFilter
+from kinoray.store.objects import ObjectStore
 
 __all__ = ["STREAM_PATH", "StreamCache", "StreamDelivery"]
 
@@ -55,10 +62,6 @@ _HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(?:\s*,\s*[A-Za-z0-9!#$%&
 _CACHE_SECONDS = 60.0
 
 
-class _MethodNotAllowed(KinorayError):
-    type = "method_not_allowed"
-
-
 @dataclass(frozen=True)
 class _Manifest:
     body: bytes
@@ -73,28 +76,35 @@ class StreamCache:
         self.manifests: TtlCache[tuple[object, ...], _Manifest] = TtlCache(max_entries)
         self.objects: TtlCache[str, delivery.StoredObject] = TtlCache(max_entries * 4)
 
+    def cached_manifest(self, key: tuple[object, ...]) -> _Manifest | None:
+        found, cached = self.manifests.get(key, self.clock())
+        return cached if found else None
+
     def manifest(self, key: tuple[object, ...], render: Callable[[], str]) -> _Manifest:
-        now = self.clock()
-        found, cached = self.manifests.get(key, now)
-        if found and cached is not None:
+        """The cached manifest, else ``render()``'s (storage I/O: call it off the event loop)."""
+        cached = self.cached_manifest(key)
+        if cached is not None:
             return cached
         body = render().encode("utf-8")
         made = _Manifest(body, delivery.text_etag(body))
-        self.manifests.put(key, made, now + _CACHE_SECONDS)
+        self.manifests.put(key, made, self.clock() + _CACHE_SECONDS)
         return made
 
-    def stat(self, platform: Platform, key: str) -> delivery.StoredObject:
-        now = self.clock()
-        found, cached = self.objects.get(key, now)
-        if found and cached is not None:
-            return cached
-        stored = delivery.stat_object(platform.store, key)
-        self.objects.put(key, stored, now + _CACHE_SECONDS)
-        return stored
-
-    def cached_stat(self, key: str) -> delivery.StoredObject | None:
+    def stat_now(self, store: ObjectStore, key: str) -> delivery.StoredObject | None:
+        """The object's metadata without waiting on the network: a local store's ``stat`` (microseconds, and it
+        sees a file deleted since at once), an S3 object's cached metadata, else ``None``."""
+        if store.is_local:
+            return delivery.stat_object(store, key)
         found, cached = self.objects.get(key, self.clock())
         return cached if found else None
+
+    def stat(self, store: ObjectStore, key: str) -> delivery.StoredObject:
+        """:meth:`stat_now`, else a metadata request (off the event loop), cached for a minute."""
+        stored = self.stat_now(store, key)
+        if stored is None:
+            stored = delivery.stat_object(store, key)
+            self.objects.put(key, stored, self.clock() + _CACHE_SECONDS)
+        return stored
 
 
 class StreamDelivery:
@@ -112,9 +122,7 @@ class StreamDelivery:
                 await self._preflight(request, send)
                 return
             if request.method not in ("GET", "HEAD"):
-                error = _MethodNotAllowed(f"{request.method[:16]} is not allowed here")
-                error.headers = {"Allow": _ALLOWED}  # type: ignore[attr-defined]
-                raise error
+                raise MethodNotAllowedError(f"{request.method[:16]} is not allowed here", _ALLOWED)
             await self._serve(request, send, match)
         except KinorayError as error:
             await send_error(send, error, _ERROR_HEADERS, head=head)
@@ -165,8 +173,8 @@ class StreamDelivery:
                         what: tuple[str, str | RenditionFilter], media_type: str, render: Callable[[], str]) -> None:
         playback = resolved.playback
         key = (*what, playback.playback_id, playback.media_prefix, playback.text_tracks, playback.query)
-        found, manifest = self.cache.manifests.get(key, self.cache.clock())
-        if not found or manifest is None:
+        manifest = self.cache.cached_manifest(key)
+        if manifest is None:
             manifest = await asyncio.to_thread(self.cache.manifest, key, render)
         headers = {**delivery.CORS_HEADERS, "ETag": manifest.etag,
                    "Cache-Control": delivery.cache_control(playback, immutable=False)}
@@ -180,14 +188,9 @@ class StreamDelivery:
     async def _file(self, request: EdgeRequest, send: Send, playback: delivery.Playback, key: str,
                     media_type: str) -> None:
         store = self.platform.store
-        # local: a stat is a few microseconds, and tells a file deleted since at once; S3: cached metadata
-        cached = None if store.is_local else self.cache.cached_stat(key)
-        if cached is not None:
-            stored = cached
-        elif store.is_local:
-            stored = delivery.stat_object(store, key)
-        else:
-            stored = await asyncio.to_thread(self.cache.stat, self.platform, key)
+        stored = self.cache.stat_now(store, key)
+        if stored is None:
+            stored = await asyncio.to_thread(self.cache.stat, store, key)
         headers = {**delivery.CORS_HEADERS, "ETag": stored.etag,
                    "Cache-Control": delivery.cache_control(playback, immutable=True), "Accept-Ranges": "bytes"}
         if delivery.etag_matches(request.headers.get("if-none-match"), stored.etag):
@@ -198,10 +201,7 @@ class StreamDelivery:
             try:
                 wanted = delivery.parse_range(request.headers.get("range"), stored.size)
             except ValueError as error:
-                refused = RangeNotSatisfiableError(str(error))
-                refused.headers = {"Accept-Ranges": "bytes",  # type: ignore[attr-defined]
-                                   "Content-Range": f"bytes */{stored.size}"}
-                raise refused from None
+                raise RangeNotSatisfiableError(str(error), stored.size) from None
         status, start, length = 200, 0, stored.size
         if wanted is not None:
             status, start, length = 206, wanted.start, wanted.length
