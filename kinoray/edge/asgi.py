@@ -1,9 +1,9 @@
 """The few ASGI pieces the edge's hot paths use directly (no framework between the server and the handler): a
 parsed request, whole-body and error responses in kinoray's error format.
 
-The edge answers each stream request with two or three ASGI messages; going through Starlette's ``Request`` and
-``Response`` objects would cost more than the rest of the request (measured in ``benchmarks/delivery.py``'s
-history, docs/ARCHITECTURE.md).
+The edge answers each stream request with two or three ASGI messages, framework-free, to keep the Python per
+request small: on this path it is what separates the edge from a bare ASGI app on Granian (docs/ARCHITECTURE.md,
+"Delivery edge", has both numbers).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ __all__ = [
     "Scope",
     "Send",
     "EdgeRequest",
-    "error_body",
     "identify_worker",
     "send_error",
     "send_response",
+    "send_start",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -86,7 +86,7 @@ async def send_start(send: Send, status: int, headers: Mapping[str, str]) -> Non
     await send({"type": "http.response.start", "status": status, "headers": _header_list(headers)})
 
 
-def error_body(error_type: str, messages: list[str]) -> bytes:
+def _error_body(error_type: str, messages: list[str]) -> bytes:
     return json.dumps({"error": {"type": error_type, "messages": messages}}).encode()
 
 
@@ -95,4 +95,4 @@ async def send_error(send: Send, error: KinorayError, extra_headers: Mapping[str
     """``error`` as kinoray's error body with its status (and the headers it carries)."""
     headers = {**(extra_headers or {}), **(getattr(error, "headers", None) or {}),
                "Content-Type": "application/json"}
-    await send_response(send, http_status(error), headers, error_body(error.type, [str(error)]), head=head)
+    await send_response(send, http_status(error), headers, _error_body(error.type, [str(error)]), head=head)
