@@ -21,36 +21,75 @@ Assets read: ``--asset-id`` (repeatable), else up to ``--assets`` existing ones,
 GETs do not care). ``--start`` allows private input URLs so that works.
 
 Target: p95 < 20 ms for each endpoint. Exit status 0 either way (1 only when the run itself failed).
+
+**Rate sweep** (``--rates 50,100,200,400,800``): the same load at each rate for ``--seconds`` (default 20), the
+steps back to back on one schedule, after a baseline probe (``--probe-rate`` for ``--probe-seconds``) and
+followed at once by the same probe for ``--recovery-seconds``. Per step: offered rate, goodput (2xx answers per
+second of schedule), p50/p95/p99 of the 2xx latencies (from the due time), the refusals by kind (typed
+``503 over_capacity``, Serve's plain-text ``503``, ``429``, ``413``) and timeouts / connection errors, by the
+due time of the request. Criteria (the load-shedding issue):
+
+- p95 < 20 ms at 200 req/s;
+- goodput at the top rate >= 90 % of the best goodput of any step, the rest refused with a typed error, none
+  timed out or cut;
+- recovery < 5 s: from the end of the top step until the probe's answers are all 2xx with p95 under twice the
+  baseline probe's p95, in 3 consecutive 1 s windows (by due time; the first of them counts).
+
+``--edge-load`` runs ``delivery.py``'s ``wrk`` (64 connections) on a media segment of a ready asset (uploaded
+first) through the edge for the whole sweep and reports its req/s. ``--api-direct`` (with ``--start``) sends
+the API load to Serve's port instead of the edge.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import math
 import os
 import platform
-import signal
-import socket
-import subprocess
+import resource
 import sys
 import tempfile
+import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _harness import (
+    RESULTS,
+    Target,
+    add_target_arguments,
+    answer_kind,
+    basic_auth,
+    first_segment_url,
+    open_target,
+    percentile,
+    ready_asset,
+    stop_server,
+    write_json,
+)
 from rich.console import Console
 from rich.table import Table
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_P95_MS = 20.0
 DEFAULT_INPUT_URL = "http://127.0.0.1:9/kinoray-benchmark-input.mp4"  # the discard port: nothing answers
+SWEEP_P95_RATE = 200.0  # the rate the sweep's latency criterion is read at
+GOODPUT_SHARE = 0.9
+RECOVERY_TARGET_S = 5.0
+RECOVERY_WINDOW_S = 1.0
+RECOVERY_WINDOWS = 3  # consecutive good windows that make a recovery (one good second can be luck)
+EDGE_LOAD_CONNECTIONS = 64
+CLIENT_POOL_TIMEOUT = "timeout (client pool)"  # timed out before the client's pool had a connection for it
+#: Answers that are refusals the server chose (load shedding, rate limits, body limits), not failures.
+SHEDS = {"503 over_capacity": "typed", "429 too_many_requests": "typed", "413 request_too_large": "typed",
+         "503": "plain"}
+
+
+#: The first body seen of each kind of non-2xx answer (what a plain-text 503 said, for the report).
+ANSWER_SAMPLES: dict[str, str] = {}
 
 
 @dataclass
@@ -59,6 +98,7 @@ class Endpoint:
     path: str
     latencies_ms: list[float] = field(default_factory=list)  # successful answers, from the due time
     errors: dict[str, int] = field(default_factory=dict)
+    answers: list[tuple[float, float, float, str]] = field(default_factory=list)  # (due, sent, done, kind)
     sent: int = 0
     first_due: float = math.inf
     last_due: float = 0.0
@@ -83,12 +123,19 @@ class Endpoint:
         }
 
 
-def percentile(ordered: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of an ascending list."""
-    if not ordered:
-        return None
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return round(ordered[rank - 1], 2)
+def merged(name: str, endpoints: list[Endpoint]) -> Endpoint:
+    """One endpoint holding what ``endpoints`` recorded."""
+    every = Endpoint(name, "both")
+    for endpoint in endpoints:
+        every.latencies_ms += endpoint.latencies_ms
+        every.answers += endpoint.answers
+        every.sent += endpoint.sent
+        every.first_due = min(every.first_due, endpoint.first_due)
+        every.last_due = max(every.last_due, endpoint.last_due)
+        every.last_ok = max(every.last_ok, endpoint.last_ok)
+        for kind, n in endpoint.errors.items():
+            every.errors[kind] = every.errors.get(kind, 0) + n
+    return every
 
 
 # --- the load ----------------------------------------------------------------------------------------------
@@ -99,31 +146,39 @@ async def _one(session: aiohttp.ClientSession, base: str, endpoint: Endpoint, du
     started = time.perf_counter()
     if lags is not None:
         lags.append((started - due) * 1000)
+    pool: dict[str, bool] = {}
     try:
-        async with session.get(base + endpoint.path, timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
-            await answer.read()
+        async with session.get(base + endpoint.path, timeout=aiohttp.ClientTimeout(total=timeout),
+                               trace_request_ctx=pool) as answer:
+            body = await answer.read()
             status = answer.status
+            kind = "2xx" if 200 <= status < 300 else answer_kind(status, body)
+            if kind != "2xx" and kind not in ANSWER_SAMPLES:
+                ANSWER_SAMPLES[kind] = body[:200].decode(errors="replace")
     except TimeoutError:
-        status, kind = None, "timeout"
+        # Still waiting for one of the client's own connections: the client's limit, not the server's answer.
+        status, kind = None, CLIENT_POOL_TIMEOUT if pool.get("queued") and not pool.get("connected") else "timeout"
     except aiohttp.ClientError as error:
         status, kind = None, type(error).__name__
     done = time.perf_counter()
     if lags is None:  # warm-up
         return
-    if status is not None and 200 <= status < 300:
+    endpoint.answers.append((due, started, done, kind))
+    if kind == "2xx":
         endpoint.last_ok = max(endpoint.last_ok, done)
         endpoint.latencies_ms.append((done - due) * 1000)
     else:
-        kind = str(status) if status is not None else kind
         endpoint.errors[kind] = endpoint.errors.get(kind, 0) + 1
 
 
-async def open_loop(session: aiohttp.ClientSession, base: str, endpoints: list[Endpoint], rate: float,
-                    seconds: float, timeout: float, lags: list[float] | None) -> None:
-    """Start request i at t0 + i/rate (round-robin over ``endpoints``) without waiting for earlier answers."""
+async def schedule(session: aiohttp.ClientSession, base: str, endpoints: list[Endpoint], rate: float,
+                   seconds: float, timeout: float, lags: list[float] | None,
+                   t0: float | None = None) -> list[asyncio.Task[None]]:
+    """Start request i at t0 + i/rate (round-robin over ``endpoints``) without waiting for earlier answers;
+    returns once the last one is started, with the tasks still running."""
     count = max(1, round(rate * seconds))
     tasks: list[asyncio.Task[None]] = []
-    t0 = time.perf_counter() + 0.05
+    t0 = time.perf_counter() + 0.05 if t0 is None else t0
     for i in range(count):
         due = t0 + i / rate
         delay = due - time.perf_counter()
@@ -135,7 +190,13 @@ async def open_loop(session: aiohttp.ClientSession, base: str, endpoints: list[E
             endpoint.first_due = min(endpoint.first_due, due)
             endpoint.last_due = due
         tasks.append(asyncio.create_task(_one(session, base, endpoint, due, timeout, lags)))
-    await asyncio.gather(*tasks)
+    return tasks
+
+
+async def open_loop(session: aiohttp.ClientSession, base: str, endpoints: list[Endpoint], rate: float,
+                    seconds: float, timeout: float, lags: list[float] | None) -> None:
+    """:func:`schedule`, then wait for every answer."""
+    await asyncio.gather(*await schedule(session, base, endpoints, rate, seconds, timeout, lags))
 
 
 async def prepare_assets(session: aiohttp.ClientSession, base: str, args: argparse.Namespace) -> list[str]:
@@ -156,46 +217,67 @@ async def prepare_assets(session: aiohttp.ClientSession, base: str, args: argpar
     return ids
 
 
+def client_session(auth: tuple[str, str] | None, connections: int,
+                   local_address: str | None = None) -> aiohttp.ClientSession:
+    """A keep-alive pool of ``connections``, sending from ``local_address`` when given (another loopback
+    address is another client to the server's per-address limits)."""
+    connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=60,
+                                     local_addr=(local_address, 0) if local_address else None)
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_queued_start.append(_mark("queued"))
+    trace.on_connection_create_end.append(_mark("connected"))
+    trace.on_connection_reuseconn.append(_mark("connected"))
+    headers = {"Authorization": basic_auth(*auth)} if auth is not None else None
+    return aiohttp.ClientSession(connector=connector, headers=headers, trace_configs=[trace])
+
+
+def _mark(what: str) -> Any:
+    """A trace callback setting ``what`` in the request's ``trace_request_ctx`` dict: ``queued`` (it waited for
+    one of the pool's connections), ``connected`` (it got one)."""
+    async def mark(_session: aiohttp.ClientSession, context: Any, _params: Any) -> None:
+        if isinstance(context.trace_request_ctx, dict):
+            context.trace_request_ctx[what] = True
+
+    return mark
+
+
+def _pair(asset_id: str) -> list[Endpoint]:
+    return [Endpoint("asset", f"/video/v1/assets/{asset_id}"), Endpoint("list", "/video/v1/assets")]
+
+
+def _machine(load0: tuple[float, float, float]) -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_before": load0,
+            "loadavg_after": os.getloadavg()}
+
+
 async def run(base: str, auth: tuple[str, str], args: argparse.Namespace) -> dict[str, Any]:
-    connector = aiohttp.TCPConnector(limit=args.connections, keepalive_timeout=60)
-    credentials = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-    headers = {"Authorization": f"Basic {credentials}"}
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+    async with client_session(auth, args.connections) as session:
         asset_ids = await prepare_assets(session, base, args)
-        endpoints = [Endpoint("asset", f"/video/v1/assets/{asset_ids[0]}"), Endpoint("list", "/video/v1/assets")]
+        endpoints = _pair(asset_ids[0])
         if args.warmup_seconds > 0:
-            warm = [Endpoint(e.name, e.path) for e in endpoints]
-            await open_loop(session, base, warm, args.rate, args.warmup_seconds, args.timeout, None)
+            await open_loop(session, base, _pair(asset_ids[0]), args.rate, args.warmup_seconds, args.timeout, None)
         lags: list[float] = []
         cpu0, wall0, load0 = time.process_time(), time.perf_counter(), os.getloadavg()
         await open_loop(session, base, endpoints, args.rate, args.seconds, args.timeout, lags)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    every = Endpoint("all", "both")
-    for endpoint in endpoints:
-        every.latencies_ms += endpoint.latencies_ms
-        every.sent += endpoint.sent
-        every.first_due = min(every.first_due, endpoint.first_due)
-        every.last_due = max(every.last_due, endpoint.last_due)
-        every.last_ok = max(every.last_ok, endpoint.last_ok)
-        for kind, n in endpoint.errors.items():
-            every.errors[kind] = every.errors.get(kind, 0) + n
-    summaries = {e.name: e.summary() for e in [*endpoints, every]}
+    summaries = {e.name: e.summary() for e in [*endpoints, merged("all", endpoints)]}
     lags.sort()
     passed = all(summaries[e.name]["p95_ms"] is not None and summaries[e.name]["p95_ms"] < TARGET_P95_MS
                  and summaries[e.name]["error_count"] == 0 for e in endpoints)
     return {
         "benchmark": "api_latency",
+        "mode": "single",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "url": base,
         "config": {"rate": args.rate, "seconds": args.seconds, "warmup_seconds": args.warmup_seconds,
                    "connections": args.connections, "timeout_s": args.timeout, "assets": asset_ids,
                    "started_server": bool(args.start)},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_before": load0,
-                    "loadavg_after": os.getloadavg()},
+        "machine": _machine(load0),
         "client": {"cpu_s": round(cpu, 2), "cpu_share": round(cpu / wall, 3),
                    "lag_p50_ms": percentile(lags, 50), "lag_p99_ms": percentile(lags, 99),
                    "lag_max_ms": round(lags[-1], 2) if lags else None},
         "endpoints": summaries,
+        "answer_samples": ANSWER_SAMPLES,
         "target": {"p95_ms": TARGET_P95_MS, "pass": passed,
                    "rule": "p95 < target and no errors, for each endpoint"},
         "definitions": {
@@ -203,8 +285,231 @@ async def run(base: str, auth: tuple[str, str], args: argparse.Namespace) -> dic
             "offered_rps": "requests scheduled per second (the schedule, whatever the server did)",
             "achieved_rps": "successful answers / (last successful answer - first due time)",
             "client lag": "how late the client started a request relative to its schedule",
+            "errors": "non-2xx answers as '<status> <error.type>' for kinoray's typed errors, the bare status "
+                      "otherwise (e.g. Serve's plain-text 503), or the client's exception (timeout, ...)",
         },
     }
+
+
+# --- the rate sweep ------------------------------------------------------------------------------------------
+
+
+def _peak_pending(answers: list[tuple[float, float, float, str]]) -> int:
+    """Most requests the client had open at once (sent, not yet answered)."""
+    events = sorted([(sent, 1) for _, sent, _, _ in answers] + [(done, -1) for _, _, done, _ in answers])
+    peak = pending = 0
+    for _, delta in events:
+        pending += delta
+        peak = max(peak, pending)
+    return peak
+
+
+def step_summary(rate: float, seconds: float, endpoints: list[Endpoint], lags: list[float]) -> dict[str, Any]:
+    every = merged("all", endpoints)
+    ok = sorted(every.latencies_ms)
+    errors = every.errors
+    typed = sum(n for kind, n in errors.items() if SHEDS.get(kind) == "typed")
+    plain = sum(n for kind, n in errors.items() if SHEDS.get(kind) == "plain")
+    timeouts = errors.get("timeout", 0)
+    pool_timeouts = errors.get(CLIENT_POOL_TIMEOUT, 0)
+    other = sum(errors.values()) - typed - plain - timeouts - pool_timeouts
+    shed_ms = sorted((done - due) * 1000 for due, _, done, kind in every.answers if kind in SHEDS)
+    lags = sorted(lags)
+    return {
+        "rate": rate, "seconds": seconds, "requests": every.sent,
+        "offered_rps": round(every.sent / seconds, 1),
+        "goodput_rps": round(len(ok) / seconds, 1),
+        "ok": len(ok), "p50_ms": percentile(ok, 50), "p95_ms": percentile(ok, 95), "p99_ms": percentile(ok, 99),
+        "max_ms": round(ok[-1], 2) if ok else None,
+        "shed_over_capacity": errors.get("503 over_capacity", 0), "shed_serve_plain_503": plain,
+        "shed_429": errors.get("429 too_many_requests", 0), "shed_413": errors.get("413 request_too_large", 0),
+        "shed_typed": typed, "timeouts": timeouts, "client_pool_timeouts": pool_timeouts, "other_errors": other,
+        "errors": dict(sorted(errors.items())),
+        "shed_p50_ms": percentile(shed_ms, 50), "shed_p99_ms": percentile(shed_ms, 99),
+        "client_lag_p99_ms": percentile(lags, 99), "client_peak_pending": _peak_pending(every.answers),
+        "endpoints": {e.name: e.summary() for e in endpoints},
+    }
+
+
+def recovery(probe: Endpoint, start: float, baseline_p95: float | None) -> dict[str, Any]:
+    """Seconds from ``start`` (the end of the top step) until the probe's answers are all 2xx with p95 under
+    2 x ``baseline_p95`` in :data:`RECOVERY_WINDOWS` consecutive :data:`RECOVERY_WINDOW_S` windows (by due
+    time): the start of the first of them."""
+    windows: dict[int, list[tuple[float, str]]] = {}
+    for due, _, done, kind in probe.answers:
+        windows.setdefault(int((due - start) // RECOVERY_WINDOW_S), []).append(((done - due) * 1000, kind))
+    limit = 2 * baseline_p95 if baseline_p95 is not None else None
+    rows, good = [], []
+    for index in sorted(windows):
+        answers = windows[index]
+        ok = sorted(ms for ms, kind in answers if kind == "2xx")
+        p95 = percentile(ok, 95)
+        fine = limit is not None and len(ok) == len(answers) and p95 is not None and p95 < limit
+        rows.append({"from_s": round(index * RECOVERY_WINDOW_S, 1), "requests": len(answers), "ok": len(ok),
+                     "p95_ms": p95, "recovered": fine})
+        good.append(fine)
+    recovered_at = None
+    for i in range(len(good)):
+        if all(good[i:i + RECOVERY_WINDOWS]) and len(good[i:i + RECOVERY_WINDOWS]) == RECOVERY_WINDOWS:
+            recovered_at = rows[i]["from_s"]
+            break
+    return {"seconds": recovered_at, "limit_p95_ms": round(limit, 2) if limit is not None else None,
+            "windows": rows, "probe": merged("probe", [probe]).summary()}
+
+
+def _edge_load(url: str, seconds: float, out: dict[str, Any]) -> None:
+    from delivery import wrk
+
+    out.update(url=url, connections=EDGE_LOAD_CONNECTIONS, seconds=seconds,
+               **wrk(url, EDGE_LOAD_CONNECTIONS, seconds))
+
+
+async def sweep(target: Target, base: str, args: argparse.Namespace, console: Console,
+                segment_url: str | None) -> dict[str, Any]:
+    rates = args.rates
+    async with client_session(target.auth, args.connections) as session:
+        asset_ids = await prepare_assets(session, base, args)
+        if args.warmup_seconds > 0:
+            await open_loop(session, base, _pair(asset_ids[0]), rates[0], args.warmup_seconds, args.timeout, None)
+        baseline = [Endpoint("probe", f"/video/v1/assets/{asset_ids[0]}")]
+        console.print(f"baseline probe: {args.probe_rate:g} req/s for {args.probe_seconds:g} s")
+        await open_loop(session, base, baseline, args.probe_rate, args.probe_seconds, args.timeout, [])
+        baseline_summary = baseline[0].summary()
+        load0, cpu0, wall0 = os.getloadavg(), time.process_time(), time.perf_counter()
+        edge: dict[str, Any] = {}
+        edge_thread = None
+        if segment_url is not None:
+            edge_thread = threading.Thread(target=_edge_load, args=(segment_url, len(rates) * args.seconds, edge),
+                                           daemon=True)
+            edge_thread.start()
+        t0 = time.perf_counter() + 0.1
+        steps: list[tuple[float, list[Endpoint], list[float]]] = []
+        tasks: list[asyncio.Task[None]] = []
+        for index, rate in enumerate(rates):
+            endpoints, lags = _pair(asset_ids[0]), []
+            console.print(f"step {index + 1}/{len(rates)}: {rate:g} req/s for {args.seconds:g} s")
+            tasks += await schedule(session, base, endpoints, rate, args.seconds, args.timeout, lags,
+                                    t0=t0 + index * args.seconds)
+            steps.append((rate, endpoints, lags))
+        top_end = t0 + len(rates) * args.seconds
+        probe = Endpoint("probe", f"/video/v1/assets/{asset_ids[0]}")
+        console.print(f"recovery probe: {args.probe_rate:g} req/s for {args.recovery_seconds:g} s")
+        tasks += await schedule(session, base, [probe], args.probe_rate, args.recovery_seconds, args.timeout, [],
+                                t0=top_end)
+        await asyncio.gather(*tasks)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        if edge_thread is not None:
+            await asyncio.to_thread(edge_thread.join)
+    rows = [step_summary(rate, args.seconds, endpoints, lags) for rate, endpoints, lags in steps]
+    back = recovery(probe, top_end, baseline_summary["p95_ms"])
+    return {
+        "benchmark": "api_latency",
+        "mode": "sweep",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "url": base,
+        "config": {"rates": rates, "seconds": args.seconds, "warmup_seconds": args.warmup_seconds,
+                   "probe_rate": args.probe_rate, "probe_seconds": args.probe_seconds,
+                   "recovery_seconds": args.recovery_seconds, "connections": args.connections,
+                   "timeout_s": args.timeout, "assets": asset_ids, "started_server": bool(args.start),
+                   "api_direct": bool(args.api_direct), "edge_load": bool(args.edge_load)},
+        "machine": _machine(load0),
+        "client": {"cpu_s": round(cpu, 2), "cpu_share": round(cpu / wall, 3)},
+        "baseline_probe": baseline_summary,
+        "steps": rows,
+        "recovery": back,
+        "edge_load": edge or None,
+        "answer_samples": ANSWER_SAMPLES,
+        "criteria": criteria(rows, back),
+        "definitions": {
+            "latency": "from the request's scheduled send time to the last byte of its answer (2xx only)",
+            "goodput_rps": "2xx answers to the step's requests / the step's seconds",
+            "step": "requests are counted in the step their due time falls in, however late they are answered",
+            "shed_typed": "answers 503 over_capacity, 429 too_many_requests or 413 request_too_large (JSON)",
+            "shed_serve_plain_503": "Serve's proxy's plain-text 503 (its max_queued_requests)",
+            "other_errors": "connection errors and statuses that are neither 2xx nor a shed",
+            "client_pool_timeouts": "timed out while still waiting for one of the client's --connections: the "
+                                    "client's limit, not counted against the server (raise --connections)",
+            "client_peak_pending": "most requests open at once in the client (its pool: --connections; at the "
+                                   "pool size, requests wait in the client and that wait counts as latency)",
+            "recovery": f"from the end of the top step to the start of the first of {RECOVERY_WINDOWS} "
+                        f"consecutive {RECOVERY_WINDOW_S:g} s windows of the probe (by due time) that are all 2xx "
+                        "with p95 < 2 x the baseline probe's p95",
+        },
+    }
+
+
+def criteria(rows: list[dict[str, Any]], back: dict[str, Any]) -> dict[str, Any]:
+    at = next((row for row in rows if row["rate"] == SWEEP_P95_RATE), None)
+    p95 = at["p95_ms"] if at else None
+    top = rows[-1]
+    peak = max(row["goodput_rps"] for row in rows)
+    share = top["goodput_rps"] / peak if peak > 0 else 0.0
+    unanswered = top["timeouts"] + top["other_errors"]
+    return {
+        "p95_at_200": {"p95_ms": p95, "target_ms": TARGET_P95_MS,
+                       "pass": None if at is None else (p95 is not None and p95 < TARGET_P95_MS),
+                       "measured": at is not None},
+        "goodput_at_top": {"rate": top["rate"], "goodput_rps": top["goodput_rps"], "peak_goodput_rps": peak,
+                           "share": round(share, 3), "target_share": GOODPUT_SHARE,
+                           "typed_sheds": top["shed_typed"], "plain_503": top["shed_serve_plain_503"],
+                           "timeouts_and_errors": unanswered,
+                           "client_pool_timeouts": top["client_pool_timeouts"],
+                           "pass": share >= GOODPUT_SHARE and unanswered == 0 and top["shed_serve_plain_503"] == 0},
+        "recovery": {"seconds": back["seconds"], "target_s": RECOVERY_TARGET_S,
+                     "pass": back["seconds"] is not None and back["seconds"] < RECOVERY_TARGET_S},
+    }
+
+
+def show_sweep(result: dict[str, Any], console: Console) -> None:
+    config = result["config"]
+    table = Table(title=f"API rate sweep — {config['seconds']:g} s per step, open loop ({result['url']})")
+    columns = ("offered req/s", "goodput 2xx/s", "p50 ms", "p95 ms", "p99 ms", "503 typed", "503 Serve", "429",
+               "413", "timeouts", "client t/o", "other", "shed p50 ms", "lag p99 ms", "client open")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in result["steps"]:
+        table.add_row(*(str(row[key]) for key in (
+            "offered_rps", "goodput_rps", "p50_ms", "p95_ms", "p99_ms", "shed_over_capacity", "shed_serve_plain_503",
+            "shed_429", "shed_413", "timeouts", "client_pool_timeouts", "other_errors", "shed_p50_ms",
+            "client_lag_p99_ms",
+            "client_peak_pending")))
+    table.caption = (f"GET /video/v1/assets/{{id}} and GET /video/v1/assets alternating; latency from each request's "
+                     f"due time; client t/o: timed out in the client's own pool; other: {', '.join(k for r in result['steps'] for k in r['errors'] if k not in SHEDS and k not in ('timeout', CLIENT_POOL_TIMEOUT)) or 'none'}")
+    console.print(table)
+    base, back = result["baseline_probe"], result["recovery"]
+    console.print(f"baseline probe ({config['probe_rate']:g} req/s): p95 {base['p95_ms']} ms, "
+                  f"errors {base['errors'] or 0}; recovery windows (s from top end: ok/requests, p95 ms): "
+                  + "  ".join(f"{w['from_s']:g}: {w['ok']}/{w['requests']} {w['p95_ms']}" for w in back["windows"]))
+    if result["edge_load"]:
+        edge = result["edge_load"]
+        console.print(f"edge load (wrk, {edge['connections']} connections, {edge['url']}): "
+                      f"{edge['requests_per_second']:.0f} req/s, p99 {edge.get('p99_ms')} ms, non-2xx "
+                      f"{edge['non_2xx']}, socket errors {edge['socket_errors'] or 'none'}")
+    console.print(f"client: {result['client']['cpu_share'] * 100:.0f} % of a core; load average "
+                  f"{result['machine']['loadavg_before'][0]:.2f} → {result['machine']['loadavg_after'][0]:.2f} "
+                  f"on {result['machine']['cpus']} CPUs")
+    verdict = {True: "[bold green]PASS[/]", False: "[bold red]FAIL[/]", None: "[yellow]not measured[/]"}
+    found = result["criteria"]
+    p95 = found["p95_at_200"]
+    console.print(f"p95 < {TARGET_P95_MS:g} ms at {SWEEP_P95_RATE:g} req/s: {p95['p95_ms']} ms "
+                  f"{verdict[p95['pass']]}")
+    top = found["goodput_at_top"]
+    console.print(f"goodput at {top['rate']:g} req/s ≥ {GOODPUT_SHARE:.0%} of peak: {top['goodput_rps']} / "
+                  f"{top['peak_goodput_rps']} = {top['share']:.0%}, typed sheds {top['typed_sheds']}, Serve 503 "
+                  f"{top['plain_503']}, timeouts/errors {top['timeouts_and_errors']} {verdict[top['pass']]}")
+    rec = found["recovery"]
+    console.print(f"recovery < {RECOVERY_TARGET_S:g} s (probe all 2xx, p95 < {back['limit_p95_ms']} ms): "
+                  f"{rec['seconds']} s {verdict[rec['pass']]}")
+    for row in result["steps"]:
+        if row["client_pool_timeouts"]:
+            console.print(f"[yellow]at {row['rate']:g} req/s {row['client_pool_timeouts']} requests timed out in the "
+                          f"client's own pool ({config['connections']} connections): raise --connections[/]")
+        if row["client_peak_pending"] >= config["connections"]:
+            console.print(f"[yellow]at {row['rate']:g} req/s the client had {config['connections']} requests open "
+                          f"(its pool): later ones waited in the client (counted as latency)[/]")
+        if (row["client_lag_p99_ms"] or 0) > 50:
+            console.print(f"[yellow]at {row['rate']:g} req/s the client started requests up to "
+                          f"{row['client_lag_p99_ms']} ms late (p99): the client machine is saturated[/]")
 
 
 def show(result: dict[str, Any], console: Console) -> None:
@@ -228,127 +533,89 @@ def show(result: dict[str, Any], console: Console) -> None:
                   f"on {result['machine']['cpus']} CPUs")
     verdict = "[bold green]PASS[/]" if result["target"]["pass"] else "[bold red]FAIL[/]"
     console.print(f"target p95 < {TARGET_P95_MS:g} ms with no errors, each endpoint: {verdict}")
-    if any("429" in row["errors"] for row in result["endpoints"].values()):
+    if any(kind.startswith("429") for row in result["endpoints"].values() for kind in row["errors"]):
         console.print("[yellow]429s: the server's rate limit is below --rate (set KINORAY_API__RATE_LIMIT_PER_SECOND "
                       "and KINORAY_API__RATE_LIMIT_BURST on the server)[/]")
-
-
-# --- a server of our own -----------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(data_dir: Path, console: Console, timeout: float = 240.0) -> tuple[subprocess.Popen[bytes], dict]:
-    """``kinoray up`` in ``data_dir`` with rate limits out of the way; returns it and its credentials."""
-    port = _free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KINORAY_")}
-    env.pop("RAY_ADDRESS", None)  # a local Ray of its own, not whatever cluster this shell points at
-    env.update(KINORAY_API__RATE_LIMIT_PER_SECOND="1000000", KINORAY_API__RATE_LIMIT_BURST="1000000",
-               KINORAY_API__ALLOW_PRIVATE_INPUTS="true", KINORAY_LOG_LEVEL="WARNING")
-    log = (data_dir / "kinoray-up.log").open("wb")
-    command = [sys.executable, "-m", "kinoray.cli", "up", "--host", "127.0.0.1", "--port", str(port),
-               "--data-dir", str(data_dir)]
-    console.print(f"starting: {' '.join(command)} (log: {log.name})")
-    # Its own process group, so that stop_server can end the Ray processes it started if it exits uncleanly.
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    credentials = data_dir / "credentials.json"
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"kinoray up exited with {process.returncode}; see {log.name}")
-        if credentials.exists():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
-                    if answer.status == 200:
-                        saved = json.loads(credentials.read_text())
-                        saved["url"] = f"http://127.0.0.1:{port}"
-                        return process, saved
-            except (OSError, json.JSONDecodeError):
-                pass
-        if time.monotonic() > deadline:
-            stop_server(process)
-            raise SystemExit(f"kinoray up did not answer within {timeout:.0f} s; see {log.name}")
-        time.sleep(0.5)
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C to ``kinoray up`` (it shuts Serve and its Ray down; Ray's own SIGTERM handler would kill the
-    driver before that), then SIGKILL to whatever is left of its process group."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 # --- main ----------------------------------------------------------------------------------------------------
 
 
+def _rates(text: str) -> list[float]:
+    rates = [float(part) for part in text.split(",") if part.strip()]
+    if not rates or any(rate <= 0 for rate in rates):
+        raise argparse.ArgumentTypeError("--rates takes positive numbers, comma-separated")
+    return rates
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--url", help="base URL of a running API (default http://127.0.0.1:8000)")
-    where.add_argument("--start", action="store_true", help="launch `kinoray up` in a temporary data dir")
-    parser.add_argument("--token-id")
-    parser.add_argument("--token-secret")
-    parser.add_argument("--credentials", type=Path, help="a credentials.json written by `kinoray up`")
+    add_target_arguments(parser)
     parser.add_argument("--rate", type=float, default=500.0, help="requests per second, both endpoints together")
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rates", type=_rates, help="a sweep: these rates in turn, e.g. 50,100,200,400,800")
+    parser.add_argument("--seconds", type=float, help="the run, or each sweep step (default 30; sweep 20)")
     parser.add_argument("--warmup-seconds", type=float, default=2.0)
-    parser.add_argument("--connections", type=int, default=256, help="most open keep-alive connections")
+    parser.add_argument("--probe-rate", type=float, default=20.0, help="sweep: the recovery probe's rate")
+    parser.add_argument("--probe-seconds", type=float, default=5.0, help="sweep: the baseline probe")
+    parser.add_argument("--recovery-seconds", type=float, default=15.0, help="sweep: the probe after the top step")
+    parser.add_argument("--edge-load", action="store_true",
+                        help="sweep: wrk on a media segment through the edge at the same time (uploads an asset)")
+    parser.add_argument("--segment-url", help="with --edge-load: the segment URL (else one is made)")
+    parser.add_argument("--api-direct", action="store_true", help="with --start: load Serve's port, not the edge")
+    parser.add_argument("--connections", type=int, help="most open keep-alive connections (256; sweep 1024)")
     parser.add_argument("--timeout", type=float, default=10.0, help="per request, seconds (then an error)")
     parser.add_argument("--asset-id", action="append", help="an existing asset to GET (else found or created)")
     parser.add_argument("--assets", type=int, default=3, help="assets to find or create")
     parser.add_argument("--input-url", default=DEFAULT_INPUT_URL, help="input URL of created assets")
     parser.add_argument("--json", type=Path, default=RESULTS / "api_latency.json")
     args = parser.parse_args(argv)
+    if args.seconds is None:
+        args.seconds = 20.0 if args.rates else 30.0
+    if args.connections is None:
+        args.connections = 1024 if args.rates else 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < args.connections + 256:
+        wanted = args.connections + 256 if hard == resource.RLIM_INFINITY else min(hard, args.connections + 256)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     if args.rate <= 0 or args.seconds <= 0:
         parser.error("--rate and --seconds must be positive")
+    if args.api_direct and not args.start:
+        parser.error("--api-direct goes with --start (otherwise give --url of Serve's port)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console() if sys.stdout.isatty() else Console(width=140)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    server = None
+    target = None
     with tempfile.TemporaryDirectory(prefix="kinoray-bench-") as temp:
         try:
-            if args.start:
-                server, saved = start_server(Path(temp), console)
-                base, auth = saved["url"], (saved["token_id"], saved["token_secret"])
+            target = open_target(args, Path(temp), console)
+            base = target.api_url if args.api_direct and target.api_url else target.url
+            if args.rates:
+                if args.edge_load:
+                    from delivery import need
+
+                    need("wrk")
+                segment = args.segment_url
+                if args.edge_load and segment is None:
+                    asset = ready_asset(target, Path(temp), console)
+                    segment = first_segment_url(target.url, asset["playback_ids"][0]["id"])
+                result = asyncio.run(sweep(target, base, args, console, segment if args.edge_load else None))
             else:
-                saved = json.loads(args.credentials.read_text()) if args.credentials else {}
-                base = (args.url or saved.get("url") or "http://127.0.0.1:8000").rstrip("/")
-                token_id, secret = args.token_id or saved.get("token_id"), args.token_secret or saved.get("token_secret")
-                if not (token_id and secret):
-                    console.print("[red]give --token-id and --token-secret, --credentials, or --start[/]")
-                    return 1
-                auth = (token_id, secret)
-            result = asyncio.run(run(base, auth, args))
+                result = asyncio.run(run(base, target.auth, args))
         finally:
-            if server is not None:
-                stop_server(server)
-    show(result, console)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+            if target is not None:
+                stop_server(target.process)
+    (show_sweep if args.rates else show)(result, console)
+    write_json(result, args.json, console)
     return 0
 
 

@@ -37,25 +37,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _harness import RESULTS, ROOT, free_port, rss_mb, sample, tree
 from rich.console import Console
 from rich.table import Table
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = """worker_processes 1; daemon off; pid {dir}/nginx.pid; error_log {dir}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000; types {{ }}
   default_type application/octet-stream;
   server {{ listen 127.0.0.1:{port}; root {root}; }} }}
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def need(tool: str) -> str:
@@ -137,18 +128,8 @@ def wrk(url: str, connections: int, seconds: float, headers: tuple[str, ...] = (
 
 
 def group_rss_mb(group: int) -> float:
-    """Resident memory of every process in process group ``group`` (the edge and its workers), in MB."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == group:  # pgrp
-                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # rss pages
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / 1e6
+    """Resident memory of the edge (process ``group``, its session leader) and its workers, in MB."""
+    return rss_mb(sample(tree(group)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,6 +82,8 @@ class JobProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if exc[0] is not None:
+            self.bar.live.transient = True  # a failed run leaves its error line, not a stalled bar
         self.bar.__exit__(*exc)
 
     def frames(self, done: int, total: int) -> None:
@@ -309,6 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload: dict[str, Any] = {"error": {"type": e.type, "messages": [str(e)]}}
         print(json.dumps(payload), file=sys.stderr)  # noqa: T201
         return 2
+    except Exception as e:  # noqa: BLE001 - one typed line, never a traceback (it is logged at DEBUG)
+        log.debug("command failed unexpectedly", exc_info=True)
+        payload = {"error": {"type": "internal_error", "messages": [f"{type(e).__name__}: {e}"]}}
+        print(json.dumps(payload), file=sys.stderr)  # noqa: T201
+        return 1
     finally:
         if "ray" in sys.modules:
             import ray

@@ -28,8 +28,13 @@
         ├── ConflictError                            the resource's state does not allow the request
         │   └── IdempotencyInProgressError            the first request with this Idempotency-Key still runs
         ├── IdempotencyKeyReusedError                same key, different request
-        ├── RateLimitedError                         over the token's request budget (has retry_after)
+        ├── RateLimitedError                         over a request or image-render limit (has retry_after)
         ├── ApiUnavailableError                      the delivery edge could not reach the management API
+        ├── ServiceUnavailableError                  try again shortly (503 with Retry-After)
+        │   ├── DatabaseUnavailableError              the metadata database is down, locked or unreachable
+        │   └── OverCapacityError                     this process is past its capacity: the request is shed
+        ├── RequestTooLargeError                     a request body over the route's limit (refused unread)
+        ├── RequestTimeoutError                      a request body that did not arrive in time
         └── UploadError                              the tus / Content-Range upload protocol
             ├── OffsetMismatchError                   Upload-Offset is not the upload's offset
             ├── ChecksumMismatchError                 Upload-Checksum did not match the chunk
@@ -37,6 +42,7 @@
             ├── UnsupportedVersionError               Tus-Resumable is not 1.0.0
             ├── UnsupportedContentTypeError           PATCH without application/offset+octet-stream
             ├── UploadLockedError                     another request is writing this upload
+            ├── UploadNotCreatedError                 bytes for an upload whose tus creation never completed
             └── UploadGoneError                       the upload was terminated, cancelled or timed out
 
 Every error has a stable ``type`` string and an HTTP status in :data:`ERROR_TABLE`; the API layer turns them
@@ -44,6 +50,8 @@ into ``{"error": {"type": ..., "messages": [...]}}`` bodies from that one table.
 """
 
 from __future__ import annotations
+
+import math
 
 __all__ = [
     "ERROR_TABLE",
@@ -55,6 +63,7 @@ __all__ = [
     "ClusterError",
     "ConfigurationError",
     "ConflictError",
+    "DatabaseUnavailableError",
     "EncoderError",
     "EncoderUnavailableError",
     "FrameMismatchError",
@@ -70,9 +79,13 @@ __all__ = [
     "MethodNotAllowedError",
     "NotFoundError",
     "OffsetMismatchError",
+    "OverCapacityError",
     "PlaybackForbiddenError",
     "RangeNotSatisfiableError",
     "RateLimitedError",
+    "RequestTimeoutError",
+    "RequestTooLargeError",
+    "ServiceUnavailableError",
     "StorageError",
     "TranscodeError",
     "UnsupportedContentTypeError",
@@ -81,6 +94,7 @@ __all__ = [
     "UploadError",
     "UploadGoneError",
     "UploadLockedError",
+    "UploadNotCreatedError",
     "UploadTooLargeError",
     "WorkerLostError",
     "http_status",
@@ -214,6 +228,8 @@ class RateLimitedError(ApiError):
         super().__init__(message)
         self.retry_after = retry_after
         self.limit = limit
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after))), "X-RateLimit-Limit": str(limit),
+                        "X-RateLimit-Remaining": "0"}
 
 
 class ApiUnavailableError(ApiError):
@@ -224,6 +240,36 @@ class ApiUnavailableError(ApiError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class ServiceUnavailableError(ApiError):
+    """A refusal that says when to come back (``Retry-After``); nothing was changed."""
+
+    type = "service_unavailable"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class DatabaseUnavailableError(ServiceUnavailableError):
+    type = "database_unavailable"
+
+    def __init__(self, message: str = "the metadata database is unavailable; nothing was changed, try again",
+                 retry_after: int = 2) -> None:
+        super().__init__(message, retry_after)
+
+
+class OverCapacityError(ServiceUnavailableError):
+    type = "over_capacity"
+
+
+class RequestTooLargeError(ApiError):
+    type = "request_too_large"
+
+
+class RequestTimeoutError(ApiError):
+    type = "request_timeout"
 
 
 class UploadError(ApiError):
@@ -258,6 +304,13 @@ class UploadGoneError(UploadError):
     type = "upload_gone"
 
 
+class UploadNotCreatedError(UploadError):
+    """A tus ``PATCH`` on an upload whose creation (``POST`` with ``Upload-Length`` or ``Upload-Defer-Length``)
+    never completed: without a length, or the word that it comes later, the bytes could never finish it."""
+
+    type = "upload_not_created"
+
+
 #: error class -> HTTP status. Looked up along the MRO, so a subclass inherits its parent's status.
 ERROR_TABLE: dict[type[KinorayError], int] = {
     KinorayError: 500,
@@ -288,6 +341,11 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     IdempotencyKeyReusedError: 422,
     RateLimitedError: 429,
     ApiUnavailableError: 502,
+    ServiceUnavailableError: 503,
+    DatabaseUnavailableError: 503,
+    OverCapacityError: 503,
+    RequestTooLargeError: 413,
+    RequestTimeoutError: 408,
     UploadError: 400,
     OffsetMismatchError: 409,
     ChecksumMismatchError: 460,  # tus checksum extension
@@ -296,6 +354,7 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     UnsupportedContentTypeError: 415,
     UploadLockedError: 423,
     UploadGoneError: 410,
+    UploadNotCreatedError: 409,
 }
 
 

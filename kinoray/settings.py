@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kinoray.errors import ConfigurationError
 
-__all__ = ["ApiSettings", "ClusterSettings", "EdgeSettings", "InputLimits", "ServeSettings", "Settings", "StorageSettings",
+__all__ = ["ApiSettings", "ClusterSettings", "EdgeSettings", "ImageSettings", "InputLimits", "JobSettings", "ServeSettings", "Settings", "StorageSettings",
            "TranscodeDefaults", "get_settings", "settings_env"]
 
 _DEV_SECRET = "dev-insecure-change-me"
@@ -28,6 +28,11 @@ class InputLimits(BaseModel):
     max_file_bytes: int = Field(default=50 * 1024**3, gt=0)
     max_pixels: int = Field(default=8192 * 4320, gt=0, description="width × height of the video stream")
     max_dimension: int = Field(default=16384, gt=0, description="largest width or height")
+    min_dimension: int = Field(
+        default=16, ge=10, le=4096,
+        description="smallest width or height (coded and displayed) accepted as video: smaller pictures are "
+                    "refused (media_limit_exceeded); never below 10, the smallest rendition name (10p) the "
+                    "stream router serves")
     max_duration_seconds: float = Field(default=12 * 3600, gt=0)
     max_streams: int = Field(default=32, gt=0)
 
@@ -103,8 +108,51 @@ class ServeSettings(BaseModel):
         default=None,
         description="base URL clients reach kinoray at (upload URLs are built on it); None = the edge's "
                     "SCHEME://EDGE_HOST:EDGE_PORT")
+    ingress: Literal["haproxy", "python"] = Field(
+        default="haproxy",
+        description="Serve's HTTP ingress on a cluster kinoray up starts: haproxy = HAProxy (bundled with "
+                    "ray[serve]) in front of replicas that serve HTTP themselves (Ray's throughput-optimized "
+                    "mode); python = Serve's Python proxy actor. A cluster kinoray up joins (RAY_ADDRESS) keeps "
+                    "its own")
     max_concurrent_jobs: int = Field(default=2, ge=1, description="transcode jobs the runner runs at once")
     poll_seconds: float = Field(default=0.5, gt=0, description="how often the runner looks for due work")
+
+
+class JobSettings(BaseModel):
+    """The job lifecycle (:mod:`kinoray.control.jobs`): leases on claimed jobs, the reconciler, retries of
+    state changes through transient database errors."""
+
+    lease_seconds: float = Field(
+        default=60.0, gt=0,
+        description="how long a claimed job stays its runner's without a heartbeat; past it the reconciler "
+                    "counts the runner as dead and re-queues the job. Must exceed heartbeat_seconds plus the "
+                    "longest database stall a live runner should survive")
+    heartbeat_seconds: float | None = Field(
+        default=None, gt=0, description="how often a runner renews its leases; None = lease_seconds / 4")
+    reconcile_seconds: float = Field(
+        default=15.0, gt=0,
+        description="how often the reconciler looks for jobs and assets left inconsistent (expired leases, "
+                    "an asset preparing beside a finished job or without one) and repairs them")
+    max_attempts: int = Field(
+        default=3, ge=1,
+        description="claims of a job whose runner died before its asset errors (internal_error) instead of "
+                    "being re-queued again: a poison input must not kill runners forever")
+    retry_seconds: float = Field(
+        default=10.0, ge=0,
+        description="how long one state change is retried through transient database errors (locked, "
+                    "connection lost) before it is left to the runner's loop, which keeps retrying it")
+    retry_backoff_seconds: float = Field(default=0.05, gt=0, description="first pause between retries")
+    retry_max_backoff_seconds: float = Field(default=2.0, gt=0, description="longest pause between retries")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat_seconds if self.heartbeat_seconds is not None else self.lease_seconds / 4
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> JobSettings:
+        if self.heartbeat_interval >= self.lease_seconds:
+            raise ConfigurationError("jobs.heartbeat_seconds must be shorter than jobs.lease_seconds")
+        return self
 
 
 class EdgeSettings(BaseModel):
@@ -130,6 +178,11 @@ class EdgeSettings(BaseModel):
     tls_cert: Path | None = Field(default=None, description="PEM certificate chain: the edge speaks HTTPS")
     tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
     forward_timeout_seconds: float = Field(default=60.0, gt=0, description="limit on one forwarded API call")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Prometheus metrics of the edge's server on this port (host: the edge's), per worker "
+                    "process: connections and requests handled, errors, respawns, blocking-thread use; None = off")
+    metrics_scrape_seconds: int = Field(default=15, ge=1, description="how often those metrics are collected")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> EdgeSettings:
@@ -157,6 +210,58 @@ class ApiSettings(BaseModel):
     webhook_retry_hours: float = Field(default=24.0, gt=0, description="how long a delivery is retried")
     idempotency_hours: float = Field(default=24.0, gt=0, description="how long Idempotency-Key responses are kept")
     ingest_timeout_seconds: float = Field(default=600.0, gt=0, description="limit on fetching one input URL")
+    trusted_proxies: list[str] = Field(
+        default=["127.0.0.1/32", "::1/128"],
+        description="networks (CIDR) whose X-Forwarded-For is believed: the delivery edge and load balancers in "
+                    "front of the API. The client address is the last hop not in them")
+    auth_failures_per_second: float = Field(
+        default=1.0, gt=0,
+        description="failed authentications a client address, and a token id, may have per second (bucket "
+                    "refill) before its unverified credentials are refused with 429 without checking them")
+    auth_failure_burst: int = Field(default=10, ge=1, description="failed authentications a client may burst")
+    max_body_bytes: int = Field(
+        default=1024**2, gt=0,
+        description="largest JSON request body of the management API; longer ones are refused (413) before "
+                    "authentication and before they are read")
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="limit on receiving one request body (a slow sender gets 408)")
+    max_in_flight: int = Field(
+        default=64, ge=1,
+        description="requests one API process works on at once; more are refused at once with 503 and "
+                    "Retry-After (load shedding) instead of queueing until they time out")
+    max_in_flight_per_client: int = Field(
+        default=16, ge=1,
+        description="of those, what one client address may hold; more from it are refused at once with 429 and "
+                    "Retry-After, so one busy or hostile client cannot crowd the others out")
+
+
+class ImageSettings(BaseModel):
+    """Caps on images made on request (``/{playback_id}/thumbnail.jpg`` and the like; see
+    :mod:`kinoray.control.images`). Serving an image already stored is never limited; making a new one is: per
+    client IP, per process and, for what is kept, per asset."""
+
+    max_variants_per_asset: int = Field(
+        default=50, ge=0,
+        description="distinct images stored per asset; a new one beyond it is still made and served, not stored")
+    max_bytes_per_asset: int = Field(
+        default=16 * 1024**2, ge=0,
+        description="bytes of images stored per asset, counted from the storage listing; an image that would "
+                    "pass it is served, not stored")
+    usage_cache_seconds: float = Field(
+        default=10.0, ge=0,
+        description="how long a process trusts its listing of an asset's images (plus what it stored itself); "
+                    "0 lists before every store")
+    client_renders_per_second: float = Field(
+        default=1.0, gt=0, description="new images a client IP may have made, sustained (token bucket refill)")
+    client_render_burst: int = Field(default=60, ge=1, description="bucket size: new images a client may burst")
+    render_seconds_per_window: float = Field(
+        default=30.0, gt=0,
+        description="seconds a process may spend making images per render_window_seconds (a budget that refills "
+                    "continuously); spent: new images answer 429 until it refills")
+    render_window_seconds: float = Field(default=60.0, gt=0)
+    max_concurrent_renders: int = Field(default=2, ge=1, description="images a process makes at once")
+    render_wait_seconds: float = Field(
+        default=10.0, ge=0, description="how long a new image waits for one of those slots before a 429")
 
 
 class Settings(BaseSettings):
@@ -172,6 +277,10 @@ class Settings(BaseSettings):
         description="metadata database (postgresql+psycopg://user@host/db, or sqlite:///path); "
                     "None = the SQLite file DATA_DIR/kinoray.db",
     )
+    database_timeout_seconds: float = Field(
+        default=15.0, gt=0,
+        description="how long a statement waits for SQLite's write lock (busy timeout), or a PostgreSQL "
+                    "connection for the server; past it the request answers 503 database_unavailable")
     limits: InputLimits = InputLimits()
     transcode: TranscodeDefaults = TranscodeDefaults()
     storage: StorageSettings = StorageSettings()
@@ -179,7 +288,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Redis for shared rate limits; None = in-process")
     cluster: ClusterSettings = ClusterSettings()
     serve: ServeSettings = ServeSettings()
+    jobs: JobSettings = JobSettings()
     edge: EdgeSettings = EdgeSettings()
+    images: ImageSettings = ImageSettings()
 
     @field_validator("log_level", "native_log_level")
     @classmethod

@@ -17,11 +17,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
     "API_REGISTRY",
+    "AUTH_THROTTLED",
     "CHUNKS_ENCODED",
     "HTTP_LATENCY",
     "HTTP_REQUESTS",
     "JOBS_FINISHED",
     "RATE_LIMIT_FALLBACKS",
+    "REQUESTS_SHED",
     "RUNNER_METRICS_UP",
     "UPLOAD_BYTES",
     "WEBHOOK_DELIVERIES",
@@ -39,6 +41,12 @@ UPLOAD_BYTES = Counter("kinoray_upload_bytes_total", "Bytes received by direct u
 RATE_LIMIT_FALLBACKS = Counter("kinoray_ratelimit_fallback_total",
                                "Requests rate-limited in-process because Redis was unreachable",
                                registry=API_REGISTRY)
+REQUESTS_SHED = Counter("kinoray_requests_shed_total",
+                        "API requests refused before routing: over_capacity (load shedding), request_too_large, "
+                        "request_timeout", ["reason"], registry=API_REGISTRY)
+AUTH_THROTTLED = Counter("kinoray_auth_throttled_total",
+                         "Credentials refused unchecked because their client or token id failed too often",
+                         ["by"], registry=API_REGISTRY)
 RUNNER_METRICS_UP = Gauge("kinoray_runner_metrics_up",
                           "1 if the last /metrics scrape got the job runner's metrics, else 0",
                           registry=API_REGISTRY)

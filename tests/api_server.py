@@ -12,6 +12,9 @@ client would. The job runner is started on demand (:meth:`ApiServer.start_runner
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -107,6 +110,9 @@ class ApiServer:
         settings["serve"] = {"host": "127.0.0.1", "port": self.port, **settings["serve"]}
         settings["edge"] = {"host": "127.0.0.1", "port": self.edge_port, "api_url": self.url,
                             **settings.get("edge", {})}
+        # Every test client is 127.0.0.1, and the auth matrix sends hundreds of wrong credentials on purpose: the
+        # failed-authentication throttle keeps its defaults only where a test asks (tests/test_abuse.py).
+        settings["api"] = {"auth_failure_burst": 1_000_000, **settings.get("api", {})}
         self.settings = Settings(data_dir=data_dir, database_url=database_url, environment="test", **settings)
         self.platform = Platform.from_settings(self.settings)
         with self.platform.db.session() as session:
@@ -198,3 +204,40 @@ class ApiServer:
         self.client.close()
         set_platform(None)
         self.platform.close()
+
+
+#: Debian's PostgreSQL server binaries (the newest installed major version), for private throwaway servers.
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name), default=Path("/nonexistent"))
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL server in a temporary directory (never the shared one): initdb, start, stop."""
+
+    def __init__(self) -> None:
+        from tests.conftest import free_port
+
+        self.root = Path(tempfile.mkdtemp(prefix="kinoray-pg-"))
+        self.root.chmod(0o755)
+        self.data, self.port = self.root / "data", free_port()
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_postgres:
+            shutil.chown(self.root, "postgres")
+        self._run(PG_BIN / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: Any) -> None:
+        subprocess.run([*self.as_postgres, *map(str, command)], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-o", options, "-l", self.root / "server.log", "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
+    def close(self) -> None:
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass  # not running
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -127,3 +127,18 @@ def api(api_backend, tmp_path_factory: pytest.TempPathFactory):
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture()
+def private_postgres():
+    """A throwaway PostgreSQL server of our own (``tests.api_server.PrivatePostgres``), for outage tests."""
+    from tests.api_server import PG_BIN, PrivatePostgres
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL server binaries in {PG_BIN}")
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -41,32 +41,38 @@ def _excluded(operation) -> list[str]:
     return names
 
 
-def _operations(api) -> list:
-    schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
+def _operations(url: str) -> list:
+    schema = schemathesis.openapi.from_url(url)
     return [result.ok() for result in schema.get_all_operations()]
 
 
-def _checker(operation, api):
-    excluded = [getattr(schemathesis.checks, name) for name in _excluded(operation)]
+def _checker(operation, excluded_names: list[str], **call):
+    excluded = [getattr(schemathesis.checks, name) for name in excluded_names]
 
     @given(case=operation.as_strategy())
     @settings(max_examples=30, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     def check(case) -> None:
-        case.call_and_validate(session=api.client, excluded_checks=excluded)
+        case.call_and_validate(excluded_checks=excluded, **call)
 
     return check
 
 
-def test_api_conforms_to_its_openapi(api) -> None:
-    operations = _operations(api)
-    assert len(operations) >= 10
+def _failures(operations: list, excluded, **call) -> list[str]:
+    """Every operation checked; the failures of all of them (each operation's first, shortened)."""
     failures: list[str] = []
     for operation in operations:
         try:
-            _checker(operation, api)()
+            _checker(operation, excluded(operation), **call)()
         except Exception as error:  # noqa: BLE001 - collect every operation's failure, then report them all
             failures.append(f"{operation.label}: {str(error)[:1500]}")
+    return failures
+
+
+def test_api_conforms_to_its_openapi(api) -> None:
+    operations = _operations(f"{api.url}/openapi.json")
+    assert len(operations) >= 10
+    failures = _failures(operations, _excluded, session=api.client)
     assert not failures, "\n\n".join(failures)
 
 
@@ -74,3 +80,17 @@ def test_openapi_document_is_served_with_docs(api) -> None:
     document = requests.get(f"{api.url}/openapi.json", timeout=10).json()
     assert document["info"]["title"] == "kinoray"
     assert requests.get(f"{api.url}/docs", timeout=10).status_code == 200
+
+
+#: Edge operations' checks that do not apply, and why.
+EDGE_EXCLUDED: dict[str, list[str]] = {}
+
+
+def test_edge_conforms_to_its_openapi(api) -> None:
+    """The delivery edge's own document (the upload URL, beacons, its health; image and player pages are not
+    API operations and are left out of it): the same checks, against the edge."""
+    operations = _operations(f"{api.edge_url}/edge/openapi.json")
+    assert len(operations) >= 8
+    failures = _failures(operations, lambda operation: EDGE_EXCLUDED.get(operation.label, []),
+                         base_url=api.edge_url)
+    assert not failures, "\n\n".join(failures)

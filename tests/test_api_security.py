@@ -12,6 +12,7 @@ import requests
 #: Routes that need no access token, and why.
 PUBLIC = {
     "/healthz": "liveness probe",
+    "/readyz": "readiness probe: says which dependency fails, nothing about any customer's data",
     "/system/v1/capabilities": "encoder capabilities of the replica (no customer data)",
     "/metrics": "Prometheus scrape (cluster network only)",
     "/upload/v1/{upload_id}": "direct-upload URL: the unguessable upload id is the capability",

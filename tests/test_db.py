@@ -54,18 +54,13 @@ from kinoray.store import (
     verify_secret,
 )
 from kinoray.store import models as models_module
-from tests.api_server import POSTGRES_URL, Backend
+from tests.api_server import Backend
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    if request.param == "postgresql" and not POSTGRES_URL:
-        pytest.skip("KINORAY_TEST_POSTGRES_URL is empty: PostgreSQL half skipped on purpose")
-    backend = Backend(request.param, tmp_path_factory.mktemp("db"))
-    try:
-        yield backend
-    finally:
-        backend.close()
+@pytest.fixture(scope="module")
+def backend(api_backend: Backend) -> Backend:
+    """conftest's fresh-database factory, once per kind (SQLite, PostgreSQL)."""
+    return api_backend
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +90,7 @@ def test_migrations_build_the_models_schema_and_go_back(backend: Backend) -> Non
     try:
         with database.engine.connect() as connection:
             assert _schema_diffs(connection) == []
-            assert MigrationContext.configure(connection).get_current_revision() == "0002"
+            assert MigrationContext.configure(connection).get_current_revision() == "0003"
             inspector = sa.inspect(connection)
             for table in Base.metadata.sorted_tables:  # Alembic does not compare CHECK constraints: names here
                 expected = {c.name for c in table.constraints if isinstance(c, sa.CheckConstraint)}
@@ -234,7 +229,7 @@ def test_upload_round_trip_and_expiry(db: Database) -> None:
 
 
 def test_job_record_persists_and_rebuilds_equal(db: Database) -> None:
-    from kinoray.cluster.progress import JobRecord, JobState
+    from kinoray.store.states import JobRecord, JobState  # Ray-free: the store never imports kinoray.cluster
 
     assert JOB_STATES == tuple(state.value for state in JobState)
     assert {f.name for f in fields(JobRecord)} <= set(Job.__table__.c.keys())

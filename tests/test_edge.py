@@ -23,18 +23,20 @@ import pytest
 import requests
 
 from kinoray.store.models import PlaybackPolicy
-from tests.api_server import INVALIDATION_BOUND
+from tests.api_server import INVALIDATION_BOUND, eventually
+from tests.conftest import free_port
 from tests.test_playback import IMMUTABLE, assert_error, ffmpeg_decodes, packaged_asset, publish
 from tests.test_playback_signed import mint
 
 WORKERS = 2
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
 def edge(api, media_dir, tmp_path_factory):
     """``(server, edge url, media dir)``: the Granian edge with :data:`WORKERS` processes on the module's API."""
     _, media = packaged_asset(media_dir, tmp_path_factory.getbasetemp())
-    process, url = api.start_granian_edge(workers=WORKERS)
+    process, url = api.start_granian_edge(workers=WORKERS, metrics_port=METRICS_PORT, metrics_scrape_seconds=1)
     try:
         yield api, url, media
     finally:
@@ -173,6 +175,58 @@ def test_the_api_is_reached_through_the_edge_port(edge) -> None:
     assert created.status_code == 201 and created.json()["data"]["status"] == "waiting"
     health = requests.get(f"{url}/edge/healthz", timeout=10).json()
     assert health["status"] == "ok" and health["role"] == "edge"
+
+
+def test_the_edge_exports_metrics_per_worker(edge) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, url, _ = edge
+
+    def handled() -> dict[str, float]:
+        text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+        samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples
+                   if family.name == "granian_requests_handled"]
+        return {sample.labels["worker"]: sample.value for sample in samples}
+
+    before = sum(handled().values())
+    for _ in range(40):
+        assert _fresh("GET", f"{url}/edge/healthz").status_code == 200
+
+    def counted() -> dict[str, float]:
+        now = handled()
+        assert sum(now.values()) >= before + 40, now
+        return now
+
+    assert len(eventually(counted, 10)) == WORKERS  # one series per worker process
+
+
+def test_serves_plain_503_is_told_as_a_typed_over_capacity(api) -> None:
+    """Ray Serve refuses past its queue bound with a plain-text 503; through the edge the client gets kinoray's
+    typed ``over_capacity`` (with Retry-After), like the API's own shedding."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Overloaded(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            body = b"Request dropped due to backpressure (num_queued_requests=64, max_queued_requests=64)."
+            self.send_response(503)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    serve_proxy = ThreadingHTTPServer(("127.0.0.1", 0), Overloaded)
+    threading.Thread(target=serve_proxy.serve_forever, daemon=True).start()
+    process, url = api.start_granian_edge(workers=1, api_url=f"http://127.0.0.1:{serve_proxy.server_address[1]}")
+    try:
+        answer = requests.get(f"{url}/video/v1/assets", timeout=10)
+        assert answer.status_code == 503 and answer.json()["error"]["type"] == "over_capacity", answer.text
+        assert int(answer.headers["Retry-After"]) >= 1
+    finally:
+        process.stop()
+        serve_proxy.shutdown()
 
 
 def test_a_down_api_is_a_typed_502_and_streams_keep_playing(api, media_dir, tmp_path_factory) -> None:

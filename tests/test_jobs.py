@@ -98,10 +98,11 @@ _AGENT_NOT_READY = "No available agent to submit job"
 
 
 def submit(address: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``ray job submit``, waiting (up to 2 minutes) for the head's job agent rather than racing it."""
+    """``ray job submit``, waiting (up to 4 minutes: a loaded machine starts the agent late) for the head's job
+    agent rather than racing it."""
     command = [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
                "python", "-m", "kinoray.jobs.transcode", *args]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     while True:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
         if _AGENT_NOT_READY not in done.stdout + done.stderr or time.monotonic() > deadline:

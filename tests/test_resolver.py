@@ -33,9 +33,9 @@ class CountingDatabase:
     def __init__(self, db: Database) -> None:
         self.db, self.sessions = db, 0
 
-    def session(self):  # noqa: ANN201 - the database's own context manager
+    def reader(self):  # noqa: ANN201 - the database's own context manager
         self.sessions += 1
-        return self.db.session()
+        return self.db.reader()
 
 
 @pytest.fixture()

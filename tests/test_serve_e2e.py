@@ -9,6 +9,7 @@ and delete work; a platform killed mid-transcode and started again finishes the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -230,22 +231,62 @@ def test_upload_cut_resume_ready_webhook_list_delete(platform: Platform, clip: P
     assert receiver.events("video.asset.deleted")
 
 
-def test_restarted_platform_finishes_an_interrupted_job(tmp_path: Path) -> None:
+def test_a_platform_whose_cluster_dies_exits_and_finishes_the_interrupted_job_on_restart(tmp_path: Path) -> None:
+    """The Ray cluster under `kinoray up` dies mid-transcode: `kinoray up` exits non-zero (so a supervisor restarts
+    it), and the restarted platform finishes the accepted asset with exactly one webhook. Then readiness."""
     source = generate_clip(tmp_path / "long.mp4", width=1280, height=720, fps=30, seconds=24)
+    receiver = Receiver()
     running = Platform(tmp_path / "data", None)
-    running.env["KINORAY_API__ALLOW_FILE_INPUTS"] = "true"
+    # short leases: the dead runner's claim runs out while the platform restarts, not a minute later
+    running.env.update({"KINORAY_API__ALLOW_FILE_INPUTS": "true", "KINORAY_JOBS__LEASE_SECONDS": "8",
+                        "KINORAY_JOBS__RECONCILE_SECONDS": "2"})
     running.start()
     try:
+        hook = running.client.post(f"{running.url}/system/v1/webhook-endpoints", json={"url": receiver.url})
+        assert hook.status_code == 201, hook.text
         answer = running.client.post(f"{running.url}/video/v1/assets",
                                      json={"inputs": [{"url": f"file://{source}"}], "playback_policies": ["public"]})
         assert answer.status_code == 201, answer.text
         asset_id = answer.json()["data"]["id"]
-        running.wait_asset(asset_id, states=("transcoding", "ready", "errored"))
-        running.stop(signal.SIGTERM)
+        interrupted = running.wait_asset(asset_id, states=("transcoding", "ready", "errored"))
+        assert interrupted["status"] == "preparing", interrupted  # the kill lands mid-transcode
+
+        # the Ray cluster under it dies: every process our own `kinoray up` started for Ray (the control store,
+        # the raylet and the workers under it: Serve's controller, HAProxy, the replicas, the runner, the
+        # encoders), not its edge. The API stops answering; `kinoray up` notices within its watchdog's bound
+        # (3 probes 5 s apart) and exits non-zero, before Ray's own 60 s wait for its control store ends
+        assert running.process is not None
+        edge = {pid for pid in _children(running.process.pid) if b"kinoray.cli\x00edge" in _cmdline(pid)}
+        ray_processes = _descendants(running.process.pid, skip=edge)
+        assert any(b"gcs_server" in _cmdline(pid) for pid in ray_processes), ray_processes
+        for pid in ray_processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        assert running.process.wait(timeout=90) == 1, running.output()
+        assert "stopped answering" in running.output(), running.output()
+        assert time.monotonic() - killed < 45
+
         running.start()
-        asset = running.wait_asset(asset_id)
+        restarted = time.monotonic()
+        asset = running.wait_asset(asset_id, timeout=300)
         assert asset["status"] == "ready", asset
         assert abs(asset["duration"] - 24.0) < 0.1
+        deadline = time.monotonic() + 30
+        while not receiver.events("video.asset.ready") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ready_events = [json.loads(body) for _, body in receiver.events("video.asset.ready")]
+        assert [event["object"]["id"] for event in ready_events] == [asset_id], ready_events
+        assert time.monotonic() - restarted < 300
+
+        # readiness names what it checked, through the edge and on the API's own port
+        for base in (running.url, f"http://127.0.0.1:{running.api_port}"):
+            ready = requests.get(f"{base}/readyz", timeout=30)
+            assert ready.status_code == 200, ready.text
+            checks = ready.json()["checks"]
+            assert {"database", "storage", "runner", "cluster"} <= set(checks) and all(
+                check["ok"] for check in checks.values()), checks
+        assert requests.get(f"{running.url}/edge/readyz", timeout=30).json()["status"] == "ready"
     finally:
         running.stop()
 
@@ -286,6 +327,16 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def _descendants(root: int, skip: set[int]) -> list[int]:
+    """Every process under ``root`` (children first), leaving out the subtrees of ``skip``."""
+    found, queue = [], [pid for pid in _children(root) if pid not in skip]
+    while queue:
+        pid = queue.pop(0)
+        found.append(pid)
+        queue.extend(child for child in _children(pid) if child not in skip)
+    return found
 
 
 def _children(parent: int) -> list[int]:

@@ -17,6 +17,24 @@ Single flight: concurrent requests for the same missing image in one process wai
 first renders it; the others then read what it stored. Across replicas there is no lock: the worst case is that
 two replicas render the same image at the same time and both store it, each with an atomic rename of identical
 parameters' output, so readers always see one whole file and the duplicate costs only CPU.
+
+Caps (:class:`ImageGuard`, ``KINORAY_IMAGES__*``; :class:`kinoray.settings.ImageSettings`). Anyone may ask for
+any number of distinct URLs, so what a miss costs is bounded; a stored image is always served without a check.
+
+- Per client (the caller's address, as the route reads it): a token bucket of new renders, the limiter of
+  :mod:`kinoray.control.ratelimit` (in Redis when ``KINORAY_REDIS_URL`` is set), key ``image-render:<client>``.
+  Empty: ``429 too_many_requests`` with ``Retry-After``.
+- Per process: a render budget, ``render_seconds_per_window`` seconds of rendering per
+  ``render_window_seconds``, refilled continuously. A render is charged its wall-clock time (the decoder's slice
+  threads may add CPU on top); it starts only while some budget is left, and one that ends past it leaves a
+  debt. At most ``max_concurrent_renders`` run at once; a render waits ``render_wait_seconds`` for a slot.
+  Spent, or no slot in time: 429 with ``Retry-After``.
+- Per asset: what is stored under ``assets/<id>/images/`` (committed objects and their sizes from a listing of
+  the store, trusted for ``usage_cache_seconds`` plus what this process stored since) stays within
+  ``max_variants_per_asset`` objects and ``max_bytes_per_asset`` bytes: an image that would pass either is
+  rendered and served but not stored (``X-Image-Cache: bypass``). One process checks and stores under a
+  per-asset lock, so it never passes the caps; several processes (edge workers, replicas) may together pass them
+  by what the others stored within one ``usage_cache_seconds`` (0: list before every store).
 """
 
 from __future__ import annotations
@@ -27,17 +45,19 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from kinoray.control.playback import AUDIENCES as PLAYBACK_AUDIENCES
 from kinoray.control.playback import Playback, text_etag
+from kinoray.control.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from kinoray.control.resolver import PlaybackResolver
-from kinoray.errors import InvalidParametersError, NotFoundError, StorageError
+from kinoray.errors import InvalidParametersError, NotFoundError, RateLimitedError, StorageError
 from kinoray.media import images as media_images
 from kinoray.media.images import (
     ANIMATED_FORMATS,
@@ -53,7 +73,11 @@ from kinoray.media.images import (
     Size,
     StillFormat,
 )
+from kinoray.settings import ImageSettings, Settings
 from kinoray.store.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from kinoray.control.platform import Platform
 
 __all__ = [
     "ANIMATED_DEFAULT_FPS",
@@ -71,9 +95,13 @@ __all__ = [
     "THUMBNAIL_MAX_SIZE",
     "AnimatedParams",
     "ImageCache",
+    "ImageGuard",
     "ImageKind",
     "ImageResult",
     "ImageSource",
+    "ImageStorage",
+    "ImageUsage",
+    "RenderBudget",
     "StoryboardParams",
     "ThumbnailParams",
     "resolve_source",
@@ -122,8 +150,13 @@ class ImageSource:
         """The top rendition's progressive MP4, which thumbnails are cut from."""
         return f"{self.storage_prefix}/media/highest.mp4"
 
+    @property
+    def images_prefix(self) -> str:
+        """Where its images are stored: what the per-asset caps count."""
+        return f"{self.storage_prefix}/images"
+
     def image_key(self, digest: str, extension: str) -> str:
-        return f"{self.storage_prefix}/images/{digest}.{extension}"
+        return f"{self.images_prefix}/{digest}.{extension}"
 
 
 def resolve_source(resolver: PlaybackResolver, playback_id: str, *, token: str | None,
@@ -277,8 +310,15 @@ class ImageResult:
     body: bytes
     media_type: str
     etag: str  # strong: a digest of the bytes
-    key: str  # where it is stored
+    key: str  # where it is stored (or would be, when not stored)
     rendered: bool  # this request rendered it (a cache miss)
+    stored: bool = True  # False: rendered and served, not stored (the asset's image caps are reached)
+
+    @property
+    def cache_status(self) -> str:
+        """``X-Image-Cache``: ``hit`` (read from storage), ``miss`` (rendered and stored), ``bypass`` (rendered,
+        not stored)."""
+        return "hit" if not self.rendered else "miss" if self.stored else "bypass"
 
 
 class _KeyLocks:
@@ -308,12 +348,228 @@ class _KeyLocks:
 _LOCKS = _KeyLocks()
 
 
+# --- caps on making images ------------------------------------------------------------------------------------
+
+
+class RenderBudget:
+    """One process's rendering: ``seconds`` of it per ``window`` seconds, ``concurrent`` renders at once.
+
+    The budget is a bucket holding at most ``seconds``, refilled at ``seconds / window`` per second. A render may
+    start while the bucket holds more than nothing; its wall-clock time is taken out when it ends, so the bucket
+    can go below zero and the debt holds back the renders after it. ``slot`` waits at most ``wait`` seconds for
+    one of the ``concurrent`` places.
+    """
+
+    def __init__(self, seconds: float, window: float, concurrent: int, wait: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.rate, self.concurrent, self.wait = seconds, seconds / window, concurrent, wait
+        self.clock = clock
+        self._level, self._at = float(seconds), clock()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(concurrent)
+
+    def _refill(self) -> float:
+        now = self.clock()
+        self._level = min(float(self.seconds), self._level + max(0.0, now - self._at) * self.rate)
+        self._at = now
+        return self._level
+
+    def left(self) -> float:
+        """Seconds of rendering left now (negative: a debt)."""
+        with self._lock:
+            return self._refill()
+
+    def check(self) -> None:
+        """Raises ``RateLimitedError`` (``retry_after``: until the bucket holds something again) when spent."""
+        with self._lock:
+            level = self._refill()
+        if level <= 0:
+            raise RateLimitedError(
+                f"image render budget of {self.seconds:g} s per {self.seconds / self.rate:g} s is spent on this "
+                f"server: stored images are served, new ones again in a moment",
+                retry_after=max(1.0, -level / self.rate), limit=math.ceil(self.seconds))
+
+    def charge(self, seconds: float) -> None:
+        with self._lock:
+            self._refill()
+            self._level -= seconds
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self.wait):
+            raise RateLimitedError(f"{self.concurrent} images are being rendered on this server and none finished "
+                                   f"within {self.wait:g} s", retry_after=1.0, limit=self.concurrent)
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+@dataclass(frozen=True)
+class ImageUsage:
+    """What is stored under one asset's images prefix."""
+
+    variants: int
+    bytes: int
+
+
+@dataclass
+class _Listing:
+    sizes: dict[str, int]  # committed key -> bytes
+    listed_at: float
+
+
+def _stored_sizes(store: ObjectStore, prefix: str) -> dict[str, int]:
+    """Committed objects under ``prefix`` (the store's listing, temporary objects left out) and their sizes
+    (the filesystem's detailed listing: a stat per file locally, the LIST answer on S3)."""
+    keys = set(store.list(prefix))  # committed keys, the store's own listing (temporary objects left out)
+    if not keys:
+        return {}
+    root = store.root.rstrip("/") + "/"
+    found = store.fs.find(store.path(prefix), detail=True)
+    sizes = {path.removeprefix(root): int(info.get("size") or 0) for path, info in found.items()}
+    return {key: sizes[key] for key in keys if key in sizes}
+
+
+class ImageStorage:
+    """Per-asset accounting of stored images, enforcing ``max_variants`` objects and ``max_bytes`` bytes.
+
+    An asset's usage is the store's listing of its images prefix, taken again once older than ``ttl`` seconds
+    and meanwhile kept up to date with what this process stores. :meth:`store_if_room` checks and stores under a
+    lock per asset, so one process never passes the caps; other processes' stores are seen at the next listing.
+    """
+
+    def __init__(self, store: ObjectStore, *, max_variants: int, max_bytes: int, ttl: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store, self.max_variants, self.max_bytes, self.ttl, self.clock = store, max_variants, max_bytes, ttl, clock
+        self._listings: dict[str, _Listing] = {}
+        self._guard = threading.Lock()
+        self._locks = _KeyLocks()
+
+    def _listing(self, prefix: str) -> _Listing:
+        """Call with ``prefix``'s lock held."""
+        now = self.clock()
+        with self._guard:
+            listing = self._listings.get(prefix)
+        if listing is None or self.ttl <= 0 or now - listing.listed_at >= self.ttl:
+            listing = _Listing(_stored_sizes(self.store, prefix), now)
+            with self._guard:
+                for stale in [key for key, old in self._listings.items() if now - old.listed_at >= self.ttl]:
+                    del self._listings[stale]  # assets not stored to for a while leave the table
+                self._listings[prefix] = listing
+        return listing
+
+    def usage(self, prefix: str) -> ImageUsage:
+        with self._locks.hold(prefix):
+            sizes = self._listing(prefix).sizes
+            return ImageUsage(len(sizes), sum(sizes.values()))
+
+    def store_if_room(self, prefix: str, key: str, body: bytes) -> bool:
+        """Store ``body`` at ``key`` if the asset stays within both caps with it; whether it was stored. A listing
+        that fails leaves the image unstored (it is still served)."""
+        with self._locks.hold(prefix):
+            try:
+                listing = self._listing(prefix)
+            except Exception as error:  # noqa: BLE001 - the store's own errors and the filesystem's
+                log.warning("image not stored: its asset's images could not be listed",
+                            extra={"key": key, "error": str(error)})
+                return False
+            sizes = dict(listing.sizes)
+            sizes[key] = len(body)
+            if len(sizes) > self.max_variants or sum(sizes.values()) > self.max_bytes:
+                log.info("image not stored: its asset's image storage cap is reached",
+                         extra={"key": key, "bytes": len(body), "variants": len(listing.sizes),
+                                "stored_bytes": sum(listing.sizes.values())})
+                return False
+            self.store.put_bytes(body, key)
+            listing.sizes = sizes
+            return True
+
+
+@dataclass
+class ImageGuard:
+    """The caps of one process (module docstring): per-client new renders, the render budget, per-asset storage."""
+
+    settings: ImageSettings
+    limiter: RateLimiter  # one token per new render, keyed by client
+    budget: RenderBudget
+    storage: ImageStorage
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: ObjectStore) -> ImageGuard:
+        images = settings.images
+        rate, burst = images.client_renders_per_second, images.client_render_burst
+        limiter: RateLimiter = (RedisRateLimiter(settings.redis_url, rate, burst) if settings.redis_url
+                                else LocalRateLimiter(rate, burst))
+        return cls(images, limiter,
+                   RenderBudget(images.render_seconds_per_window, images.render_window_seconds,
+                                images.max_concurrent_renders, images.render_wait_seconds),
+                   ImageStorage(store, max_variants=images.max_variants_per_asset,
+                                max_bytes=images.max_bytes_per_asset, ttl=images.usage_cache_seconds))
+
+    def _charge_client(self, client: str) -> None:
+        decision = self.limiter.hit(f"image-render:{client}")
+        if not decision.allowed:
+            raise RateLimitedError(
+                f"image render limit of {self.settings.client_renders_per_second:g} new images/s per client "
+                f"(burst {decision.limit}) exceeded: stored images are served, new ones again in a moment",
+                decision.retry_after, decision.limit)
+
+    def render(self, client: str, render: Callable[[], bytes]) -> bytes:
+        """``render()`` if the budget has some left, ``client`` may have another image made and a slot frees in
+        time; its time is charged to the budget.
+
+        Raises:
+            RateLimitedError: any of those is not so (``retry_after`` says when to try again).
+        """
+        self.budget.check()  # before the client's token: a refusal for the server's sake costs the client nothing
+        self._charge_client(client)
+        with self.budget.slot():
+            self.budget.check()  # spent by the renders that ran while this one waited
+            started = time.perf_counter()
+            try:
+                return render()
+            finally:
+                self.budget.charge(time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.limiter.close()
+
+
+_GUARDS: dict[int, tuple[weakref.ref[Any], ImageGuard]] = {}
+_guards_lock = threading.Lock()
+
+
+def guard_for(platform: Platform) -> ImageGuard:
+    """The process's :class:`ImageGuard` for ``platform`` (made on first use from its settings and store, dropped
+    with it)."""
+    with _guards_lock:
+        entry = _GUARDS.get(id(platform))
+        if entry is not None and entry[0]() is platform:
+            return entry[1]
+        guard = ImageGuard.from_settings(platform.settings, platform.store)
+        key = id(platform)
+
+        def forget(_: weakref.ref[Any]) -> None:
+            with _guards_lock:
+                if _GUARDS.get(key, (None, None))[1] is guard:
+                    del _GUARDS[key]
+            guard.close()
+
+        _GUARDS[key] = (weakref.ref(platform, forget), guard)
+        return guard
+
+
 @dataclass
 class ImageCache:
-    """Images stored beside the asset's media, rendered on first request (see the module docstring)."""
+    """Images stored beside the asset's media, rendered on first request (see the module docstring). With a
+    ``guard``, a render is allowed and stored within its caps, and charged to ``client``; without one (tools,
+    tests), every miss is rendered and stored."""
 
     store: ObjectStore
     locks: _KeyLocks = field(default_factory=lambda: _LOCKS)
+    guard: ImageGuard | None = None
+    client: str = "unknown"
 
     def _read(self, key: str) -> bytes | None:
         try:
@@ -323,22 +579,29 @@ class ImageCache:
                 return None
             raise
 
-    def _get_or_render(self, kind: ImageKind, key: str, render: Callable[[], bytes]) -> tuple[bytes, bool]:
+    def _get_or_render(self, kind: ImageKind, source: ImageSource, key: str,
+                       render: Callable[[], bytes]) -> tuple[bytes, bool, bool]:
+        """``(body, rendered, stored)``."""
         body = self._read(key)
         if body is not None:
-            return body, False
+            return body, False, True
         with self.locks.hold(key):
             body = self._read(key)  # rendered by whoever held the lock before us
             if body is not None:
-                return body, False
+                return body, False, True
             started = time.perf_counter()
-            body = render()
-            self.store.put_bytes(body, key)
+            if self.guard is None:
+                body = render()
+                self.store.put_bytes(body, key)
+                stored = True
+            else:
+                body = self.guard.render(self.client, render)
+                stored = self.guard.storage.store_if_room(source.images_prefix, key, body)
             with _renders_lock:
                 RENDERS[kind] += 1
-            log.info("image rendered", extra={"kind": kind, "key": key, "bytes": len(body),
+            log.info("image rendered", extra={"kind": kind, "key": key, "bytes": len(body), "stored": stored,
                                               "seconds": round(time.perf_counter() - started, 3)})
-            return body, True
+            return body, True, stored
 
     def _top_rendition(self, source: ImageSource) -> FrameReader:
         """A reader over ``highest.mp4``: the file itself on a local store, ranged reads through the store's own
@@ -373,8 +636,8 @@ class ImageCache:
                 return media_images.render_thumbnail(reader, params.time, params.resize, params.format).data
 
         key = source.image_key(params.digest(), params.format)
-        body, rendered = self._get_or_render("thumbnail", key, render)
-        return ImageResult(body, MEDIA_TYPES[params.format], text_etag(body), key, rendered)
+        body, rendered, stored = self._get_or_render("thumbnail", source, key, render)
+        return ImageResult(body, MEDIA_TYPES[params.format], text_etag(body), key, rendered, stored)
 
     def animated(self, source: ImageSource, params: AnimatedParams) -> ImageResult:
         def render() -> bytes:
@@ -386,8 +649,8 @@ class ImageCache:
                                                     Resize(size.width, size.height, "stretch"), params.format).data
 
         key = source.image_key(params.digest(), params.format)
-        body, rendered = self._get_or_render("animated", key, render)
-        return ImageResult(body, MEDIA_TYPES[params.format], text_etag(body), key, rendered)
+        body, rendered, stored = self._get_or_render("animated", source, key, render)
+        return ImageResult(body, MEDIA_TYPES[params.format], text_etag(body), key, rendered, stored)
 
     def storyboard(self, source: ImageSource, params: StoryboardParams) -> ImageResult:
         """The sprite, or the WebVTT. The VTT is stored without a token and refers to the sprite by a URL
@@ -403,9 +666,9 @@ class ImageCache:
                 return media_images.render_storyboard(reader, layout, params.image_format).data
 
         key = source.image_key(params.digest(), params.format)
-        body, rendered = self._get_or_render("storyboard", key, render)
+        body, rendered, stored = self._get_or_render("storyboard", source, key, render)
         query = source.playback.query
         if params.format == "vtt" and query:
             sprite = f"storyboard.{params.image_format}"
             body = body.replace(f"{sprite}#".encode(), f"{sprite}{query}#".encode())
-        return ImageResult(body, MEDIA_TYPES[params.format], text_etag(body), key, rendered)
+        return ImageResult(body, MEDIA_TYPES[params.format], text_etag(body), key, rendered, stored)

@@ -1,4 +1,5 @@
-"""The control plane's per-process state: settings, the metadata database, object storage, the rate limiter.
+"""The control plane's per-process state: settings, the metadata database, object storage, the rate limiter,
+the authenticator and the playback resolver.
 
 Every API replica and the job runner hold one :class:`Platform`. It is cheap to build (no I/O beyond opening a
 connection pool lazily) and owns nothing that cannot be rebuilt from the settings.
@@ -10,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kinoray.control.auth import Authenticator
+from kinoray.control.clients import ClientAddresses
 from kinoray.settings import Settings, get_settings
 from kinoray.store.db import Database
 from kinoray.store.objects import ObjectStore
@@ -38,6 +41,14 @@ class Platform:
     limiter: RateLimiter = field(repr=False)
     #: Playback ids → what they may serve, cached for ``edge.cache_seconds`` (images and stream delivery).
     resolver: PlaybackResolver = field(repr=False)
+    #: Basic credentials → token, with the failure buckets that bound a wrong-secret flood's cost.
+    authenticator: Authenticator = field(init=False, repr=False)
+    #: The client address of a request (``X-Forwarded-For`` believed from ``api.trusted_proxies`` only).
+    clients: ClientAddresses = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.authenticator = Authenticator(self.db, self.settings.api)
+        self.clients = ClientAddresses(self.settings.api.trusted_proxies)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, migrate: bool = True) -> Platform:

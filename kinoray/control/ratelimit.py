@@ -29,6 +29,8 @@ __all__ = ["Decision", "LocalRateLimiter", "RateLimiter", "RedisRateLimiter"]
 
 log = logging.getLogger(__name__)
 
+_PRUNE_FLOOR = 4096  # buckets kept before the refilled ones are dropped
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -70,18 +72,43 @@ class LocalRateLimiter(RateLimiter):
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.burst, self.clock = rate, burst, clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._prune_at = _PRUNE_FLOOR
         self._lock = threading.Lock()
 
     def hit(self, key: str) -> Decision:
+        return self._take(key, charge=True)
+
+    def peek(self, key: str) -> Decision:
+        """Whether ``key`` has a token left, without taking it (``allowed`` is ``False`` when its bucket is empty)."""
+        return self._take(key, charge=False)
+
+    def refund(self, key: str) -> None:
+        """Give back the token a :meth:`hit` took (the charged work turned out not to count)."""
+        with self._lock:
+            if key in self._buckets:
+                tokens, at = self._buckets[key]
+                self._buckets[key] = (min(float(self.burst), tokens + 1.0), at)
+
+    def _take(self, key: str, *, charge: bool) -> Decision:
         now = self.clock()
         with self._lock:
             tokens, at = self._buckets.get(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + max(0.0, now - at) * self.rate)
             allowed = tokens >= 1.0
-            if allowed:
-                tokens -= 1.0
-            self._buckets[key] = (tokens, now)
+            if charge:
+                if allowed:
+                    tokens -= 1.0
+                self._buckets[key] = (tokens, now)
+                if len(self._buckets) > self._prune_at:
+                    self._prune(now)
         return _decision(allowed, tokens, self.rate, self.burst)
+
+    def _prune(self, now: float) -> None:
+        """Forget buckets that have refilled: a missing bucket *is* a full one, so many idle keys (client
+        addresses) cost no memory."""
+        self._buckets = {key: (tokens, at) for key, (tokens, at) in self._buckets.items()
+                         if tokens + (now - at) * self.rate < self.burst}
+        self._prune_at = max(_PRUNE_FLOOR, 2 * len(self._buckets))
 
 
 # One round trip per request. The clock is Redis's (TIME), so replicas whose clocks disagree still refill the

@@ -119,7 +119,7 @@ class PlaybackResolver:
             return record
         now = self.clock()
         try:
-            with self.db.session() as session:
+            with self.db.reader() as session:
                 record = load_record(session, playback_id)
         except NotFoundError as error:
             if self.negative_ttl > 0:
@@ -133,7 +133,7 @@ class PlaybackResolver:
         now = self.clock()
         found, pem = self._keys.get(kid, now)
         if not found:
-            with self.db.session() as session:
+            with self.db.reader() as session:
                 pem = public_key_pem(session, kid)
             if self.ttl > 0:
                 self._keys.put(kid, pem, now + self.ttl)

@@ -1,10 +1,11 @@
 """Direct uploads (Mux's ``/video/v1/uploads``) and the tus 1.0.0 state machine behind ``/upload/v1/{id}``.
 
-An upload is created by the management API (``waiting``), receives its bytes over tus (``PATCH``) or UpChunk-style
-``PUT`` with ``Content-Range``, and becomes ``asset_created`` once ``upload_offset == upload_length``: the parts
-are joined into ``assets/<asset_id>/input`` and the asset is created in the same transaction that records the
-last byte. ``cancelled`` (management cancel or tus termination), ``timed_out`` (:func:`expire_uploads`) and
-``errored`` (the parts could not be joined) are final.
+An upload is created by the management API (``waiting``), has its transfer created by tus creation (``POST`` with
+``Upload-Length`` or ``Upload-Defer-Length``: one transaction) or by the first UpChunk-style ``PUT``, receives its
+bytes over tus (``PATCH``) or ``PUT`` with ``Content-Range``, and becomes ``asset_created`` once
+``upload_offset == upload_length``: the parts are joined into ``assets/<asset_id>/input`` and the asset is
+created in the same transaction that records the last byte. ``cancelled`` (management cancel or tus
+termination), ``timed_out`` (:func:`expire_uploads`) and ``errored`` (the parts could not be joined) are final.
 
 Storage. Every request that carries bytes writes one part, ``uploads/<id>/parts/<offset:020d>-<nonce>``, through
 :meth:`~kinoray.store.objects.ObjectStore.put_stream` (temporary key, then rename), so the body is never held in
@@ -27,8 +28,13 @@ Concurrency. One request at a time may change an upload:
   both win; the loser's part is deleted and it answers ``409``.
 
 A client that disconnects mid-body keeps what arrived: the body iterator simply ends early and the prefix is
-committed like any part, so ``HEAD`` shows exactly the bytes stored. With ``Upload-Checksum`` an incomplete chunk
-cannot be verified and is discarded instead.
+committed like any part, so ``HEAD`` shows exactly the bytes stored, and the lock goes with the request. With
+``Upload-Checksum`` an incomplete chunk cannot be verified and is discarded instead.
+
+Creation. ``storage_key`` (the parts prefix) is set by the transaction that creates the transfer, and only then:
+an upload without it has neither a length nor the client's word that the length comes later, so a ``PATCH`` on
+it is refused (``409 upload_not_created``) rather than taking bytes that could never complete it. A tus client
+whose creation failed (a ``POST`` answered 5xx) sends the ``POST`` again.
 
 Nothing here knows about HTTP frameworks: the API layer parses headers, hands over the body as an iterable of
 ``bytes`` (read from a worker thread) and turns the typed errors of :mod:`kinoray.errors` into responses.
@@ -69,6 +75,7 @@ from kinoray.errors import (
     UploadError,
     UploadGoneError,
     UploadLockedError,
+    UploadNotCreatedError,
     UploadTooLargeError,
 )
 from kinoray.settings import Settings
@@ -86,6 +93,7 @@ __all__ = [
     "expire_uploads",
     "expires_header",
     "get_upload",
+    "is_created",
     "list_uploads",
     "parse_checksum",
     "parse_metadata",
@@ -160,7 +168,7 @@ def create_upload(session: Session, settings: Settings, create: UploadCreate) ->
     upload_id = new_id()
     upload = Upload(id=upload_id, status=UploadStatus.WAITING, cors_origin=create.cors_origin,
                     timeout_seconds=create.timeout, new_asset_settings=asset_settings, upload_offset=0,
-                    upload_metadata={}, storage_key=parts_prefix(upload_id), part_checksums=[])
+                    upload_metadata={}, storage_key=None, part_checksums=[])  # storage_key: see is_created
     session.add(upload)
     session.flush()
     session.refresh(upload)
@@ -200,7 +208,7 @@ def cors_origin(platform: Platform, upload_id: str) -> str | None:
     """The origin browsers may upload to ``upload_id`` from (None for unknown ids and uploads without one)."""
     if not is_valid_id(upload_id):
         return None
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         return session.scalar(sa.select(Upload.cors_origin).where(Upload.id == upload_id))
 
 
@@ -313,6 +321,22 @@ def _phase(platform: Platform, locked: Session | None) -> Iterator[Session]:
             yield session
 
 
+@contextmanager
+def _reading(platform: Platform, locked: Session | None) -> Iterator[Session]:
+    """The locked session, or a read-only transaction of its own (on SQLite it leaves the write lock alone)."""
+    if locked is not None:
+        yield locked
+    else:
+        with platform.db.reader() as session:
+            yield session
+
+
+def is_created(upload: Upload) -> bool:
+    """Whether the upload's transfer was created (tus ``POST``, or a first ``PUT``): only then may it take bytes.
+    Until then it has no ``storage_key``, no ``Upload-Length`` and no ``Upload-Defer-Length``."""
+    return upload.storage_key is not None
+
+
 def _require_waiting(upload: Upload) -> None:
     """Only a waiting upload within its timeout takes data or changes: ``410`` for ended ones, ``409`` for one
     that already made its asset."""
@@ -329,7 +353,7 @@ def _require_waiting(upload: Upload) -> None:
 
 def tus_status(platform: Platform, upload_id: str) -> Upload:
     """The upload for ``HEAD``: waiting (within its timeout) or complete; ``410`` once it has ended otherwise."""
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         upload = get_upload(session, upload_id)
     if upload.status == UploadStatus.WAITING and upload.expires_at <= utcnow():
         raise UploadGoneError(f"upload {upload_id} timed out")
@@ -349,22 +373,23 @@ def tus_create(platform: Platform, upload_id: str, *, length: int | None,
     """tus creation on the upload's own URL: fix its ``Upload-Length`` (``None``: deferred) and metadata.
 
     Repeating it is allowed while no byte has arrived (a client that lost the first answer); afterwards
-    ``409``. Over ``api.max_upload_bytes``: ``413``. ``length == 0`` completes the upload at once."""
+    ``409``. Over ``api.max_upload_bytes``: ``413``. ``length == 0`` completes the upload at once.
+
+    The length, the metadata and the mark that the transfer exists (:func:`is_created`) are written by one
+    compare-and-set in one transaction, together with the asset when ``length == 0``: a creation that fails
+    leaves the upload as it was, unable to take a ``PATCH`` until a creation succeeds."""
     if length is not None:
         _check_size(platform, length)
     pending = _Pending()
     try:
         with _exclusive(platform, upload_id) as locked:
-            with _phase(platform, locked) as session:
+            with _reading(platform, locked) as session:
                 upload = get_upload(session, upload_id)
-                _require_waiting(upload)
-                if upload.upload_offset > 0:
-                    raise ConflictError(f"upload {upload_id} has already received {upload.upload_offset} bytes")
-                upload.upload_length = length
-                upload.upload_metadata = dict(metadata or {})
-            if length == 0:
-                upload = _record(platform, locked, upload_id, pending, start=0, known_length=0, length=0, parts=[],
-                                 new_part=None)
+            _require_waiting(upload)
+            if upload.upload_offset > 0:
+                raise ConflictError(f"upload {upload_id} has already received {upload.upload_offset} bytes")
+            upload = _record(platform, locked, upload_id, pending, start=0, known_length=upload.upload_length,
+                             length=length, parts=[], new_part=None, metadata=dict(metadata or {}))
     except BaseException:
         pending.discard(platform)
         raise
@@ -403,7 +428,7 @@ def _cancel(platform: Platform, upload_id: str, *, repeat_ok: bool) -> Upload:
 
 def receive(platform: Platform, upload_id: str, body: Iterable[bytes], *, offset: int,
             content_length: int | None = None, checksum: Checksum | None = None,
-            upload_length: int | None = None, acknowledge_stored: bool = False) -> Upload:
+            upload_length: int | None = None, acknowledge_stored: bool = False, creates: bool = False) -> Upload:
     """Append ``body`` (a tus ``PATCH`` or a ``PUT`` with ``Content-Range``) at ``offset``; the upload after it.
 
     ``offset`` must be the upload's offset (else ``409``, nothing changed; with ``acknowledge_stored`` a chunk
@@ -413,12 +438,16 @@ def receive(platform: Platform, upload_id: str, body: Iterable[bytes], *, offset
     as it streams and only committed if it matches (else ``460``, offset unchanged). A body that ends before
     ``content_length`` (the client went away) is stored as far as it got, unless a checksum was given.
 
+    An upload whose transfer was never created (:func:`is_created`) takes nothing: ``409 upload_not_created``,
+    unless ``creates`` (a ``PUT``, whose ``Content-Range`` declares the transfer itself) creates it with this
+    request's record.
+
     Reaching the length joins the parts into the asset's input and creates the asset (``asset_created``).
     """
     pending = _Pending()
     try:
         with _exclusive(platform, upload_id) as locked:
-            with _phase(platform, locked) as session:
+            with _reading(platform, locked) as session:
                 upload = get_upload(session, upload_id)
             start, length = upload.upload_offset, upload.upload_length
             if (acknowledge_stored and content_length is not None and offset < start
@@ -428,6 +457,10 @@ def receive(platform: Platform, upload_id: str, body: Iterable[bytes], *, offset
                     pass
                 return upload
             _require_waiting(upload)
+            if not creates and not is_created(upload):
+                raise UploadNotCreatedError(
+                    f"upload {upload_id} has no Upload-Length and no Upload-Defer-Length: its tus creation did not "
+                    f"complete. Send POST with Upload-Length (or Upload-Defer-Length: 1) first")
             length = _fixed_length(platform, length, upload_length, start)
             if offset != start:
                 raise OffsetMismatchError(f"Upload-Offset {offset} is not the upload's offset {start}")
@@ -516,9 +549,10 @@ class _Pending:
 
 def _record(platform: Platform, locked: Session | None, upload_id: str, pending: _Pending, *, start: int,
             known_length: int | None, length: int | None, parts: list[dict[str, Any]],
-            new_part: dict[str, Any] | None) -> Upload:
-    """Record ``new_part`` and the (maybe newly fixed) length with a compare-and-set on the offset and length
-    this request started from (``start``, ``known_length``); if that completes the upload, join the parts into a
+            new_part: dict[str, Any] | None, metadata: dict[str, str] | None = None) -> Upload:
+    """Record ``new_part``, the (maybe newly fixed) length and (tus creation) ``metadata`` with a compare-and-set
+    on the offset and length this request started from (``start``, ``known_length``); the upload counts as
+    created (:func:`is_created`) from this transaction on. If that completes the upload, join the parts into a
     new asset's input first and create the asset in the same transaction, or mark the upload errored when they
     cannot be joined (``pending.failure``)."""
     offset = start + (new_part["length"] if new_part else 0)
@@ -536,7 +570,9 @@ def _record(platform: Platform, locked: Session | None, upload_id: str, pending:
             sa.update(Upload)
             .where(Upload.id == upload_id, Upload.status == UploadStatus.WAITING, Upload.upload_offset == start,
                    Upload.upload_length.is_not_distinct_from(known_length))
-            .values(upload_offset=offset, upload_length=length, part_checksums=all_parts, updated_at=utcnow())
+            .values(upload_offset=offset, upload_length=length, part_checksums=all_parts,
+                    storage_key=parts_prefix(upload_id), updated_at=utcnow(),
+                    **({"upload_metadata": metadata} if metadata is not None else {}))
             .execution_options(synchronize_session=False))
         if changed.rowcount != 1:  # type: ignore[attr-defined]
             raise OffsetMismatchError(f"upload {upload_id} changed while this request ran; ask HEAD for its offset")

@@ -4,7 +4,7 @@ What it serves, by path (and, with ``edge.domain`` set, by host — see :func:`s
 
 - stream URLs (:mod:`kinoray.edge.stream`): served straight from ASGI, caches per process;
 - images, the upload URL (tus and chunked ``PUT``), player beacons, the player pages and files, and the edge's
-  own ``/edge/healthz`` and ``/edge/openapi.json``: a FastAPI app of kinoray's routers
+  own ``/edge/healthz``, ``/edge/readyz`` and ``/edge/openapi.json``: a FastAPI app of kinoray's routers
   (:func:`build_edge_api`), the same code the management API used to run for them;
 - anything else: forwarded to the management API (``edge.api_url``, :mod:`kinoray.edge.forward`), or a typed
   404 when none is configured.
@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import re
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from pydantic import BaseModel
 
 import kinoray
 from kinoray.control.platform import Platform
-from kinoray.edge.asgi import Receive, Scope, Send, identify_worker, send_error
 from kinoray.edge.forward import Forwarder
 from kinoray.edge.stream import STREAM_PATH, StreamDelivery
 from kinoray.errors import NotFoundError
+from kinoray.serve import readiness
 from kinoray.serve.api import install_error_handlers
+from kinoray.serve.asgi import Receive, Scope, Send, identify_worker, send_error
+from kinoray.serve.deps import PlatformDep
+from kinoray.serve.readiness import Readiness
 from kinoray.serve.routes import data, images, player, uploads
 
 __all__ = ["EdgeApp", "EdgeHealth", "build_edge_api", "create_app", "surface_of"]
@@ -60,6 +63,12 @@ def build_edge_api() -> FastAPI:
         """Liveness of this edge process (it does not ask the database or the API)."""
         return EdgeHealth(status="ok", version=kinoray.__version__)
 
+    @app.get("/edge/readyz", tags=["system"], responses=readiness.UNREADY)
+    async def readyz(platform: PlatformDep, response: Response) -> Readiness:
+        """Whether this edge process can serve: the database it resolves playback ids in and the object store
+        it reads media from (``503`` with the same body when one fails)."""
+        return await readiness.answer(platform, response)
+
     return app
 
 
@@ -85,7 +94,8 @@ class EdgeApp:
         self.platform, self.domain, self.owns_platform = platform, domain, owns_platform
         self.stream = StreamDelivery(platform)
         self.api = build_edge_api()
-        self.forward = Forwarder(api_url, timeout=platform.settings.edge.forward_timeout_seconds) if api_url else None
+        self.forward = Forwarder(api_url, timeout=platform.settings.edge.forward_timeout_seconds,
+                                 max_body_bytes=platform.settings.api.max_body_bytes) if api_url else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

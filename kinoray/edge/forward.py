@@ -2,6 +2,9 @@
 (``/video/v1/...``, ``/system/v1/...``, ``/healthz``, ``/metrics``, ``/docs``, ``/openapi.json``) go to
 ``edge.api_url`` (Serve's HTTP proxy) over a keep-alive connection pool, bodies streamed both ways.
 
+Serve's own plain-text ``503`` (its queue bound) is answered as a typed ``503 over_capacity``.
+Request bodies are held to the API's own limit (``api.max_body_bytes``) here already: a declared longer one is
+refused with ``413 request_too_large`` before it is read, a chunked one is cut where it passes the limit.
 Hop-by-hop headers are dropped (RFC 9110 §7.6.1) and ``X-Forwarded-For/-Proto/-Host`` added. When the API
 cannot be reached the answer is a typed ``502 api_unavailable`` with ``Retry-After``; nothing is retried,
 since a request with a body may already have had its effect.
@@ -14,8 +17,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from kinoray.edge.asgi import Receive, Scope, Send, send_error
-from kinoray.errors import ApiUnavailableError
+from kinoray.errors import ApiUnavailableError, OverCapacityError, RequestTooLargeError
+from kinoray.serve.asgi import Receive, Scope, Send, send_error
+from kinoray.serve.guard import body_too_large
 
 __all__ = ["Forwarder"]
 
@@ -29,9 +33,10 @@ _BLOCK = 64 * 1024
 class Forwarder:
     """Forwards ASGI HTTP requests to ``api_url``. One connection pool per process, opened on first use."""
 
-    def __init__(self, api_url: str, *, timeout: float = 60.0, connections: int = 256) -> None:
+    def __init__(self, api_url: str, *, timeout: float = 60.0, connections: int = 256,
+                 max_body_bytes: int = 1024**2) -> None:
         self.api_url = api_url.rstrip("/")
-        self.timeout, self.connections = timeout, connections
+        self.timeout, self.connections, self.max_body_bytes = timeout, connections, max_body_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -55,6 +60,7 @@ class Forwarder:
         host = ""
         forwarded_for = ""
         has_body = False
+        declared = 0
         for raw_name, raw_value in scope["headers"]:
             name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
             if name == "host":
@@ -63,6 +69,8 @@ class Forwarder:
                 forwarded_for = value
             elif name in ("content-length", "transfer-encoding"):
                 has_body = has_body or name == "transfer-encoding" or value.strip() not in ("", "0")
+                if name == "content-length" and value.strip().isdigit():
+                    declared = int(value)
             if name not in _HOP_BY_HOP and name != "x-forwarded-for":
                 headers.append((name, value))
         client = (scope.get("client") or ("", 0))[0]
@@ -70,12 +78,21 @@ class Forwarder:
         headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
         if host:
             headers.append(("x-forwarded-host", host))
-        body = _body(receive) if has_body else None
         head = scope["method"] == "HEAD"
+        if declared > self.max_body_bytes:
+            await send_error(send, body_too_large(self.max_body_bytes), {"Connection": "close"}, head=head)
+            return
+        body = _body(receive, self.max_body_bytes) if has_body else None
         started = False
         try:
             async with self._client().request(scope["method"], url, headers=headers, data=body,
                                               allow_redirects=False) as answer:
+                if answer.status == 503 and answer.content_type != "application/json":
+                    # Serve's own refusal past its queue bound ("Request dropped due to backpressure"), plain
+                    # text: told in kinoray's error format, like the API's own shedding
+                    await send_error(send, OverCapacityError("the API is past its capacity; try again shortly"),
+                                     head=head)
+                    return
                 out = [(name, value) for name, value in answer.headers.items() if name.lower() not in _HOP_BY_HOP]
                 if "Content-Length" in answer.headers:
                     out.append(("content-length", answer.headers["Content-Length"]))
@@ -86,7 +103,15 @@ class Forwarder:
                     async for block in answer.content.iter_chunked(_BLOCK):
                         await send({"type": "http.response.body", "body": block, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (aiohttp.ClientConnectionError, TimeoutError) as error:
+        except (RequestTooLargeError, aiohttp.ClientConnectionError, TimeoutError) as error:
+            # a chunked body that passed the limit while it was forwarded: aiohttp reports the refusal _body raised
+            # as a failed send on the connection, with the refusal as its cause
+            too_large = error if isinstance(error, RequestTooLargeError) else error.__cause__
+            if isinstance(too_large, RequestTooLargeError):
+                if started:
+                    raise
+                await send_error(send, too_large, {"Connection": "close"}, head=head)
+                return
             log.warning("management API unreachable", extra={"url": self.api_url, "error": str(error)[:200]})
             if started:
                 raise  # the answer is under way: the server ends the connection, the client sees a cut
@@ -94,12 +119,16 @@ class Forwarder:
                 f"the management API did not answer ({type(error).__name__}); retry shortly"), head=head)
 
 
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
+async def _body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
         chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(limit)
         if chunk:
             yield chunk
         if not message.get("more_body", False):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -27,8 +28,8 @@ from dataclasses import dataclass
 from kinoray.control import playback as delivery
 from kinoray.control.platform import Platform
 from kinoray.control.resolver import Resolved, TtlCache
-from kinoray.edge.asgi import EdgeRequest, Receive, Scope, Send, send_error, send_response, send_start
 from kinoray.errors import (
+    DatabaseUnavailableError,
     KinorayError,
     MethodNotAllowedError,
     NotFoundError,
@@ -36,6 +37,8 @@ from kinoray.errors import (
     StorageError,
 )
 from kinoray.media.manifest_rewrite import RenditionFilter
+from kinoray.serve.asgi import EdgeRequest, Receive, Scope, Send, send_error, send_response, send_start
+from kinoray.store.db import is_transient
 from kinoray.store.objects import ObjectStore
 
 __all__ = ["STREAM_PATH", "StreamCache", "StreamDelivery"]
@@ -126,7 +129,11 @@ class StreamDelivery:
             await self._serve(request, send, match)
         except KinorayError as error:
             await send_error(send, error, _ERROR_HEADERS, head=head)
-        except Exception:
+        except Exception as error:
+            if is_transient(error):
+                log.warning("database unavailable", extra={"path": request.path[:200], "error": str(error)[:300]})
+                await send_error(send, DatabaseUnavailableError(), _ERROR_HEADERS, head=head)
+                return
             log.exception("stream request failed", extra={"path": request.path[:200]})
             await send_error(send, KinorayError("internal error; the server log has the details"), _ERROR_HEADERS,
                              head=head)
@@ -216,6 +223,12 @@ class StreamDelivery:
             await send_start(send, status, headers)
             await send({"type": "http.response.pathsend", "path": store.path(key)})
             return
+        if store.is_local and length <= _INLINE_READ_BYTES:
+            # a small local range (a player's byte-range request, a subtitle): one read from the page cache on
+            # the loop costs less than the two thread hops of the streamed path
+            await send_start(send, status, headers)
+            await send({"type": "http.response.body", "body": _read_local(store.path(key), start, length)})
+            return
         try:
             blocks = await asyncio.to_thread(delivery.read_object, store, key, start, length)
         except StorageError as error:
@@ -232,6 +245,22 @@ class StreamDelivery:
 
 
 _DONE = object()
+#: Local reads up to this size are made on the event loop in one call (see :meth:`StreamDelivery._file`).
+_INLINE_READ_BYTES = 256 * 1024
+
+
+def _read_local(path: str, start: int, length: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # deleted since its metadata was cached
+        raise NotFoundError("no such file for this playback id") from None
+    try:
+        data = os.pread(fd, length, start)
+    finally:
+        os.close(fd)
+    if len(data) != length:  # replaced by a shorter file since its metadata was cached
+        raise StorageError(f"{path}: {len(data)} of {length} bytes readable")
+    return data
 
 
 async def _stream(send: Send, blocks: Iterator[bytes]) -> None:

@@ -112,6 +112,10 @@ def decode_chunk_frames(
             pending, pending_slot, pending_emitted = frame, slot, False
         if pending is None:
             raise InvalidMediaError(f"chunk {chunk.index}: no decodable frame in its source range")
+        if chunk.end_frame == plan.frame_count and pending.is_corrupt:
+            # The stream's final frame is damaged: the file was cut inside it (kinoray.media.validate checks
+            # this at plan time too, unless the last GOP was too long to decode there).
+            raise InvalidMediaError("the file is truncated: its last video frame is incomplete")
         ran_short = pending.pts is not None and pending.pts < chunk.last_source_pts
         while next_slot < chunk.end_frame:
             if next_slot != pending_slot:

@@ -21,8 +21,9 @@ import av
 
 from kinoray.errors import InvalidMediaError
 from kinoray.media.probe import open_input, stream_at
+from kinoray.media.validate import StreamExtent
 
-__all__ = ["KeyframeIndex", "index_keyframes", "is_random_access_point"]
+__all__ = ["KeyframeIndex", "index_keyframes", "is_random_access_point", "scan_streams"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,6 +44,7 @@ class KeyframeIndex:
     duration: tuple[int, ...]
     random_access_pts: tuple[int, ...]  # sorted presentation times of true random-access points
     rejected_keyframes: int = 0  # flagged keyframes that are not random-access points
+    extents: tuple[StreamExtent, ...] = ()  # every stream's packets and span, from the same demux pass
     _sorted_pts: tuple[int, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
@@ -180,10 +182,14 @@ def index_keyframes(path: str, stream_index: int | None = None) -> KeyframeIndex
         duration: list[int] = []
         random_access: list[int] = []
         rejected = 0
+        extents = _Extents()
         try:
-            for packet in container.demux(stream):
+            for packet in container.demux():
                 if packet.size == 0 and packet.pts is None and packet.dts is None:
                     continue  # demuxer flush marker
+                extents.add(packet)
+                if packet.stream.index != stream.index:
+                    continue
                 flagged = packet.is_keyframe
                 data = bytes(packet) if codec in ("h264", "hevc") and (flagged or len(random_access) == 0) else b""
                 rap = is_random_access_point(codec, data, length_size, flagged) if data or flagged else False
@@ -221,4 +227,55 @@ def index_keyframes(path: str, stream_index: int | None = None) -> KeyframeIndex
         duration=tuple(duration),
         random_access_pts=tuple(sorted(set(random_access))),
         rejected_keyframes=rejected,
+        extents=extents.result(),
     )
+
+
+class _Extents:
+    """Accumulates :class:`StreamExtent` per stream from demuxed packets."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, list] = {}  # index -> [kind, time_base, packets, start, end, last_corrupt]
+
+    def add(self, packet: av.Packet) -> None:
+        stream = packet.stream
+        row = self.streams.get(stream.index)
+        if row is None:
+            time_base = Fraction(stream.time_base) if stream.time_base else None
+            row = self.streams[stream.index] = [stream.type, time_base, 0, None, None, False]
+        if packet.size <= 0:
+            return
+        row[2] += 1
+        row[5] = bool(packet.is_corrupt)
+        if packet.pts is not None and row[1] is not None:
+            start = packet.pts
+            end = packet.pts + max(packet.duration or 0, 0)
+            row[3] = start if row[3] is None else min(row[3], start)
+            row[4] = end if row[4] is None else max(row[4], end)
+
+    def result(self) -> tuple[StreamExtent, ...]:
+        return tuple(
+            StreamExtent(index=index, kind=kind, packets=packets,
+                         start_seconds=None if start is None else start * time_base,
+                         end_seconds=None if end is None else end * time_base, last_corrupt=corrupt)
+            for index, (kind, time_base, packets, start, end, corrupt) in sorted(self.streams.items())
+        )
+
+
+def scan_streams(path: str) -> tuple[StreamExtent, ...]:
+    """Demux every packet of ``path`` (no decoding) and return each stream's extent (for audio-only input,
+    which has no keyframe index)."""
+    container = open_input(path)
+    extents = _Extents()
+    try:
+        try:
+            for packet in container.demux():
+                if packet.size == 0 and packet.pts is None and packet.dts is None:
+                    continue
+                extents.add(packet)
+        except av.FFmpegError as e:
+            if not extents.streams:
+                raise InvalidMediaError(f"the file's packets cannot be read: {e.strerror or e}") from e
+    finally:
+        container.close()
+    return extents.result()

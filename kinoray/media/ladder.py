@@ -5,18 +5,31 @@ ladder never upscales: the top rendition is the source's display size (after rot
 when the source is smaller than the largest requested rung, and rungs above the source are dropped.
 Dimensions are even (4:2:0 chroma) and keep the display aspect ratio.
 
+Tiny sources: probe refuses pictures below ``limits.min_dimension`` (16 px by default), and no rung is ever
+smaller than :data:`MIN_RUNG` (10 px short side, the smallest name, ``10p``, the stream router serves): a
+requested rung below it is raised to it (or to the source's own size when that is smaller), and a ladder
+whose names the router could not serve is refused with :class:`~kinoray.errors.UnsupportedMediaError` rather
+than published with a master playlist pointing at renditions that 404.
+
 Rate control is capped CRF ("capped VBR"): constant quality, with ``maxrate``/``bufsize`` bounding the peak,
 so chunked and unchunked encodes of the same rung agree and easy content does not waste bits.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from kinoray.errors import UnsupportedMediaError
 from kinoray.media.probe import VideoStreamInfo
 
-__all__ = ["DEFAULT_LADDER", "Rendition", "build_ladder", "CODEC_BITRATE_FACTOR"]
+__all__ = ["CODEC_BITRATE_FACTOR", "DEFAULT_LADDER", "MIN_RUNG", "RUNG_NAME", "Rendition", "build_ladder"]
+
+#: Smallest short side a rendition may have: ``10p`` is the smallest name the stream router serves.
+MIN_RUNG = 10
+#: Rendition names the stream router serves (``kinoray.control.playback.RUNG_PATTERN`` matches the same).
+RUNG_NAME = re.compile(r"[1-9][0-9]{1,3}p")
 
 #: (short side, H.264 max bitrate in bits/s)
 DEFAULT_LADDER: tuple[tuple[int, int], ...] = (
@@ -67,12 +80,16 @@ def build_ladder(
     codec: str = "h264",
 ) -> tuple[Rendition, ...]:
     """Renditions for ``video``, largest first. ``heights`` selects rungs by short side (default: all)."""
-    wanted = sorted(set(heights or tuple(h for h, _ in DEFAULT_LADDER)), reverse=True)
-    rates = dict(DEFAULT_LADDER)
-    factor = CODEC_BITRATE_FACTOR.get(codec, Fraction(1))
     display_w, display_h = video.display_width, video.display_height
     portrait = display_h > display_w
     source_short = min(display_w, display_h)
+    if source_short < MIN_RUNG:
+        raise UnsupportedMediaError(
+            f"video is {display_w}x{display_h} as displayed; renditions need at least {MIN_RUNG} px on a side")
+    floor = min(MIN_RUNG + MIN_RUNG % 2, source_short)
+    wanted = sorted({max(h, floor) for h in (heights or tuple(h for h, _ in DEFAULT_LADDER))}, reverse=True)
+    rates = dict(DEFAULT_LADDER)
+    factor = CODEC_BITRATE_FACTOR.get(codec, Fraction(1))
     aspect = Fraction(max(display_w, display_h), source_short)
 
     native = source_short - (source_short % 2)
@@ -81,12 +98,17 @@ def build_ladder(
         # The source sits between rungs (or below all): its own size becomes the top rendition.
         shorts.insert(0, native)
     long_limit = max(display_w, display_h)
-    renditions = []
+    renditions: list[Rendition] = []
     for short in shorts:
         short_even = short - (short % 2)
+        if any(r.short_side == short_even for r in renditions):
+            continue  # an odd request and its even neighbour name the same rung
         long_side = min(_even(short_even * aspect), long_limit - long_limit % 2)
         width, height = (short_even, long_side) if portrait else (long_side, short_even)
         base_rate = rates.get(short) or _interpolated_bitrate(short_even)
         max_bitrate = int(base_rate * factor)
         renditions.append(Rendition(f"{short_even}p", width, height, max_bitrate, 2 * max_bitrate))
+    unservable = [r.name for r in renditions if not RUNG_NAME.fullmatch(r.name)]
+    if unservable:
+        raise UnsupportedMediaError(f"renditions {', '.join(unservable)} cannot be served (names run 10p to 9999p)")
     return tuple(renditions)

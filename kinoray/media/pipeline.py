@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 
 from kinoray.encoders import EncoderChoice, get_backend, select_encoder
 from kinoray.errors import TranscodeError
+from kinoray.media import validate
 from kinoray.media.audio import AudioResult, encode_audio
-from kinoray.media.keyframes import index_keyframes
+from kinoray.media.keyframes import index_keyframes, scan_streams
 from kinoray.media.ladder import Rendition, build_ladder
 from kinoray.media.manifest import dash_mpd, hls_master_playlist, hls_media_playlist
 from kinoray.media.package import Track, build_track, write_cmaf_track, write_static_mp4
@@ -152,10 +153,12 @@ class AssetPlan:
 
 
 def prepare_asset(source: str, options: TranscodeOptions | None = None) -> AssetPlan:
-    """Probe, index and plan ``source`` (a path or URL) and build its ladder. Reads packets, decodes one frame.
+    """Probe, index, validate and plan ``source`` (a path or URL) and build its ladder. Reads every packet once,
+    decodes the first frame and the last GOP (:mod:`kinoray.media.validate`), encodes nothing.
 
     Raises:
-        InvalidMediaError / MediaLimitError: the input cannot be used.
+        InvalidMediaError / MediaLimitError / UnsupportedMediaError: the input cannot be used (the message
+            says why: truncated, still image, too small, broken timing, ...).
     """
     options = options or TranscodeOptions()
     info = probe(source, options.limits)
@@ -163,10 +166,18 @@ def prepare_asset(source: str, options: TranscodeOptions | None = None) -> Asset
     ladder: tuple[Rendition, ...] = ()
     if info.video is not None:
         index = index_keyframes(source, info.video.index)
+        validate.check_packets(info, index.extents, index)
         plan = plan_chunks(info, index, segment_seconds=options.segment_seconds,
                            chunk_seconds=options.chunk_seconds, max_frame_rate=options.max_frame_rate,
                            parallelism=options.parallelism)
+        validate.check_plan(plan)
         ladder = build_ladder(info.video, options.ladder, options.codec)
+        validate.check_tail(info, index)
+        extents = index.extents
+    else:
+        extents = scan_streams(source)
+        validate.check_packets(info, extents)
+    validate.check_audio_tail(info, extents)
     return AssetPlan(info=info, plan=plan, ladder=ladder, options=options)
 
 

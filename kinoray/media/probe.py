@@ -11,6 +11,7 @@ from typing import Any
 import av
 
 from kinoray.errors import InvalidMediaError, MediaLimitError, StorageError
+from kinoray.media import validate
 from kinoray.settings import InputLimits
 from kinoray.store.objects import is_local_url, open_url, url_size
 
@@ -183,13 +184,29 @@ def _check_limits(path: str, size: int, container: av.container.InputContainer, 
         raise MediaLimitError(
             f"duration {container.duration / av.time_base:.0f}s exceeds the limit of {limits.max_duration_seconds:.0f}s"
         )
-    for stream in container.streams.video:
+    for stream in _video_streams(container):
         width, height = stream.codec_context.width, stream.codec_context.height
         if max(width, height) > limits.max_dimension or width * height > limits.max_pixels:
             raise MediaLimitError(
                 f"video is {width}x{height}; the limits are {limits.max_dimension} per side and "
                 f"{limits.max_pixels} pixels"
             )
+
+
+def _video_streams(container: av.container.InputContainer) -> list[av.VideoStream]:
+    """The video streams that are video: cover art (an ``attached_pic`` picture in a music file) is not."""
+    attached = int(av.stream.Disposition.attached_pic)
+    return [s for s in container.streams.video if not int(s.disposition) & attached]
+
+
+def _check_ts_size(path: str, size: int) -> None:
+    try:
+        reader = open_url(path) if not is_local_url(path) else open(path.removeprefix("file://"), "rb")
+        with reader:
+            head = reader.read(1024)
+    except (OSError, StorageError) as e:
+        raise InvalidMediaError(f"cannot read input: {getattr(e, 'strerror', None) or e}") from e
+    validate.check_ts_packets(head, size)
 
 
 def _first_frame(container: av.container.InputContainer, stream: av.VideoStream) -> av.VideoFrame:
@@ -224,7 +241,8 @@ def probe(path: str, limits: InputLimits | None = None) -> MediaInfo:
 
     Raises:
         InvalidMediaError: garbage, empty or truncated input, or a video stream with no decodable frame.
-        MediaLimitError: a configured limit is exceeded.
+        MediaLimitError: a configured limit is exceeded (too large, or a picture below ``min_dimension``).
+        UnsupportedMediaError: a still image rather than a video (see :mod:`kinoray.media.validate`).
     """
     limits = limits or InputLimits()
     try:
@@ -236,16 +254,20 @@ def probe(path: str, limits: InputLimits | None = None) -> MediaInfo:
     container = open_input(path)
     try:
         _check_limits(path, size, container, limits)
-        video_stream = container.streams.video[0] if container.streams.video else None
+        videos = _video_streams(container)
+        video_stream = videos[0] if videos else None
         audio_stream = container.streams.audio[0] if container.streams.audio else None
         if video_stream is None and audio_stream is None:
             raise InvalidMediaError("file has neither a video nor an audio stream")
+        validate.check_container(container, video_stream)
         container_name = container.format.name
+        if container_name == "mpegts":
+            _check_ts_size(path, size)
         duration = Fraction(container.duration, av.time_base) if container.duration else None
         bit_rate = container.bit_rate or None
         stream_count = len(container.streams)
         audio = _audio_info(audio_stream) if audio_stream is not None else None
-        video = _video_info(container, video_stream) if video_stream is not None else None
+        video = _video_info(container, video_stream, limits) if video_stream is not None else None
     finally:
         container.close()
     if video is not None and duration is None:
@@ -262,15 +284,20 @@ def probe(path: str, limits: InputLimits | None = None) -> MediaInfo:
     )
 
 
-def _video_info(container: av.container.InputContainer, stream: av.VideoStream) -> VideoStreamInfo:
+def _video_info(container: av.container.InputContainer, stream: av.VideoStream,
+                limits: InputLimits) -> VideoStreamInfo:
     ctx = stream.codec_context
     if ctx.width <= 0 or ctx.height <= 0:
         raise InvalidMediaError("video stream declares no picture size")
+    sar = _fraction(stream.sample_aspect_ratio or ctx.sample_aspect_ratio) or Fraction(1)
+    # Too small to stream, coded or as displayed (rotation swaps the sides, never shrinks them): refused
+    # before a frame is decoded.
+    validate.check_picture_size(ctx.width, ctx.height, *_display_size(ctx.width, ctx.height, sar, 0),
+                                limits.min_dimension)
     frame = _first_frame(container, stream)
     rotation = int(round(frame.rotation or 0)) % 360
     if rotation % 90:
         rotation = 0
-    sar = _fraction(stream.sample_aspect_ratio or ctx.sample_aspect_ratio) or Fraction(1)
     display_width, display_height = _display_size(ctx.width, ctx.height, sar, rotation)
     pix_fmt = ctx.pix_fmt or frame.format.name
     time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)

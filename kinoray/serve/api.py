@@ -4,23 +4,35 @@ the delivery edge's app in :mod:`kinoray.edge`).
 
 Errors: every :class:`~kinoray.errors.KinorayError` becomes ``{"error": {"type", "messages"}}`` with the status
 from :data:`kinoray.errors.ERROR_TABLE`; request validation errors are ``400 invalid_parameters``; anything
-unexpected is a ``500 internal_error`` whose details go to the log, not the client.
+unexpected is a ``500 internal_error`` whose details go to the log, not the client. The database being down,
+restarting or locked past the busy timeout is ``503 database_unavailable`` with Retry-After.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import kinoray
-from kinoray.errors import AuthenticationError, KinorayError, RateLimitedError, http_status
+from kinoray.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    KinorayError,
+    http_status,
+)
 from kinoray.serve import metrics
+from kinoray.serve.asgi import Scope
+from kinoray.serve.deps import get_platform
+from kinoray.serve.guard import RequestGuard
 from kinoray.serve.routes import assets, signing_keys, system, tracks, uploads, webhooks
+from kinoray.settings import ApiSettings, get_settings
+from kinoray.store.db import is_transient
 
 __all__ = ["build_api", "error_response", "install_error_handlers"]
 
@@ -39,10 +51,7 @@ def _kinoray_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, KinorayError)
     status = http_status(error)
     headers: dict[str, str] = dict(getattr(error, "headers", None) or {})
-    if isinstance(error, RateLimitedError):
-        headers.update({"Retry-After": str(max(1, math.ceil(error.retry_after))),
-                        "X-RateLimit-Limit": str(error.limit), "X-RateLimit-Remaining": "0"})
-    elif isinstance(error, AuthenticationError):
+    if isinstance(error, AuthenticationError):
         headers["WWW-Authenticate"] = 'Basic realm="kinoray"'
     if status >= 500:
         log.error("request failed", extra={"path": request.url.path, "type": error.type, "error": str(error)})
@@ -64,6 +73,13 @@ def _http_error(request: Request, error: Exception) -> JSONResponse:
     return error_response(error.status_code, error_type, [str(error.detail)], dict(error.headers or {}))
 
 
+def _database_error(request: Request, error: Exception) -> JSONResponse:
+    if is_transient(error):
+        log.warning("database unavailable", extra={"path": request.url.path, "error": str(error)[:300]})
+        return _kinoray_error(request, DatabaseUnavailableError())
+    return _unexpected(request, error)
+
+
 def _unexpected(request: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error", extra={"path": request.url.path, "method": request.method})
     return error_response(500, "internal_error", ["internal error; the server log has the details"])
@@ -74,7 +90,27 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(KinorayError, _kinoray_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(sa.exc.SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
+
+
+def _limits() -> ApiSettings:
+    """The API limits of this process's platform (the process's settings before one is installed)."""
+    try:
+        return get_platform().settings.api
+    except ConfigurationError:
+        return get_settings().api
+
+
+def _client(scope: Scope) -> str:
+    """The client address of an ASGI request (:mod:`kinoray.control.clients`), before any routing."""
+    peer = (scope.get("client") or (None, 0))[0]
+    forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"]
+    try:
+        clients = get_platform().clients
+    except ConfigurationError:
+        return peer or "unknown"
+    return clients.client(peer, b", ".join(forwarded).decode("latin-1") if forwarded else None)
 
 
 def build_api() -> FastAPI:
@@ -92,6 +128,8 @@ def build_api() -> FastAPI:
                    webhooks.router, metrics.router):
         app.include_router(router)
     metrics.install(app)
+    # outermost: a shed or oversized request costs no routing, no metrics middleware and no authentication
+    app.add_middleware(RequestGuard, limits=_limits, client_of=_client)
     return app
 
 

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from ray import serve
 
-from kinoray.serve import metrics
+from kinoray.serve import metrics, readiness
 from kinoray.serve.api import build_api
 
 __all__ = ["ApiIngress", "api", "app", "build_api"]
@@ -21,7 +21,7 @@ __all__ = ["ApiIngress", "api", "app", "build_api"]
 api = build_api()
 
 
-@serve.deployment(name="kinoray-api", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+@serve.deployment(name="kinoray-api", ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class ApiIngress:
     """The HTTP ingress. Each replica holds one :class:`~kinoray.control.Platform` (database pool, storage,
@@ -35,12 +35,46 @@ class ApiIngress:
         setup_logging()
         set_platform(Platform.from_settings())
         metrics.set_runner(runner)
+        if runner is not None:
+            async def runner_alive(_platform: Platform) -> str:
+                return await _runner_alive(runner)
+
+            readiness.register("runner", runner_alive)
+        readiness.register("cluster", lambda _platform: _cluster())
+
+
+async def _runner_alive(runner: Any) -> str:
+    """The job runner deployment answers and its loop runs (awaited on the replica's loop: a handle may only
+    be used there)."""
+    status = await runner.status.remote()
+    if not status.get("alive"):
+        raise RuntimeError("the job runner's loop has stopped")
+    return f"{status.get('running_jobs', 0)} jobs running"
+
+
+def _cluster() -> str:
+    """The Ray cluster answers (its control store lists the nodes); no CPU worker is not a failure (an
+    autoscaler may be starting one)."""
+    import ray
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if not nodes:
+        raise RuntimeError("no Ray node is alive")
+    totals = ray.cluster_resources()
+    return f"{len(nodes)} nodes, {totals.get('CPU', 0):g} CPUs, {totals.get('GPU', 0):g} GPUs"
 
 
 def _build_app() -> serve.Application:
     from kinoray.serve.runner import JobRunner
+    from kinoray.settings import get_settings
 
-    return cast(serve.Deployment, ApiIngress).bind(cast(serve.Deployment, JobRunner).bind())
+    # Load shedding is the replica's (kinoray.serve.guard: a typed 503 past api.max_in_flight), so Serve must hand
+    # a replica more than that at once, and its proxy may hold only a short queue besides (Serve answers a plain
+    # 503 past it) rather than an unbounded one that turns overload into timeouts.
+    in_flight = get_settings().api.max_in_flight
+    ingress = cast(serve.Deployment, ApiIngress).options(max_ongoing_requests=2 * in_flight,
+                                                         max_queued_requests=in_flight)
+    return ingress.bind(cast(serve.Deployment, JobRunner).bind())
 
 
 app: serve.Application = _build_app()

@@ -19,12 +19,13 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from kinoray.control import idempotency
-from kinoray.control.auth import TokenInfo, authenticate
+from kinoray.control.auth import TokenInfo
 from kinoray.control.platform import Platform
 from kinoray.errors import ConfigurationError, RateLimitedError
 from kinoray.store.models import request_fingerprint
 
-__all__ = ["CurrentToken", "IdempotentRoute", "PlatformDep", "get_platform", "rate_limit_headers", "set_platform"]
+__all__ = ["CurrentToken", "IdempotentRoute", "PlatformDep", "client_address", "get_platform", "rate_limit_headers",
+           "set_platform"]
 
 _platform: Platform | None = None
 
@@ -48,12 +49,18 @@ def rate_limit_headers(limit: int, remaining: int) -> dict[str, str]:
     return {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(remaining)}
 
 
+def client_address(request: Request, platform: Platform) -> str:
+    """The caller's address, which per-client limits are charged to: the connection's peer, or behind a proxy in
+    ``api.trusted_proxies`` the client it names in ``X-Forwarded-For`` (:mod:`kinoray.control.clients`)."""
+    return platform.clients.client(request.client.host if request.client else None,
+                                   request.headers.get("x-forwarded-for"))
+
+
 def _authenticate(platform: Platform, request: Request) -> TokenInfo:
     cached = getattr(request.state, "token", None)
     if cached is not None:
         return cached
-    with platform.db.session() as session:
-        token = authenticate(session, request.headers.get("authorization"))
+    token = platform.authenticator.authenticate(request.headers.get("authorization"), client_address(request, platform))
     request.state.token = token
     return token
 

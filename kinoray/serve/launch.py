@@ -17,7 +17,10 @@ import base64
 import json
 import logging
 import os
+import shutil
 import signal
+import socket
+import tempfile
 import threading
 import time
 import urllib.request
@@ -41,6 +44,10 @@ __all__ = ["Running", "bootstrap_token", "demo_upload", "start", "up"]
 log = logging.getLogger(__name__)
 
 CREDENTIALS_FILE = "credentials.json"
+#: The watchdog probes the API this often; this many failures in a row mean the Ray cluster under it is gone.
+WATCHDOG_SECONDS = 5.0
+WATCHDOG_TIMEOUT_SECONDS = 5.0
+WATCHDOG_FAILURES = 3
 
 
 def bootstrap_token(settings: Settings) -> tuple[str, str]:
@@ -77,6 +84,30 @@ def _settings_env(host: str, port: int, api_port: int, data_dir: Path) -> dict[s
     return {key: value for key, value in os.environ.items() if key.startswith(("KINORAY_", "AWS_"))}
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _ingress_env(settings: Settings) -> dict[str, str]:
+    """Ray's environment for Serve's ingress on a local cluster (``serve.ingress``, docs/ARCHITECTURE.md says why).
+
+    HAProxy keeps its configuration, admin socket and state files under fixed ``/tmp/haproxy-serve`` paths and
+    listens on fixed stats/metrics ports unless told otherwise: each ``kinoray up`` gets its own (a short
+    directory: the admin socket is a Unix socket, whose path must stay under 108 bytes), so two can run on one
+    machine."""
+    if settings.serve.ingress != "haproxy":
+        return {}
+    state = Path(tempfile.mkdtemp(prefix="kinoray-haproxy-"))
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port())}
+
+
 @dataclass
 class Running:
     """What :func:`start` started: call :meth:`stop` (edge, Serve, Ray)."""
@@ -84,18 +115,35 @@ class Running:
     settings: Settings
     token: tuple[str, str]
     edge: EdgeProcess
+    #: HAProxy's private directory (configuration, admin socket, state), removed at stop.
+    ingress_state: Path | None = None
 
     @property
     def url(self) -> str:
         return self.settings.public_url
 
-    def stop(self) -> None:
+    def stop(self, *, cluster_alive: bool = True) -> None:
+        """Stop the edge, the Serve application and local Ray. With ``cluster_alive=False`` (the watchdog found
+        it gone) Serve is not asked to shut down, which would wait for a control store that is not there."""
         import ray
         from ray import serve
 
         self.edge.stop()
-        serve.shutdown()
+        if cluster_alive:
+            serve.shutdown()
         ray.shutdown()
+        if self.ingress_state is not None:
+            shutil.rmtree(self.ingress_state, ignore_errors=True)
+
+    def api_answers(self) -> bool:
+        """Whether the management API (Serve's proxy and an API replica, so the Ray cluster under them) answers
+        its liveness probe now."""
+        try:
+            with urllib.request.urlopen(f"{self.settings.edge.api_url}/healthz",  # noqa: S310 - our own URL
+                                        timeout=WATCHDOG_TIMEOUT_SECONDS) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
 
 
 def start(host: str, port: int, data_dir: Path, api_port: int | None = None) -> Running:
@@ -110,8 +158,13 @@ def start(host: str, port: int, data_dir: Path, api_port: int | None = None) -> 
     env = _settings_env(host, port, api_port, data_dir)
     settings = get_settings()
     token = bootstrap_token(settings)  # also migrates the database before any replica starts
+    ingress: dict[str, str] = {}
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
+        if not address:
+            # a local cluster's processes (Serve's controller, HAProxy, replicas) inherit this process's environment
+            ingress = _ingress_env(settings)
+            os.environ.update(ingress)
         ray.init(address=address or "local", runtime_env={"env_vars": env}, include_dashboard=False,
                  log_to_driver=False, logging_level=logging.WARNING, namespace="kinoray")
     from ray.serve.schema import LoggingConfig
@@ -131,7 +184,8 @@ def start(host: str, port: int, data_dir: Path, api_port: int | None = None) -> 
     except BaseException:
         edge.stop()
         raise
-    return Running(settings, token, edge)
+    state = ingress.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+    return Running(settings, token, edge, Path(state) if state else None)
 
 
 def _wait_healthy(url: str, timeout: float = 120.0) -> None:
@@ -199,10 +253,11 @@ def demo_upload(url: str, auth: tuple[str, str], data_dir: Path, console: Consol
 
 def up(host: str, port: int, data_dir: Path, *, demo: bool = False, console: Console | None = None,
        api_port: int | None = None) -> int:
-    """Run the platform until SIGINT/SIGTERM, or until the edge exits (then non-zero, so a supervisor
-    restarts it)."""
+    """Run the platform until SIGINT/SIGTERM, or until the edge exits or the API (so the Ray cluster under it)
+    stops answering :data:`WATCHDOG_FAILURES` probes in a row (then non-zero, so a supervisor restarts it)."""
     console = console or Console()
     stop = threading.Event()
+    cluster_alive = True
     running = start(host, port, data_dir, api_port)
     settings, (token_id, secret) = running.settings, running.token
     # After start(): ray.init installs a SIGTERM handler that exits without shutting Serve and Ray down.
@@ -227,10 +282,21 @@ def up(host: str, port: int, data_dir: Path, *, demo: bool = False, console: Con
             else:
                 console.print(f"[bold red]demo asset errored[/]: {asset.get('errors')}")
         console.print("Ctrl-C stops kinoray.")
+        failures, next_probe = 0, time.monotonic() + WATCHDOG_SECONDS
         while not stop.wait(1.0):
             if not running.edge.alive:
                 console.print("[bold red]the delivery edge exited[/]: stopping (see edge.log in the data dir)")
                 return 1
+            if time.monotonic() < next_probe:
+                continue
+            failures = 0 if running.api_answers() else failures + 1
+            next_probe = time.monotonic() + WATCHDOG_SECONDS
+            if failures >= WATCHDOG_FAILURES:
+                cluster_alive = False
+                console.print(f"[bold red]the API and the Ray cluster under it stopped answering[/] "
+                              f"({failures} probes of {settings.edge.api_url}/healthz failed): stopping")
+                log.error("ray cluster gone", extra={"api_url": settings.edge.api_url, "failures": failures})
+                return 1
     finally:
-        running.stop()
+        running.stop(cluster_alive=cluster_alive)
     return 0

@@ -140,7 +140,7 @@ class DatabaseGauges(Collector):
             if self._cached is not None and self._cached[0] == id(platform) and now - self._cached[1] < self.ttl:
                 return self._cached[2]
             try:
-                with platform.db.session() as session:
+                with platform.db.reader() as session:
                     counts = {
                         "jobs": _count_by(session, Job.state, JOB_STATES),
                         "assets": _count_by(session, Asset.status, [status.value for status in AssetStatus]),

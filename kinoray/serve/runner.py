@@ -1,148 +1,153 @@
-"""The job runner: turns queued jobs into ready (or errored) assets, and runs the control plane's periodic work.
+"""The job runner: a loop around the job lifecycle (:mod:`kinoray.control.jobs`) that runs transcodes on Ray, and
+the control plane's other periodic work.
 
-One loop (:class:`Runner`), polling every ``serve.poll_seconds``:
+:class:`Runner`, polling every ``serve.poll_seconds``:
 
-- claims ``queued`` jobs (a conditional ``UPDATE ... WHERE state = 'queued'``, so a job runs once) up to
-  ``serve.max_concurrent_jobs`` and runs each in a thread: fetch the input URL into ``assets/<id>/input``
-  (:mod:`kinoray.control.ingest`), transcode it on the Ray cluster (:class:`kinoray.cluster.TranscodeJob`,
-  output ``assets/<id>/media``), then mark the asset ``ready`` or ``errored`` and emit the event;
-- persists job progress into the job row and the asset's ``progress`` (at most once a second per job);
+- claims ``queued`` jobs up to ``serve.max_concurrent_jobs`` and runs each in a thread: fetch the input URL
+  into ``assets/<id>/input`` (:mod:`kinoray.control.ingest`), transcode it on the Ray cluster
+  (:class:`kinoray.cluster.TranscodeJob`, output ``assets/<id>/media``), then finish the job — publish
+  (asset ready) or fail (asset errored), with the event — in one transaction;
+- renews the leases of the jobs it holds every ``jobs.heartbeat_seconds`` (a thread of its own, so a slow tick
+  never lets a live runner's lease run out), and stops working on a job that is no longer its own;
+- retries a finish the database refused for longer than ``jobs.retry_seconds`` on every tick, holding the job's
+  lease meanwhile: a database outage delays an asset, it never strands it;
+- reconciles at start and every ``jobs.reconcile_seconds`` (expired leases, assets preparing beside a finished
+  job or without one: :meth:`kinoray.control.jobs.JobLifecycle.reconcile`);
 - cancels a running job whose asset was deleted (the transcode stops; its files are removed);
-- sends due webhooks in a thread of its own (:func:`kinoray.control.webhooks.deliver_loop`), times out abandoned uploads
-  (:func:`kinoray.control.uploads.expire_uploads`) and prunes expired idempotency keys.
+- sends due webhooks in a thread of its own (:func:`kinoray.control.webhooks.deliver_loop`), times out abandoned
+  uploads (:func:`kinoray.control.uploads.expire_uploads`) and prunes expired idempotency keys.
 
-On start it re-queues jobs a previous runner left in ``planning``/``encoding``/``packaging`` (it died with
-them), so a restarted platform finishes every accepted asset. Run exactly one runner per database: it is the
-``kinoray-runner`` Serve deployment with one replica (:class:`JobRunner`).
+Several runners may share a database (leases keep them off each other's jobs); the ``kinoray-runner`` Serve
+deployment runs one replica (:class:`JobRunner`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
-from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from ray import serve
 
 from kinoray.control import idempotency
-from kinoray.control.assets import asset_view
-from kinoray.control.events import emit
 from kinoray.control.ingest import fetch_input
+from kinoray.control.jobs import (
+    ClaimedJob,
+    FinishOutcome,
+    JobLifecycle,
+    asset_fields,
+    ready_fields,
+    retry_transient,
+)
 from kinoray.control.platform import Platform
 from kinoray.control.webhooks import deliver_loop
 from kinoray.errors import JobCancelledError, KinorayError
-from kinoray.store.models import Asset, AssetStatus, Job, new_id, utcnow
+from kinoray.store.db import is_transient
+from kinoray.store.models import Asset
+from kinoray.store.states import JobRecord
+
+if TYPE_CHECKING:
+    from kinoray.cluster.coordinator import TranscodeJob
+    from kinoray.cluster.progress import ChunkEvent
 from kinoray.telemetry import CHUNKS_ENCODED, JOBS_FINISHED
 
 __all__ = ["JobRunner", "Runner", "asset_fields"]
 
 log = logging.getLogger(__name__)
 
-_ACTIVE = ("planning", "encoding", "packaging")
 _PROGRESS_INTERVAL = 1.0
 _SWEEP_INTERVAL = 60.0
 
 
-def _tier(short_side: int) -> str:
-    for tier, height in (("720p", 720), ("1080p", 1080), ("1440p", 1440)):
-        if short_side <= height:
-            return tier
-    return "2160p"
+@dataclass(frozen=True)
+class _Outcome:
+    """How a job thread ended: what the lifecycle must be told."""
 
-
-def asset_fields(result: Any) -> dict[str, Any]:
-    """Asset columns from a :class:`~kinoray.media.pipeline.TranscodeResult` (Mux's derived fields)."""
-    fields: dict[str, Any] = {"duration": round(result.duration_seconds, 6), "encoder_backend": result.encoder}
-    tracks: list[dict[str, Any]] = []
-    if result.renditions:
-        top = max(result.renditions, key=lambda r: r.width * r.height)
-        divisor = math.gcd(top.width, top.height)
-        rate = float(Fraction(result.frame_rate)) if result.frame_rate else None
-        fields.update(aspect_ratio=f"{top.width // divisor}:{top.height // divisor}",
-                      resolution_tier=_tier(min(top.width, top.height)), max_stored_frame_rate=rate)
-        tracks.append({"type": "video", "id": new_id(), "max_width": top.width, "max_height": top.height,
-                       "max_frame_rate": rate, "duration": round(result.duration_seconds, 6)})
-    else:
-        fields.update(resolution_tier="audio-only", max_stored_frame_rate=-1)
-    if result.audio:
-        tracks.append({"type": "audio", "id": new_id(), "max_channels": result.audio["channels"],
-                       "duration": round(result.audio["duration_seconds"], 6)})
-    fields["tracks"] = tracks
-    return fields
+    kind: str  # ready | errored | release | drop
+    published: dict[str, Any] | None = None
+    record: JobRecord | None = None  # the coordinator's last record
+    error_type: str = ""
+    message: str = ""
 
 
 class _Running:
-    def __init__(self, job_id: str, asset_id: str) -> None:
-        self.job_id, self.asset_id = job_id, asset_id
-        self.transcode: Any = None  # the TranscodeJob once it exists
-        self.codec: str | None = None  # from the job's options
+    def __init__(self, claimed: ClaimedJob) -> None:
+        self.claimed = claimed
+        self.job_id, self.asset_id = claimed.job_id, claimed.asset_id
+        self.transcode: TranscodeJob | None = None  # once it exists
         self.cancelled = threading.Event()
+        self.lost = threading.Event()  # the job is no longer ours (deleted, or re-queued after our lease ran out)
         self.last_saved = 0.0
         self.thread: threading.Thread | None = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        if self.transcode is not None:
+            self.transcode.cancel()
 
 
 class Runner:
     """The runner loop over one :class:`~kinoray.control.Platform` (see the module docstring)."""
 
-    def __init__(self, platform: Platform, *, max_jobs: int | None = None, poll_seconds: float | None = None) -> None:
+    def __init__(self, platform: Platform, *, max_jobs: int | None = None, poll_seconds: float | None = None,
+                 lifecycle: JobLifecycle | None = None) -> None:
         self.platform = platform
         self.settings = platform.settings
         self.max_jobs = max_jobs or self.settings.serve.max_concurrent_jobs
         self.poll_seconds = poll_seconds or self.settings.serve.poll_seconds
+        self.lifecycle = lifecycle or JobLifecycle(platform.db, self.settings)
         self.running: dict[str, _Running] = {}
+        #: Finished jobs whose finish the database has refused so far; retried every tick, leases kept.
+        self.deferred: dict[str, tuple[_Running, _Outcome]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._webhooks: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._last_sweep = 0.0
+        self._last_reconcile: float | None = None
         self.last_tick: float | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.requeue_interrupted()
-        self._thread = threading.Thread(target=self._loop, name="kinoray-runner", daemon=True)
-        self._thread.start()
+        for name, target in (("kinoray-runner", self._loop), ("kinoray-heartbeat", self._heartbeat_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         # Webhooks get their own thread: a slow receiver must not delay claiming jobs.
-        self._webhooks = threading.Thread(target=deliver_loop, args=(self.platform, self._stop),
-                                          kwargs={"interval": self.poll_seconds}, name="kinoray-webhooks",
-                                          daemon=True)
-        self._webhooks.start()
+        webhooks = threading.Thread(target=deliver_loop, args=(self.platform, self._stop),
+                                    kwargs={"interval": self.poll_seconds}, name="kinoray-webhooks", daemon=True)
+        webhooks.start()
+        self._threads.append(webhooks)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop polling, cancel running jobs (they are re-queued by the next runner) and wait for them."""
+        """Stop polling, cancel running jobs (they go back to the queue for the next runner) and wait for them."""
         self._stop.set()
-        with self._lock:
-            running = list(self.running.values())
+        running = self._held_items()
         for item in running:
-            item.cancelled.set()
-            if item.transcode is not None:
-                item.transcode.cancel()
+            item.cancel()
         for item in running:
             if item.thread is not None:
                 item.thread.join(timeout)
-        for thread in (self._thread, self._webhooks):
-            if thread is not None:
-                thread.join(timeout)
+        self._retry_deferred()
+        for thread in self._threads:
+            thread.join(timeout)
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return bool(self._threads) and self._threads[0].is_alive()
 
-    def requeue_interrupted(self) -> int:
-        """Put jobs left active by a dead runner back in the queue; returns how many."""
-        with self.platform.db.session() as session:
-            result = session.execute(sa.update(Job).where(Job.state.in_(_ACTIVE))
-                                     .values(state="queued", updated_at=time.time()))
-            count = int(result.rowcount or 0)  # type: ignore[attr-defined]
-        if count:
-            log.warning("re-queued interrupted jobs", extra={"jobs": count})
-        return count
+    def _held_items(self) -> list[_Running]:
+        with self._lock:
+            return list(self.running.values()) + [item for item, _ in self.deferred.values()]
+
+    def held(self) -> set[str]:
+        """Ids of the jobs this runner holds: running, or finished with the finish not yet written."""
+        with self._lock:
+            return set(self.running) | set(self.deferred)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -153,11 +158,15 @@ class Runner:
             self._stop.wait(self.poll_seconds)
 
     def tick(self) -> None:
-        """One pass of everything the runner does."""
+        """One pass of everything the runner loop does."""
         self.last_tick = time.time()
+        self._retry_deferred()
+        now = time.monotonic()
+        if self._last_reconcile is None or now - self._last_reconcile >= self.settings.jobs.reconcile_seconds:
+            self._last_reconcile = now
+            self.lifecycle.reconcile(self.held())
         self._cancel_deleted()
         self._claim_jobs()
-        now = time.monotonic()
         if now - self._last_sweep >= _SWEEP_INTERVAL:
             self._last_sweep = now
             self._periodic("uploads", self._expire_uploads)
@@ -176,27 +185,42 @@ class Runner:
 
         expire_uploads(self.platform)
 
+    def _heartbeat_loop(self) -> None:
+        interval = self.settings.jobs.heartbeat_interval
+        while not self._stop.wait(interval):
+            held = self.held()
+            if not held:
+                continue
+            try:
+                kept = self.lifecycle.heartbeat(held)
+            except Exception as error:  # noqa: BLE001 - the next beat tries again; the lease has slack
+                log.warning("heartbeat failed", extra={"jobs": len(held), "error": str(error).splitlines()[0]})
+                continue
+            for item in self._held_items():
+                if item.job_id in held and item.job_id not in kept:
+                    self._lose(item)
+
+    def _lose(self, item: _Running) -> None:
+        if not item.lost.is_set():
+            log.warning("job is no longer ours: stopping it", extra={"job": item.job_id, "asset": item.asset_id})
+            item.lost.set()
+        item.cancel()
+        with self._lock:
+            self.deferred.pop(item.job_id, None)
+
     # --- jobs ----------------------------------------------------------------------------------------------
 
     def _claim_jobs(self) -> None:
         with self._lock:
-            free = self.max_jobs - len(self.running)
+            free = self.max_jobs - len(self.running) - len(self.deferred)
         if free <= 0 or self._stop.is_set():
             return
-        with self.platform.db.session() as session:
-            candidates = list(session.execute(
-                sa.select(Job.job_id, Job.asset_id).where(Job.state == "queued")
-                .order_by(Job.created_at, Job.job_id).limit(free)))
-        for job_id, asset_id in candidates:
-            with self.platform.db.session() as session:
-                claimed = session.execute(sa.update(Job).where(Job.job_id == job_id, Job.state == "queued")
-                                          .values(state="planning", updated_at=time.time()))
-                if not claimed.rowcount:  # type: ignore[attr-defined]
-                    continue
-            item = _Running(job_id, asset_id)
-            item.thread = threading.Thread(target=self._run, args=(item,), name=f"job-{job_id[:8]}", daemon=True)
+        for claimed in self.lifecycle.claim(free):
+            item = _Running(claimed)
+            item.thread = threading.Thread(target=self._run, args=(item,), name=f"job-{claimed.job_id[:8]}",
+                                           daemon=True)
             with self._lock:
-                self.running[job_id] = item
+                self.running[claimed.job_id] = item
             item.thread.start()
 
     def _cancel_deleted(self) -> None:
@@ -204,48 +228,65 @@ class Runner:
             running = list(self.running.values())
         if not running:
             return
-        with self.platform.db.session() as session:
+        with self.platform.db.reader() as session:
             present = set(session.scalars(sa.select(Asset.id).where(Asset.id.in_([r.asset_id for r in running]))))
         for item in running:
             if item.asset_id not in present and not item.cancelled.is_set():
                 log.info("asset deleted: cancelling its job", extra={"asset": item.asset_id, "job": item.job_id})
-                item.cancelled.set()
-                if item.transcode is not None:
-                    item.transcode.cancel()
+                item.lost.set()
+                item.cancel()
 
     def _run(self, item: _Running) -> None:
         try:
-            self._run_job(item)
-        except Exception:  # noqa: BLE001
+            outcome = self._execute(item)
+        except Exception as error:  # noqa: BLE001 - an asset must end errored, never stuck preparing
             log.exception("job crashed", extra={"job": item.job_id})
+            outcome = _Outcome("errored", error_type="internal_error", message=f"{type(error).__name__}: {error}")
+        try:
+            retry_transient(lambda: self._settle(item, outcome), self.settings.jobs, what=f"finish {item.job_id}")
+        except Exception as error:  # noqa: BLE001
+            if is_transient(error) and not item.lost.is_set():
+                log.warning("database unavailable: the job's finish is retried by the runner loop",
+                            extra={"job": item.job_id, "outcome": outcome.kind})
+                with self._lock:
+                    self.deferred[item.job_id] = (item, outcome)
+            else:
+                log.exception("could not finish the job", extra={"job": item.job_id})
         finally:
             with self._lock:
                 self.running.pop(item.job_id, None)
 
-    def _run_job(self, item: _Running) -> None:
+    def _retry_deferred(self) -> None:
+        with self._lock:
+            pending = list(self.deferred.values())
+        for item, outcome in pending:
+            try:
+                self._settle(item, outcome)
+            except Exception as error:  # noqa: BLE001
+                if is_transient(error):
+                    log.warning("finish still refused by the database", extra={"job": item.job_id})
+                    return  # the next tick tries again
+                log.exception("could not finish the job", extra={"job": item.job_id})
+            with self._lock:
+                self.deferred.pop(item.job_id, None)
+
+    def _execute(self, item: _Running) -> _Outcome:
         from kinoray.cluster.coordinator import TranscodeJob
         from kinoray.media.pipeline import TranscodeOptions
 
-        store = self.platform.store
-        with self.platform.db.session() as session:
-            job = session.get(Job, item.job_id)
-            asset = session.get(Asset, item.asset_id)
-            if job is None or asset is None:
-                return
-            input_url, source_key, options = asset.input_url, job.source, dict(job.options or {})
-            output_key = job.output
-            item.codec = options.get("codec")
+        claimed, store = item.claimed, self.platform.store
+        options = dict(claimed.options)
         try:
             if self._stop.is_set() or item.cancelled.is_set():
                 raise JobCancelledError("the runner is stopping")
-            if input_url is not None and not store.exists(source_key):
-                self._progress(item, "ingesting", 0.0)
-                fetch_input(input_url, store, source_key, self.settings)
-            self._progress(item, "transcoding", 0.0)
-            if "ladder" in options and options["ladder"] is not None:
+            if claimed.input_url is not None and not store.exists(claimed.source):
+                self._progress(item, None, "ingesting", 0.0)
+                fetch_input(claimed.input_url, store, claimed.source, self.settings)
+            self._progress(item, None, "transcoding", 0.0)
+            if options.get("ladder") is not None:
                 options["ladder"] = tuple(options["ladder"])
-            transcode_options = TranscodeOptions(**options, limits=self.settings.limits)
-            transcode = TranscodeJob(store.url_of(source_key), store.url_of(output_key), transcode_options,
+            transcode = TranscodeJob(store.url_of(claimed.source), store.url_of(claimed.output),
+                                     TranscodeOptions(**options, limits=self.settings.limits),
                                      job_id=item.job_id, settings=self.settings,
                                      on_update=lambda record: self._save_record(item, record),
                                      on_event=lambda event: self._count_chunk(item, event))
@@ -253,109 +294,68 @@ class Runner:
             if item.cancelled.is_set():
                 transcode.cancel()
             result = transcode.run()
-            self._save_record(item, transcode.record, force=True)
+            published = ready_fields(result, asset_id=item.asset_id, codec=options.get("codec"),
+                                     static_renditions=claimed.static_renditions, store=store)
         except JobCancelledError as error:
-            self._finish_cancelled(item, error)
-            return
+            log.info("job stopped", extra={"job": item.job_id, "asset": item.asset_id, "reason": str(error)})
+            return _Outcome("drop") if item.lost.is_set() else _Outcome("release")
         except KinorayError as error:
-            if item.transcode is not None:
-                self._save_record(item, item.transcode.record, force=True)
-            self._finish_errored(item, error.type, str(error))
+            record = item.transcode.record if item.transcode is not None else None
+            return _Outcome("errored", record=record, error_type=error.type, message=str(error))
+        log.info("transcode done", extra={"asset": item.asset_id, "seconds": round(result.wall_seconds, 2),
+                                          "encoder": result.encoder})
+        return _Outcome("ready", published=published, record=transcode.record)
+
+    def _settle(self, item: _Running, outcome: _Outcome) -> None:
+        """Tell the lifecycle how the job ended (one transaction; the caller retries it)."""
+        if outcome.kind == "release":
+            self.lifecycle.release(item.job_id)
+            finished = None
+        elif outcome.kind == "ready":
+            assert outcome.published is not None
+            finished = self.lifecycle.publish(item.job_id, outcome.published, outcome.record)
+        elif outcome.kind == "errored":
+            finished = self.lifecycle.fail(item.job_id, outcome.error_type, outcome.message, outcome.record)
+        else:
+            finished = None
+        if finished is FinishOutcome.DONE:
+            JOBS_FINISHED.labels(state=outcome.kind).inc()
+        elif finished is FinishOutcome.LOST:
+            log.warning("job was taken over before it finished: its result is dropped", extra={"job": item.job_id})
+        if (outcome.kind == "drop" or finished is FinishOutcome.GONE) and not self.lifecycle.asset_exists(
+                item.asset_id):
+            self._remove_files(item.asset_id)
+            JOBS_FINISHED.labels(state="cancelled").inc()
+
+    def _progress(self, item: _Running, record: JobRecord | None, stage: str, fraction: float) -> None:
+        """Persist progress; a failed write is skipped (the next one carries newer data), a fenced-out one means
+        the job is no longer ours."""
+        try:
+            ours = self.lifecycle.progress(item.job_id, record, stage=stage, fraction=fraction)
+        except Exception as error:  # noqa: BLE001 - progress is best effort; the finish is what must land
+            if not is_transient(error):
+                raise
+            log.warning("progress not saved", extra={"job": item.job_id, "error": str(error).splitlines()[0]})
             return
-        except Exception as error:  # noqa: BLE001 - an asset must end errored, never stuck preparing
-            log.exception("transcode failed unexpectedly", extra={"job": item.job_id})
-            self._finish_errored(item, "internal_error", f"{type(error).__name__}: {error}")
+        if not ours:
+            self._lose(item)
+            raise JobCancelledError(f"job {item.job_id} is no longer this runner's")
+
+    def _save_record(self, item: _Running, record: JobRecord) -> None:
+        now = time.monotonic()
+        if now - item.last_saved < _PROGRESS_INTERVAL or record.state.finished or item.lost.is_set():
             return
-        self._finish_ready(item, result)
+        item.last_saved = now
+        try:
+            self._progress(item, record, "transcoding", record.progress)
+        except JobCancelledError:
+            pass  # _lose cancelled the transcode; its run() ends with JobCancelledError
 
     @staticmethod
-    def _count_chunk(item: _Running, event: Any) -> None:
+    def _count_chunk(item: _Running, event: ChunkEvent) -> None:
         if event.kind == "done" and event.chunk_index is not None:
             encoder = item.transcode.record.encoder if item.transcode is not None else None
             CHUNKS_ENCODED.labels(backend=encoder or "unknown").inc()
-
-    def _progress(self, item: _Running, state: str, fraction: float) -> None:
-        with self.platform.db.session() as session:
-            session.execute(sa.update(Asset).where(Asset.id == item.asset_id, Asset.status == AssetStatus.PREPARING)
-                            .values(progress_state=state, progress_fraction=fraction, updated_at=utcnow()))
-
-    def _save_record(self, item: _Running, record: Any, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - item.last_saved < _PROGRESS_INTERVAL and not record.state.finished:
-            return
-        item.last_saved = now
-        with self.platform.db.session() as session:
-            job = session.get(Job, item.job_id)
-            if job is None:  # the asset (and its jobs) were deleted
-                return
-            source, output = job.source, job.output  # storage keys: the record holds their URLs
-            job.apply_record(record)
-            job.source, job.output = source, output
-        if not record.state.finished:
-            self._progress(item, "transcoding", record.progress)
-
-    def _finish_ready(self, item: _Running, result: Any) -> None:
-        fields = asset_fields(result)
-        with self.platform.db.session() as session:
-            asset = session.get(Asset, item.asset_id)
-            if asset is None:
-                self._remove_files(item.asset_id)
-                return
-            for name, value in fields.items():
-                setattr(asset, name, value)
-            asset.video_codec = item.codec
-            if asset.static_renditions is not None:
-                asset.static_renditions = self._static_renditions(item.asset_id, result)
-            asset.status = AssetStatus.READY
-            asset.progress_state, asset.progress_fraction = "completed", 1.0
-            asset.errors = None
-            asset.updated_at = utcnow()
-            session.flush()
-            emit(session, "video.asset.ready", "asset", asset.id, asset_view(asset))
-        JOBS_FINISHED.labels(state="ready").inc()
-        log.info("asset ready", extra={"asset": item.asset_id, "seconds": round(result.wall_seconds, 2),
-                                       "encoder": result.encoder})
-
-    def _static_renditions(self, asset_id: str, result: Any) -> dict[str, Any]:
-        key = result.static_rendition.rsplit("/", 1)[-1]
-        media = f"assets/{asset_id}/media/{key}"
-        top = max(result.renditions, key=lambda r: r.height, default=None)
-        entry: dict[str, Any] = {"name": key, "ext": key.rsplit(".", 1)[-1], "status": "ready",
-                                 "filesize": str(self.platform.store.size(media))}
-        if top is not None:
-            entry.update(width=top.width, height=top.height, bitrate=top.average_bandwidth)
-        return {"status": "ready", "files": [entry]}
-
-    def _finish_errored(self, item: _Running, error_type: str, message: str) -> None:
-        with self.platform.db.session() as session:
-            asset = session.get(Asset, item.asset_id)
-            if asset is None:
-                self._remove_files(item.asset_id)
-                return
-            job = session.get(Job, item.job_id)
-            if job is not None and job.state not in ("errored", "cancelled"):
-                job.state, job.error_type, job.error, job.finished_at = "errored", error_type, message, time.time()
-            asset.status = AssetStatus.ERRORED
-            asset.errors = {"type": error_type, "messages": [message]}
-            asset.progress_state = "errored"
-            if asset.static_renditions is not None:
-                asset.static_renditions = {"status": "errored", "files": []}
-            asset.updated_at = utcnow()
-            session.flush()
-            emit(session, "video.asset.errored", "asset", asset.id, asset_view(asset))
-        JOBS_FINISHED.labels(state="errored").inc()
-        log.warning("asset errored", extra={"asset": item.asset_id, "type": error_type, "error": message})
-
-    def _finish_cancelled(self, item: _Running, error: KinorayError) -> None:
-        with self.platform.db.session() as session:
-            asset_exists = session.get(Asset, item.asset_id) is not None
-            job = session.get(Job, item.job_id)
-            if job is not None and self._stop.is_set():
-                job.state = "queued"  # the runner is stopping: the next one runs it again
-        if not asset_exists:
-            self._remove_files(item.asset_id)
-            JOBS_FINISHED.labels(state="cancelled").inc()
-        log.info("job stopped", extra={"job": item.job_id, "asset": item.asset_id, "reason": str(error)})
 
     def _remove_files(self, asset_id: str) -> None:
         try:
@@ -382,8 +382,8 @@ class JobRunner:
         return generate_latest(REGISTRY).decode()
 
     def status(self) -> dict[str, Any]:
-        return {"running_jobs": len(self.runner.running), "last_tick": self.runner.last_tick,
-                "alive": self.runner.alive}
+        return {"running_jobs": len(self.runner.running), "deferred_finishes": len(self.runner.deferred),
+                "last_tick": self.runner.last_tick, "alive": self.runner.alive}
 
     def check_health(self) -> None:
         if not self.runner.alive:

@@ -1,7 +1,11 @@
 """The metadata database: engine and sessions from a URL, Alembic migrations, newest-first pages.
 
 SQLite is the embedded default (``sqlite:///DATA_DIR/kinoray.db``), opened with WAL journaling, foreign keys on
-and real transactions (SQLAlchemy emits ``BEGIN``, so SAVEPOINTs work). PostgreSQL is used when
+and real transactions that SQLAlchemy begins itself (so SAVEPOINTs work). A :meth:`Database.session` on SQLite
+starts with ``BEGIN IMMEDIATE``: it takes the write lock up front, so waiting for another writer is covered by the
+busy timeout. A deferred ``BEGIN`` that reads and then writes cannot wait: SQLite refuses its upgrade at once
+("database is locked") when another writer got in between. Read-only work uses :meth:`Database.reader`
+(a deferred ``BEGIN``; under WAL it never waits for writers). PostgreSQL is used when
 ``KINORAY_DATABASE_URL`` says so; ``postgres://`` and ``postgresql://`` URLs are read as
 ``postgresql+psycopg://`` (psycopg 3).
 """
@@ -27,12 +31,13 @@ from kinoray.store.models import Base
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["Database", "alembic_config", "database_url", "decode_cursor", "downgrade", "encode_cursor", "migrate",
-           "newest_first"]
+__all__ = ["Database", "alembic_config", "database_url", "decode_cursor", "downgrade", "encode_cursor", "is_transient",
+           "migrate", "newest_first"]
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_READ_ONLY = "kinoray_read_only"  # execution option of the reader sessions' engine
 _MIGRATION_LOCK = 0x6B696E6F  # PostgreSQL advisory lock id held while migrating ("kino")
 M = TypeVar("M", bound=Base)
 
@@ -53,16 +58,18 @@ def database_url(settings: Settings | None = None) -> str:
     return f"sqlite:///{(Path(settings.data_dir) / 'kinoray.db').resolve()}"
 
 
-def _create_engine(url: str, **options: Any) -> Engine:
+def _create_engine(url: str, timeout: float = 15.0, **options: Any) -> Engine:
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "sqlite":
         options.setdefault("pool_pre_ping", True)
+        options.setdefault("pool_timeout", timeout)
+        options.setdefault("connect_args", {}).setdefault("connect_timeout", max(1, round(timeout)))
         return sa.create_engine(parsed, **options)
     database = parsed.database or ""
     in_memory = database in ("", ":memory:") or database.startswith("file:")
     if not in_memory:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    options.setdefault("connect_args", {}).setdefault("timeout", 15)  # seconds to wait for a writer's lock
+    options.setdefault("connect_args", {}).setdefault("timeout", timeout)  # seconds to wait for a writer's lock
     if not in_memory:
         # API replicas serve from a 40-thread pool: keep that many connections open rather than churning.
         options.setdefault("pool_size", 16)
@@ -82,28 +89,41 @@ def _create_engine(url: str, **options: Any) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` says the database is unreachable, restarting, timed out or locked (the same statement may
+    succeed later), rather than that the statement itself is wrong."""
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError)
 
 
 class Database:
     """One engine (connection pool) and its session factory. Create one per process and share it.
 
-    ``engine_options`` go to :func:`sqlalchemy.create_engine` (``echo=True``, ``pool_size=...``).
+    ``timeout`` is SQLite's busy timeout (seconds a statement waits for another writer's lock) and PostgreSQL's
+    connect and pool timeouts. ``engine_options`` go to :func:`sqlalchemy.create_engine` (``echo=True``,
+    ``pool_size=...``).
     """
 
-    def __init__(self, url: str, **engine_options: Any) -> None:
+    def __init__(self, url: str, timeout: float = 15.0, **engine_options: Any) -> None:
         self.url = _normalize_url(url)
-        self.engine = _create_engine(self.url, **engine_options)
+        self.engine = _create_engine(self.url, timeout, **engine_options)
         #: Sessions keep loaded objects usable after commit (``expire_on_commit=False``): the API serialises a
         #: row after committing it without another round trip.
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **engine_options: Any) -> Database:
-        """The database :func:`database_url` names."""
-        return cls(database_url(settings), **engine_options)
+        """The database :func:`database_url` names, with the settings' ``database_timeout_seconds``."""
+        settings = settings or get_settings()
+        return cls(database_url(settings), settings.database_timeout_seconds, **engine_options)
 
     @property
     def dialect(self) -> str:
@@ -112,8 +132,19 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session in one transaction: committed when the block ends, rolled back if it raises."""
+        """A session in one transaction: committed when the block ends, rolled back if it raises.
+
+        On SQLite the transaction holds the database's write lock from its start (waiting up to the busy timeout
+        for it), so keep it short: verify secrets, fetch URLs and encode outside it. Use :meth:`reader` for
+        work that only reads."""
         with self.sessionmaker() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reader(self) -> Iterator[Session]:
+        """A session for reads only: on SQLite a deferred transaction that never takes the write lock, so readers
+        run beside a writer. A write in it may fail at once with "database is locked": use :meth:`session`."""
+        with self._readers() as session, session.begin():
             yield session
 
     def migrate(self, revision: str = "head") -> None:

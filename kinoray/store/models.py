@@ -23,15 +23,14 @@ from collections import OrderedDict
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-if TYPE_CHECKING:
-    from kinoray.cluster.progress import JobRecord
+from kinoray.store.states import JOB_STATES, JobRecord, JobState
 
 __all__ = [
     "JOB_STATES",
@@ -56,6 +55,7 @@ __all__ = [
     "new_id",
     "new_secret",
     "request_fingerprint",
+    "secret_known",
     "utcnow",
     "verify_secret",
 ]
@@ -92,8 +92,8 @@ def utcnow() -> datetime:
 # successful check is therefore remembered (keyed by the stored hash and a SHA-256 of the presented secret, never
 # the secret itself), so a client sending the same credentials on every request pays the KDF once per process.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P, _SCRYPT_DKLEN, _SALT_BYTES = 2**14, 8, 1, 32, 16
-_VERIFIED_MAX = 4096
-_verified: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+_VERIFIED_MAX = 16384  # (stored hash, sha256(secret)) -> matched: checked secrets, right and wrong
+_verified: OrderedDict[tuple[str, bytes], bool] = OrderedDict()
 _verified_lock = threading.Lock()
 
 
@@ -118,12 +118,11 @@ def hash_secret(secret: str) -> str:
 
 def verify_secret(stored: str, secret: str) -> bool:
     """Whether ``secret`` matches ``stored`` (from :func:`hash_secret`), compared with :func:`hmac.compare_digest`.
-    A malformed ``stored`` value never matches."""
-    cache_key = (stored, hashlib.sha256(secret.encode()).digest())
-    with _verified_lock:
-        if cache_key in _verified:
-            _verified.move_to_end(cache_key)
-            return True
+    A malformed ``stored`` value never matches. Both answers are remembered (a stored hash never changes), so
+    repeating a secret, right or wrong, costs a dictionary lookup instead of an scrypt."""
+    known = secret_known(stored, secret)
+    if known is not None:
+        return known
     try:
         algorithm, n, r, p, salt, expected = stored.split("$")
         if algorithm != "scrypt":
@@ -132,13 +131,22 @@ def verify_secret(stored: str, secret: str) -> bool:
         actual = _scrypt(secret, _unb64(salt), int(n), int(r), int(p), len(expected_digest))
     except ValueError:
         return False
-    if not hmac.compare_digest(actual, expected_digest):
-        return False
+    matched = hmac.compare_digest(actual, expected_digest)
     with _verified_lock:
-        _verified[cache_key] = None
+        _verified[(stored, hashlib.sha256(secret.encode()).digest())] = matched
         if len(_verified) > _VERIFIED_MAX:
             _verified.popitem(last=False)
-    return True
+    return matched
+
+
+def secret_known(stored: str, secret: str) -> bool | None:
+    """What :func:`verify_secret` answered before for this pair, or ``None`` when checking it would cost an scrypt."""
+    cache_key = (stored, hashlib.sha256(secret.encode()).digest())
+    with _verified_lock:
+        known = _verified.get(cache_key)
+        if known is not None:
+            _verified.move_to_end(cache_key)
+        return known
 
 
 def request_fingerprint(method: str, path: str, body: bytes) -> str:
@@ -198,11 +206,6 @@ class UploadStatus(StrEnum):
     ERRORED = "errored"
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
-
-
-#: ``kinoray.cluster.progress.JobState`` values, repeated here because the store never imports the cluster
-#: layer (it would pull in Ray); ``tests/test_db.py`` checks that the two agree.
-JOB_STATES = ("queued", "planning", "encoding", "packaging", "ready", "errored", "cancelled")
 
 
 def _status(enum: type[StrEnum], name: str, length: int = 16) -> sa.Enum:
@@ -330,7 +333,9 @@ class Upload(Base):
     upload_length: Mapped[int | None] = mapped_column(sa.BigInteger)
     upload_offset: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     upload_metadata: Mapped[dict[str, str]] = mapped_column(_json(), default=dict)
-    #: Where the received bytes are kept in the object store.
+    #: Where the received bytes are kept in the object store. Set only by the transaction that creates the transfer
+    #: (tus ``POST`` or a first ``PUT``): NULL means the transfer was never created, and such an upload takes no
+    #: ``PATCH`` (with it, a NULL ``upload_length`` means a deferred length).
     storage_key: Mapped[str | None] = mapped_column(sa.String(512))
     #: The received parts, in order: ``[{"offset", "length", "key", "algorithm"?, "digest"?}, ...]`` (the
     #: checksum fields when the client sent ``Upload-Checksum``). Only parts listed here count.
@@ -347,10 +352,11 @@ class Upload(Base):
 
 
 class Job(Base):
-    """A transcode job: one row per :class:`~kinoray.cluster.progress.JobRecord`, column for field.
+    """A transcode job: one row per :class:`~kinoray.store.states.JobRecord`, column for field, plus who runs
+    it (``owner``, ``lease_expires_at``, ``attempts``) and what its success published (``result``).
 
     The record's times are epoch seconds (``float``) here as in the record, so a record round-trips exactly;
-    every other table stores UTC datetimes.
+    every other table stores UTC datetimes. :mod:`kinoray.control.jobs` owns every state change.
     """
 
     __tablename__ = "jobs"
@@ -358,6 +364,7 @@ class Job(Base):
         sa.CheckConstraint(_in("state", JOB_STATES), name="state"),
         sa.Index("ix_jobs_asset_id_created_at", "asset_id", "created_at"),
         sa.Index("ix_jobs_state_updated_at", "state", "updated_at"),
+        sa.Index("ix_jobs_state_lease_expires_at", "state", "lease_expires_at"),
     )
 
     job_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
@@ -385,6 +392,16 @@ class Job(Base):
     encode_started_at: Mapped[float | None] = mapped_column(sa.Double)
     finished_at: Mapped[float | None] = mapped_column(sa.Double)
     updated_at: Mapped[float] = mapped_column(sa.Double)
+    #: The runner that claimed the job (``host:pid:random``), NULL while queued and once released.
+    owner: Mapped[str | None] = mapped_column(sa.String(128))
+    #: Epoch seconds until which ``owner`` holds an active job; the owner's heartbeat pushes it forward. Past it
+    #: (or NULL on an active job) the owner counts as dead and the reconciler re-queues the job.
+    lease_expires_at: Mapped[float | None] = mapped_column(sa.Double)
+    #: How many times a runner claimed the job and did not give it back (a graceful stop gives it back).
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default=sa.text("0"))
+    #: The asset columns a successful run published (``control.jobs.asset_fields``), so an asset left
+    #: ``preparing`` beside a ``ready`` job can be finished without encoding again.
+    result: Mapped[dict[str, Any] | None] = mapped_column(_json())
 
     asset: Mapped[Asset] = relationship(back_populates="jobs")
 
@@ -408,9 +425,7 @@ class Job(Base):
             setattr(self, field.name, value)
 
     def to_record(self) -> JobRecord:
-        """The :class:`~kinoray.cluster.progress.JobRecord` this row holds."""
-        from kinoray.cluster.progress import JobRecord, JobState  # lazily: kinoray.cluster imports Ray
-
+        """The :class:`~kinoray.store.states.JobRecord` this row holds."""
         values: dict[str, Any] = {}
         for field in fields(JobRecord):
             value = getattr(self, field.name)

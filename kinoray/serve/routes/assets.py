@@ -91,7 +91,7 @@ def list_assets(
         if not is_valid_id(upload_id):
             return {"data": [], "next_cursor": None}
         where.append(Asset.id == sa.select(Upload.asset_id).where(Upload.id == upload_id).scalar_subquery())
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         if cursor is not None:
             try:
                 rows, next_cursor = newest_first(session, Asset, limit=limit, cursor=cursor, where=where,
@@ -111,7 +111,7 @@ def list_assets(
 
 @router.get("/assets/{asset_id}", response_model=AssetEnvelope, responses=error_responses(*AUTHENTICATED, 404))
 def get(asset_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         return {"data": asset_view(get_asset(session, asset_id))}
 
 
@@ -160,7 +160,7 @@ def add_playback_id(asset_id: str, platform: PlatformDep, token: CurrentToken,
 @router.get("/assets/{asset_id}/playback-ids", response_model=PlaybackIdList,
             responses=error_responses(*AUTHENTICATED, 404))
 def list_playback_ids(asset_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         return {"data": [playback_id_view(p) for p in get_asset(session, asset_id).playback_ids]}
 
 
@@ -174,7 +174,7 @@ def _playback(session: Any, asset_id: str, playback_id: str) -> PlaybackId:
 @router.get("/assets/{asset_id}/playback-ids/{playback_id}", response_model=PlaybackIdEnvelope,
             responses=error_responses(*AUTHENTICATED, 404))
 def get_playback_id(asset_id: str, playback_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         get_asset(session, asset_id)
         return {"data": playback_id_view(_playback(session, asset_id, playback_id))}
 
@@ -196,7 +196,7 @@ def delete_playback_id(asset_id: str, playback_id: str, platform: PlatformDep, t
             responses=error_responses(*AUTHENTICATED, 404))
 def lookup_playback_id(playback_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
     """The asset a playback id points to (Mux: ``object: {type: "asset", id}``)."""
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         playback = session.get(PlaybackId, playback_id) if is_valid_id(playback_id) else None
         if playback is None:
             raise NotFoundError(f"no playback id {playback_id!r}")

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kinoray.control.analytics import MAX_BATCH_BYTES, BeaconBatch, store_batch
 from kinoray.errors import InvalidParametersError, KinorayError, RateLimitedError
-from kinoray.serve.deps import PlatformDep, get_platform
+from kinoray.serve.deps import PlatformDep, client_address, get_platform
 from kinoray.serve.schemas import error_responses
 
 __all__ = ["BeaconAccepted", "BeaconAcceptedEnvelope", "BeaconRoute", "router"]
@@ -70,9 +70,8 @@ class BeaconRoute(APIRoute):
 
         async def route(request: Request) -> Response:
             try:
-                client = request.client.host if request.client else "unknown"
                 platform = get_platform()
-                decision = platform.limiter.hit(f"beacon:{client}")
+                decision = platform.limiter.hit(f"beacon:{client_address(request, platform)}")
                 if not decision.allowed:
                     raise RateLimitedError(f"beacon rate limit of {platform.settings.api.rate_limit_per_second:g} "
                                            f"requests/s per client exceeded", decision.retry_after, decision.limit)

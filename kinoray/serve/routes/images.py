@@ -5,10 +5,14 @@ or for signed ids the ``?token=``, is the capability):
 - ``GET|HEAD /{playback_id}/animated.{gif|webp}?start&end&width&height&fps``
 - ``GET|HEAD /{playback_id}/storyboard.{jpg|png|webp|vtt}`` (the VTT takes ``?format=`` for its sprite)
 
-Rendered on first request and stored (:mod:`kinoray.control.images`). Answers carry a strong ``ETag`` (304 on
-``If-None-Match``), ``Cache-Control`` (a week for public ids; for signed ones no longer than the token is
-valid) and the CORS headers stream delivery sends. They are left out of the OpenAPI document: they
-are binary media, not JSON resources, and docs/API.md describes them.
+Rendered on first request and stored (:mod:`kinoray.control.images`), within its caps (``KINORAY_IMAGES__*``):
+new renders per client address (the peer, or the client a proxy in ``api.trusted_proxies`` names in
+``X-Forwarded-For``) and per process, stored images per asset; over a limit the answer is a typed
+``429 too_many_requests`` with ``Retry-After``. Answers carry a strong ``ETag`` (304 on ``If-None-Match``),
+``Cache-Control`` (a week for public ids; for signed ones no longer than the token is valid), ``X-Image-Cache``
+(``hit``; ``miss``: made and stored; ``bypass``: made, not stored) and the CORS headers stream delivery sends.
+They are left out of the OpenAPI document: they are binary media, not JSON resources, and docs/API.md
+describes them.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ from kinoray.control.images import (
     ImageSource,
     StoryboardParams,
     ThumbnailParams,
+    guard_for,
     resolve_source,
 )
 from kinoray.control.playback import CORS_HEADERS, etag_matches
 from kinoray.errors import NotFoundError
 from kinoray.media.images import ANIMATED_FORMATS, STILL_FORMATS
-from kinoray.serve.deps import PlatformDep
+from kinoray.serve.deps import PlatformDep, client_address
 
 __all__ = ["PUBLIC_MAX_AGE", "router"]
 
@@ -56,7 +61,7 @@ def _cache_control(source: ImageSource, media_type: str) -> str:
 
 def _respond(request: Request, source: ImageSource, result: ImageResult) -> Response:
     headers = {**CORS_HEADERS, "ETag": result.etag, "Cache-Control": _cache_control(source, result.media_type),
-               "X-Image-Cache": "miss" if result.rendered else "hit"}
+               "X-Image-Cache": result.cache_status}
     if etag_matches(request.headers.get("if-none-match"), result.etag):
         return Response(status_code=304, headers=headers)
     if request.method == "HEAD":  # the length of what GET sends, and no body (whatever server runs the app)
@@ -66,6 +71,12 @@ def _respond(request: Request, source: ImageSource, result: ImageResult) -> Resp
 
 def _source(platform: PlatformDep, playback_id: str, token: str | None, kind: ImageKind) -> ImageSource:
     return resolve_source(platform.resolver, playback_id, token=token, kind=kind)
+
+
+def _cache(request: Request, platform: PlatformDep) -> ImageCache:
+    """The process's image cache under its caps, charging new renders to the caller's address (the peer, or
+    behind a proxy in ``api.trusted_proxies`` the client it names in ``X-Forwarded-For``)."""
+    return ImageCache(platform.store, guard=guard_for(platform), client=client_address(request, platform))
 
 
 def _known(extension: str, allowed: tuple[str, ...], what: str) -> None:
@@ -81,7 +92,7 @@ def thumbnail(request: Request, playback_id: str, extension: str, platform: Plat
     _known(extension, STILL_FORMATS, "thumbnail")
     source = _source(platform, playback_id, token, "thumbnail")
     params = ThumbnailParams.parse(source, extension, time=time, width=width, height=height, fit_mode=fit_mode)
-    return _respond(request, source, ImageCache(platform.store).thumbnail(source, params))
+    return _respond(request, source, _cache(request, platform).thumbnail(source, params))
 
 
 @router.api_route("/{playback_id}/animated.{extension}", methods=["GET", "HEAD"], include_in_schema=False)
@@ -92,7 +103,7 @@ def animated(request: Request, playback_id: str, extension: str, platform: Platf
     _known(extension, ANIMATED_FORMATS, "animated image")
     source = _source(platform, playback_id, token, "animated")
     params = AnimatedParams.parse(source, extension, start=start, end=end, width=width, height=height, fps=fps)
-    return _respond(request, source, ImageCache(platform.store).animated(source, params))
+    return _respond(request, source, _cache(request, platform).animated(source, params))
 
 
 @router.api_route("/{playback_id}/storyboard.{extension}", methods=["GET", "HEAD"], include_in_schema=False)
@@ -102,4 +113,4 @@ def storyboard(request: Request, playback_id: str, extension: str, platform: Pla
     _known(extension, (*STILL_FORMATS, "vtt"), "storyboard")
     source = _source(platform, playback_id, token, "storyboard")
     params = StoryboardParams.parse(extension, image_format=image_format)
-    return _respond(request, source, ImageCache(platform.store).storyboard(source, params))
+    return _respond(request, source, _cache(request, platform).storyboard(source, params))

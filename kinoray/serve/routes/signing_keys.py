@@ -63,14 +63,14 @@ def create(platform: PlatformDep, token: CurrentToken,
 def list_keys(platform: PlatformDep, token: CurrentToken, limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 25,
               cursor: Annotated[str | None, Query(max_length=512)] = None) -> dict[str, Any]:
     """Newest first; public information only."""
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         rows, next_cursor = signing.list_signing_keys(session, limit=limit, cursor=cursor)
         return {"data": [signing.signing_key_view(row) for row in rows], "next_cursor": next_cursor}
 
 
 @router.get("/{key_id}", response_model=SigningKeyEnvelope, responses=error_responses(*AUTHENTICATED, 404))
 def get(key_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         return {"data": signing.signing_key_view(signing.get_signing_key(session, key_id))}
 
 

@@ -1,13 +1,17 @@
-"""Liveness and what this replica can do: ``GET /healthz``, ``GET /system/v1/capabilities`` (no auth: they
-reveal nothing about any customer's data)."""
+"""Liveness, readiness and what this replica can do: ``GET /healthz``, ``GET /readyz``
+(:mod:`kinoray.serve.readiness`), ``GET /system/v1/capabilities`` (no auth: they reveal nothing about any
+customer's data)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 import kinoray
 from kinoray.encoders import available_encoders, get_backend
+from kinoray.serve import readiness
+from kinoray.serve.deps import PlatformDep
+from kinoray.serve.readiness import Readiness
 
 __all__ = ["Capabilities", "EncoderCapability", "Health", "router"]
 
@@ -37,6 +41,13 @@ class Capabilities(BaseModel):
 @router.get("/healthz")
 def healthz() -> Health:
     return Health(status="ok", version=kinoray.__version__)
+
+
+@router.get("/readyz", responses=readiness.UNREADY)
+async def readyz(platform: PlatformDep, response: Response) -> Readiness:
+    """Whether this process can serve now: the database, the object store and, on Ray Serve, the job runner
+    and the Ray cluster, each checked on every call (``503`` with the same body when one fails)."""
+    return await readiness.answer(platform, response)
 
 
 @router.get("/system/v1/capabilities")

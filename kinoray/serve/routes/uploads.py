@@ -7,10 +7,16 @@ Every tus answer, errors included, carries ``Tus-Resumable``; a browser origin n
 ``cors_origin`` gets CORS headers on every answer and its preflight. The protocol itself lives in
 :mod:`kinoray.control.uploads`; this module parses headers and moves the body from the event loop to the worker
 thread that writes it.
+
+A client that goes away mid-body keeps the bytes that arrived: the body reader takes every chunk the server
+delivered before ``http.disconnect`` (or, if the server cancels the request instead, before the cancellation),
+the worker thread commits them as a part, and the upload's lock is released as the request ends, so a ``HEAD``
+and the resuming ``PATCH`` right after the cut see the new offset and no ``423``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 from collections.abc import Callable, Coroutine, Iterator
 from functools import partial
@@ -24,7 +30,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
-from starlette.requests import ClientDisconnect
 
 from kinoray.control import uploads
 from kinoray.control.platform import Platform
@@ -116,7 +121,7 @@ def create_upload(body: UploadCreate, platform: PlatformDep, token: CurrentToken
 def list_uploads(platform: PlatformDep, token: CurrentToken, limit: Limit = 25, page: Page = 1,
                  cursor: Cursor = None) -> dict[str, Any]:
     """Newest first."""
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         rows, next_cursor = uploads.list_uploads(session, limit=limit, cursor=cursor, page=page)
         answer: dict[str, Any] = {"data": [uploads.upload_view(row, platform.settings) for row in rows]}
     if next_cursor is not None:
@@ -127,7 +132,7 @@ def list_uploads(platform: PlatformDep, token: CurrentToken, limit: Limit = 25, 
 @management.get("/{upload_id}", response_model=UploadEnvelope, response_model_exclude_none=True,
                 responses=error_responses(*AUTHENTICATED, 404))
 def get_upload(upload_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         return {"data": uploads.upload_view(uploads.get_upload(session, upload_id), platform.settings)}
 
 
@@ -243,39 +248,53 @@ def _state_headers(upload: Upload) -> dict[str, str]:
 
 class _RequestBody:
     """The request body as a blocking iterator for a worker thread; each step fetches up to ``_BATCH`` bytes
-    from the event loop. A client that goes away, or sends nothing for :data:`BODY_IDLE_TIMEOUT` seconds, ends
-    the iteration early (``interrupted``) instead of raising, so the bytes that did arrive are kept."""
+    from the event loop, straight from the ASGI ``receive`` (no async generator: nothing to close, nothing
+    that can be closed while it runs). The body ends early (``interrupted``) instead of raising when the client
+    goes away (``http.disconnect``), sends nothing for :data:`BODY_IDLE_TIMEOUT` seconds, or the server cancels
+    the request (:meth:`abort`, or the worker's call into the event loop is cancelled): every byte received
+    before that is still handed over, so it is kept."""
 
     def __init__(self, request: Request) -> None:
-        self._stream = request.stream()
-        self._done = False
+        self._receive = request.receive
+        self._batch = bytearray()  # filled by the event loop, taken by the worker thread between fills
+        self._reading: anyio.CancelScope | None = None  # the wait for the next message, while there is one
+        self._done = self._aborted = False
         self.interrupted = False
 
-    async def _next(self) -> bytes:
-        batch = bytearray()
-        while len(batch) < _BATCH and not self._done:
-            chunk = b""
-            try:
-                with anyio.move_on_after(BODY_IDLE_TIMEOUT) as idle:
-                    chunk = await self._stream.__anext__()
-            except StopAsyncIteration:
-                self._done = True
-            except ClientDisconnect:
+    def abort(self) -> None:
+        """End the body where it is (on the event loop, when the request's task was cancelled): the worker
+        thread gets what was received and commits it, and the upload's lock goes with it, at once rather than
+        after :data:`BODY_IDLE_TIMEOUT`."""
+        self._aborted = True
+        if self._reading is not None:
+            self._reading.cancel()
+
+    async def _fill(self) -> None:
+        while len(self._batch) < _BATCH and not self._done:
+            message: dict[str, Any] = {}
+            if not self._aborted:
+                with anyio.move_on_after(BODY_IDLE_TIMEOUT) as self._reading:
+                    message = dict(await self._receive())
+                self._reading = None
+            kind = message.get("type")
+            if kind == "http.request":
+                chunk = message.get("body", b"")
+                UPLOAD_BYTES.inc(len(chunk))
+                self._batch += chunk
+                self._done = not message.get("more_body", False)
+            else:  # http.disconnect, silence past the idle timeout, or aborted
                 self._done = self.interrupted = True
-            if idle.cancelled_caught:
-                self._done = self.interrupted = True
-            UPLOAD_BYTES.inc(len(chunk))
-            batch += chunk
-        return bytes(batch)
 
     def __iter__(self) -> Iterator[bytes]:
         while not self._done:
-            data = anyio.from_thread.run(self._next)
-            if data:
+            try:
+                anyio.from_thread.run(self._fill)
+            except (concurrent.futures.CancelledError, anyio.RunFinishedError):
+                self._done = self.interrupted = True  # the request was cancelled: keep what it had received
+            if self._batch:
+                data = bytes(self._batch)
+                self._batch.clear()
                 yield data
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 def _upload_slots(request: Request) -> anyio.CapacityLimiter:
@@ -289,19 +308,22 @@ def _upload_slots(request: Request) -> anyio.CapacityLimiter:
 async def _receive(request: Request, platform: Platform, upload_id: str, *, offset: int,
                    content_length: int | None, **options: Any) -> Upload:
     """Stream the body into the upload from a worker thread (its own pool of :data:`UPLOAD_CONCURRENCY`, so
-    slow clients cannot starve the API's ordinary threads)."""
+    slow clients cannot starve the API's ordinary threads). A server that cancels the request when its client
+    goes (instead of sending ``http.disconnect``) stops the body where it is: the thread, which a cancellation
+    cannot stop, still commits what arrived and releases the upload's lock."""
     body = _RequestBody(request)
     try:
         return await anyio.to_thread.run_sync(
             partial(uploads.receive, platform, upload_id, body, offset=offset, content_length=content_length,
                     **options),
             limiter=_upload_slots(request))
-    finally:
-        await body.aclose()
+    except anyio.get_cancelled_exc_class():
+        body.abort()
+        raise
 
 
 def _lookup(platform: Platform, upload_id: str) -> Upload:
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         return uploads.get_upload(session, upload_id)
 
 
@@ -375,7 +397,9 @@ async def tus_create(upload_id: str, request: Request, platform: PlatformDep) ->
     _header("Upload-Length", "the size, once, if creation deferred it", type="integer", minimum=0)))
 async def tus_patch(upload_id: str, request: Request, platform: PlatformDep) -> Response:
     """Append the body at ``Upload-Offset`` (which must be the upload's offset); 204 with the new offset. A body
-    cut short by a lost connection is kept as far as it arrived, unless it carried ``Upload-Checksum``."""
+    cut short by a lost connection is kept as far as it arrived, unless it carried ``Upload-Checksum``. An upload
+    whose tus creation did not complete (no ``Upload-Length``, no ``Upload-Defer-Length``) takes nothing: 409
+    ``upload_not_created``."""
     _require_tus(request)
     await run_in_threadpool(_lookup, platform, upload_id)
     if not _is_offset_stream(request):
@@ -441,7 +465,7 @@ async def put_chunk(upload_id: str, request: Request, platform: PlatformDep) -> 
     if content_length is not None and content_length != size:
         raise InvalidParametersError(f"Content-Length {content_length} does not match Content-Range ({size} bytes)")
     upload = await _receive(request, platform, upload_id, offset=start, content_length=size, upload_length=total,
-                            acknowledge_stored=True)
+                            acknowledge_stored=True, creates=True)
     return _put_answer(upload, platform)
 
 

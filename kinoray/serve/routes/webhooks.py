@@ -78,7 +78,7 @@ def create(body: EndpointCreate, platform: PlatformDep, token: CurrentToken) -> 
 def list_endpoints(platform: PlatformDep, token: CurrentToken, limit: Limit = 25,
                    cursor: Cursor = None) -> dict[str, Any]:
     """Newest first."""
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         rows, next_cursor = webhooks.list_endpoints(session, limit=limit, cursor=cursor)
         return {"data": [webhooks.endpoint_view(row) for row in rows], "next_cursor": next_cursor}
 
@@ -86,7 +86,7 @@ def list_endpoints(platform: PlatformDep, token: CurrentToken, limit: Limit = 25
 @router.get("/{endpoint_id}", response_model=WebhookEndpointEnvelope,
             responses=error_responses(*AUTHENTICATED, 404))
 def get(endpoint_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         return {"data": webhooks.endpoint_view(webhooks.get_endpoint(session, endpoint_id))}
 
 
@@ -123,7 +123,7 @@ def list_deliveries(endpoint_id: str, platform: PlatformDep, token: CurrentToken
                     cursor: Cursor = None) -> dict[str, Any]:
     """The endpoint's deliveries, newest event first: attempts, last HTTP status and error, and when the next
     attempt is due."""
-    with platform.db.session() as session:
+    with platform.db.reader() as session:
         endpoint = webhooks.get_endpoint(session, endpoint_id)
         rows, next_cursor = webhooks.list_deliveries(session, endpoint, limit=limit, cursor=cursor)
         return {"data": [webhooks.delivery_view(row) for row in rows], "next_cursor": next_cursor}

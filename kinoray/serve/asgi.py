@@ -1,5 +1,5 @@
-"""The few ASGI pieces the edge's hot paths use directly (no framework between the server and the handler): a
-parsed request, whole-body and error responses in kinoray's error format.
+"""The few ASGI pieces used without a framework between the server and the handler (the delivery edge's hot paths,
+the API's :mod:`~kinoray.serve.guard`): a parsed request, whole-body and error responses in kinoray's error format.
 
 The edge answers each stream request with two or three ASGI messages, framework-free, to keep the Python per
 request small: on this path it is what separates the edge from a bare ASGI app on Granian (docs/ARCHITECTURE.md,
