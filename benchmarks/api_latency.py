@@ -171,11 +171,13 @@ async def _one(session: aiohttp.ClientSession, base: str, endpoint: Endpoint, du
         endpoint.errors[kind] = endpoint.errors.get(kind, 0) + 1
 
 
-async def schedule(session: aiohttp.ClientSession, base: str, endpoints: list[Endpoint], rate: float,
-                   seconds: float, timeout: float, lags: list[float] | None,
+async def schedule(session: aiohttp.ClientSession | list[aiohttp.ClientSession], base: str,
+                   endpoints: list[Endpoint], rate: float, seconds: float, timeout: float, lags: list[float] | None,
                    t0: float | None = None) -> list[asyncio.Task[None]]:
-    """Start request i at t0 + i/rate (round-robin over ``endpoints``) without waiting for earlier answers;
-    returns once the last one is started, with the tasks still running."""
+    """Start request i at t0 + i/rate (round-robin over ``endpoints``, and over the sessions when given several:
+    one per simulated client) without waiting for earlier answers; returns once the last one is started, with
+    the tasks still running."""
+    sessions = session if isinstance(session, list) else [session]
     count = max(1, round(rate * seconds))
     tasks: list[asyncio.Task[None]] = []
     t0 = time.perf_counter() + 0.05 if t0 is None else t0
@@ -189,7 +191,7 @@ async def schedule(session: aiohttp.ClientSession, base: str, endpoints: list[En
             endpoint.sent += 1
             endpoint.first_due = min(endpoint.first_due, due)
             endpoint.last_due = due
-        tasks.append(asyncio.create_task(_one(session, base, endpoint, due, timeout, lags)))
+        tasks.append(asyncio.create_task(_one(sessions[i % len(sessions)], base, endpoint, due, timeout, lags)))
     return tasks
 
 
@@ -385,10 +387,15 @@ async def sweep(target: Target, base: str, args: argparse.Namespace, console: Co
         t0 = time.perf_counter() + 0.1
         steps: list[tuple[float, list[Endpoint], list[float]]] = []
         tasks: list[asyncio.Task[None]] = []
+        # the steps' load comes from --clients loopback addresses (one per simulated client: the API's per-client
+        # share applies to each), the probes from the first session's
+        clients = [client_session(target.auth, max(8, args.connections // args.clients), f"127.0.0.{10 + n}")
+                   for n in range(args.clients)] if args.clients > 1 else [session]
         for index, rate in enumerate(rates):
             endpoints, lags = _pair(asset_ids[0]), []
-            console.print(f"step {index + 1}/{len(rates)}: {rate:g} req/s for {args.seconds:g} s")
-            tasks += await schedule(session, base, endpoints, rate, args.seconds, args.timeout, lags,
+            console.print(f"step {index + 1}/{len(rates)}: {rate:g} req/s for {args.seconds:g} s "
+                          f"from {len(clients)} client address(es)")
+            tasks += await schedule(clients, base, endpoints, rate, args.seconds, args.timeout, lags,
                                     t0=t0 + index * args.seconds)
             steps.append((rate, endpoints, lags))
         top_end = t0 + len(rates) * args.seconds
@@ -398,6 +405,9 @@ async def sweep(target: Target, base: str, args: argparse.Namespace, console: Co
                                 t0=top_end)
         await asyncio.gather(*tasks)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        for client in clients:
+            if client is not session:
+                await client.close()
         if edge_thread is not None:
             await asyncio.to_thread(edge_thread.join)
     rows = [step_summary(rate, args.seconds, endpoints, lags) for rate, endpoints, lags in steps]
@@ -411,6 +421,7 @@ async def sweep(target: Target, base: str, args: argparse.Namespace, console: Co
                    "probe_rate": args.probe_rate, "probe_seconds": args.probe_seconds,
                    "recovery_seconds": args.recovery_seconds, "connections": args.connections,
                    "timeout_s": args.timeout, "assets": asset_ids, "started_server": bool(args.start),
+                   "clients": args.clients,
                    "api_direct": bool(args.api_direct), "edge_load": bool(args.edge_load)},
         "machine": _machine(load0),
         "client": {"cpu_s": round(cpu, 2), "cpu_share": round(cpu / wall, 3)},
@@ -563,6 +574,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sweep: wrk on a media segment through the edge at the same time (uploads an asset)")
     parser.add_argument("--segment-url", help="with --edge-load: the segment URL (else one is made)")
     parser.add_argument("--api-direct", action="store_true", help="with --start: load Serve's port, not the edge")
+    parser.add_argument("--clients", type=int, default=32,
+                        help="sweep: client addresses the load comes from (127.0.0.10 on; the API's per-client "
+                             "share applies to each: one address would measure that share, not the capacity)")
     parser.add_argument("--connections", type=int, help="most open keep-alive connections (256; sweep 1024)")
     parser.add_argument("--timeout", type=float, default=10.0, help="per request, seconds (then an error)")
     parser.add_argument("--asset-id", action="append", help="an existing asset to GET (else found or created)")

@@ -27,7 +27,7 @@ from kinoray.edge.stream import STREAM_PATH, StreamDelivery
 from kinoray.errors import NotFoundError
 from kinoray.serve import readiness
 from kinoray.serve.api import install_error_handlers
-from kinoray.serve.asgi import Receive, Scope, Send, identify_worker, send_error
+from kinoray.serve.asgi import Receive, Scope, Send, client_of_scope, identify_worker, send_error
 from kinoray.serve.deps import PlatformDep
 from kinoray.serve.readiness import Readiness
 from kinoray.serve.routes import data, images, player, uploads
@@ -94,8 +94,11 @@ class EdgeApp:
         self.platform, self.domain, self.owns_platform = platform, domain, owns_platform
         self.stream = StreamDelivery(platform)
         self.api = build_edge_api()
-        self.forward = Forwarder(api_url, timeout=platform.settings.edge.forward_timeout_seconds,
-                                 max_body_bytes=platform.settings.api.max_body_bytes) if api_url else None
+        edge, api = platform.settings.edge, platform.settings.api
+        self.forward = Forwarder(api_url, timeout=edge.forward_timeout_seconds, max_body_bytes=api.max_body_bytes,
+                                 max_in_flight=edge.max_forwarded_in_flight,
+                                 max_in_flight_per_client=api.max_in_flight_per_client,
+                                 client_of=lambda scope: client_of_scope(platform.clients, scope)) if api_url else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

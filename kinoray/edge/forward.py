@@ -2,7 +2,11 @@
 (``/video/v1/...``, ``/system/v1/...``, ``/healthz``, ``/metrics``, ``/docs``, ``/openapi.json``) go to
 ``edge.api_url`` (Serve's HTTP proxy) over a keep-alive connection pool, bodies streamed both ways.
 
-Serve's own plain-text ``503`` (its queue bound) is answered as a typed ``503 over_capacity``.
+Each edge process has at most ``edge.max_forwarded_in_flight`` calls in flight to the API, and one client at most
+``api.max_in_flight_per_client`` of them; past that it sheds them itself with a typed ``503 over_capacity`` (or
+``429`` for the client over its share) and ``Retry-After``: refusing here costs a fraction of what the same
+refusal costs after HAProxy and a replica. Serve's own plain-text ``503`` (its queue bound) is answered as
+the same typed ``503 over_capacity``.
 Request bodies are held to the API's own limit (``api.max_body_bytes``) here already: a declared longer one is
 refused with ``413 request_too_large`` before it is read, a chunked one is cut where it passes the limit.
 Hop-by-hop headers are dropped (RFC 9110 §7.6.1) and ``X-Forwarded-For/-Proto/-Host`` added. When the API
@@ -13,13 +17,14 @@ since a request with a body may already have had its effect.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
 from kinoray.errors import ApiUnavailableError, OverCapacityError, RequestTooLargeError
 from kinoray.serve.asgi import Receive, Scope, Send, send_error
-from kinoray.serve.guard import body_too_large
+from kinoray.serve.guard import ALWAYS_ADMITTED, Slots, body_too_large
+from kinoray.telemetry import REQUESTS_SHED
 
 __all__ = ["Forwarder"]
 
@@ -34,9 +39,13 @@ class Forwarder:
     """Forwards ASGI HTTP requests to ``api_url``. One connection pool per process, opened on first use."""
 
     def __init__(self, api_url: str, *, timeout: float = 60.0, connections: int = 256,
-                 max_body_bytes: int = 1024**2) -> None:
+                 max_body_bytes: int = 1024**2, max_in_flight: int = 32, max_in_flight_per_client: int = 8,
+                 client_of: Callable[[Scope], str] = lambda scope: (scope.get("client") or ("unknown", 0))[0]) -> None:
         self.api_url = api_url.rstrip("/")
         self.timeout, self.connections, self.max_body_bytes = timeout, connections, max_body_bytes
+        self.max_in_flight, self.max_in_flight_per_client = max_in_flight, max_in_flight_per_client
+        self.client_of = client_of
+        self.slots = Slots()
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -53,6 +62,22 @@ class Forwarder:
             self._session = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] in ALWAYS_ADMITTED:
+            await self._forward(scope, receive, send)
+            return
+        client = self.client_of(scope)
+        refusal = self.slots.take(client, self.max_in_flight, self.max_in_flight_per_client,
+                                  "calls in flight from this edge process")
+        if refusal is not None:
+            REQUESTS_SHED.labels(reason=refusal.type).inc()
+            await send_error(send, refusal, head=scope["method"] == "HEAD")
+            return
+        try:
+            await self._forward(scope, receive, send)
+        finally:
+            self.slots.give(client)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string") or b""
         url = self.api_url + raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")

@@ -27,7 +27,7 @@ from kinoray.errors import (
     http_status,
 )
 from kinoray.serve import metrics
-from kinoray.serve.asgi import Scope
+from kinoray.serve.asgi import Scope, client_of_scope
 from kinoray.serve.deps import get_platform
 from kinoray.serve.guard import RequestGuard
 from kinoray.serve.routes import assets, signing_keys, system, tracks, uploads, webhooks
@@ -103,14 +103,12 @@ def _limits() -> ApiSettings:
 
 
 def _client(scope: Scope) -> str:
-    """The client address of an ASGI request (:mod:`kinoray.control.clients`), before any routing."""
-    peer = (scope.get("client") or (None, 0))[0]
-    forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"]
+    """The client address of an ASGI request, before any routing (the peer before a platform is installed)."""
     try:
         clients = get_platform().clients
     except ConfigurationError:
-        return peer or "unknown"
-    return clients.client(peer, b", ".join(forwarded).decode("latin-1") if forwarded else None)
+        return str((scope.get("client") or ("unknown", 0))[0])
+    return client_of_scope(clients, scope)
 
 
 def build_api() -> FastAPI:

@@ -16,7 +16,7 @@ from ray import serve
 from kinoray.serve import metrics, readiness
 from kinoray.serve.api import build_api
 
-__all__ = ["ApiIngress", "api", "app", "build_api"]
+__all__ = ["ApiIngress", "api", "app", "build_api", "build_app"]
 
 api = build_api()
 
@@ -64,7 +64,10 @@ def _cluster() -> str:
     return f"{len(nodes)} nodes, {totals.get('CPU', 0):g} CPUs, {totals.get('GPU', 0):g} GPUs"
 
 
-def _build_app() -> serve.Application:
+def build_app(api_replicas: int | None = None) -> serve.Application:
+    """The Serve application: the API ingress bound to the job runner. ``api_replicas`` fixes the ingress's
+    replica count (``kinoray up``: each replica is a process, and more of them use more cores); None leaves it to
+    the deployment's configuration (serveConfigV2's autoscaling on KubeRay)."""
     from kinoray.serve.runner import JobRunner
     from kinoray.settings import get_settings
 
@@ -72,9 +75,11 @@ def _build_app() -> serve.Application:
     # a replica more than that at once, and its proxy may hold only a short queue besides (Serve answers a plain
     # 503 past it) rather than an unbounded one that turns overload into timeouts.
     in_flight = get_settings().api.max_in_flight
-    ingress = cast(serve.Deployment, ApiIngress).options(max_ongoing_requests=2 * in_flight,
-                                                         max_queued_requests=in_flight)
+    options: dict[str, Any] = {"max_ongoing_requests": 2 * in_flight, "max_queued_requests": in_flight}
+    if api_replicas is not None:
+        options["num_replicas"] = api_replicas
+    ingress = cast(serve.Deployment, ApiIngress).options(**options)
     return ingress.bind(cast(serve.Deployment, JobRunner).bind())
 
 
-app: serve.Application = _build_app()
+app: serve.Application = build_app()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from kinoray.control.clients import ClientAddresses
 from kinoray.errors import KinorayError, http_status
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Scope",
     "Send",
     "EdgeRequest",
+    "client_of_scope",
     "identify_worker",
     "send_error",
     "send_response",
@@ -96,3 +98,11 @@ async def send_error(send: Send, error: KinorayError, extra_headers: Mapping[str
     headers = {**(extra_headers or {}), **(getattr(error, "headers", None) or {}),
                "Content-Type": "application/json"}
     await send_response(send, http_status(error), headers, _error_body(error.type, [str(error)]), head=head)
+
+
+def client_of_scope(clients: ClientAddresses, scope: Scope) -> str:
+    """The client address of an ASGI request (:mod:`kinoray.control.clients`: the peer, or behind a trusted proxy
+    the client its ``X-Forwarded-For`` names), before any routing."""
+    peer = (scope.get("client") or (None, 0))[0]
+    forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"]
+    return clients.client(peer, b", ".join(forwarded).decode("latin-1") if forwarded else None)

@@ -35,10 +35,40 @@ from kinoray.serve.asgi import Message, Receive, Scope, Send, send_error
 from kinoray.settings import ApiSettings
 from kinoray.telemetry import REQUESTS_SHED
 
-__all__ = ["RequestGuard", "body_too_large"]
+__all__ = ["ALWAYS_ADMITTED", "RequestGuard", "Slots", "body_too_large"]
 
 #: Paths always admitted: liveness/readiness probes and the metrics scrape.
 ALWAYS_ADMITTED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class Slots:
+    """Requests in progress in one process (one event loop: no lock needed), at most ``total`` at once and
+    ``per_client`` of them for one client address. :meth:`take` a slot or get the refusal; :meth:`give` it back."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.by_client: dict[str, int] = {}
+
+    def take(self, client: str, total: int, per_client: int, what: str) -> KinorayError | None:
+        """A slot for ``client``, or the refusal: ``503 over_capacity`` past ``total`` (``what`` names the limit),
+        ``429`` past ``per_client``."""
+        if self.in_flight >= total:
+            return OverCapacityError(f"the API is past its capacity ({total} {what}); try again shortly")
+        held = self.by_client.get(client, 0)
+        if held >= per_client:
+            return RateLimitedError(f"{held} requests from this client are in progress (at most {per_client}); "
+                                    f"try again shortly", 1.0, per_client)
+        self.in_flight += 1
+        self.by_client[client] = held + 1
+        return None
+
+    def give(self, client: str) -> None:
+        self.in_flight -= 1
+        held = self.by_client[client] - 1
+        if held:
+            self.by_client[client] = held
+        else:
+            del self.by_client[client]
 
 
 class RequestGuard:
@@ -50,19 +80,16 @@ class RequestGuard:
         self.app = app
         self.limits = limits
         self.client_of = client_of
-        self.in_flight = 0
-        self.by_client: dict[str, int] = {}
+        self.slots = Slots()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in ALWAYS_ADMITTED:
             await self.app(scope, receive, send)  # type: ignore[misc]
             return
         limits = self.limits()
-        if scope["path"] in ALWAYS_ADMITTED:
-            await self.app(scope, receive, send)  # type: ignore[misc]
-            return
         client = self.client_of(scope)
-        refusal = self._admit(client, limits)
+        refusal = self.slots.take(client, limits.max_in_flight, limits.max_in_flight_per_client,
+                                  "requests in progress")
         if refusal is not None:
             REQUESTS_SHED.labels(reason=refusal.type).inc()
             await send_error(send, refusal)
@@ -76,26 +103,7 @@ class RequestGuard:
                 return
             await self.app(scope, receive, send)  # type: ignore[misc]
         finally:
-            self.in_flight -= 1
-            held = self.by_client[client] - 1
-            if held:
-                self.by_client[client] = held
-            else:
-                del self.by_client[client]
-
-    def _admit(self, client: str, limits: ApiSettings) -> KinorayError | None:
-        """Take a slot for ``client`` (one event loop: no lock needed), or the refusal."""
-        if self.in_flight >= limits.max_in_flight:
-            return OverCapacityError(f"the API is past its capacity ({limits.max_in_flight} requests in progress); "
-                                     f"try again shortly")
-        held = self.by_client.get(client, 0)
-        if held >= limits.max_in_flight_per_client:
-            return RateLimitedError(f"{held} requests from this client are in progress (at most "
-                                    f"{limits.max_in_flight_per_client}); try again shortly", 1.0,
-                                    limits.max_in_flight_per_client)
-        self.in_flight += 1
-        self.by_client[client] = held + 1
-        return None
+            self.slots.give(client)
 
     @staticmethod
     async def _bounded_body(scope: Scope, receive: Receive, limits: ApiSettings) -> Receive:

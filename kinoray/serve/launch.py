@@ -173,9 +173,9 @@ def start(host: str, port: int, data_dir: Path, api_port: int | None = None) -> 
     # logs cover requests.
     serve.start(http_options={"host": host, "port": api_port},
                 logging_config=LoggingConfig(enable_access_log=False, log_level="WARNING"))
-    from kinoray.serve.app import app
+    from kinoray.serve.app import build_app
 
-    serve.run(app, name="kinoray", route_prefix="/", blocking=False)
+    serve.run(build_app(settings.serve.api_replicas), name="kinoray", route_prefix="/", blocking=False)
     _wait_healthy(settings.edge.api_url or "")
     edge = EdgeProcess(env, log_path=data_dir / "edge.log").start()
     try:
