@@ -29,8 +29,8 @@
         │   └── IdempotencyInProgressError            the first request with this Idempotency-Key still runs
         ├── IdempotencyKeyReusedError                same key, different request
         ├── RateLimitedError                         over a request or image-render limit (has retry_after)
-        ├── ApiUnavailableError                      the delivery edge could not reach the management API
         ├── ServiceUnavailableError                  try again shortly (503 with Retry-After)
+        │   ├── ApiUnavailableError                   the delivery edge could not reach the management API (502)
         │   ├── DatabaseUnavailableError              the metadata database is down, locked or unreachable
         │   └── OverCapacityError                     this process is past its capacity: the request is shed
         ├── RequestTooLargeError                     a request body over the route's limit (refused unread)
@@ -232,16 +232,6 @@ class RateLimitedError(ApiError):
                         "X-RateLimit-Remaining": "0"}
 
 
-class ApiUnavailableError(ApiError):
-    """The delivery edge forwards management paths to the API (Serve's proxy); it did not answer."""
-
-    type = "api_unavailable"
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.headers = {"Retry-After": str(retry_after)}
-
-
 class ServiceUnavailableError(ApiError):
     """A refusal that says when to come back (``Retry-After``); nothing was changed."""
 
@@ -250,6 +240,12 @@ class ServiceUnavailableError(ApiError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class ApiUnavailableError(ServiceUnavailableError):
+    """The delivery edge forwards management paths to the API (Serve's proxy); it did not answer (502)."""
+
+    type = "api_unavailable"
 
 
 class DatabaseUnavailableError(ServiceUnavailableError):

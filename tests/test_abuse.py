@@ -35,8 +35,9 @@ FLOODER = "127.0.0.2"  # Linux routes all of 127.0.0.0/8 to loopback: a second c
 
 @pytest.fixture()
 def server(api_backend, tmp_path, request):
-    settings = getattr(request, "param", {})
-    api = ApiServer(api_backend.new_url(), tmp_path / "data",
+    settings = dict(getattr(request, "param", {}))
+    edge = settings.pop("edge", {})
+    api = ApiServer(api_backend.new_url(), tmp_path / "data", edge=edge,
                     api={"auth_failure_burst": 10, "auth_failures_per_second": 1.0, **settings})
     try:
         yield api
@@ -232,8 +233,12 @@ def test_one_client_cannot_take_the_others_share(server) -> None:
         assert '"too_many_requests"' in body and retry_after == "1", body
 
 
-@pytest.mark.parametrize("server", [{"max_in_flight": 2}], indirect=True)
-def test_overload_is_shed_with_a_typed_503_and_recovers(server) -> None:
+@pytest.mark.parametrize(("server", "via"), [({"max_in_flight": 2}, "api"),
+                                             ({"edge": {"max_forwarded_in_flight": 2}}, "edge")],
+                         indirect=["server"])
+def test_overload_is_shed_with_a_typed_503_and_recovers(server, via) -> None:
+    """Shed by the API's guard, or first by the edge's forwarder (where a refusal costs least)."""
+    base = server.url if via == "api" else server.edge_url
     stop, statuses, shed_bodies = threading.Event(), Counter(), []
     health: Counter = Counter()
 
@@ -241,7 +246,7 @@ def test_overload_is_shed_with_a_typed_503_and_recovers(server) -> None:
         session = requests.Session()
         session.auth = server.auth
         while not stop.is_set():
-            answer = session.get(f"{server.url}/video/v1/assets", timeout=30)
+            answer = session.get(f"{base}/video/v1/assets", timeout=30)
             statuses[answer.status_code] += 1
             if answer.status_code == 503 and len(shed_bodies) < 5:
                 shed_bodies.append((answer.json(), answer.headers.get("Retry-After")))
@@ -252,7 +257,7 @@ def test_overload_is_shed_with_a_typed_503_and_recovers(server) -> None:
     try:
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
-            health[requests.get(f"{server.url}/healthz", timeout=10).status_code] += 1
+            health[requests.get(f"{base}/healthz", timeout=10).status_code] += 1
             time.sleep(0.1)
     finally:
         stop.set()
@@ -264,7 +269,7 @@ def test_overload_is_shed_with_a_typed_503_and_recovers(server) -> None:
         assert body["error"]["type"] == "over_capacity" and int(retry_after) >= 1
     assert set(health) == {200}, health
     recovered = time.monotonic()
-    while requests.get(f"{server.url}/video/v1/assets", auth=server.auth, timeout=10).status_code != 200:
+    while requests.get(f"{base}/video/v1/assets", auth=server.auth, timeout=10).status_code != 200:
         assert time.monotonic() - recovered < 5, "the API did not recover within 5 s"
         time.sleep(0.05)
 

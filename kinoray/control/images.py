@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from kinoray.control.playback import AUDIENCES as PLAYBACK_AUDIENCES
 from kinoray.control.playback import Playback, text_etag
-from kinoray.control.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from kinoray.control.ratelimit import RateLimiter
 from kinoray.control.resolver import PlaybackResolver
 from kinoray.errors import InvalidParametersError, NotFoundError, RateLimitedError, StorageError
 from kinoray.media import images as media_images
@@ -498,9 +498,7 @@ class ImageGuard:
     @classmethod
     def from_settings(cls, settings: Settings, store: ObjectStore) -> ImageGuard:
         images = settings.images
-        rate, burst = images.client_renders_per_second, images.client_render_burst
-        limiter: RateLimiter = (RedisRateLimiter(settings.redis_url, rate, burst) if settings.redis_url
-                                else LocalRateLimiter(rate, burst))
+        limiter = RateLimiter.from_settings(settings, images.client_renders_per_second, images.client_render_burst)
         return cls(images, limiter,
                    RenderBudget(images.render_seconds_per_window, images.render_window_seconds,
                                 images.max_concurrent_renders, images.render_wait_seconds),

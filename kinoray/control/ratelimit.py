@@ -58,9 +58,11 @@ class RateLimiter(abc.ABC):
         """Release connections."""
 
     @staticmethod
-    def from_settings(settings: Settings) -> RateLimiter:
-        """A :class:`RedisRateLimiter` when ``settings.redis_url`` is set, else a :class:`LocalRateLimiter`."""
-        rate, burst = settings.api.rate_limit_per_second, settings.api.rate_limit_burst
+    def from_settings(settings: Settings, rate: float | None = None, burst: int | None = None) -> RateLimiter:
+        """A :class:`RedisRateLimiter` when ``settings.redis_url`` is set, else a :class:`LocalRateLimiter`;
+        ``rate``/``burst`` default to the API's per-token limits."""
+        rate = settings.api.rate_limit_per_second if rate is None else rate
+        burst = settings.api.rate_limit_burst if burst is None else burst
         if settings.redis_url:
             return RedisRateLimiter(settings.redis_url, rate, burst)
         return LocalRateLimiter(rate, burst)

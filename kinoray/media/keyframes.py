@@ -14,6 +14,7 @@ the NAL units of flagged packets are read:
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -184,10 +185,7 @@ def index_keyframes(path: str, stream_index: int | None = None) -> KeyframeIndex
         rejected = 0
         extents = _Extents()
         try:
-            for packet in container.demux():
-                if packet.size == 0 and packet.pts is None and packet.dts is None:
-                    continue  # demuxer flush marker
-                extents.add(packet)
+            for packet in extents.packets(container):
                 if packet.stream.index != stream.index:
                     continue
                 flagged = packet.is_keyframe
@@ -231,35 +229,54 @@ def index_keyframes(path: str, stream_index: int | None = None) -> KeyframeIndex
     )
 
 
+@dataclass
+class _Extent:
+    kind: str
+    time_base: Fraction | None
+    packets: int = 0
+    start: int | None = None  # in time_base ticks
+    end: int | None = None
+    last_corrupt: bool = False
+
+
 class _Extents:
     """Accumulates :class:`StreamExtent` per stream from demuxed packets."""
 
     def __init__(self) -> None:
-        self.streams: dict[int, list] = {}  # index -> [kind, time_base, packets, start, end, last_corrupt]
+        self.streams: dict[int, _Extent] = {}
 
-    def add(self, packet: av.Packet) -> None:
+    def packets(self, container: av.container.InputContainer) -> Iterator[av.Packet]:
+        """Every packet of ``container`` (the demuxer's flush markers left out), each counted on its way."""
+        for packet in container.demux():
+            if packet.size == 0 and packet.pts is None and packet.dts is None:
+                continue  # demuxer flush marker
+            self._add(packet)
+            yield packet
+
+    def _add(self, packet: av.Packet) -> None:
         stream = packet.stream
-        row = self.streams.get(stream.index)
-        if row is None:
-            time_base = Fraction(stream.time_base) if stream.time_base else None
-            row = self.streams[stream.index] = [stream.type, time_base, 0, None, None, False]
+        extent = self.streams.get(stream.index)
+        if extent is None:
+            extent = self.streams[stream.index] = _Extent(
+                stream.type, Fraction(stream.time_base) if stream.time_base else None)
         if packet.size <= 0:
             return
-        row[2] += 1
-        row[5] = bool(packet.is_corrupt)
-        if packet.pts is not None and row[1] is not None:
-            start = packet.pts
+        extent.packets += 1
+        extent.last_corrupt = bool(packet.is_corrupt)
+        if packet.pts is not None and extent.time_base is not None:
             end = packet.pts + max(packet.duration or 0, 0)
-            row[3] = start if row[3] is None else min(row[3], start)
-            row[4] = end if row[4] is None else max(row[4], end)
+            extent.start = packet.pts if extent.start is None else min(extent.start, packet.pts)
+            extent.end = end if extent.end is None else max(extent.end, end)
 
     def result(self) -> tuple[StreamExtent, ...]:
         return tuple(
-            StreamExtent(index=index, kind=kind, packets=packets,
-                         start_seconds=None if start is None else start * time_base,
-                         end_seconds=None if end is None else end * time_base, last_corrupt=corrupt)
-            for index, (kind, time_base, packets, start, end, corrupt) in sorted(self.streams.items())
-        )
+            StreamExtent(index=index, kind=extent.kind, packets=extent.packets,
+                         start_seconds=None if extent.start is None or extent.time_base is None
+                         else extent.start * extent.time_base,
+                         end_seconds=None if extent.end is None or extent.time_base is None
+                         else extent.end * extent.time_base,
+                         last_corrupt=extent.last_corrupt)
+            for index, extent in sorted(self.streams.items()))
 
 
 def scan_streams(path: str) -> tuple[StreamExtent, ...]:
@@ -269,10 +286,8 @@ def scan_streams(path: str) -> tuple[StreamExtent, ...]:
     extents = _Extents()
     try:
         try:
-            for packet in container.demux():
-                if packet.size == 0 and packet.pts is None and packet.dts is None:
-                    continue
-                extents.add(packet)
+            for _ in extents.packets(container):
+                pass
         except av.FFmpegError as e:
             if not extents.streams:
                 raise InvalidMediaError(f"the file's packets cannot be read: {e.strerror or e}") from e
