@@ -36,8 +36,11 @@ due time of the request. Criteria (the load-shedding issue):
   baseline probe's p95, in 3 consecutive 1 s windows (by due time; the first of them counts).
 
 ``--edge-load`` runs ``delivery.py``'s ``wrk`` (64 connections) on a media segment of a ready asset (uploaded
-first) through the edge for the whole sweep and reports its req/s. ``--api-direct`` (with ``--start``) sends
-the API load to Serve's port instead of the edge.
+first) through the edge for the whole sweep and reports its req/s. ``wrk`` stands in for viewers on other
+machines, so it runs on the CPUs ``kinoray up`` confined the edge to (``edge.cpus``) at the edge's niceness:
+generating the load must not take CPU from the API that real viewers would not. ``--api-direct`` (with ``--start``) sends the API load
+to Serve's port (where API clients go: Mux's API host is not its stream host) instead of through the edge, one
+``X-Forwarded-For`` per simulated client as the load balancer in front of that port would add.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from _harness import (
     percentile,
     ready_asset,
     stop_server,
+    tree,
     write_json,
 )
 from rich.console import Console
@@ -219,17 +223,20 @@ async def prepare_assets(session: aiohttp.ClientSession, base: str, args: argpar
     return ids
 
 
-def client_session(auth: tuple[str, str] | None, connections: int,
-                   local_address: str | None = None) -> aiohttp.ClientSession:
+def client_session(auth: tuple[str, str] | None, connections: int, local_address: str | None = None,
+                   forwarded_for: bool = False) -> aiohttp.ClientSession:
     """A keep-alive pool of ``connections``, sending from ``local_address`` when given (another loopback
-    address is another client to the server's per-address limits)."""
+    address is another client to the server's per-address limits). ``forwarded_for``: also name that address in
+    ``X-Forwarded-For``, as the load balancer in front of Serve's port would (Serve's HAProxy adds none)."""
     connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=60,
                                      local_addr=(local_address, 0) if local_address else None)
     trace = aiohttp.TraceConfig()
     trace.on_connection_queued_start.append(_mark("queued"))
     trace.on_connection_create_end.append(_mark("connected"))
     trace.on_connection_reuseconn.append(_mark("connected"))
-    headers = {"Authorization": basic_auth(*auth)} if auth is not None else None
+    headers = {"Authorization": basic_auth(*auth)} if auth is not None else {}
+    if forwarded_for and local_address:
+        headers["X-Forwarded-For"] = local_address
     return aiohttp.ClientSession(connector=connector, headers=headers, trace_configs=[trace])
 
 
@@ -359,11 +366,25 @@ def recovery(probe: Endpoint, start: float, baseline_p95: float | None) -> dict[
             "windows": rows, "probe": merged("probe", [probe]).summary()}
 
 
-def _edge_load(url: str, seconds: float, out: dict[str, Any]) -> None:
+def _edge_load(url: str, seconds: float, placement: tuple[set[int] | None, int], out: dict[str, Any]) -> None:
     from delivery import wrk
 
-    out.update(url=url, connections=EDGE_LOAD_CONNECTIONS, seconds=seconds,
-               **wrk(url, EDGE_LOAD_CONNECTIONS, seconds))
+    cpus, nice = placement
+    out.update(url=url, connections=EDGE_LOAD_CONNECTIONS, seconds=seconds, cpus=sorted(cpus) if cpus else None,
+               nice=nice, **wrk(url, EDGE_LOAD_CONNECTIONS, seconds, cpus=cpus, nice=nice))
+
+
+def edge_placement(target: Target) -> tuple[set[int] | None, int]:
+    """The CPUs the target's edge is confined to (None: all of this machine's, or not ours to see) and its
+    niceness (``kinoray up`` gives it part of the node, below the API's priority)."""
+    for pid in tree(target.pid) if target.pid is not None else []:
+        try:
+            if b"kinoray.cli\x00edge" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                cpus = os.sched_getaffinity(pid)
+                return (cpus if cpus != os.sched_getaffinity(0) else None), os.getpriority(os.PRIO_PROCESS, pid)
+        except OSError:
+            continue
+    return None, 0
 
 
 async def sweep(target: Target, base: str, args: argparse.Namespace, console: Console,
@@ -381,7 +402,8 @@ async def sweep(target: Target, base: str, args: argparse.Namespace, console: Co
         edge: dict[str, Any] = {}
         edge_thread = None
         if segment_url is not None:
-            edge_thread = threading.Thread(target=_edge_load, args=(segment_url, len(rates) * args.seconds, edge),
+            edge_thread = threading.Thread(target=_edge_load,
+                                           args=(segment_url, len(rates) * args.seconds, edge_placement(target), edge),
                                            daemon=True)
             edge_thread.start()
         t0 = time.perf_counter() + 0.1
@@ -389,7 +411,9 @@ async def sweep(target: Target, base: str, args: argparse.Namespace, console: Co
         tasks: list[asyncio.Task[None]] = []
         # the steps' load comes from --clients loopback addresses (one per simulated client: the API's per-client
         # share applies to each), the probes from the first session's
-        clients = [client_session(target.auth, max(8, args.connections // args.clients), f"127.0.0.{10 + n}")
+        direct = base != target.url  # Serve's port: its HAProxy names no client, a load balancer would
+        clients = [client_session(target.auth, max(8, args.connections // args.clients), f"127.0.0.{10 + n}",
+                                  forwarded_for=direct)
                    for n in range(args.clients)] if args.clients > 1 else [session]
         for index, rate in enumerate(rates):
             endpoints, lags = _pair(asset_ids[0]), []

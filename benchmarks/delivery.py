@@ -1,7 +1,7 @@
 """Delivery edge vs nginx on the same files, in one run: ``wrk`` (Debian) against both.
 
-    .venv/bin/python benchmarks/delivery.py                 # ~2 minutes; table + benchmarks/results/delivery.json
-    .venv/bin/python benchmarks/delivery.py --seconds 10 --workers 2
+    .venv/bin/python benchmarks/delivery.py                 # ~5 minutes; table + benchmarks/results/delivery.json
+    .venv/bin/python benchmarks/delivery.py --seconds 10 --rounds 5 --workers 2
 
 The benchmark makes one asset (a 720p clip transcoded by kinoray, public and signed playback ids, a signing key)
 in a temporary data dir, starts the edge (``kinoray edge``: Granian, ``--workers`` processes) on it, and Debian's
@@ -108,9 +108,12 @@ _WRK_LATENCY = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, connections: int, seconds: float, headers: tuple[str, ...] = ()) -> dict[str, Any]:
+def wrk(url: str, connections: int, seconds: float, headers: tuple[str, ...] = (),
+        *, cpus: set[int] | None = None, nice: int = 0) -> dict[str, Any]:
+    """``wrk`` at ``connections`` for ``seconds``; ``cpus``: on those CPUs only; ``nice``: at that niceness."""
     threads = min(2, connections)
-    command = [need("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
+    pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
+    command = [*pin, *(["nice", "-n", str(nice)] if nice else []), need("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
     for header in headers:
         command += ["-H", header]
     done = subprocess.run([*command, url], capture_output=True, text=True, timeout=seconds + 60)
@@ -127,6 +130,12 @@ def wrk(url: str, connections: int, seconds: float, headers: tuple[str, ...] = (
             **percentiles}
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median req/s (its latencies and errors with it; errors summed over the rounds)."""
+    middle = sorted(runs, key=lambda run: run["requests_per_second"])[len(runs) // 2]
+    return {**middle, "non_2xx": sum(run["non_2xx"] for run in runs)}
+
+
 def group_rss_mb(group: int) -> float:
     """Resident memory of the edge (process ``group``, its session leader) and its workers, in MB."""
     return rss_mb(sample(tree(group)))
@@ -135,7 +144,9 @@ def group_rss_mb(group: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0, help="per scenario and server")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per scenario, server and round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per scenario, nginx and the edge alternating; the median round is reported")
     parser.add_argument("--workers", type=int, default=0, help="edge worker processes (0: one per CPU)")
     parser.add_argument("--json", type=Path, default=RESULTS / "delivery.json")
     args = parser.parse_args(argv)
@@ -171,15 +182,22 @@ def main(argv: list[str] | None = None) -> int:
                 ("range c64", 64, f"/{media}/highest.mp4", f"/{public}/highest.mp4", ("Range: bytes=0-65535",)),
             ]
             for name, connections, nginx_path, edge_path, headers in scenarios:
-                for server, base, path in (("nginx", nginx_url, nginx_path), ("kinoray edge", edge_url, edge_path)):
-                    if path is None:
-                        continue
-                    wrk(base + path, connections, 1, headers)  # warm caches and connections
-                    row = {"scenario": name, "server": server, "connections": connections,
-                           **wrk(base + path, connections, args.seconds, headers)}
-                    results.append(row)
-                    console.print(f"{name:<20} {server:<13} {row['requests_per_second']:>9.0f} req/s  "
-                                  f"p50 {row.get('p50_ms', 0):>7.2f} ms  p99 {row.get('p99_ms', 0):>7.2f} ms")
+                rounds: dict[str, list[dict[str, Any]]] = {"nginx": [], "kinoray edge": []}
+                for round_ in range(args.rounds):  # alternating, so a noisy moment hits both servers alike
+                    for server, base, path in (("nginx", nginx_url, nginx_path),
+                                               ("kinoray edge", edge_url, edge_path)):
+                        if path is None:
+                            continue
+                        wrk(base + path, connections, 1, headers)  # warm caches and connections
+                        run = wrk(base + path, connections, args.seconds, headers)
+                        rounds[server].append(run)
+                        console.print(f"{name:<20} {server:<13} round {round_ + 1}: "
+                                      f"{run['requests_per_second']:>9.0f} req/s  p50 {run.get('p50_ms', 0):>7.2f} ms"
+                                      f"  p99 {run.get('p99_ms', 0):>7.2f} ms")
+                for server, runs in rounds.items():
+                    if runs:
+                        results.append({"scenario": name, "server": server, "connections": connections,
+                                        **median_run(runs), "rounds": runs})
             rss = serve_big_file(edge, f"{edge_url}/{asset['big']}/highest.mp4", args.seconds)
         finally:
             edge.stop()
@@ -190,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "edge_workers": args.workers or len(os.sched_getaffinity(0))},
               "segment_bytes": asset["segment_bytes"], "seconds_per_run": args.seconds,
-              "runs": results, "rss_2gb_mp4": rss, "summary": summary}
+              "rounds": args.rounds, "runs": results, "rss_2gb_mp4": rss, "summary": summary}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     show(console, results, rss, summary)
@@ -228,10 +246,14 @@ def summarize(results: list[dict[str, Any]], rss: dict[str, Any]) -> dict[str, A
 
     edge64, nginx64 = rate("segment c64", "kinoray edge"), rate("segment c64", "nginx")
     signed = rate("signed segment c64", "kinoray edge")
-    ratio = edge64["requests_per_second"] / max(nginx64["requests_per_second"], 1e-9)
+    # each round's edge run against the nginx run just before it, the median of those paired ratios
+    paired = sorted(edge["requests_per_second"] / max(peer["requests_per_second"], 1e-9)
+                    for edge, peer in zip(edge64["rounds"], nginx64["rounds"], strict=True))
+    ratio = paired[len(paired) // 2]
     signed_ratio = signed["requests_per_second"] / max(edge64["requests_per_second"], 1e-9)
     return {
         "segment_c64_edge_vs_nginx": round(ratio, 3),
+        "segment_c64_round_ratios": [round(value, 3) for value in paired],
         "segment_c64_edge_p99_ms": edge64.get("p99_ms"),
         "signed_vs_public": round(signed_ratio, 3),
         "targets": {"segment_ratio_ge_0.5": ratio >= 0.5, "segment_p99_le_50ms": (edge64.get("p99_ms") or 1e9) <= 50,

@@ -92,6 +92,10 @@ class ClusterSettings(BaseModel):
                     "make the autoscaler add nodes and they join the job as they start; 0 on a fixed cluster")
     scale_up_kind: Literal["cpu", "gpu"] = Field(
         default="cpu", description="the kind of those workers (gpu: each asks for 1/gpu_sessions_per_gpu GPU)")
+    worker_nice: int = Field(
+        default=15, ge=0, le=19,
+        description="CPU niceness of encoder actors and the job runner: batch work yields the CPU to the API "
+                    "(niceness 0) and the edge (edge.nice) on a shared node (docs/ARCHITECTURE.md)")
     rescan_nodes_seconds: float = Field(
         default=2.0, ge=0,
         description="how often a running job looks for nodes that joined the cluster and starts workers on "
@@ -167,6 +171,23 @@ class EdgeSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     workers: int = Field(default=0, ge=0, description="worker processes (SO_REUSEPORT); 0 = one per CPU")
+    runtime_mode: Literal["st", "mt"] = Field(
+        default="st",
+        description="Granian's I/O runtime per worker: st = single-threaded (measured faster for file bodies: "
+                    "fewer thread hand-offs; docs/ARCHITECTURE.md), mt = multi-threaded")
+    cpus: int = Field(
+        default=0, ge=0,
+        description="confine the edge's processes to this many CPUs (the last of those it may use), so a viewer "
+                    "surge cannot take the CPUs the API and encoders run on; workers default to that many. 0 = "
+                    "every CPU (an edge alone on its node). kinoray up gives it half of the node's "
+                    "(docs/ARCHITECTURE.md, 'CPU on a shared node')")
+    nice: int = Field(
+        default=0, ge=0, le=19,
+        description="CPU niceness of the edge's processes (0 = as started; the API's processes run at 0 and "
+                    "encoders at cluster.worker_nice)")
+    runtime_blocking_threads: int | None = Field(
+        default=None, ge=1,
+        description="threads per worker that read files for Granian's file responses; None = Granian's default")
     api_url: str | None = Field(
         default=None,
         description="the management API (Serve's proxy) that paths the edge does not serve are forwarded to; "

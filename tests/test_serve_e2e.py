@@ -155,6 +155,36 @@ def _cut_patch(upload_url: str, offset: int, data: bytes) -> None:
         time.sleep(0.5)
 
 
+def assert_shared_node_placement(root: int) -> None:
+    """``kinoray up``'s CPU order on its node (kinoray.priority), as the kernel reports it: the edge's processes
+    confined to the last half of the CPUs at niceness 10, the API's replicas at 0 (not Ray's default 15), the
+    job runner and any encoder actor at 15 on every thread."""
+    from kinoray.priority import shared_node_edge_cpus
+    from tests.test_priority import thread_niceness
+
+    allowed = sorted(os.sched_getaffinity(root))
+    edge_cpus = set(allowed[-shared_node_edge_cpus(len(allowed)):]) if len(allowed) > 1 else set(allowed)
+    kinds: dict[str, list[int]] = {"edge": [], "api": [], "runner": [], "encoder": []}
+    for pid in _descendants(root, set()):
+        command = _cmdline(pid)
+        if b"kinoray.cli\x00edge" in command:
+            kinds["edge"] += [pid, *_descendants(pid, set())]
+        elif command.startswith(b"ray::ServeReplica:kinoray:kinoray-api"):
+            kinds["api"].append(pid)
+        elif command.startswith(b"ray::ServeReplica:kinoray:kinoray-runner"):
+            kinds["runner"].append(pid)
+        elif command.startswith(b"ray::EncoderWorker"):
+            kinds["encoder"].append(pid)
+    assert len(kinds["edge"]) >= 2 and kinds["api"] and kinds["runner"], kinds
+    for pid in kinds["edge"]:
+        assert os.sched_getaffinity(pid) == edge_cpus, (pid, os.sched_getaffinity(pid), edge_cpus)
+        assert set(thread_niceness(pid).values()) == {10}, pid
+    for pid in kinds["api"]:
+        assert os.sched_getaffinity(pid) == set(allowed) and set(thread_niceness(pid).values()) == {0}, pid
+    for pid in kinds["runner"] + kinds["encoder"]:
+        assert min(thread_niceness(pid).values()) >= 15, (pid, thread_niceness(pid))
+
+
 def test_upload_cut_resume_ready_webhook_list_delete(platform: Platform, clip: Path) -> None:
     from tusclient.client import TusClient
 
@@ -205,6 +235,7 @@ def test_upload_cut_resume_ready_webhook_list_delete(platform: Platform, clip: P
     assert {t["type"] for t in asset["tracks"]} == {"video", "audio"}
     assert asset["video_codec"] == "h264"
     assert asset["encoder_backend"] == "libx264" and asset["progress"] == {"state": "completed", "progress": 100.0}
+    assert_shared_node_placement(platform.process.pid)
 
     master = platform.data_dir / "storage" / "assets" / asset["id"] / "media" / "master.m3u8"
     probe = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",

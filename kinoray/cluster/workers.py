@@ -36,6 +36,7 @@ from kinoray.media.ladder import Rendition
 from kinoray.media.pipeline import AssetPlan, audio_call
 from kinoray.media.probe import VideoStreamInfo
 from kinoray.media.transcode import ChunkResult, transcode_chunk
+from kinoray.priority import yield_cpu
 from kinoray.settings import StorageSettings
 from kinoray.store import ObjectStore
 
@@ -129,6 +130,7 @@ class EncoderWorker:
 
         settings = get_settings()
         setup_logging(settings.log_level, settings.native_log_level)
+        yield_cpu(settings.cluster.worker_nice)
         if not deterministic_heap():
             log.warning("encoder worker without a fixed heap fill: a retried chunk may differ in bytes")
         self.capabilities_ = probe_worker(kind)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from kinoray.errors import KinorayError
+from kinoray.priority import confine, yield_cpu
 from kinoray.settings import EdgeSettings
 
 __all__ = ["EdgeProcess", "serve", "wait_ok", "worker_count"]
@@ -27,18 +28,22 @@ log = logging.getLogger(__name__)
 
 
 def worker_count(settings: EdgeSettings) -> int:
-    """``settings.workers``, or one per CPU this process may use."""
+    """``settings.workers``, or one per CPU this process may use (after :func:`serve` confined it to
+    ``settings.cpus``)."""
     return settings.workers or len(os.sched_getaffinity(0))
 
 
 def serve(settings: EdgeSettings, *, log_level: str = "warning") -> None:
     """Serve the edge on ``settings.host:port`` until SIGINT/SIGTERM (blocking)."""
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, RuntimeModes
     from granian.server import Server
 
+    confine(settings.cpus)  # the worker processes Granian starts inherit both
+    yield_cpu(settings.nice)
     Server(
         "kinoray.edge.app:create_app", factory=True, interface=Interfaces.ASGI,
         address=settings.host, port=settings.port, workers=worker_count(settings),
+        runtime_mode=RuntimeModes(settings.runtime_mode), runtime_blocking_threads=settings.runtime_blocking_threads,
         ssl_cert=settings.tls_cert, ssl_key=settings.tls_key,
         respawn_failed_workers=True, workers_kill_timeout=10, log_level=log_level,  # type: ignore[arg-type]
         log_access=False, websockets=False,

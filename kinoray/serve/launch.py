@@ -36,6 +36,7 @@ from kinoray.control.auth import create_token
 from kinoray.control.platform import Platform
 from kinoray.edge.server import EdgeProcess, wait_ok
 from kinoray.errors import KinorayError
+from kinoray.priority import SHARED_NODE_EDGE_NICE, ray_env, shared_node_edge_cpus
 from kinoray.settings import Settings, get_settings
 from kinoray.store.models import AccessToken, is_valid_id
 
@@ -80,6 +81,10 @@ def _settings_env(host: str, port: int, api_port: int, data_dir: Path) -> dict[s
         "KINORAY_DATA_DIR": str(data_dir), "KINORAY_SERVE__HOST": host, "KINORAY_SERVE__PORT": str(api_port),
         "KINORAY_EDGE__HOST": host, "KINORAY_EDGE__PORT": str(port),
         "KINORAY_EDGE__API_URL": f"http://{api_host}:{api_port}"})
+    if not os.environ.get("RAY_ADDRESS"):  # the edge shares this node with the API and the encoders: half of
+        # its CPUs, below the API's priority and above the encoders', unless told (kinoray.priority)
+        os.environ.setdefault("KINORAY_EDGE__CPUS", str(shared_node_edge_cpus(len(os.sched_getaffinity(0)))))
+        os.environ.setdefault("KINORAY_EDGE__NICE", str(SHARED_NODE_EDGE_NICE))
     get_settings.cache_clear()
     return {key: value for key, value in os.environ.items() if key.startswith(("KINORAY_", "AWS_"))}
 
@@ -162,9 +167,10 @@ def start(host: str, port: int, data_dir: Path, api_port: int | None = None) -> 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         if not address:
-            # a local cluster's processes (Serve's controller, HAProxy, replicas) inherit this process's environment
+            # a local cluster's processes (Serve's controller, HAProxy, replicas) inherit this process's
+            # environment; Ray's workers at niceness 0 (kinoray.priority)
             ingress = _ingress_env(settings)
-            os.environ.update(ingress)
+            os.environ.update({**ingress, **ray_env()})
         ray.init(address=address or "local", runtime_env={"env_vars": env}, include_dashboard=False,
                  log_to_driver=False, logging_level=logging.WARNING, namespace="kinoray")
     from ray.serve.schema import LoggingConfig

@@ -46,6 +46,7 @@ from kinoray.control.jobs import (
 from kinoray.control.platform import Platform
 from kinoray.control.webhooks import deliver_loop
 from kinoray.errors import JobCancelledError, KinorayError
+from kinoray.priority import yield_cpu
 from kinoray.store.db import is_transient
 from kinoray.store.models import Asset
 from kinoray.store.states import JobRecord
@@ -373,7 +374,9 @@ class JobRunner:
         from kinoray.logs import setup_logging
 
         setup_logging()
-        self.runner = Runner(Platform.from_settings())
+        platform = Platform.from_settings()
+        yield_cpu(platform.settings.cluster.worker_nice)  # batch work: the API's replicas come first
+        self.runner = Runner(platform)
         self.runner.start()
 
     def metrics_text(self) -> str:
