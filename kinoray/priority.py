@@ -33,14 +33,25 @@ def ray_env() -> dict[str, str]:
     return {RAY_WORKER_NICENESS: "0"}
 
 
+def _thread_count() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+    except (OSError, StopIteration, ValueError):
+        return 1
+
+
 def yield_cpu(niceness: int) -> None:
     """Raise the niceness of every thread of this process to ``niceness`` (never lower it). Linux keeps a
     niceness per thread (``setpriority`` on the process id changes only that thread), so each thread running now
-    is set; threads started later inherit it from the thread that starts them."""
-    try:
-        threads = [int(name) for name in os.listdir("/proc/self/task")]
-    except OSError:  # no procfs: this thread only
-        threads = [0]
+    is set; threads started later inherit it from the thread that starts them. A single-threaded process (the
+    edge before Granian starts) does not list ``/proc/self/task``."""
+    threads = [0]
+    if _thread_count() > 1:
+        try:
+            threads = [int(name) for name in os.listdir("/proc/self/task")]
+        except OSError:  # no procfs: this thread only
+            pass
     for thread in threads:
         try:
             if os.getpriority(os.PRIO_PROCESS, thread) < niceness:
