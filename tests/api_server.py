@@ -11,6 +11,7 @@ client would. The job runner is started on demand (:meth:`ApiServer.start_runner
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -204,6 +205,30 @@ class ApiServer:
         self.client.close()
         set_platform(None)
         self.platform.close()
+
+
+@contextlib.contextmanager
+def api_with_runner(database_url: str, data_dir: Path, **settings: Any) -> Iterator[ApiServer]:
+    """An :class:`ApiServer` that takes ``file://`` inputs, with its job runner on a private local Ray (started
+    here on the main thread, so the runner's job threads find it up; shut down after if it was not up), small
+    chunks and one encoder actor: assets created through it become ready."""
+    import ray
+
+    from kinoray.cluster.local import ensure_ray
+
+    started_ray = not ray.is_initialized()
+    ensure_ray(num_cpus=2)
+    settings = {"api": {"allow_file_inputs": True}, "transcode": {"chunk_seconds": 4, "segment_seconds": 2},
+                "cluster": {"max_workers": 1, "keep_workers_seconds": 0}, "serve": {"poll_seconds": 0.1},
+                **settings}
+    server = ApiServer(database_url, data_dir, **settings)
+    server.start_runner()
+    try:
+        yield server
+    finally:
+        server.close()
+        if started_ray:
+            ray.shutdown()
 
 
 #: Debian's PostgreSQL server binaries (the newest installed major version), for private throwaway servers.

@@ -497,25 +497,12 @@ API_GOOD = ["good.webm", "good_audio_only.m4a"]
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory):
-    import ray
+    from tests.api_server import Backend, api_with_runner
 
-    from kinoray.cluster.local import ensure_ray
-    from tests.api_server import ApiServer, Backend
-
-    started_ray = not ray.is_initialized()
-    ensure_ray(num_cpus=2)  # here, on the main thread: the runner's job threads then find it up
     backend = Backend("sqlite", tmp_path_factory.mktemp("validation-db"))
-    server = ApiServer(backend.new_url(), tmp_path_factory.mktemp("validation-api"),
-                       api={"allow_file_inputs": True}, transcode={"chunk_seconds": 4, "segment_seconds": 2},
-                       cluster={"max_workers": 1, "keep_workers_seconds": 0},
-                       serve={"max_concurrent_jobs": 4, "poll_seconds": 0.1})
-    server.start_runner()
-    try:
+    with api_with_runner(backend.new_url(), tmp_path_factory.mktemp("validation-api"),
+                         serve={"max_concurrent_jobs": 4, "poll_seconds": 0.1}) as server:
         yield server
-    finally:
-        server.close()
-        if started_ray:
-            ray.shutdown()
 
 
 def _create(api: Any, path: Path) -> dict[str, Any]:

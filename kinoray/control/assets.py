@@ -7,10 +7,11 @@ the ``video.asset.created`` event; the job runner picks the job up. The job's op
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from sqlalchemy.orm import Session, selectinload
 
 from kinoray.control.events import emit
@@ -28,6 +29,8 @@ __all__ = [
     "PlaybackIdCreate",
     "asset_view",
     "create_asset",
+    "mux_max_resolution_tier",
+    "track_view",
     "create_playback_id",
     "delete_asset",
     "get_asset",
@@ -41,7 +44,13 @@ __all__ = [
 VIEW_LOADS = (selectinload(Asset.playback_ids), selectinload(Asset.upload))
 
 TIER_HEIGHTS = {"720p": 720, "1080p": 1080, "1440p": 1440, "2160p": 2160}
+#: ``max_resolution_tier`` values Mux answers (``720p`` is kinoray's own: shown as ``1080p``, the lowest Mux tier,
+#: and named exactly in ``kinoray_max_resolution_tier``).
+MUX_MAX_TIERS = ("1080p", "1440p", "2160p")
 Policy = Literal["public", "signed"]
+#: Mux's deprecated ``encoding_tier`` and the ``video_quality`` each stands for.
+QUALITY_OF_TIER = {"baseline": "basic", "smart": "plus", "premium": "premium"}
+TIER_OF_QUALITY = {quality: tier for tier, quality in QUALITY_OF_TIER.items()}
 
 
 def input_key(asset_id: str) -> str:
@@ -66,46 +75,107 @@ class AssetMeta(RequestModel):
     external_id: str | None = Field(default=None, max_length=128)
 
 
+class AdvancedPlaybackPolicy(RequestModel):
+    """Mux's ``advanced_playback_policies[]`` entry (DRM is not offered: ``drm`` is refused)."""
+
+    policy: Literal["public", "signed", "drm"]
+    drm_configuration_id: str | None = Field(default=None, max_length=128)
+
+
 class NewAssetSettings(RequestModel):
-    """Everything an asset is created with except its input (Mux's ``new_asset_settings`` on uploads)."""
+    """Everything an asset is created with except its input (Mux's ``new_asset_settings`` on uploads).
+
+    Every field Mux's API and SDKs send is accepted. Accepted without effect, as documented in docs/API.md:
+    ``normalize_audio`` (no loudness normalization yet), ``copy_overlays`` (no overlays), ``master_access``
+    (no master downloads yet) and ``per_title_encode``; the asset then shows what kinoray did."""
 
     playback_policies: list[Policy] | None = Field(default=None, max_length=4)
     playback_policy: list[Policy] | Policy | None = Field(default=None, description="deprecated Mux name")
+    advanced_playback_policies: list[AdvancedPlaybackPolicy] | None = Field(default=None, max_length=4)
     passthrough: str | None = Field(default=None, max_length=255)
     meta: AssetMeta | None = None
-    max_resolution_tier: Literal["720p", "1080p", "1440p", "2160p"] = "1080p"
+    max_resolution_tier: Literal["720p", "1080p", "1440p", "2160p"] = Field(
+        default="1080p", description="720p is kinoray's own (shown as 1080p, the lowest Mux tier)")
     video_quality: Literal["basic", "plus", "premium"] = "plus"
+    encoding_tier: Literal["baseline", "smart", "premium"] | None = Field(
+        default=None, description="deprecated Mux name of video_quality (baseline = basic, smart = plus)")
     static_renditions: list[StaticRenditionRequest] | None = Field(default=None, max_length=2)
     mp4_support: Literal["none", "standard", "capped-1080p", "audio-only", "audio-only,capped-1080p"] | None = None
+    normalize_audio: bool = Field(default=False, description="accepted; kinoray does not normalize loudness yet")
+    copy_overlays: bool = Field(default=True, description="accepted; kinoray has no overlays")
+    master_access: Literal["none", "temporary"] = Field(
+        default="none", description="accepted; kinoray offers no master download yet (the asset shows none)")
+    per_title_encode: bool | None = Field(default=None, description="deprecated Mux field; accepted, no effect")
     video_codec: Literal["h264", "hevc", "av1"] | None = Field(
         default=None, description="kinoray: codec of the ladder (default from settings, h264)")
     test: bool = False
 
+    @model_validator(mode="after")
+    def _mux_aliases(self) -> NewAssetSettings:
+        if self.encoding_tier is not None and "video_quality" not in self.model_fields_set:
+            self.video_quality = QUALITY_OF_TIER[self.encoding_tier]  # type: ignore[assignment]
+        if any(entry.policy == "drm" for entry in self.advanced_playback_policies or ()):
+            raise ValueError("advanced_playback_policies: DRM is not offered by kinoray (use public or signed)")
+        return self
+
     def policies(self) -> list[str]:
         if self.playback_policies is not None:
             return list(self.playback_policies)
+        if self.advanced_playback_policies is not None:
+            return [entry.policy for entry in self.advanced_playback_policies]
         if self.playback_policy is None:
             return []
         return [self.playback_policy] if isinstance(self.playback_policy, str) else list(self.playback_policy)
 
 
 class AssetInput(RequestModel):
+    """Mux's ``InputSettings`` for the one input kinoray takes: the video. Its other fields are accepted as
+    Mux's SDKs send them; those kinoray cannot honour yet are refused rather than silently dropped."""
+
     url: str = Field(min_length=1, max_length=4096, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://[^\x00]*$",
                      description="http(s)://, s3://, or file:// where enabled; refused when it points at a "
                                  "private address (SSRF policy)")
+    type: Literal["video"] | None = Field(default=None, description="the one input is the video")
+    passthrough: str | None = Field(default=None, max_length=255, description="accepted, not stored")
+    overlay_settings: dict[str, Any] | None = Field(default=None, description="refused: no overlays yet")
+    generated_subtitles: list[dict[str, Any]] | None = Field(default=None,
+                                                             description="refused: no generated subtitles yet")
+    start_time: float | None = Field(default=None, description="refused: no clipping yet")
+    end_time: float | None = Field(default=None, description="refused: no clipping yet")
+
+    @model_validator(mode="after")
+    def _supported(self) -> AssetInput:
+        unsupported = [name for name in ("overlay_settings", "generated_subtitles", "start_time", "end_time")
+                       if getattr(self, name) is not None]
+        if unsupported:
+            raise ValueError(f"{', '.join(unsupported)}: not supported by kinoray yet (docs/API.md)")
+        return self
 
 
 class AssetCreate(NewAssetSettings):
-    """``POST /video/v1/assets``: ``inputs: [{"url": ...}]`` (one input: the video; Mux's older ``input``
-    field is not accepted)."""
+    """``POST /video/v1/assets``: ``inputs: [{"url": ...}]`` (one input: the video), or Mux's deprecated
+    ``input`` (the same list, or a URL)."""
 
-    inputs: list[AssetInput] = Field(min_length=1, max_length=1)
+    inputs: list[AssetInput] | None = Field(default=None, min_length=1, max_length=1)
+    input: list[AssetInput] | str | None = Field(default=None, description="deprecated Mux name of inputs")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> AssetCreate:
+        if (self.inputs is None) == (self.input is None):
+            raise ValueError("give inputs (or Mux's deprecated input), exactly one of them")
+        if self.input is not None:
+            given = [AssetInput(url=self.input)] if isinstance(self.input, str) else self.input
+            if len(given) != 1:
+                raise ValueError("input: exactly one input (the video)")
+            self.inputs = given
+        return self
 
     def input_url(self) -> str:
+        assert self.inputs is not None  # _one_input
         return self.inputs[0].url
 
     def settings_only(self) -> NewAssetSettings:
-        return NewAssetSettings(**self.model_dump(exclude={"inputs"}, exclude_unset=True))
+        return NewAssetSettings(**self.model_dump(exclude={"inputs", "input"}, exclude_unset=True))
 
 
 class AssetUpdate(RequestModel):
@@ -199,9 +269,68 @@ def _unix(when: Any) -> str:
     return str(int(when.timestamp()))
 
 
-def asset_view(asset: Asset) -> dict[str, Any]:
-    """The asset as the API shows it (Mux's field names; absent values are left out)."""
+def mux_max_resolution_tier(tier: str) -> str:
+    """``max_resolution_tier`` as Mux may answer it (kinoray's own ``720p`` cap lies inside Mux's ``1080p``)."""
+    return tier if tier in MUX_MAX_TIERS else MUX_MAX_TIERS[0]
+
+
+def _max_stored_resolution(tracks: list[dict[str, Any]]) -> str | None:
+    """Mux's deprecated ``max_stored_resolution`` from the video track's height (None before the asset is ready)."""
+    video = next((track for track in tracks if track.get("type") == "video"), None)
+    if video is None:
+        return "Audio only" if any(track.get("type") == "audio" for track in tracks) else None
+    height = min(int(video.get("max_height") or 0), int(video.get("max_width") or 0))
+    return "SD" if height < 720 else "HD" if height < 1080 else "FHD" if height < 1440 else "UHD"
+
+
+def track_view(track: dict[str, Any], *, primary_audio: str | None) -> dict[str, Any]:
+    """A stored track as Mux shows it: a media track of a published asset is ``ready``, the first audio track
+    is ``primary``."""
+    view = dict(track)
+    view.setdefault("status", "ready")
+    if view.get("type") == "audio":
+        view.setdefault("primary", view.get("id") == primary_audio)
+    return view
+
+
+def _file_id(asset_id: str, name: str) -> str:
+    """A static rendition file's id: stable per asset and file name (the file is rebuilt, never renamed)."""
+    return hashlib.sha256(f"{asset_id}/{name}".encode()).hexdigest()[:32]
+
+
+def static_renditions_view(asset: Asset) -> dict[str, Any] | None:
+    """``static_renditions`` as Mux lists them: each file with its id, ``type`` (``standard``), ``resolution``
+    (``highest``/``audio-only``) and ``resolution_tier``; the top-rung MP4 under the name it was asked for
+    (``highest.mp4``, or ``capped-1080p.mp4`` through the legacy ``mp4_support``, the same file)."""
+    stored = asset.static_renditions
+    if stored is None:
+        return None
     create = asset.create_settings or {}
+    asked_highest = any(entry.get("resolution") == "highest" for entry in create.get("static_renditions") or ())
+    capped = "capped-1080p" in str(create.get("mp4_support") or "")
+    files = []
+    for entry in stored.get("files", []):
+        names = [entry.get("name")]
+        if entry.get("name") == "highest.mp4" and capped and int(entry.get("height") or 0) <= 1080:
+            names = ["highest.mp4", "capped-1080p.mp4"] if asked_highest else ["capped-1080p.mp4"]
+        for name in names:
+            audio = name == "audio.m4a"
+            height = min(int(entry.get("height") or 0), int(entry.get("width") or 0))
+            tier = "audio-only" if audio else next(
+                (tier for tier, limit in TIER_HEIGHTS.items() if height <= limit), "2160p")
+            files.append({**entry, "name": name, "id": _file_id(asset.id, name), "type": "standard",
+                          "resolution": "audio-only" if audio else "highest", "resolution_tier": tier})
+    return {**stored, "files": files}
+
+
+def asset_view(asset: Asset) -> dict[str, Any]:
+    """The asset as the API shows it: Mux's field names and enums (absent values are left out), kinoray's own
+    values in fields named for kinoray (``kinoray_*``, ``video_codec``, ``encoder_backend``)."""
+    create = asset.create_settings or {}
+    tracks = list(asset.tracks or [])
+    primary_audio = next((track.get("id") for track in tracks if track.get("type") == "audio"), None)
+    tier = create.get("max_resolution_tier", "1080p")
+    quality = create.get("video_quality", "plus")
     view: dict[str, Any] = {
         "id": asset.id,
         "status": str(asset.status.value),
@@ -210,12 +339,20 @@ def asset_view(asset: Asset) -> dict[str, Any]:
         "duration": asset.duration,
         "aspect_ratio": asset.aspect_ratio,
         "resolution_tier": asset.resolution_tier,
-        "max_resolution_tier": create.get("max_resolution_tier", "1080p"),
-        "video_quality": create.get("video_quality", "plus"),
+        "max_resolution_tier": mux_max_resolution_tier(tier),
+        "kinoray_max_resolution_tier": tier if tier != mux_max_resolution_tier(tier) else None,
+        "max_stored_resolution": _max_stored_resolution(tracks),
+        "video_quality": quality,
+        "encoding_tier": TIER_OF_QUALITY[quality],
         "max_stored_frame_rate": asset.max_stored_frame_rate,
         "playback_ids": [playback_id_view(p) for p in asset.playback_ids],
-        "tracks": list(asset.tracks or []),
-        "static_renditions": asset.static_renditions,
+        "tracks": [track_view(track, primary_audio=primary_audio) for track in tracks],
+        "mp4_support": create.get("mp4_support", "none"),
+        "master_access": "none",
+        "normalize_audio": False,
+        "is_live": False,
+        "ingest_type": "on_demand_direct_upload" if asset.upload is not None else "on_demand_url",
+        "static_renditions": static_renditions_view(asset),
         "passthrough": asset.passthrough,
         "meta": asset.meta or None,
         "errors": asset.errors,

@@ -219,7 +219,8 @@ def verify_token(playback_id: str, token: str | None, audience: str, public_key:
     """The claims of ``token`` if it opens ``playback_id`` for ``audience`` (``"v"``, ``"t"``, ``"g"``, ``"s"``).
 
     Accepted: RS256 only (the algorithm is pinned, so ``alg: none`` and HS256 keyed with the public key are
-    refused), signed by the signing key named in the header's ``kid`` (looked up with ``public_key``), ``sub``
+    refused), signed by the signing key named by ``kid`` in the header or, as Mux's SDKs send it, in the claims
+    (looked up with ``public_key``), ``sub``
     equal to the playback id, ``aud`` exactly ``audience``, ``exp`` present and in the future, ``nbf``/``iat``
     (if present) not in the future, each with :data:`TOKEN_LEEWAY_SECONDS` of clock skew. One signature check
     and one key lookup.
@@ -238,6 +239,11 @@ def verify_token(playback_id: str, token: str | None, audience: str, public_key:
     if header.get("alg") != "RS256":
         raise PlaybackForbiddenError(f"token algorithm {str(header.get('alg'))[:16]!r} refused: only RS256")
     kid = header.get("kid")
+    if kid is None:  # Mux's SDKs (mux.jwt) name the key in the claims
+        try:
+            kid = jwt.decode(token, options={"verify_signature": False}).get("kid")
+        except jwt.PyJWTError:
+            raise PlaybackForbiddenError("malformed token") from None
     pem = public_key(kid) if isinstance(kid, str) and is_valid_id(kid) else None
     if pem is None:
         raise PlaybackForbiddenError("token kid names no signing key")

@@ -60,11 +60,11 @@ def get_signing_key(session: Session, key_id: str) -> SigningKey:
     return key
 
 
-def list_signing_keys(session: Session, *, limit: int, cursor: str | None = None
+def list_signing_keys(session: Session, *, limit: int, cursor: str | None = None, page: int = 1
                       ) -> tuple[list[SigningKey], str | None]:
-    """One page of keys, newest first, and the next page's cursor."""
+    """One page of keys, newest first (``cursor``, else Mux's numbered ``page``), and the next page's cursor."""
     try:
-        return newest_first(session, SigningKey, limit=limit, cursor=cursor)
+        return newest_first(session, SigningKey, limit=limit, cursor=cursor, page=page)
     except ValueError as error:
         raise InvalidParametersError(str(error)) from None
 

@@ -61,7 +61,7 @@ from pydantic import ConfigDict, Field
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from kinoray.control.assets import NewAssetSettings, create_asset, input_key
+from kinoray.control.assets import NewAssetSettings, create_asset, input_key, mux_max_resolution_tier
 from kinoray.control.events import emit
 from kinoray.control.platform import Platform
 from kinoray.control.requests import RequestModel
@@ -79,7 +79,7 @@ from kinoray.errors import (
     UploadTooLargeError,
 )
 from kinoray.settings import Settings
-from kinoray.store.db import encode_cursor, newest_first
+from kinoray.store.db import newest_first
 from kinoray.store.models import Upload, UploadStatus, is_valid_id, new_id, utcnow
 
 __all__ = [
@@ -144,6 +144,11 @@ def parts_prefix(upload_id: str) -> str:
 def upload_view(upload: Upload, settings: Settings) -> dict[str, Any]:
     """The upload as the API shows it (Mux's field names; absent values left out)."""
     asset_settings = dict(upload.new_asset_settings or {})
+    kinoray_tier = None
+    if "max_resolution_tier" in asset_settings:  # Mux's enum in the echo, kinoray's own tier named apart
+        tier = asset_settings["max_resolution_tier"]
+        asset_settings["max_resolution_tier"] = mux_max_resolution_tier(tier)
+        kinoray_tier = tier if tier != asset_settings["max_resolution_tier"] else None
     view: dict[str, Any] = {
         "id": upload.id,
         "status": str(upload.status.value),
@@ -154,6 +159,7 @@ def upload_view(upload: Upload, settings: Settings) -> dict[str, Any]:
         "asset_id": upload.asset_id,
         "error": upload.error,
         "test": asset_settings.get("test") or None,
+        "kinoray_max_resolution_tier": kinoray_tier,
     }
     return {key: value for key, value in view.items() if value is not None}
 
@@ -190,18 +196,10 @@ def list_uploads(session: Session, *, limit: int = 25, cursor: str | None = None
                  page: int = 1) -> tuple[list[Upload], str | None]:
     """Newest first, and the cursor of the next page (None on the last): keyset pages from ``cursor`` (stable
     while uploads are added), else Mux's numbered ``page``."""
-    if cursor is not None:
-        try:
-            return newest_first(session, Upload, limit=limit, cursor=cursor)
-        except ValueError as error:
-            raise InvalidParametersError(str(error)) from None
-    query = (sa.select(Upload).order_by(Upload.created_at.desc(), Upload.id.desc())
-             .offset((page - 1) * limit).limit(limit + 1))
-    rows = list(session.scalars(query))
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    return rows, encode_cursor(rows[-1].created_at, rows[-1].id)
+    try:
+        return newest_first(session, Upload, limit=limit, cursor=cursor, page=page)
+    except ValueError as error:
+        raise InvalidParametersError(str(error)) from None
 
 
 def cors_origin(platform: Platform, upload_id: str) -> str | None:

@@ -122,9 +122,10 @@ def build_api() -> FastAPI:
                     "Management endpoints take HTTP Basic with an access token id and secret.",
     )
     install_error_handlers(app)
-    for router in (system.router, assets.router, tracks.router, uploads.management, signing_keys.router,
-                   webhooks.router, metrics.router):
+    for router in (system.router, assets.router, tracks.router, uploads.management, webhooks.router, metrics.router):
         app.include_router(router)
+    for prefix in signing_keys.PREFIXES:
+        app.include_router(signing_keys.router, prefix=prefix)
     metrics.install(app)
     # outermost: a shed or oversized request costs no routing, no metrics middleware and no authentication
     app.add_middleware(RequestGuard, limits=_limits, client_of=_client)

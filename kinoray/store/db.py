@@ -239,14 +239,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return when, row_id
 
 
-def newest_first(session: Session, model: type[M], *, limit: int, cursor: str | None = None,
+def newest_first(session: Session, model: type[M], *, limit: int, cursor: str | None = None, page: int = 1,
                  where: Iterable[sa.ColumnElement[bool]] = (),
                  options: Iterable[Any] = ()) -> tuple[list[M], str | None]:
     """One page of ``model`` rows, newest first (``created_at DESC, id DESC``: the ``(created_at, id)`` indexes),
-    and the cursor of the next page (``None`` on the last). Keyset pagination: rows created meanwhile never shift
-    a page. ``options`` are loader options (``selectinload(...)``). ``ValueError`` for a bad cursor."""
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
+    and the cursor of the next page (``None`` on the last). With ``cursor``, keyset pagination: rows created
+    meanwhile never shift a page; without, Mux's numbered ``page`` (1 = newest). ``options`` are loader options
+    (``selectinload(...)``). ``ValueError`` for a bad cursor or page."""
+    if limit < 1 or page < 1:
+        raise ValueError("limit and page must be at least 1")
     table = model.__table__
     created, row_id = table.c.created_at, table.c.id
     query = (sa.select(model).options(*options).where(*where).order_by(created.desc(), row_id.desc())
@@ -254,6 +255,8 @@ def newest_first(session: Session, model: type[M], *, limit: int, cursor: str | 
     if cursor is not None:
         after_time, after_id = decode_cursor(cursor)
         query = query.where(sa.or_(created < after_time, sa.and_(created == after_time, row_id < after_id)))
+    else:
+        query = query.offset((page - 1) * limit)
     rows = list(session.scalars(query))
     if len(rows) <= limit:
         return rows, None

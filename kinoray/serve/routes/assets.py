@@ -27,11 +27,12 @@ from kinoray.control.assets import (
     playback_id_view,
 )
 from kinoray.control.events import emit
+from kinoray.control.input_info import InputInfo, input_info
 from kinoray.control.urls import check_public_url
 from kinoray.errors import InvalidParametersError, NotFoundError, StorageError
 from kinoray.serve.deps import CurrentToken, IdempotentRoute, PlatformDep
 from kinoray.serve.schemas import AUTHENTICATED, error_responses
-from kinoray.store.db import encode_cursor, newest_first
+from kinoray.store.db import newest_first
 from kinoray.store.models import Asset, PlaybackId, Upload, is_valid_id, utcnow
 
 __all__ = ["router"]
@@ -92,20 +93,11 @@ def list_assets(
             return {"data": [], "next_cursor": None}
         where.append(Asset.id == sa.select(Upload.asset_id).where(Upload.id == upload_id).scalar_subquery())
     with platform.db.reader() as session:
-        if cursor is not None:
-            try:
-                rows, next_cursor = newest_first(session, Asset, limit=limit, cursor=cursor, where=where,
-                                                 options=VIEW_LOADS)
-            except ValueError as error:
-                raise InvalidParametersError(str(error)) from None
-        else:
-            query = (sa.select(Asset).options(*VIEW_LOADS).where(*where).order_by(Asset.created_at.desc(), Asset.id.desc())
-                     .offset((page - 1) * limit).limit(limit + 1))
-            rows = list(session.scalars(query))
-            next_cursor = None
-            if len(rows) > limit:
-                rows = rows[:limit]
-                next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+        try:
+            rows, next_cursor = newest_first(session, Asset, limit=limit, cursor=cursor, page=page, where=where,
+                                             options=VIEW_LOADS)
+        except ValueError as error:
+            raise InvalidParametersError(str(error)) from None
         return {"data": [asset_view(row) for row in rows], "next_cursor": next_cursor}
 
 
@@ -113,6 +105,20 @@ def list_assets(
 def get(asset_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
     with platform.db.reader() as session:
         return {"data": asset_view(get_asset(session, asset_id))}
+
+
+class InputInfoList(BaseModel):
+    data: list[InputInfo]
+
+
+@router.get("/assets/{asset_id}/input-info", response_model=InputInfoList,
+            responses=error_responses(*AUTHENTICATED, 404, 412))
+def get_input_info(asset_id: str, platform: PlatformDep, token: CurrentToken) -> InputInfoList:
+    """Mux's input info: the stored source's container and tracks (read from the stored bytes)."""
+    with platform.db.reader() as session:
+        asset = get_asset(session, asset_id)
+        session.expunge(asset)
+    return InputInfoList(data=input_info(platform.store, asset, platform.settings.limits))
 
 
 @router.patch("/assets/{asset_id}", response_model=AssetEnvelope, responses=error_responses(*AUTHENTICATED, 404))

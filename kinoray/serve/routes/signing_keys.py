@@ -20,7 +20,10 @@ from kinoray.serve.schemas import AUTHENTICATED, error_responses
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/system/v1/signing-keys", tags=["signing keys"])
+router = APIRouter(tags=["signing keys"])
+#: Where Mux serves signing keys: ``/system/v1/signing-keys`` (its SDKs) and ``/video/v1/signing-keys`` (its
+#: current API reference); the same routes under both.
+PREFIXES = ("/system/v1/signing-keys", "/video/v1/signing-keys")
 
 MAX_LIMIT = 100
 
@@ -61,10 +64,11 @@ def create(platform: PlatformDep, token: CurrentToken,
 
 @router.get("", response_model=SigningKeyList, responses=error_responses(*AUTHENTICATED))
 def list_keys(platform: PlatformDep, token: CurrentToken, limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 25,
+              page: Annotated[int, Query(ge=1, le=10_000, description="Mux's numbered pages; cursor wins")] = 1,
               cursor: Annotated[str | None, Query(max_length=512)] = None) -> dict[str, Any]:
     """Newest first; public information only."""
     with platform.db.reader() as session:
-        rows, next_cursor = signing.list_signing_keys(session, limit=limit, cursor=cursor)
+        rows, next_cursor = signing.list_signing_keys(session, limit=limit, cursor=cursor, page=page)
         return {"data": [signing.signing_key_view(row) for row in rows], "next_cursor": next_cursor}
 
 

@@ -89,6 +89,8 @@ class UploadObject(BaseModel):
     asset_id: str | None = Field(default=None, description="the asset made from the upload, once complete")
     error: UploadErrorObject | None = None
     test: bool | None = None
+    kinoray_max_resolution_tier: str | None = Field(
+        default=None, description="kinoray's own max_resolution_tier (720p), shown as 1080p in new_asset_settings")
 
 
 class UploadEnvelope(BaseModel):
