@@ -29,14 +29,17 @@ from tests.test_playback import IMMUTABLE, assert_error, ffmpeg_decodes, package
 from tests.test_playback_signed import mint
 
 WORKERS = 2
-METRICS_PORT = free_port()
+#: The edge fixture's metrics port, taken when the fixture starts (not at collection, long before: another
+#: process could have the port by then).
+METRICS_PORT: list[int] = []
 
 
 @pytest.fixture(scope="module")
 def edge(api, media_dir, tmp_path_factory):
     """``(server, edge url, media dir)``: the Granian edge with :data:`WORKERS` processes on the module's API."""
     _, media = packaged_asset(media_dir, tmp_path_factory.getbasetemp())
-    process, url = api.start_granian_edge(workers=WORKERS, metrics_port=METRICS_PORT, metrics_scrape_seconds=1)
+    METRICS_PORT[:] = [free_port()]
+    process, url = api.start_granian_edge(workers=WORKERS, metrics_port=METRICS_PORT[0], metrics_scrape_seconds=1)
     try:
         yield api, url, media
     finally:
@@ -183,7 +186,7 @@ def test_the_edge_exports_metrics_per_worker(edge) -> None:
     _, url, _ = edge
 
     def handled() -> dict[str, float]:
-        text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+        text = requests.get(f"http://127.0.0.1:{METRICS_PORT[0]}/metrics", timeout=10).text
         samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples
                    if family.name == "granian_requests_handled"]
         return {sample.labels["worker"]: sample.value for sample in samples}

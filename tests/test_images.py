@@ -81,8 +81,8 @@ class Images:
     def get(self, path: str, **params) -> requests.Response:
         return requests.get(f"{self.url}/{self.public}/{path}", params=params, timeout=60)
 
-    def token(self, audience: str, *, playback_id: str | None = None, seconds: int = 600) -> str:
-        claims = {"sub": playback_id or self.signed, "aud": audience, "exp": int(time.time()) + seconds}
+    def token(self, audience: str, *, playback_id: str | None = None, seconds: int = 600, **options: object) -> str:
+        claims = {"sub": playback_id or self.signed, "aud": audience, "exp": int(time.time()) + seconds, **options}
         return jwt.encode(claims, self.private_pem, algorithm="RS256", headers={"kid": self.key_id})
 
 
@@ -466,6 +466,25 @@ def test_signed_playback_ids(images) -> None:
             assert cache_control == "private, no-store"  # it carries the viewer's token
         else:  # cacheable, but not past the token's expiry
             assert cache_control.startswith("public, max-age=") and 290 <= int(cache_control.split("=")[1]) <= 300
+
+
+def test_signed_image_options_come_from_the_token_not_the_query(images) -> None:
+    """As Mux: for a signed id the token's claims choose the image (``mux.jwt`` writes them as strings); the
+    URL's query cannot ask for another one. Sizes read back with Debian's ffprobe."""
+    base = f"{images.url}/{images.signed}"
+    token = images.token("t", width="160", time="1.5")
+    answer = requests.get(f"{base}/thumbnail.png", params={"token": token, "width": 400, "time": 0}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert probe_size(answer.content)[0] == 160
+    unsized = requests.get(f"{base}/thumbnail.png", params={"token": images.token("t"), "width": 400}, timeout=60)
+    assert unsized.status_code == 200 and probe_size(unsized.content)[0] != 400  # the query's width is ignored
+    animated = requests.get(f"{base}/animated.gif", params={"token": images.token("g", width=96, fps=5)},
+                            timeout=60)
+    assert animated.status_code == 200 and probe_size(animated.content)[0] == 96
+    bad = requests.get(f"{base}/thumbnail.png", params={"token": images.token("t", width="wide")}, timeout=30)
+    assert _error(bad) == (400, "invalid_parameters")
+    # a public id still takes its options from the query
+    assert probe_size(images.get("thumbnail.png", width=200).content)[0] == 200
 
 
 def test_signed_storyboard_vtt_carries_the_token_to_the_sprite(images) -> None:

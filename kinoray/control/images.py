@@ -47,7 +47,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -92,6 +92,7 @@ __all__ = [
     "RENDER_VERSION",
     "STORYBOARD_MAX_TILES",
     "STORYBOARD_TILE_WIDTH",
+    "image_options",
     "THUMBNAIL_MAX_SIZE",
     "AnimatedParams",
     "ImageCache",
@@ -180,6 +181,35 @@ def resolve_source(resolver: PlaybackResolver, playback_id: str, *, token: str |
 
 
 # --- parameters ----------------------------------------------------------------------------------------------
+
+#: How each image option is read from a signed token's claims (Mux's SDKs write them as strings or numbers).
+_CLAIM_TYPES: dict[str, type] = {"time": float, "start": float, "end": float, "width": int, "height": int,
+                                 "fps": int, "fit_mode": str, "format": str}
+
+
+def image_options(source: ImageSource, query: Mapping[str, object]) -> dict[str, Any]:
+    """The options an image is made with: for a signed playback id those in its verified token's claims (as Mux
+    does: the URL's query is ignored, so a viewer cannot ask for more than the token grants), else ``query``'s.
+    Only the names in ``query`` are read; ``None`` values are left out.
+
+    Raises:
+        InvalidParametersError: a claim of the wrong type.
+    """
+    claims = source.playback.claims
+    if claims is None:
+        return {name: value for name, value in query.items() if value is not None}
+    options: dict[str, Any] = {}
+    for name in query:
+        value = claims.get(name)
+        if value is None:
+            continue
+        kind = _CLAIM_TYPES[name]
+        try:
+            options[name] = kind(value) if kind is not int else int(float(value))
+        except (TypeError, ValueError):
+            raise InvalidParametersError(f"token claim {name} must be a {kind.__name__}, got {value!r}") from None
+    return options
+
 
 
 def _exact(value: float) -> Fraction:

@@ -30,6 +30,7 @@ from kinoray.control.images import (
     StoryboardParams,
     ThumbnailParams,
     guard_for,
+    image_options,
     resolve_source,
 )
 from kinoray.control.playback import CORS_HEADERS, etag_matches
@@ -91,7 +92,8 @@ def thumbnail(request: Request, playback_id: str, extension: str, platform: Plat
     """The exact frame at ``time`` seconds (default: the middle)."""
     _known(extension, STILL_FORMATS, "thumbnail")
     source = _source(platform, playback_id, token, "thumbnail")
-    params = ThumbnailParams.parse(source, extension, time=time, width=width, height=height, fit_mode=fit_mode)
+    options = image_options(source, {"time": time, "width": width, "height": height, "fit_mode": fit_mode})
+    params = ThumbnailParams.parse(source, extension, **options)
     return _respond(request, source, _cache(request, platform).thumbnail(source, params))
 
 
@@ -102,7 +104,8 @@ def animated(request: Request, playback_id: str, extension: str, platform: Platf
     """A looping GIF or animated WebP of ``start``..``end``."""
     _known(extension, ANIMATED_FORMATS, "animated image")
     source = _source(platform, playback_id, token, "animated")
-    params = AnimatedParams.parse(source, extension, start=start, end=end, width=width, height=height, fps=fps)
+    options = image_options(source, {"start": start, "end": end, "width": width, "height": height, "fps": fps})
+    params = AnimatedParams.parse(source, extension, **options)
     return _respond(request, source, _cache(request, platform).animated(source, params))
 
 
@@ -112,5 +115,6 @@ def storyboard(request: Request, playback_id: str, extension: str, platform: Pla
     """The tiled sprite, or the WebVTT that maps time ranges to its tiles (``#xywh=``)."""
     _known(extension, (*STILL_FORMATS, "vtt"), "storyboard")
     source = _source(platform, playback_id, token, "storyboard")
-    params = StoryboardParams.parse(extension, image_format=image_format)
+    chosen = image_options(source, {"format": image_format}).get("format")
+    params = StoryboardParams.parse(extension, image_format=chosen)
     return _respond(request, source, _cache(request, platform).storyboard(source, params))
