@@ -185,9 +185,6 @@ class EdgeSettings(BaseModel):
         default=0, ge=0, le=19,
         description="CPU niceness of the edge's processes (0 = as started; the API's processes run at 0 and "
                     "encoders at cluster.worker_nice)")
-    runtime_blocking_threads: int | None = Field(
-        default=None, ge=1,
-        description="threads per worker that read files for Granian's file responses; None = Granian's default")
     api_url: str | None = Field(
         default=None,
         description="the management API (Serve's proxy) that paths the edge does not serve are forwarded to; "

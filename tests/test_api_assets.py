@@ -179,3 +179,37 @@ def test_text_no_database_can_store_is_a_typed_400(api, text) -> None:
                                      "session_id": "s" * 10, "playback_id": "abc", "error_message": text}]})
     answer = api.client.post(f"{api.edge_url}/data/v1/events", data=beacon, headers={"Content-Type": "application/json"})
     assert answer.status_code == 400, answer.text
+
+
+def test_deprecated_input_takes_a_bare_url_and_keeps_the_url_rules(api) -> None:
+    """Mux's older ``input``: a URL string or the ``inputs`` list; the same URL pattern and SSRF policy."""
+    asset = api.client.post(f"{api.url}/video/v1/assets", json={"input": INPUT}).json()["data"]
+    assert asset["status"] == "preparing"
+    for body, kind in (({"input": "not a url"}, "invalid_parameters"),
+                       ({"input": "http://127.0.0.1/a.mp4"}, "input_url_refused"),
+                       ({"input": INPUT, "inputs": [{"url": INPUT}]}, "invalid_parameters")):
+        answer = api.client.post(f"{api.url}/video/v1/assets", json=body)
+        assert (answer.status_code, answer.json()["error"]["type"]) == (400, kind), answer.text
+
+
+def test_input_info_before_and_without_a_stored_input(api) -> None:
+    """Input info is read from the stored source: ``412`` while it is still being fetched, ``404`` once the
+    asset ended without one, and a stored file that is not media answers with no container or tracks."""
+    import sqlalchemy as sa
+
+    from kinoray.control.assets import input_key
+    from kinoray.store.models import Asset, AssetStatus
+
+    asset = _create(api)
+    url = f"{api.url}/video/v1/assets/{asset['id']}/input-info"
+    waiting = api.client.get(url)
+    assert (waiting.status_code, waiting.json()["error"]["type"]) == (412, "asset_not_ready")
+    with api.platform.db.session() as session:
+        session.execute(sa.update(Asset).where(Asset.id == asset["id"]).values(status=AssetStatus.ERRORED))
+    missing = api.client.get(url)
+    assert (missing.status_code, missing.json()["error"]["type"]) == (404, "not_found")
+    api.platform.store.put_bytes(b"this is not a video" * 100, input_key(asset["id"]))
+    garbage = api.client.get(url)
+    assert garbage.status_code == 200, garbage.text
+    [info] = garbage.json()["data"]
+    assert info == {"settings": {"url": INPUT}, "file": {"container_format": None, "tracks": []}}

@@ -11,7 +11,7 @@ import hashlib
 import time
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from sqlalchemy.orm import Session, selectinload
 
 from kinoray.control.events import emit
@@ -29,15 +29,15 @@ __all__ = [
     "PlaybackIdCreate",
     "asset_view",
     "create_asset",
-    "mux_max_resolution_tier",
-    "track_view",
     "create_playback_id",
     "delete_asset",
     "get_asset",
     "input_key",
     "job_options",
     "media_prefix",
+    "mux_max_resolution_tier",
     "playback_id_view",
+    "resolution_tier",
 ]
 
 #: Eager loads of what :func:`asset_view` reads, so showing N assets costs 3 queries, not 2N + 1.
@@ -157,17 +157,19 @@ class AssetCreate(NewAssetSettings):
     ``input`` (the same list, or a URL)."""
 
     inputs: list[AssetInput] | None = Field(default=None, min_length=1, max_length=1)
-    input: list[AssetInput] | str | None = Field(default=None, description="deprecated Mux name of inputs")
+    input: list[AssetInput] | None = Field(default=None, min_length=1, max_length=1,
+                                           description="deprecated Mux name of inputs (also a bare URL)")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _bare_url(cls, value: object) -> object:
+        return [{"url": value}] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _one_input(self) -> AssetCreate:
         if (self.inputs is None) == (self.input is None):
             raise ValueError("give inputs (or Mux's deprecated input), exactly one of them")
-        if self.input is not None:
-            given = [AssetInput(url=self.input)] if isinstance(self.input, str) else self.input
-            if len(given) != 1:
-                raise ValueError("input: exactly one input (the video)")
-            self.inputs = given
+        self.inputs = self.inputs or self.input
         return self
 
     def input_url(self) -> str:
@@ -269,9 +271,17 @@ def _unix(when: Any) -> str:
     return str(int(when.timestamp()))
 
 
-def mux_max_resolution_tier(tier: str) -> str:
-    """``max_resolution_tier`` as Mux may answer it (kinoray's own ``720p`` cap lies inside Mux's ``1080p``)."""
-    return tier if tier in MUX_MAX_TIERS else MUX_MAX_TIERS[0]
+def resolution_tier(short_side: int) -> str:
+    """Mux's ``resolution_tier`` of a picture whose shorter side is ``short_side`` pixels."""
+    return next((tier for tier, limit in TIER_HEIGHTS.items() if short_side <= limit), "2160p")
+
+
+def mux_max_resolution_tier(tier: str) -> tuple[str, str | None]:
+    """``(max_resolution_tier as Mux may answer it, kinoray's own tier when it differs)``: kinoray's ``720p`` cap
+    lies inside Mux's lowest tier, ``1080p``."""
+    if tier in MUX_MAX_TIERS:
+        return tier, None
+    return MUX_MAX_TIERS[0], tier
 
 
 def _max_stored_resolution(tracks: list[dict[str, Any]]) -> str | None:
@@ -283,7 +293,7 @@ def _max_stored_resolution(tracks: list[dict[str, Any]]) -> str | None:
     return "SD" if height < 720 else "HD" if height < 1080 else "FHD" if height < 1440 else "UHD"
 
 
-def track_view(track: dict[str, Any], *, primary_audio: str | None) -> dict[str, Any]:
+def _track_view(track: dict[str, Any], *, primary_audio: str | None) -> dict[str, Any]:
     """A stored track as Mux shows it: a media track of a published asset is ``ready``, the first audio track
     is ``primary``."""
     view = dict(track)
@@ -298,7 +308,7 @@ def _file_id(asset_id: str, name: str) -> str:
     return hashlib.sha256(f"{asset_id}/{name}".encode()).hexdigest()[:32]
 
 
-def static_renditions_view(asset: Asset) -> dict[str, Any] | None:
+def _static_renditions_view(asset: Asset) -> dict[str, Any] | None:
     """``static_renditions`` as Mux lists them: each file with its id, ``type`` (``standard``), ``resolution``
     (``highest``/``audio-only``) and ``resolution_tier``; the top-rung MP4 under the name it was asked for
     (``highest.mp4``, or ``capped-1080p.mp4`` through the legacy ``mp4_support``, the same file)."""
@@ -315,9 +325,8 @@ def static_renditions_view(asset: Asset) -> dict[str, Any] | None:
             names = ["highest.mp4", "capped-1080p.mp4"] if asked_highest else ["capped-1080p.mp4"]
         for name in names:
             audio = name == "audio.m4a"
-            height = min(int(entry.get("height") or 0), int(entry.get("width") or 0))
-            tier = "audio-only" if audio else next(
-                (tier for tier, limit in TIER_HEIGHTS.items() if height <= limit), "2160p")
+            tier = "audio-only" if audio else resolution_tier(
+                min(int(entry.get("height") or 0), int(entry.get("width") or 0)))
             files.append({**entry, "name": name, "id": _file_id(asset.id, name), "type": "standard",
                           "resolution": "audio-only" if audio else "highest", "resolution_tier": tier})
     return {**stored, "files": files}
@@ -329,7 +338,7 @@ def asset_view(asset: Asset) -> dict[str, Any]:
     create = asset.create_settings or {}
     tracks = list(asset.tracks or [])
     primary_audio = next((track.get("id") for track in tracks if track.get("type") == "audio"), None)
-    tier = create.get("max_resolution_tier", "1080p")
+    tier, kinoray_tier = mux_max_resolution_tier(create.get("max_resolution_tier", "1080p"))
     quality = create.get("video_quality", "plus")
     view: dict[str, Any] = {
         "id": asset.id,
@@ -339,20 +348,20 @@ def asset_view(asset: Asset) -> dict[str, Any]:
         "duration": asset.duration,
         "aspect_ratio": asset.aspect_ratio,
         "resolution_tier": asset.resolution_tier,
-        "max_resolution_tier": mux_max_resolution_tier(tier),
-        "kinoray_max_resolution_tier": tier if tier != mux_max_resolution_tier(tier) else None,
+        "max_resolution_tier": tier,
+        "kinoray_max_resolution_tier": kinoray_tier,
         "max_stored_resolution": _max_stored_resolution(tracks),
         "video_quality": quality,
         "encoding_tier": TIER_OF_QUALITY[quality],
         "max_stored_frame_rate": asset.max_stored_frame_rate,
         "playback_ids": [playback_id_view(p) for p in asset.playback_ids],
-        "tracks": [track_view(track, primary_audio=primary_audio) for track in tracks],
+        "tracks": [_track_view(track, primary_audio=primary_audio) for track in tracks],
         "mp4_support": create.get("mp4_support", "none"),
         "master_access": "none",
         "normalize_audio": False,
         "is_live": False,
         "ingest_type": "on_demand_direct_upload" if asset.upload is not None else "on_demand_url",
-        "static_renditions": static_renditions_view(asset),
+        "static_renditions": _static_renditions_view(asset),
         "passthrough": asset.passthrough,
         "meta": asset.meta or None,
         "errors": asset.errors,

@@ -92,7 +92,6 @@ __all__ = [
     "RENDER_VERSION",
     "STORYBOARD_MAX_TILES",
     "STORYBOARD_TILE_WIDTH",
-    "image_options",
     "THUMBNAIL_MAX_SIZE",
     "AnimatedParams",
     "ImageCache",
@@ -105,6 +104,7 @@ __all__ = [
     "RenderBudget",
     "StoryboardParams",
     "ThumbnailParams",
+    "image_options",
     "resolve_source",
 ]
 
@@ -209,7 +209,6 @@ def image_options(source: ImageSource, query: Mapping[str, object]) -> dict[str,
         except (TypeError, ValueError):
             raise InvalidParametersError(f"token claim {name} must be a {kind.__name__}, got {value!r}") from None
     return options
-
 
 
 def _exact(value: float) -> Fraction:

@@ -51,7 +51,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from kinoray.control.assets import NewAssetSettings, asset_view, input_key, job_options, media_prefix
+from kinoray.control.assets import (
+    NewAssetSettings,
+    asset_view,
+    input_key,
+    job_options,
+    media_prefix,
+    resolution_tier,
+)
 from kinoray.control.events import emit
 from kinoray.settings import JobSettings, Settings, get_settings
 from kinoray.store.db import Database, is_transient
@@ -118,13 +125,6 @@ def new_owner() -> str:
 # --- what a finished transcode publishes ---------------------------------------------------------------------
 
 
-def _tier(short_side: int) -> str:
-    for tier, height in (("720p", 720), ("1080p", 1080), ("1440p", 1440)):
-        if short_side <= height:
-            return tier
-    return "2160p"
-
-
 def asset_fields(result: TranscodeResult) -> dict[str, Any]:
     """Asset columns from a :class:`~kinoray.media.pipeline.TranscodeResult` (Mux's derived fields)."""
     fields_: dict[str, Any] = {"duration": round(result.duration_seconds, 6), "encoder_backend": result.encoder}
@@ -134,7 +134,7 @@ def asset_fields(result: TranscodeResult) -> dict[str, Any]:
         divisor = math.gcd(top.width, top.height)
         rate = float(Fraction(result.frame_rate)) if result.frame_rate else None
         fields_.update(aspect_ratio=f"{top.width // divisor}:{top.height // divisor}",
-                       resolution_tier=_tier(min(top.width, top.height)), max_stored_frame_rate=rate)
+                       resolution_tier=resolution_tier(min(top.width, top.height)), max_stored_frame_rate=rate)
         tracks.append({"type": "video", "id": new_id(), "max_width": top.width, "max_height": top.height,
                        "max_frame_rate": rate, "duration": round(result.duration_seconds, 6)})
     else:

@@ -146,9 +146,8 @@ def upload_view(upload: Upload, settings: Settings) -> dict[str, Any]:
     asset_settings = dict(upload.new_asset_settings or {})
     kinoray_tier = None
     if "max_resolution_tier" in asset_settings:  # Mux's enum in the echo, kinoray's own tier named apart
-        tier = asset_settings["max_resolution_tier"]
-        asset_settings["max_resolution_tier"] = mux_max_resolution_tier(tier)
-        kinoray_tier = tier if tier != asset_settings["max_resolution_tier"] else None
+        asset_settings["max_resolution_tier"], kinoray_tier = mux_max_resolution_tier(
+            asset_settings["max_resolution_tier"])
     view: dict[str, Any] = {
         "id": upload.id,
         "status": str(upload.status.value),

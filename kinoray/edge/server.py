@@ -43,7 +43,7 @@ def serve(settings: EdgeSettings, *, log_level: str = "warning") -> None:
     Server(
         "kinoray.edge.app:create_app", factory=True, interface=Interfaces.ASGI,
         address=settings.host, port=settings.port, workers=worker_count(settings),
-        runtime_mode=RuntimeModes(settings.runtime_mode), runtime_blocking_threads=settings.runtime_blocking_threads,
+        runtime_mode=RuntimeModes(settings.runtime_mode),
         ssl_cert=settings.tls_cert, ssl_key=settings.tls_key,
         respawn_failed_workers=True, workers_kill_timeout=10, log_level=log_level,  # type: ignore[arg-type]
         log_access=False, websockets=False,
