@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kinoray-installed
 DATA_DIR ?= ./data
 
-.PHONY: run test setup system-deps bench-deps lint clean player
+.PHONY: run test setup system-deps bench-deps lint clean player compat-table
 
 setup: $(STAMP) system-deps
 
@@ -48,6 +48,16 @@ test: setup
 lint: setup
 	$(BIN)/ruff check kinoray tests benchmarks
 	$(BIN)/mypy kinoray
+
+# The Mux-compatibility table in docs/API.md, from fresh runs of the tests that drive Mux's SDKs (tests/compat.py).
+COMPAT_TESTS ?= tests/test_mux_sdk.py tests/test_mux_node.py tests/test_clips.py tests/test_static_renditions.py \
+	tests/test_playback_restrictions.py tests/test_delivery_usage.py tests/test_mux_live.py tests/test_data_api.py \
+	tests/test_data_server_side.py
+compat-table: setup
+	@mkdir -p out && rm -f out/compat.jsonl
+	KINORAY_COMPAT_OUT=$(CURDIR)/out/compat.jsonl $(BIN)/python -m pytest -q -k 'not compatibility_table' \
+	  $(COMPAT_TESTS)
+	$(BIN)/python -m tests.compat out/compat.jsonl
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .pytest_cache

@@ -120,7 +120,7 @@ def start_server(data_dir: Path, console: Console, timeout: float = 240.0,
                        KINORAY_API__ALLOW_PRIVATE_INPUTS="true", KINORAY_LOG_LEVEL="WARNING", **(env or {}))
     log = (data_dir / "kinoray-up.log").open("wb")
     command = [sys.executable, "-m", "kinoray.cli", "up", "--host", "127.0.0.1", "--port", str(port),
-               "--api-port", str(api_port), "--data-dir", str(data_dir)]
+               "--api-port", str(api_port), "--rtmp-port", str(free_port()), "--data-dir", str(data_dir)]
     console.print(f"starting: {' '.join(command)} (log: {log.name})")
     # Its own process group, so that stop_server can end the Ray processes it started if it exits uncleanly.
     process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT,

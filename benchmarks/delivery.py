@@ -66,7 +66,15 @@ def make_asset(data_dir: Path, console: Console) -> dict[str, Any]:
     from kinoray.media.pipeline import TranscodeOptions, transcode_file
     from kinoray.media.synthetic import generate_clip
     from kinoray.settings import Settings
-    from kinoray.store.models import Asset, AssetStatus, PlaybackId, PlaybackPolicy, new_id
+    from kinoray.store.models import (
+        Asset,
+        AssetStatus,
+        PlaybackId,
+        PlaybackPolicy,
+        StaticRendition,
+        StaticRenditionStatus,
+        new_id,
+    )
 
     settings = Settings(data_dir=data_dir, environment="test")
     storage = Path(settings.storage_url)
@@ -92,6 +100,9 @@ def make_asset(data_dir: Path, console: Console) -> dict[str, Any]:
             for row_id in (asset_id, big_id):
                 session.add(Asset(id=row_id, status=AssetStatus.READY, storage_prefix=f"assets/{row_id}"))
             session.flush()
+            for row_id in (asset_id, big_id):  # the edge serves an MP4 only as a ready static rendition
+                session.add(StaticRendition(asset_id=row_id, name="highest.mp4", resolution="highest",
+                                            status=StaticRenditionStatus.READY))
             session.add_all([PlaybackId(id=public, asset_id=asset_id, policy=PlaybackPolicy.PUBLIC),
                              PlaybackId(id=signed, asset_id=asset_id, policy=PlaybackPolicy.SIGNED),
                              PlaybackId(id=big, asset_id=big_id, policy=PlaybackPolicy.PUBLIC)])

@@ -16,7 +16,7 @@ whole run, private input URLs allowed, rate limits out of the way) and, concurre
   bytes or a truncated MP4 (no ``moov``), which must end ``errored``;
 * **playback** — master playlist, one rendition playlist, its init segment and a couple of segments of a random
   ready asset, through the edge;
-* **API reads** (list, get) and **beacons** (``POST /data/v1/events``);
+* **API reads** (list, get) and **beacons** (``POST /data/v1/beacons``, Mux Data's format);
 * **webhooks** — a local receiver registered with ``POST /system/v1/webhook-endpoints``, signatures verified,
   ``video.asset.ready`` / ``video.asset.errored`` counted per asset;
 * **faults** every ``--fault-every`` minutes, in turn (``--faults``): SIGKILL a Ray worker running a chunk
@@ -174,6 +174,7 @@ class Server:
         self.port, self.api_port = free_port(), free_port()
         while self.api_port == self.port:
             self.api_port = free_port()
+        self.rtmp_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -187,7 +188,8 @@ class Server:
         log_path = self.data_dir / f"kinoray-up-{self.starts}.log"
         self.logs.append(log_path)
         command = [sys.executable, "-m", "kinoray.cli", "up", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--api-port", str(self.api_port), "--data-dir", str(self.data_dir)]
+                   "--api-port", str(self.api_port), "--rtmp-port", str(self.rtmp_port), "--data-dir",
+                   str(self.data_dir)]
         t0 = time.monotonic()
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -836,12 +838,11 @@ class Soak:
             item = rng.choice(ready)
             view, session = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
             now_ms = int(time.time() * 1000)
-            events = [{"event": name, "viewer_time": now_ms + k * 10, "playback_time": k * 500, "view_id": view,
-                       "session_id": session, "playback_id": item.playback_id, "sequence": k,
-                       "player_name": "kinoray-soak", "player_software": "soak.py"}
-                      for k, name in enumerate(("viewinit", "playerready", "play", "playing", "heartbeat",
+            events = [{"e": name, "uti": now_ms + k * 10, "pphti": k * 500, "xid": view, "sid": session,
+                       "vid": item.playback_id, "xsqno": k, "pnm": "kinoray-soak", "psw": "soak.py"}
+                      for k, name in enumerate(("viewinit", "playerready", "play", "playing", "hb",
                                                 "viewend")[: rng.randint(2, 6)])]
-            self.api("beacon", "POST", "/data/v1/events", auth=False, json={"events": events})
+            self.api("beacon", "POST", "/data/v1/beacons", auth=False, json={"metadata": {}, "events": events})
 
     # --- faults ---
 

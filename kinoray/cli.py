@@ -193,7 +193,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from kinoray.serve.launch import up
 
-    return up(args.host, args.port, Path(args.data_dir), demo=args.demo, api_port=args.api_port)
+    return up(args.host, args.port, Path(args.data_dir), demo=args.demo, api_port=args.api_port,
+              rtmp_port=args.rtmp_port)
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
@@ -213,15 +214,25 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from kinoray.control.auth import create_token, revoke_token
+    from kinoray.control.auth import create_token, list_tokens, revoke_token
     from kinoray.control.platform import Platform
+    from kinoray.errors import InvalidParametersError
 
     platform = Platform.from_settings(get_settings())
     try:
         with platform.db.session() as session:
             if args.action == "create":
-                token, secret = create_token(session, name=args.name)
-                print(json.dumps({"id": token.id, "secret": secret, "name": token.name}))  # noqa: T201
+                try:
+                    token, secret = create_token(session, name=args.name, permissions=args.permission)
+                except InvalidParametersError as error:
+                    print(json.dumps({"error": {"type": error.type, "messages": [str(error)]}}),  # noqa: T201
+                          file=sys.stderr)
+                    return 2
+                print(json.dumps({"id": token.id, "secret": secret, "name": token.name,  # noqa: T201
+                                  "permissions": token.permissions}))
+                return 0
+            if args.action == "list":
+                print(json.dumps({"data": list_tokens(session)}))  # noqa: T201
                 return 0
             if not revoke_token(session, args.id):
                 print(json.dumps({"error": {"type": "not_found", "messages": [f"no token {args.id!r}"]}}),  # noqa: T201
@@ -276,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the port users open: the delivery edge, which forwards the API (default 8000)")
     u.add_argument("--api-port", type=int, default=None,
                    help="Ray Serve's proxy: the management API alone (default --port + 1)")
+    u.add_argument("--rtmp-port", type=int, default=None,
+                   help="the live RTMP ingest's port (default KINORAY_LIVE__RTMP_PORT, 1935)")
     u.add_argument("--data-dir", default=os.environ.get("KINORAY_DATA_DIR", "./data"))
     u.add_argument("--demo", action="store_true", help="upload a generated clip once up and print its playback URL")
     u.set_defaults(func=cmd_up)
@@ -295,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     actions = k.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="print a new access token id and secret (JSON)")
     create.add_argument("--name", default=None)
+    create.add_argument("--permission", action="append", default=None, metavar="PRODUCT=LEVEL",
+                        help="video|data|system = read|full, repeatable (default: full access to all three); "
+                             "a product left out is refused")
+    actions.add_parser("list", help="print every token (id, name, permissions, revoked; never a secret) as JSON")
     revoke = actions.add_parser("revoke", help="revoke a token")
     revoke.add_argument("id")
     k.set_defaults(func=cmd_token)

@@ -16,11 +16,14 @@
     ├── ClusterError                                 no worker can run the job (no resources, none started)
     ├── JobCancelledError                            the job was cancelled; its temporary outputs are gone
     ├── StorageError
+    ├── IngestProtocolError                          a live publisher sent a malformed RTMP stream
     └── ApiError                                     a request the control plane refuses
         ├── InvalidParametersError (also ValueError)  a malformed or out-of-range parameter
         │   └── InputUrlRefusedError                  an input/webhook URL the SSRF policy forbids
         ├── AuthenticationError                      missing, wrong or revoked credentials
+        ├── PermissionDeniedError                    the access token's permissions do not cover the request
         ├── PlaybackForbiddenError                   a signed playback URL without a valid token
+        │   └── PlaybackRestrictedError               the token's playback restriction refuses this viewer
         ├── NotFoundError
         ├── AssetNotReadyError                       the asset is still preparing (try again later)
         ├── RangeNotSatisfiableError                 no requested byte range overlaps the file
@@ -69,6 +72,7 @@ __all__ = [
     "FrameMismatchError",
     "IdempotencyInProgressError",
     "IdempotencyKeyReusedError",
+    "IngestProtocolError",
     "InputUrlRefusedError",
     "InvalidMediaError",
     "InvalidParametersError",
@@ -80,7 +84,9 @@ __all__ = [
     "NotFoundError",
     "OffsetMismatchError",
     "OverCapacityError",
+    "PermissionDeniedError",
     "PlaybackForbiddenError",
+    "PlaybackRestrictedError",
     "RangeNotSatisfiableError",
     "RateLimitedError",
     "RequestTimeoutError",
@@ -161,6 +167,10 @@ class StorageError(KinorayError):
     type = "storage_error"
 
 
+class IngestProtocolError(KinorayError):
+    type = "ingest_protocol_error"
+
+
 class ApiError(KinorayError):
     type = "invalid_request"
 
@@ -181,6 +191,19 @@ class PlaybackForbiddenError(ApiError):
     """Not an ``AuthenticationError``: a viewer's token is refused, no Basic credentials are asked for."""
 
     type = "playback_forbidden"
+
+
+class PlaybackRestrictedError(PlaybackForbiddenError):
+    """A valid token whose playback restriction refuses this viewer (its ``Referer`` or ``User-Agent``)."""
+
+    type = "playback_restricted"
+
+
+class PermissionDeniedError(ApiError):
+    """Authenticated, but the access token's permissions do not cover the request (a read-only token writing,
+    or a product the token was not given)."""
+
+    type = "forbidden"
 
 
 class NotFoundError(ApiError):
@@ -311,6 +334,7 @@ class UploadNotCreatedError(UploadError):
 ERROR_TABLE: dict[type[KinorayError], int] = {
     KinorayError: 500,
     ConfigurationError: 500,
+    IngestProtocolError: 400,
     MediaError: 400,
     InvalidMediaError: 400,
     MediaLimitError: 413,
@@ -328,6 +352,8 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     InputUrlRefusedError: 400,
     AuthenticationError: 401,
     PlaybackForbiddenError: 403,
+    PlaybackRestrictedError: 403,
+    PermissionDeniedError: 403,
     NotFoundError: 404,
     AssetNotReadyError: 412,
     RangeNotSatisfiableError: 416,

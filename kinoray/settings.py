@@ -16,8 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kinoray.errors import ConfigurationError
 
-__all__ = ["ApiSettings", "ClusterSettings", "EdgeSettings", "ImageSettings", "InputLimits", "JobSettings", "ServeSettings", "Settings", "StorageSettings",
-           "TranscodeDefaults", "get_settings", "settings_env"]
+__all__ = ["AnalyticsSettings", "ApiSettings", "ClusterSettings", "EdgeSettings", "ImageSettings", "InputLimits",
+           "JobSettings", "LiveSettings", "ServeSettings", "Settings", "StorageSettings", "TranscodeDefaults",
+           "get_settings", "settings_env"]
 
 _DEV_SECRET = "dev-insecure-change-me"
 
@@ -124,6 +125,8 @@ class ServeSettings(BaseModel):
                     "measured 385 req/s where 1 gave 230 on 2 cores); on KubeRay serveConfigV2's autoscaling decides")
     max_concurrent_jobs: int = Field(default=2, ge=1, description="transcode jobs the runner runs at once")
     poll_seconds: float = Field(default=0.5, gt=0, description="how often the runner looks for due work")
+    sweep_seconds: float = Field(default=60.0, gt=0, description="how often the runner times out uploads, "
+                                 "deletes expired test assets and prunes idempotency keys")
 
 
 class JobSettings(BaseModel):
@@ -193,6 +196,10 @@ class EdgeSettings(BaseModel):
         default=2.0, ge=0, le=5,
         description="how long a process keeps a playback id's row, a signing key and a verified token; a "
                     "deleted asset or playback id or a revoked key stops playing within this bound")
+    usage_flush_seconds: float = Field(
+        default=5.0, gt=0, le=300,
+        description="how often each edge process adds the delivery usage it counted (segment seconds and bytes "
+                    "per asset, hour and tier) to the database: the lag of /video/v1/delivery-usage")
     domain: str | None = Field(
         default=None,
         description="host-based routing (Mux-style custom domains): stream.DOMAIN serves streams only, "
@@ -236,6 +243,12 @@ class ApiSettings(BaseModel):
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)
     webhook_retry_hours: float = Field(default=24.0, gt=0, description="how long a delivery is retried")
     idempotency_hours: float = Field(default=24.0, gt=0, description="how long Idempotency-Key responses are kept")
+    test_asset_hours: float = Field(
+        default=24.0, gt=0, description="test assets (test: true) are deleted this long after creation (Mux: 24 h)")
+    master_access_seconds: float = Field(
+        default=86400.0, gt=0,
+        description="how long a master download (master_access: temporary) works once ready (Mux: 24 h); the "
+                    "runner then removes it")
     ingest_timeout_seconds: float = Field(default=600.0, gt=0, description="limit on fetching one input URL")
     trusted_proxies: list[str] = Field(
         default=["127.0.0.1/32", "::1/128"],
@@ -260,6 +273,35 @@ class ApiSettings(BaseModel):
         default=8, ge=1,
         description="of those, what one client address may hold; more from it are refused at once with 429 and "
                     "Retry-After, so one busy or hostile client cannot crowd the others out")
+
+
+class LiveSettings(BaseModel):
+    """Live streams: the RTMP ingest (run by the job runner as a Ray actor) and the live ladder."""
+
+    enabled: bool = Field(default=True, description="start the RTMP ingest with the job runner")
+    rtmp_host: str = Field(default="0.0.0.0", description="where the RTMP ingest listens")
+    rtmp_port: int = Field(default=1935, ge=0, le=65535, description="the RTMP ingest's port (Mux's: 5222)")
+    heights: tuple[int, ...] = Field(default=(720, 480, 360), description="the live ladder's rungs (short side), "
+                                                                           "capped at the source")
+    encoder: str = Field(default="auto", description="h264 encoder of the live ladder: auto (NVENC, else "
+                                                      "libx264), libx264 or nvenc")
+    preset: str = Field(default="veryfast", description="libx264 preset of the live ladder")
+    cpus_per_stream: float = Field(default=1.0, gt=0, description="Ray CPUs each stream's transcoder asks for")
+    max_restarts: int = Field(default=3, ge=0, description="transcoders started again for one publisher session")
+    segment_seconds: dict[str, float] = Field(
+        default={"low": 1.0, "reduced": 2.0, "standard": 4.0},
+        description="segment length per latency mode (low is not LL-HLS yet: short segments only)")
+    window_segments: int = Field(default=30, ge=3, description="segments the live playlists keep (the DVR window)")
+
+
+class AnalyticsSettings(BaseModel):
+    """Mux Data on kinoray: collection at the edge (beacons, CMCD), real time, privacy."""
+
+    cmcd: bool = Field(default=True, description="collect CMCD (CTA-5004) keys sent on stream requests as views")
+    realtime_window_seconds: float = Field(default=30.0, gt=0, le=3600,
+                                           description="a view counts as current this long after its last event")
+    retention_days: int = Field(default=100, ge=1, description="events and view state older than this many days "
+                                                                "are deleted by the job runner's sweep")
 
 
 class ImageSettings(BaseModel):
@@ -318,6 +360,8 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     edge: EdgeSettings = EdgeSettings()
     images: ImageSettings = ImageSettings()
+    live: LiveSettings = LiveSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
 
     @field_validator("log_level", "native_log_level")
     @classmethod

@@ -11,7 +11,12 @@ client would. The job runner is started on demand (:meth:`ApiServer.start_runner
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime
+import hashlib
+import ipaddress
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,6 +80,41 @@ def eventually(check: Callable[[], T], within: float = INVALIDATION_BOUND) -> T:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class EdgeCertificate:
+    """A self-signed certificate for the edge's HTTPS: its PEM files and the base64 SHA-256 of its public key
+    (what Chromium's ``--ignore-certificate-errors-spki-list`` trusts, and nothing else)."""
+
+    cert: str
+    key: str
+    spki_sha256: str
+
+
+def self_signed(directory: Path, *, dns_names: tuple[str, ...] = ()) -> EdgeCertificate:
+    """A certificate valid for 127.0.0.1 and ``dns_names`` (wildcards allowed) for one day."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0] if dns_names else "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [*(x509.DNSName(dns) for dns in dns_names), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "edge.pem", directory / "edge.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return EdgeCertificate(str(cert_path), str(key_path), base64.b64encode(hashlib.sha256(spki).digest()).decode())
 
 
 def _wait_tls(process: Any, url: str, ca: str, timeout: float = 60) -> None:
@@ -205,6 +246,41 @@ class ApiServer:
         self.client.close()
         set_platform(None)
         self.platform.close()
+
+
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 recording (headers, body) of every POST (headers lower-cased)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self, event_type: str) -> list[tuple[dict[str, str], bytes]]:
+        return [(h, b) for h, b in self.received if json.loads(b)["type"] == event_type]
+
+    def types_for(self, object_id: str) -> list[str]:
+        """The types of the events received about ``object_id``, in arrival order."""
+        return [json.loads(b)["type"] for _, b in self.received if json.loads(b)["object"]["id"] == object_id]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @contextlib.contextmanager

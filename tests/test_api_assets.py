@@ -175,9 +175,8 @@ def test_text_no_database_can_store_is_a_typed_400(api, text) -> None:
     answer = api.client.post(f"{api.url}/video/v1/assets", data=body, headers={"Content-Type": "application/json"})
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["type"] == "invalid_parameters"
-    beacon = json.dumps({"events": [{"event": "play", "viewer_time": 1, "playback_time": 0, "view_id": "v" * 10,
-                                     "session_id": "s" * 10, "playback_id": "abc", "error_message": text}]})
-    answer = api.client.post(f"{api.edge_url}/data/v1/events", data=beacon, headers={"Content-Type": "application/json"})
+    beacon = json.dumps({"events": [{"e": "error", "uti": 1, "xid": "v" * 10, "perme": text}]})
+    answer = api.client.post(f"{api.edge_url}/data/v1/beacons", data=beacon, headers={"Content-Type": "text/plain"})
     assert answer.status_code == 400, answer.text
 
 

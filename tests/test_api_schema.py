@@ -30,6 +30,19 @@ EXCLUDED = {
     "POST /video/v1/assets/{asset_id}/tracks": ["positive_data_acceptance"],
     "POST /system/v1/webhook-endpoints": ["positive_data_acceptance"],
     "PATCH /system/v1/webhook-endpoints/{endpoint_id}": ["positive_data_acceptance"],
+    "POST /system/v1/webhooks": ["positive_data_acceptance"],
+    "PATCH /system/v1/webhooks/{webhook_id}": ["positive_data_acceptance"],
+    # Mux's advanced_playback_policies enum includes drm, which kinoray refuses by name (also in
+    # new_asset_settings)
+    "POST /video/v1/live-streams": ["positive_data_acceptance"],
+    # timeframe[] must be two times, start before end, and asset_id excludes live_stream_id: not in a schema
+    "GET /video/v1/delivery-usage": ["positive_data_acceptance"],
+    # Mux Data: two timeframe[] values must be in order (and not a duration and a time): not in a schema
+    "GET /data/v1/metrics/{metric_id}/overall": ["positive_data_acceptance"],
+    "GET /data/v1/metrics/{metric_id}/breakdown": ["positive_data_acceptance"],
+    "GET /data/v1/metrics/{metric_id}/timeseries": ["positive_data_acceptance"],
+    "GET /data/v1/video-views": ["positive_data_acceptance"],
+    "GET /data/v1/dimensions/{dimension_id}": ["positive_data_acceptance"],
 }
 
 
@@ -83,7 +96,12 @@ def test_openapi_document_is_served_with_docs(api) -> None:
 
 
 #: Edge operations' checks that do not apply, and why.
-EDGE_EXCLUDED: dict[str, list[str]] = {}
+EDGE_EXCLUDED: dict[str, list[str]] = {
+    # the beacon collector keeps unknown keys, but a few known ones have types the schema leaves open (a short
+    # key such as `vid` that must be text), and text with NUL or an unpaired surrogate is refused
+    "POST /": ["positive_data_acceptance"],
+    "POST /data/v1/beacons": ["positive_data_acceptance"],
+}
 
 
 def test_edge_conforms_to_its_openapi(api) -> None:

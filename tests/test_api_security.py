@@ -16,7 +16,8 @@ PUBLIC = {
     "/system/v1/capabilities": "encoder capabilities of the replica (no customer data)",
     "/metrics": "Prometheus scrape (cluster network only)",
     "/upload/v1/{upload_id}": "direct-upload URL: the unguessable upload id is the capability",
-    "/data/v1/events": "player beacons (no credentials: browsers send them)",
+    "/": "the Mux Data beacon collector (no credentials: browsers send them)",
+    "/data/v1/beacons": "the Mux Data beacon collector, by path",
 }
 
 

@@ -11,19 +11,16 @@ HTTPS. Plus the forwarder's typed 502 when the API is down.
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
-import ipaddress
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import requests
 
 from kinoray.store.models import PlaybackPolicy
-from tests.api_server import INVALIDATION_BOUND, eventually
+from tests.api_server import INVALIDATION_BOUND, eventually, self_signed
 from tests.conftest import free_port
 from tests.test_playback import IMMUTABLE, assert_error, ffmpeg_decodes, packaged_asset, publish
 from tests.test_playback_signed import mint
@@ -267,40 +264,21 @@ def test_host_based_routing(api, media_dir, tmp_path_factory) -> None:
             assert answer.status_code == 404 and answer.json()["error"]["type"] == "not_found", (host, path)
         reached = get(image, f"/{playback_id}/storyboard.vtt").json()["error"]  # the images route answered:
         assert "no images" in reached["messages"][0]  # this bare test asset has no video track to draw
-        sent = requests.post(f"{url}/data/v1/events", headers={"Host": beacon}, json={"events": []}, timeout=10)
-        assert sent.status_code in (202, 400) and sent.headers["Access-Control-Allow-Origin"] == "*"
+        batch = {"events": [{"e": "play", "xid": "host-routing", "uti": 1}]}
+        for path in ("/", "/data/v1/beacons"):  # the Mux Data collector, as an SDK's beaconCollectionDomain posts
+            sent = requests.post(f"{url}{path}", headers={"Host": beacon}, json=batch, timeout=10)
+            assert sent.status_code == 202 and sent.headers["Access-Control-Allow-Origin"] == "*"
+        assert requests.get(f"{url}/data/v1/video-views", headers={"Host": beacon}, timeout=10).status_code == 404
         assert get(f"api.video.example.test:{url.rsplit(':', 1)[1]}", "/healthz").status_code == 200  # other hosts
     finally:
         process.stop()
 
 
-def _self_signed(directory: Path) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "edge.pem", directory / "edge.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
-
-
 def test_https(api, media_dir, tmp_path_factory) -> None:
     _, media = packaged_asset(media_dir, tmp_path_factory.getbasetemp())
     _, (playback_id,) = publish(api, media)
-    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    certificate = self_signed(tmp_path_factory.mktemp("tls"))
+    cert, key = certificate.cert, certificate.key
     process, url = api.start_granian_edge(workers=1, tls_cert=cert, tls_key=key)
     try:
         assert url.startswith("https://")

@@ -424,6 +424,22 @@ def test_reconcile_gives_a_preparing_asset_without_a_job_a_new_one(db: Database,
     assert _events(db, asset_id, "video.asset.ready") == 1
 
 
+def test_reconcile_remakes_a_clips_job_with_its_source_and_range(db: Database, clock: Clock) -> None:
+    source_id, _ = _new_asset(db)
+    with db.session() as session:
+        clip = create_asset(session, _settings(), NewAssetSettings(test=True), input_url=f"mux://assets/{source_id}",
+                            source_key=f"assets/{source_id}/input", source_asset_id=source_id, clip_start=2.5,
+                            clip_end=30.0)
+        job = session.scalars(sa.select(Job).where(Job.asset_id == clip.id)).one()
+        options, job_id = dict(job.options), job.job_id
+        session.execute(sa.delete(Job).where(Job.job_id == job_id))
+    assert (options["clip_start"], options["clip_end"], options["watermark"]) == (2.5, 12.5, True)  # a test clip: 10 s
+    runner = _runner(db, clock, "runner-a")
+    assert clip.id in runner.reconcile().rerun
+    claimed = next(item for item in runner.claim(2) if item.asset_id == clip.id)
+    assert claimed.options == options and claimed.source == f"assets/{source_id}/input"
+
+
 def test_reconcile_errors_a_jobless_asset_whose_settings_cannot_make_a_job(db: Database, clock: Clock) -> None:
     asset_id, job_id = _new_asset(db)
     with db.session() as session:

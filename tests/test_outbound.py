@@ -128,7 +128,8 @@ def test_a_webhook_whose_name_rebinds_to_loopback_is_not_posted(server, rebindin
     port, requests = server
     now = datetime.datetime.now(datetime.UTC)
     claimed = _Claimed(id="d1", endpoint_id="e1", event_id="ev1", event_type="video.asset.ready", payload={"a": 1},
-                       attempts=0, created_at=now, url=f"http://rebind.test:{port}/hook", secret="s" * 32)
+                       attempts=0, created_at=now, url=f"http://rebind.test:{port}/hook", secret="s" * 32,
+                       attempt_log=())
     result = _send(claimed, settings_for(tmp_path, private=False))
     assert result.status is None and "URL refused" in (result.error or "")
     assert requests == []

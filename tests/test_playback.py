@@ -26,7 +26,15 @@ from kinoray.media.manifest_rewrite import (
     rewrite_hls_master,
     rewrite_hls_media,
 )
-from kinoray.store.models import Asset, AssetStatus, PlaybackId, PlaybackPolicy, new_id
+from kinoray.store.models import (
+    Asset,
+    AssetStatus,
+    PlaybackId,
+    PlaybackPolicy,
+    StaticRendition,
+    StaticRenditionStatus,
+    new_id,
+)
 from tests.api_server import eventually
 from tests.media import MediaSpec, make_media
 
@@ -64,7 +72,8 @@ def packaged_audio_only(media_dir: Path, work: Path) -> Path:
 
 def publish(server, media: Path | None, *, status: AssetStatus = AssetStatus.READY,
             policies: tuple[PlaybackPolicy, ...] = (PlaybackPolicy.PUBLIC,)) -> tuple[str, list[str]]:
-    """An asset row in ``status`` whose media is a copy of ``media``, with one playback id per policy."""
+    """An asset row in ``status`` whose media is a copy of ``media``, with one playback id per policy and a
+    ready static rendition for each of ``highest.mp4``/``audio.m4a`` the media holds."""
     asset_id = new_id()
     if media is not None:
         shutil.copytree(media, Path(server.settings.storage_url) / "assets" / asset_id / "media")
@@ -72,6 +81,10 @@ def publish(server, media: Path | None, *, status: AssetStatus = AssetStatus.REA
     with server.platform.db.session() as session:
         session.add(Asset(id=asset_id, status=status, storage_prefix=f"assets/{asset_id}"))
         session.flush()
+        for name, resolution in (("highest.mp4", "highest"), ("audio.m4a", "audio-only")):
+            if media is not None and (media / name).exists():
+                session.add(StaticRendition(asset_id=asset_id, name=name, resolution=resolution,
+                                            status=StaticRenditionStatus.READY))
         for playback_id, policy in zip(playback_ids, policies, strict=True):
             session.add(PlaybackId(id=playback_id, asset_id=asset_id, policy=policy))
     return asset_id, playback_ids
@@ -173,7 +186,7 @@ def test_modifiers_filter_and_order_variants(ready) -> None:
     assert heights(max_resolution="720p", rendition_order="desc") == [480, 240]
     assert heights(min_resolution="720p") == [480]  # nothing that large: the nearest rung, never an empty manifest
     assert heights(unknown="x", token="ignored-for-public-ids") == [240, 480]
-    for bad in ({"max_resolution": "480p"}, {"min_resolution": "360p"}, {"rendition_order": "asc"},
+    for bad in ({"max_resolution": "1000p"}, {"min_resolution": "240p"}, {"rendition_order": "asc"},
                 {"min_resolution": "1080p", "max_resolution": "720p"}):
         assert_error(requests.get(url, params=bad, timeout=10), 400, "invalid_parameters")
 
@@ -229,11 +242,12 @@ def test_dash_mpd_parses_and_its_segments_resolve(ready) -> None:
 def test_static_renditions(ready) -> None:
     server, _, media, _, playback_id = ready
     highest = (media / "highest.mp4").read_bytes()
-    for name in ("highest.mp4", "capped-1080p.mp4"):  # the top rung is 480p, so capped-1080p is the same file
-        got = requests.get(f"{server.edge_url}/{playback_id}/{name}", timeout=10)
-        assert got.status_code == 200 and got.content == highest
-        assert got.headers["Content-Type"] == "video/mp4" and got.headers["Cache-Control"] == IMMUTABLE
-    assert_error(requests.get(f"{server.edge_url}/{playback_id}/audio.m4a", timeout=10), 404, "not_found")
+    got = requests.get(f"{server.edge_url}/{playback_id}/highest.mp4", timeout=10)
+    assert got.status_code == 200 and got.content == highest
+    assert got.headers["Content-Type"] == "video/mp4" and got.headers["Cache-Control"] == IMMUTABLE
+    # only ready renditions of the asset are served (none of these was asked for)
+    for name in ("capped-1080p.mp4", "audio.m4a", "480p.mp4"):
+        assert_error(requests.get(f"{server.edge_url}/{playback_id}/{name}", timeout=10), 404, "not_found")
     assert requests.get(f"{server.edge_url}/{playback_id}/low.mp4", timeout=10).status_code == 404
 
 

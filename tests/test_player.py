@@ -1,12 +1,12 @@
 """The web player and the beacon ingest.
 
 Without a browser (SQLite and PostgreSQL): the vendored hls.js/dash.js are exactly what the lockfile's packages
-hold; the static allow-list, its caching and compression; the embeddable pages; ``POST /data/v1/events``
-(storage, validation, size bound, CORS, per-IP rate limit).
+hold; the static allow-list, its caching and compression; the embeddable pages. (The beacon collector's own
+tests are ``tests/test_analytics.py`` and ``tests/test_data_api.py``.)
 
 In a browser (marker ``browser``, SQLite only): Debian's headless Chromium, driven by Playwright, plays a ready
 asset through ``/player/{id}`` (hls.js) to 5 s of playhead, switches rendition from the quality menu, shows the
-captions menu, the storyboard preview and the keyboard shortcuts, and its beacons land in ``view_events``; a
+captions menu, the storyboard preview and the keyboard shortcuts, and its beacons (Mux Data's format) reach the collector; a
 text track added through the API shows its cues (menu and ``c``, on and off, on screen above the controls);
 the DASH page plays through dash.js; a signed id plays with a valid token and shows the typed error with an
 expired one. Waits poll ``page.evaluate`` (not ``wait_for_function``, whose string predicates the page's
@@ -23,17 +23,17 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 import requests
-import sqlalchemy as sa
 
 from kinoray.player import STATIC_DIR, static_file, static_names, vendored
 from kinoray.player.assets import OWN_FILES
-from kinoray.store.models import Asset, AssetStatus, PlaybackId, PlaybackPolicy, ViewEvent, new_id
+from kinoray.store.models import Asset, AssetStatus, PlaybackId, PlaybackPolicy, new_id
 
 PLAYER_DIR = STATIC_DIR.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -172,143 +172,6 @@ def test_player_page_for_a_malformed_id_is_not_found(api, playback_id: str) -> N
         assert answer.json()["error"]["type"] == "not_found"
 
 
-# --- beacons -----------------------------------------------------------------------------------------------------
-
-
-def beacon(event: str = "play", **fields: Any) -> dict[str, Any]:
-    return {"event": event, "viewer_time": int(time.time() * 1000), "playback_time": 1500,
-            "view_id": fields.pop("view_id", "v" * 32), "session_id": "s" * 32, "playback_id": "A1b2C3d4",
-            **fields}
-
-
-def stored(api, view_id: str) -> list[ViewEvent]:
-    with api.platform.db.session() as session:
-        rows = list(session.scalars(sa.select(ViewEvent).where(ViewEvent.view_id == view_id)
-                                    .order_by(ViewEvent.id)))
-        session.expunge_all()
-    return rows
-
-
-def assert_typed(answer: requests.Response, status: int, error_type: str) -> None:
-    assert answer.status_code == status, answer.text
-    assert answer.json()["error"]["type"] == error_type, answer.text
-    assert answer.json()["error"]["messages"]
-    assert answer.headers["Access-Control-Allow-Origin"] == "*"
-
-
-def test_beacons_are_stored_as_sent(api) -> None:
-    view_id = new_id()
-    events = [
-        beacon("viewinit", view_id=view_id, sequence=0, player_name="kinoray-player", player_software="hls.js",
-               player_software_version="1.7.4", browser="Chrome", browser_version="140.0", os="Linux",
-               player_width=640, player_height=360, page_url="https://example.com/watch"),
-        beacon("renditionchange", view_id=view_id, sequence=1, rendition_width=426, rendition_height=240,
-               rendition_bitrate=400_000, rendition_codec="avc1.64001e,mp4a.40.2"),
-        beacon("error", view_id=view_id, sequence=2, error_code=403, error_type="playback_forbidden",
-               error_message="token expired", error_context="networkError/manifestLoadError",
-               a_field_from_a_newer_player="ignored"),
-    ]
-    before = time.time()
-    answer = requests.post(f"{api.edge_url}/data/v1/events", json={"events": events}, timeout=10)
-    assert answer.status_code == 202, answer.text
-    assert answer.json() == {"data": {"accepted": 3}}
-    assert answer.headers["Access-Control-Allow-Origin"] == "*"
-    rows = stored(api, view_id)
-    assert [row.event_type for row in rows] == ["viewinit", "renditionchange", "error"]
-    assert [row.sequence for row in rows] == [0, 1, 2]
-    first, rendition, error = rows
-    assert (first.playback_id, first.session_id, first.playback_time) == ("A1b2C3d4", "s" * 32, 1500)
-    assert first.viewer_time == events[0]["viewer_time"]
-    assert (first.browser, first.os, first.player_software_version, first.player_width) == ("Chrome", "Linux",
-                                                                                               "1.7.4", 640)
-    assert before - 1 <= first.event_time.timestamp() <= time.time() + 1
-    assert (rendition.rendition_height, rendition.rendition_bitrate) == (240, 400_000)
-    assert rendition.rendition_codec == "avc1.64001e,mp4a.40.2"
-    assert (error.error_code, error.error_type, error.error_message) == (403, "playback_forbidden", "token expired")
-
-
-@pytest.mark.parametrize("content_type", ["text/plain;charset=UTF-8", None, "application/json; charset=utf-8"])
-def test_beacons_sent_as_text_plain_like_send_beacon(api, content_type: str | None) -> None:
-    view_id = new_id()
-    body = json.dumps({"events": [beacon("heartbeat", view_id=view_id)]}).encode()
-    request = requests.Request("POST", f"{api.edge_url}/data/v1/events", data=body).prepare()
-    if content_type is None:
-        request.headers.pop("Content-Type", None)
-    else:
-        request.headers["Content-Type"] = content_type
-    with requests.Session() as session:
-        answer = session.send(request, timeout=10)
-    assert answer.status_code == 202, answer.text
-    assert [row.event_type for row in stored(api, view_id)] == ["heartbeat"]
-
-
-@pytest.mark.parametrize(("body", "status", "error_type", "says"), [
-    ({"events": [beacon("videochanged")]}, 400, "invalid_parameters", "events.0.event"),
-    ({"events": [beacon(), {**beacon(), "viewer_time": -1}]}, 400, "invalid_parameters", "events.1.viewer_time"),
-    ({"events": [{k: v for k, v in beacon().items() if k != "view_id"}]}, 400, "invalid_parameters", "view_id"),
-    ({"events": [beacon(view_id="short")]}, 400, "invalid_parameters", "view_id"),
-    ({"events": [beacon(playback_id="../etc")]}, 400, "invalid_parameters", "playback_id"),
-    ({"events": [beacon(error_message="x" * 1025)]}, 400, "invalid_parameters", "error_message"),
-    ({"events": []}, 400, "invalid_parameters", "events"),
-    ({"events": [beacon()] * 201}, 400, "invalid_parameters", "events"),
-    ({"event": "play"}, 400, "invalid_parameters", "events"),
-    ("{not json", 400, "invalid_parameters", "JSON"),
-    ("x" * (64 * 1024 + 1), 413, "too_large", "65536 bytes"),
-])
-def test_bad_beacon_batches_are_refused_whole(api, body: Any, status: int, error_type: str, says: str) -> None:
-    view_id = new_id()
-    if isinstance(body, dict):
-        body = json.dumps({"events": [{**event, "view_id": view_id} if event.get("view_id") == "v" * 32 else event
-                                      for event in body["events"]]} if "events" in body else body)
-    answer = requests.post(f"{api.edge_url}/data/v1/events", data=body, headers={"Content-Type": "text/plain"},
-                           timeout=10)
-    assert_typed(answer, status, error_type)
-    assert says in " ".join(answer.json()["error"]["messages"])
-    assert stored(api, view_id) == []
-
-
-def test_an_oversized_body_is_refused_while_it_streams(api) -> None:
-    def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer encoding
-        for _ in range(100):
-            yield b" " * 1024
-
-    answer = requests.post(f"{api.edge_url}/data/v1/events", data=chunks(), headers={"Content-Type": "text/plain"},
-                           timeout=10)
-    assert_typed(answer, 413, "too_large")
-
-
-def test_other_content_types_are_refused(api) -> None:
-    answer = requests.post(f"{api.edge_url}/data/v1/events", data=json.dumps({"events": [beacon()]}),
-                           headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=10)
-    assert_typed(answer, 415, "unsupported_media_type")
-
-
-def test_cors_preflight(api) -> None:
-    answer = requests.options(f"{api.edge_url}/data/v1/events", headers={
-        "Origin": "https://player.example.com", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type"}, timeout=10)
-    assert answer.status_code == 204
-    assert answer.headers["Access-Control-Allow-Origin"] == "*"
-    assert "POST" in answer.headers["Access-Control-Allow-Methods"]
-    assert answer.headers["Access-Control-Allow-Headers"].lower() == "content-type"
-
-
-def test_beacons_need_no_credentials_but_are_rate_limited_per_client(api, monkeypatch) -> None:
-    from kinoray.control.ratelimit import LocalRateLimiter
-
-    limiter = LocalRateLimiter(rate=0.01, burst=2)
-    monkeypatch.setattr(api.platform, "limiter", limiter)
-    body = {"events": [beacon()]}
-    for _ in range(2):
-        assert requests.post(f"{api.edge_url}/data/v1/events", json=body, timeout=10).status_code == 202
-    refused = requests.post(f"{api.edge_url}/data/v1/events", json=body, timeout=10)
-    assert_typed(refused, 429, "too_many_requests")
-    assert int(refused.headers["Retry-After"]) >= 1
-    assert set(limiter._buckets) == {"beacon:127.0.0.1"}  # keyed by client address, not by any token
-    # a management request has its own bucket, keyed by its token
-    assert api.client.get(f"{api.edge_url}/video/v1/assets", timeout=10).status_code == 200
-
-
 # --- in Chromium ---------------------------------------------------------------------------------------------------
 
 
@@ -419,13 +282,25 @@ def shadow(tab: Tab, selector: str) -> Any:
     return tab.page.locator(f"kinoray-player {selector}")
 
 
-def events_of(api, view_id: str, wanted: set[str], timeout: float = 10.0) -> list[ViewEvent]:
+def events_of(api, view_id: str, wanted: set[str], timeout: float = 10.0) -> tuple[list[dict[str, Any]], Any]:
+    """The player's beacons for ``view_id`` as the collector stored them (Mux Data's format, in the Parquet event
+    log), once ``wanted`` event names are there: ``(events, view)``, each event with its fields carried forward."""
+    from kinoray.analytics.query import Query, Timeframe
+    from kinoray.control.analytics import flush_collector
+    from kinoray.errors import NotFoundError
+
     deadline = time.monotonic() + timeout
     while True:
-        rows = stored(api, view_id)
-        if wanted <= {row.event_type for row in rows} or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
+        flush_collector(api.platform)
+        now = datetime.now(UTC)
+        try:
+            view = Query(api.platform.store, Timeframe(now - timedelta(hours=1), now)).view(view_id)
+        except NotFoundError:
+            view = None
+        if view is not None and (wanted <= {event["event"] for event in view.events} or time.monotonic() > deadline):
+            return view.events, view
+        assert time.monotonic() < deadline, f"no beacons of view {view_id}"
+        time.sleep(0.2)
 
 
 @pytest.mark.browser
@@ -484,22 +359,25 @@ def test_hls_plays_switches_rendition_and_reports_beacons(browser_api, ready_med
 
     tab.page.goto("about:blank")  # pagehide: the rest goes with sendBeacon, closed by viewend
     wanted = {"playerready", "viewinit", "play", "playing", "renditionchange", "viewend"}
-    rows = events_of(api, view_id, wanted)
-    types = [row.event_type for row in rows]
+    rows, view = events_of(api, view_id, wanted)
+    types = [row["event"] for row in rows]
     assert wanted <= set(types), types
     assert types.index("playerready") < types.index("viewinit") < types.index("play") < types.index("playing")
-    assert [row.sequence for row in rows] == sorted(row.sequence or 0 for row in rows)
+    assert [row["view_sequence_number"] for row in rows] == sorted(row["view_sequence_number"] for row in rows)
     first = rows[0]
-    assert (first.playback_id, first.player_name, first.player_software) == (playback_id, "kinoray-player",
-                                                                             "hls.js")
-    assert first.player_software_version == vendored()["hls.min.js"]["version"]
-    assert first.browser in ("HeadlessChrome", "Chrome", "Chromium") and first.os == "Linux"
-    assert len({row.session_id for row in rows}) == 1
-    switches = [row for row in rows if row.event_type == "renditionchange"]
-    assert switches[-1].rendition_height == target and switches[-1].rendition_bitrate
-    assert "avc1" in (switches[-1].rendition_codec or "")
-    assert rows[-1].event_type == "viewend" and rows[-1].playback_time >= played_ms - 1000
-    assert all(row.error_code is None for row in rows)
+    assert (first["video_id"], first["player_name"], first["player_software"]) == (playback_id, "kinoray-player",
+                                                                                   "hls.js")
+    assert view.dimensions["playback_id"] == playback_id and view.dimensions["asset_id"]
+    assert first["player_software_version"] == vendored()["hls.min.js"]["version"]
+    assert view.dimensions["browser"] in ("HeadlessChrome", "Chrome", "Chromium")
+    assert view.dimensions["operating_system"] == "Linux"
+    assert len({row["session_id"] for row in rows}) == 1
+    switches = [row for row in rows if row["event"] == "renditionchange"]
+    assert switches[-1]["video_source_height"] == target and switches[-1]["video_source_bitrate"]
+    assert "avc1" in (switches[-1].get("video_source_codec") or "")
+    assert rows[-1]["event"] == "viewend" and rows[-1]["player_playhead_time"] >= played_ms - 1000
+    assert all("player_error_code" not in row for row in rows)
+    assert view.video_startup_time is not None and view.watch_time > 0 and not view.playback_failure
 
 
 @pytest.mark.browser
@@ -738,7 +616,8 @@ def test_signed_playback_with_an_expired_token_shows_the_typed_error(signed, tab
     assert tab.eval(f"{P}.video.poster") == ""  # a signed id without a thumbnail token gets no poster
     assert tab.eval(f"{P}.video.currentTime") == 0
     view_id = tab.eval(f"{P}.viewId")
-    rows = events_of(api, view_id, {"error"})
-    errors = [row for row in rows if row.event_type == "error"]
-    assert errors and (errors[0].error_code, errors[0].error_type) == (403, "playback_forbidden")
+    rows, view = events_of(api, view_id, {"error"})
+    errors = [row for row in rows if row["event"] == "error"]
+    assert errors and (errors[0]["player_error_code"], errors[0]["player_error_type"]) == (403, "playback_forbidden")
+    assert view.playback_failure and view.video_startup_failure
     assert tab.page_errors == []

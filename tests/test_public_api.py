@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 PACKAGES = ["kinoray", "kinoray.media", "kinoray.encoders", "kinoray.cluster", "kinoray.store", "kinoray.errors",
-            "kinoray.settings", "kinoray.player", "kinoray.edge"]
+            "kinoray.settings", "kinoray.player", "kinoray.edge", "kinoray.live"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
@@ -32,6 +32,15 @@ def test_edge_never_imports_ray() -> None:
 
     code = "import sys, kinoray.edge, kinoray.edge.app; sys.exit(1 if 'ray' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "the edge runs outside Ray: Ray-free"
+
+
+def test_live_never_imports_ray_or_http_frameworks() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, kinoray.live; "
+            "sys.exit(1 if {'ray', 'fastapi', 'starlette'} & set(sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
 def test_media_never_imports_ray() -> None:

@@ -157,3 +157,39 @@ def test_ttl_zero_reads_the_database_every_time(world) -> None:
         resolver.resolve(playback_id, None, "v")
         assert resolver.cached(playback_id, None, "v") is None
     assert counting.sessions == 3
+
+
+def test_a_tokens_playback_restriction_is_read_once_per_window_and_checked_per_request(world) -> None:
+    from kinoray.control.restrictions import CreateRestriction, ReferrerRule, Viewer, create_restriction
+    from kinoray.errors import PlaybackRestrictedError
+    from kinoray.store.models import PlaybackRestriction
+
+    db, counting, clock, resolver = world
+    _, playback_id = _asset(db, AssetStatus.READY, PlaybackPolicy.SIGNED)
+    kid, private = _key(db)
+    with db.session() as session:
+        restriction_id = create_restriction(session, CreateRestriction(
+            referrer=ReferrerRule(allowed_domains=["*.example.com"]))).id
+    token = jwt.encode({"sub": playback_id, "aud": "v", "exp": int(time.time()) + 600,
+                        "playback_restriction_id": restriction_id}, private, algorithm="RS256", headers={"kid": kid})
+    allowed, other = Viewer("https://www.example.com/", "Chrome"), Viewer("https://other.test/", "Chrome")
+    assert resolver.cached(playback_id, token, "v", allowed) is None  # nothing cached yet
+    resolver.resolve(playback_id, token, "v", allowed)
+    sessions = counting.sessions
+    assert resolver.cached(playback_id, token, "v", allowed) is not None  # rule cached: no I/O
+    with pytest.raises(PlaybackRestrictedError):
+        resolver.cached(playback_id, token, "v", other)  # ... but checked against each request's headers
+    with pytest.raises(PlaybackRestrictedError):
+        resolver.resolve(playback_id, token, "v", None)  # no Referer: allow_no_referrer is false
+    assert counting.sessions == sessions
+    with db.session() as session:
+        session.get(PlaybackRestriction, restriction_id).allowed_domains = ["other.test"]
+    resolver.resolve(playback_id, token, "v", allowed)  # within the window: the rule as it was
+    clock.now += 2.01
+    with pytest.raises(PlaybackRestrictedError):
+        resolver.resolve(playback_id, token, "v", allowed)  # past it: the change is seen
+    with db.session() as session:
+        session.delete(session.get(PlaybackRestriction, restriction_id))
+    clock.now += 2.01
+    with pytest.raises(PlaybackForbiddenError, match="does not exist"):
+        resolver.resolve(playback_id, token, "v", other)

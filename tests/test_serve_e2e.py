@@ -17,50 +17,24 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
 from kinoray.media.synthetic import generate_clip
+from tests.api_server import Receiver
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
-
-
-class Receiver:
-    """A webhook endpoint on 127.0.0.1 recording (headers, body) of every POST."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def events(self, event_type: str) -> list[tuple[dict[str, str], bytes]]:
-        return [(h, b) for h, b in self.received if json.loads(b)["type"] == event_type]
 
 
 class Platform:
     """``kinoray up`` in a subprocess with its own data dir and database."""
 
     def __init__(self, data_dir: Path, database_url: str | None) -> None:
-        self.data_dir, self.port, self.api_port = data_dir, free_port(), free_port()
+        self.data_dir, self.port, self.api_port, self.rtmp_port = data_dir, free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "KINORAY_DATA_DIR": str(data_dir), "KINORAY_API__ALLOW_PRIVATE_INPUTS": "true",
                     "KINORAY_SERVE__POLL_SECONDS": "0.2", "KINORAY_TRANSCODE__CHUNK_SECONDS": "4",
@@ -73,8 +47,8 @@ class Platform:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = (self.data_dir / f"up-{time.time_ns()}.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kinoray.cli", "up", "--port", str(self.port), "--api-port", str(self.api_port), "--data-dir", str(self.data_dir),
-             *extra],
+            [sys.executable, "-m", "kinoray.cli", "up", "--port", str(self.port), "--api-port", str(self.api_port),
+             "--rtmp-port", str(self.rtmp_port), "--data-dir", str(self.data_dir), *extra],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 180
         while True:

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -130,9 +130,10 @@ def _start_receiver() -> Receiver:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             with receiver.lock:
                 receiver.requests.append(Received(self.path, dict(self.headers.items()), body))
-            status, headers = 200, {}
+            status, headers, answer = 200, {}, b""
             if self.path.startswith("/status/"):
                 status = int(self.path.rsplit("/", 1)[1])
+                headers, answer = {"Content-Type": "text/plain"}, f"answered {status}".encode()
             elif self.path == "/redirect":
                 status, headers = 302, {"Location": receiver.url("/ok")}
             elif self.path == "/slow":
@@ -144,8 +145,9 @@ def _start_receiver() -> Receiver:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
+                self.wfile.write(answer)
             except OSError:
                 pass  # the sender gave up waiting
 
@@ -332,9 +334,22 @@ def test_failures_back_off_with_jitter_then_give_up(server: ApiServer, receiver:
     assert row.last_error is not None and row.last_error.startswith("gave up after 7 attempts")
     assert _metric("failed") == failed + 6 and _metric("gave_up") == gave_up + 1
     sent = receiver.received()
-    assert len(sent) == 7 and {item.body for item in sent} == {sent[0].body}  # the same bytes every time
-    for item in sent:
+    assert len(sent) == 7
+    for number, item in enumerate(sent):
         verify(endpoint["secret"], item.body, item.headers["Mux-Signature"])
+        # The same envelope every time, but for Mux's `attempts`: the attempts before this one, oldest first.
+        body = json.loads(item.body)
+        assert {**body, "attempts": []} == envelope(event)
+        assert [attempt["response_status_code"] for attempt in body["attempts"]] == [500] * number
+        assert body["attempts"] == json.loads(sent[-1].body)["attempts"][:number]
+    log = json.loads(sent[-1].body)["attempts"]
+    assert len({attempt["id"] for attempt in log}) == 6
+    assert {attempt["address"] for attempt in log} == {receiver.url("/status/500")}
+    assert {attempt["max_attempts"] for attempt in log} == {7}
+    assert {attempt["response_headers"]["content-type"] for attempt in log} == {"text/plain"}
+    assert {attempt["response_body"] for attempt in log} == {"answered 500"}
+    times = [datetime.fromisoformat(attempt["created_at"].replace("Z", "+00:00")) for attempt in log]
+    assert times == sorted(times) and times[0] - created < timedelta(seconds=10)
     assert deliver_due(server.platform, now=now + timedelta(days=2)) == 0
 
 

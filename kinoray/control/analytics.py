@@ -1,116 +1,199 @@
-"""Player analytics ingest, HTTP-free: the beacon format (Mux Data's event model) and storing a batch.
+"""Player analytics ingest, HTTP-free: the per-process collector of Mux Data SDK beacons
+(:func:`collector_of`, over :mod:`kinoray.analytics`).
 
-A player sends ``{"events": [...]}``: each event has its type, the viewer's clock (``viewer_time``, ms since
-the epoch), the playhead (``playback_time``, ms), the view and viewer-session ids it belongs to, the playback
-id, what the player and browser are, and type-specific fields (the rendition for ``renditionchange``, the
-code and message for ``error``). The server adds ``event_time`` (receipt). Rows go to ``view_events`` as they
-are; the analytics layer builds views and metrics (startup time, rebuffering, ...) from them.
+One :class:`kinoray.analytics.Collector` and one :class:`kinoray.analytics.EventWriter` per platform (process):
+view states in Redis when ``redis_url`` is set, else in the object store; playback ids mapped to assets
+through the database (cached for a minute, unknown ids for 5 s). :func:`close_collector` writes what is
+buffered (the edge's lifespan shutdown calls it); :func:`flush_collector` writes it now.
 
-Event types are Mux Data's (docs: mux-data-playback-events): ``playerready``, ``viewinit``, ``play``,
-``playing``, ``pause``, ``seeking``, ``seeked``, ``rebufferstart``, ``rebufferend``, ``renditionchange``,
-``error``, ``ended``, the periodic ``heartbeat`` and ``viewend`` (the page went away or the player was
-removed). Players send batches every ~10 s and when the page is hidden, so a batch holds at most a few dozen.
+Beside it, per platform (process): the CMCD buffer the edge notes stream requests in (:func:`cmcd_of`), the
+real-time presences store (:func:`presences_of`: Redis when ``redis_url`` is set, else memory), and the privacy
+duties — :func:`erase_viewer` (``DELETE /data/v1/viewers/{id}``) and :func:`sweep_analytics` (the job runner's
+retention sweep).
+
+kinoray's earlier beacon format (``POST /data/v1/events``, rows in the ``view_events`` table) is retired: the
+player sends Mux's format to the same collector as Mux's SDKs. The table stays in the schema, unused, until a
+migration drops it.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from enum import StrEnum
-from typing import Annotated, Any
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from pydantic import ConfigDict, Field
 
-from kinoray.control.requests import RequestModel
 from kinoray.store.db import Database
-from kinoray.store.models import ViewEvent, utcnow
+from kinoray.store.models import PlaybackId, ViewEvent
 
-__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_EVENTS", "BeaconBatch", "BeaconEvent", "EventType", "store_batch"]
+if TYPE_CHECKING:
+    from kinoray.analytics import Collector, EventWriter
+    from kinoray.analytics.cmcd import CmcdBuffer
+    from kinoray.analytics.privacy import Erasure
+    from kinoray.analytics.realtime import Presences
+    from kinoray.control.platform import Platform
 
-#: Most events in one ``POST /data/v1/events``.
-MAX_BATCH_EVENTS = 200
-#: Largest request body, in bytes (also what ``navigator.sendBeacon`` and ``fetch(keepalive)`` may send).
-MAX_BATCH_BYTES = 64 * 1024
-_MAX_MS = 2**53 - 1  # JavaScript's largest exact integer: what Date.now() and playhead arithmetic stay below
+log = logging.getLogger(__name__)
 
+__all__ = ["close_collector", "cmcd_of", "collector_of", "erase_viewer", "event_store", "flush_collector",
+           "presences_of", "sweep_analytics"]
 
-class EventType(StrEnum):
-    PLAYERREADY = "playerready"
-    VIEWINIT = "viewinit"
-    PLAY = "play"
-    PLAYING = "playing"
-    PAUSE = "pause"
-    SEEKING = "seeking"
-    SEEKED = "seeked"
-    REBUFFERSTART = "rebufferstart"
-    REBUFFEREND = "rebufferend"
-    RENDITIONCHANGE = "renditionchange"
-    ERROR = "error"
-    ENDED = "ended"
-    HEARTBEAT = "heartbeat"
-    VIEWEND = "viewend"
+# --- the Mux Data collector ---------------------------------------------------------------------------------
+_collectors: dict[int, tuple[Collector, EventWriter]] = {}
+_collectors_lock = threading.Lock()
+#: When an erasure looks again (twice the event writers' flush interval, and a second).
+LATE_ERASE_SECONDS = 11.0
+_presences: dict[int, Presences] = {}
+_cmcd: dict[int, CmcdBuffer] = {}
+_states: dict[int, Any] = {}
 
 
-_ViewId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
-_Short = Annotated[str, Field(max_length=64)]
-_Pixels = Annotated[int, Field(ge=0, le=65_535)]
+def _asset_lookup(db: Database, ttl: float = 60.0) -> Any:
+    cache: dict[str, tuple[float, str | None]] = {}
+
+    def asset_of(playback_id: str) -> str | None:
+        now = time.monotonic()
+        found = cache.get(playback_id)
+        if found is not None and found[0] > now:
+            return found[1]
+        with db.reader() as session:
+            asset_id = session.scalar(sa.select(PlaybackId.asset_id).where(PlaybackId.id == playback_id))
+        if len(cache) > 50_000:
+            cache.clear()
+        cache[playback_id] = (now + (ttl if asset_id else 5.0), asset_id)
+        return asset_id
+
+    return asset_of
 
 
-class BeaconEvent(RequestModel):
-    """One beacon. Unknown fields are ignored (a newer player keeps working against an older server); unknown
-    event types are refused."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    event: EventType = Field(description="Mux Data event type")
-    viewer_time: int = Field(ge=0, le=_MAX_MS, description="the viewer's clock when it happened, ms since the epoch")
-    playback_time: int = Field(ge=0, le=_MAX_MS, description="the playhead, ms")
-    view_id: _ViewId = Field(description="one view: from the player loading a video to it leaving")
-    session_id: _ViewId = Field(description="the viewer: one id per browser, kept across views")
-    playback_id: str = Field(pattern=r"^[A-Za-z0-9]{1,64}$")
-    sequence: int | None = Field(default=None, ge=0, le=2**31 - 1,
-                                 description="the event's number within its view (orders events of the same ms)")
-    player_name: _Short | None = None
-    player_version: _Short | None = None
-    player_software: _Short | None = Field(default=None, description="e.g. hls.js, dash.js, native")
-    player_software_version: _Short | None = None
-    player_width: _Pixels | None = None
-    player_height: _Pixels | None = None
-    browser: _Short | None = None
-    browser_version: _Short | None = None
-    os: _Short | None = None
-    os_version: _Short | None = None
-    page_url: str | None = Field(default=None, max_length=1024)
-    rendition_width: _Pixels | None = Field(default=None, description="renditionchange: the new rendition")
-    rendition_height: _Pixels | None = None
-    rendition_bitrate: int | None = Field(default=None, ge=0, le=10**10, description="bits per second")
-    rendition_codec: str | None = Field(default=None, max_length=128, description="RFC 6381 codecs string")
-    error_code: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1,
-                                   description="error: an HTTP status or the player's code")
-    error_type: _Short | None = Field(default=None, description="error: the server's typed error, e.g. unauthorized")
-    error_message: str | None = Field(default=None, max_length=1024)
-    error_context: str | None = Field(default=None, max_length=1024)
+def event_store(platform: Platform) -> Any:
+    """Where the event log lives: the platform's object store."""
+    return platform.store
 
 
-class BeaconBatch(RequestModel):
-    """``POST /data/v1/events``: 1 to 200 events, at most 64 KiB of JSON (sent as ``application/json`` or, by
-    ``navigator.sendBeacon``, as ``text/plain``)."""
+def presences_of(platform: Platform) -> Presences:
+    """Where this process writes and reads real-time presences: Redis when ``redis_url`` is set (shared by every
+    process), else this process's memory."""
+    from kinoray.analytics.realtime import MemoryPresences, RedisPresences
 
-    events: list[BeaconEvent] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)
+    with _collectors_lock:
+        found = _presences.get(id(platform))
+        if found is None:
+            window = platform.settings.analytics.realtime_window_seconds
+            found = (RedisPresences(platform.settings.redis_url, window) if platform.settings.redis_url
+                     else MemoryPresences(window))
+            _presences[id(platform)] = found
+        return found
 
 
-def _row(event: BeaconEvent, received_at: datetime) -> dict[str, Any]:
-    row = event.model_dump(exclude={"event"})
-    row["event_type"] = event.event.value
-    row["event_time"] = received_at
-    return row
+def _collector(platform: Platform) -> tuple[Collector, EventWriter]:
+    from kinoray.analytics import Collector, EventWriter, RedisViewStates, StoreViewStates
+
+    presences = presences_of(platform)
+    with _collectors_lock:
+        found = _collectors.get(id(platform))
+        if found is None:
+            writer = EventWriter(event_store(platform)).start()
+            states = (RedisViewStates(platform.settings.redis_url) if platform.settings.redis_url
+                      else StoreViewStates(platform.store))
+            found = (Collector(states, writer.add, _asset_lookup(platform.db), presences.update), writer)
+            _collectors[id(platform)] = found
+            _states[id(platform)] = states
+        return found
 
 
-def store_batch(db: Database, batch: BeaconBatch, received_at: datetime | None = None) -> int:
-    """Insert every event of ``batch`` into ``view_events`` in one transaction (one multi-row INSERT); returns
-    how many. ``received_at`` (default now) becomes each row's ``event_time``."""
-    at = received_at or utcnow()
-    rows = [_row(event, at) for event in batch.events]
-    with db.session() as session:
-        session.execute(sa.insert(ViewEvent), rows)
-    return len(rows)
+def collector_of(platform: Platform) -> Collector:
+    """This process's collector for ``platform`` (built on first use; its writer flushes every 5 s)."""
+    return _collector(platform)[0]
+
+
+def cmcd_of(platform: Platform) -> CmcdBuffer | None:
+    """This process's CMCD buffer (the edge notes stream requests in it; drained every second into the event
+    log and real time); ``None`` when ``analytics.cmcd`` is off."""
+    from kinoray.analytics.cmcd import CmcdBuffer
+
+    if not platform.settings.analytics.cmcd:
+        return None
+    writer = _collector(platform)[1]
+    presences = presences_of(platform)
+    with _collectors_lock:
+        found = _cmcd.get(id(platform))
+        if found is None:
+            found = _cmcd[id(platform)] = CmcdBuffer(writer.add, presences.update, address_of=platform.clients.client,
+                                                      presences=presences.get_many).start()
+        return found
+
+
+def flush_collector(platform: Platform) -> int:
+    """Write what ``platform``'s collector (and CMCD buffer) has buffered now; returns the rows written."""
+    with _collectors_lock:
+        found = _collectors.get(id(platform))
+        cmcd = _cmcd.get(id(platform))
+    if cmcd is not None:
+        cmcd.drain()
+    return found[1].flush() if found else 0
+
+
+def close_collector(platform: Platform) -> None:
+    """Write everything ``platform``'s collector buffered and stop its timer (lifespan shutdown)."""
+    with _collectors_lock:
+        cmcd = _cmcd.pop(id(platform), None)
+        found = _collectors.pop(id(platform), None)
+        _states.pop(id(platform), None)
+    if cmcd is not None:
+        cmcd.close()
+    if found is not None:
+        found[1].close()
+
+
+# --- privacy ------------------------------------------------------------------------------------------------
+def erase_viewer(platform: Platform, viewer_user_id: str) -> Erasure:
+    """Delete every view of ``viewer_user_id`` everywhere kinoray keeps it: the event log's partitions (after
+    writing what this process has buffered), the process's parsed-file and view caches, the views' carried
+    state and their real-time presence. A second pass :data:`LATE_ERASE_SECONDS` later removes what other edge
+    processes still had buffered (they write every 5 s)."""
+    from kinoray.analytics import RedisViewStates, StoreViewStates
+    from kinoray.analytics.eventlog import FILES
+    from kinoray.analytics.privacy import erase_viewer as erase
+    from kinoray.analytics.query import VIEWS
+
+    flush_collector(platform)
+    with _collectors_lock:
+        states = _states.get(id(platform))
+    if states is None:
+        states = (RedisViewStates(platform.settings.redis_url) if platform.settings.redis_url
+                  else StoreViewStates(platform.store))
+
+    def forget(view_ids: set[str]) -> None:
+        FILES.clear()
+        VIEWS.clear()
+        for view_id in view_ids:
+            states.delete(view_id)
+        presences_of(platform).forget(view_ids)
+        with platform.db.session() as session:  # the retired beacon table, where older views may still be
+            for chunk in range(0, len(view_ids), 500):
+                session.execute(sa.delete(ViewEvent).where(ViewEvent.view_id.in_(sorted(view_ids)[chunk:chunk + 500])))
+
+    store = event_store(platform)
+    erased = erase(store, viewer_user_id, forget_views=forget)
+
+    def again() -> None:  # what other edge processes still had buffered then has been written by now
+        try:
+            erase(store, viewer_user_id, view_ids=erased.view_ids, forget_views=forget)
+        except Exception:  # noqa: BLE001 - a later call erases what this one could not
+            log.warning("the second pass of a viewer erasure failed", exc_info=True)
+
+    late = threading.Timer(LATE_ERASE_SECONDS, again)
+    late.daemon = True
+    late.start()
+    return erased
+
+
+def sweep_analytics(platform: Platform) -> int:
+    """The retention sweep (the job runner's): event partitions and view states older than
+    ``analytics.retention_days``; returns the partitions deleted."""
+    from kinoray.analytics.privacy import sweep_retention
+
+    return sweep_retention(event_store(platform), platform.settings.analytics.retention_days)

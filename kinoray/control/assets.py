@@ -7,21 +7,38 @@ the ``video.asset.created`` event; the job runner picks the job up. The job's op
 
 from __future__ import annotations
 
-import hashlib
+import logging
+import re
 import time
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
 
+import sqlalchemy as sa
 from pydantic import Field, field_validator, model_validator
 from sqlalchemy.orm import Session, selectinload
 
 from kinoray.control.events import emit
 from kinoray.control.lookup import find
+from kinoray.control.master import master_view
 from kinoray.control.requests import RequestModel
+from kinoray.control.static_renditions import (
+    StaticRenditionCreate,
+    add_static_rendition,
+    rendition_name,
+    set_mp4_support,
+    static_renditions_view,
+)
+from kinoray.control.urls import check_public_url
+from kinoray.errors import InvalidParametersError, NotFoundError, StorageError
 from kinoray.media.ladder import DEFAULT_LADDER
 from kinoray.settings import Settings
-from kinoray.store.models import Asset, Job, PlaybackId, PlaybackPolicy, new_id, utcnow
+from kinoray.store.models import Asset, AssetStatus, Job, PlaybackId, PlaybackPolicy, new_id, utcnow
+
+if TYPE_CHECKING:
+    from kinoray.control.platform import Platform
 
 __all__ = [
+    "TEST_ASSET_SECONDS",
     "VIEW_LOADS",
     "AssetCreate",
     "AssetUpdate",
@@ -29,19 +46,26 @@ __all__ = [
     "PlaybackIdCreate",
     "asset_view",
     "create_asset",
+    "create_asset_from_request",
     "create_playback_id",
     "delete_asset",
+    "expire_assets",
     "get_asset",
     "input_key",
     "job_options",
+    "job_source",
     "media_prefix",
     "mux_max_resolution_tier",
     "playback_id_view",
+    "queue_transcode",
+    "remove_asset",
     "resolution_tier",
 ]
 
+log = logging.getLogger(__name__)
+
 #: Eager loads of what :func:`asset_view` reads, so showing N assets costs 3 queries, not 2N + 1.
-VIEW_LOADS = (selectinload(Asset.playback_ids), selectinload(Asset.upload))
+VIEW_LOADS = (selectinload(Asset.playback_ids), selectinload(Asset.upload), selectinload(Asset.static_files))
 
 TIER_HEIGHTS = {"720p": 720, "1080p": 1080, "1440p": 1440, "2160p": 2160}
 #: ``max_resolution_tier`` values Mux answers (``720p`` is kinoray's own: shown as ``1080p``, the lowest Mux tier,
@@ -51,6 +75,11 @@ Policy = Literal["public", "signed"]
 #: Mux's deprecated ``encoding_tier`` and the ``video_quality`` each stands for.
 QUALITY_OF_TIER = {"baseline": "basic", "smart": "plus", "premium": "premium"}
 TIER_OF_QUALITY = {quality: tier for tier, quality in QUALITY_OF_TIER.items()}
+#: A test asset keeps at most this many seconds of its input (Mux: 10 s).
+TEST_ASSET_SECONDS = 10.0
+#: Mux's clip input: ``mux://assets/{asset_id}``.
+CLIP_URL = re.compile(r"mux://assets/(?P<asset_id>[^/?#]+)")
+_EXPIRY_BATCH = 100
 
 
 def input_key(asset_id: str) -> str:
@@ -61,10 +90,6 @@ def input_key(asset_id: str) -> str:
 def media_prefix(asset_id: str) -> str:
     """Object-store prefix of an asset's HLS/DASH/MP4 output."""
     return f"assets/{asset_id}/media"
-
-
-class StaticRenditionRequest(RequestModel):
-    resolution: Literal["highest", "audio-only"]
 
 
 class AssetMeta(RequestModel):
@@ -86,8 +111,9 @@ class NewAssetSettings(RequestModel):
     """Everything an asset is created with except its input (Mux's ``new_asset_settings`` on uploads).
 
     Every field Mux's API and SDKs send is accepted. Accepted without effect, as documented in docs/API.md:
-    ``normalize_audio`` (no loudness normalization yet), ``copy_overlays`` (no overlays), ``master_access``
-    (no master downloads yet) and ``per_title_encode``; the asset then shows what kinoray did."""
+    ``copy_overlays`` (no overlays) and ``per_title_encode``; the
+    asset then shows what kinoray did. ``normalize_audio`` normalizes loudness (EBU R128, -24 LUFS); ``test``
+    makes a test asset (10 s at most, marked ``TEST``, deleted after ``api.test_asset_hours``)."""
 
     playback_policies: list[Policy] | None = Field(default=None, max_length=4)
     playback_policy: list[Policy] | Policy | None = Field(default=None, description="deprecated Mux name")
@@ -99,16 +125,16 @@ class NewAssetSettings(RequestModel):
     video_quality: Literal["basic", "plus", "premium"] = "plus"
     encoding_tier: Literal["baseline", "smart", "premium"] | None = Field(
         default=None, description="deprecated Mux name of video_quality (baseline = basic, smart = plus)")
-    static_renditions: list[StaticRenditionRequest] | None = Field(default=None, max_length=2)
+    static_renditions: list[StaticRenditionCreate] | None = Field(default=None, max_length=10)
     mp4_support: Literal["none", "standard", "capped-1080p", "audio-only", "audio-only,capped-1080p"] | None = None
-    normalize_audio: bool = Field(default=False, description="accepted; kinoray does not normalize loudness yet")
+    normalize_audio: bool = Field(default=False, description="EBU R128 loudness normalization to -24 LUFS")
     copy_overlays: bool = Field(default=True, description="accepted; kinoray has no overlays")
     master_access: Literal["none", "temporary"] = Field(
-        default="none", description="accepted; kinoray offers no master download yet (the asset shows none)")
+        default="none", description="temporary: a download of the original input for api.master_access_seconds")
     per_title_encode: bool | None = Field(default=None, description="deprecated Mux field; accepted, no effect")
     video_codec: Literal["h264", "hevc", "av1"] | None = Field(
         default=None, description="kinoray: codec of the ladder (default from settings, h264)")
-    test: bool = False
+    test: bool = Field(default=False, description="a test asset: at most 10 s, marked TEST, deleted after 24 h")
 
     @model_validator(mode="after")
     def _mux_aliases(self) -> NewAssetSettings:
@@ -130,7 +156,9 @@ class NewAssetSettings(RequestModel):
 
 class AssetInput(RequestModel):
     """Mux's ``InputSettings`` for the one input kinoray takes: the video. Its other fields are accepted as
-    Mux's SDKs send them; those kinoray cannot honour yet are refused rather than silently dropped."""
+    Mux's SDKs send them; those kinoray cannot honour yet are refused rather than silently dropped.
+    ``start_time``/``end_time`` clip a ``mux://assets/{id}`` input (seconds on that asset's timeline), as in
+    Mux; with another URL they are refused."""
 
     url: str = Field(min_length=1, max_length=4096, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://[^\x00]*$",
                      description="http(s)://, s3://, or file:// where enabled; refused when it points at a "
@@ -140,16 +168,28 @@ class AssetInput(RequestModel):
     overlay_settings: dict[str, Any] | None = Field(default=None, description="refused: no overlays yet")
     generated_subtitles: list[dict[str, Any]] | None = Field(default=None,
                                                              description="refused: no generated subtitles yet")
-    start_time: float | None = Field(default=None, description="refused: no clipping yet")
-    end_time: float | None = Field(default=None, description="refused: no clipping yet")
+    start_time: float | None = Field(default=None, ge=0, le=12 * 3600,
+                                     description="clip start, seconds (mux://assets/{id} inputs); default 0")
+    end_time: float | None = Field(default=None, gt=0, le=12 * 3600,
+                                   description="clip end, seconds (mux://assets/{id} inputs); default: the end")
 
     @model_validator(mode="after")
     def _supported(self) -> AssetInput:
-        unsupported = [name for name in ("overlay_settings", "generated_subtitles", "start_time", "end_time")
-                       if getattr(self, name) is not None]
+        unsupported = [name for name in ("overlay_settings", "generated_subtitles") if getattr(self, name) is not None]
         if unsupported:
             raise ValueError(f"{', '.join(unsupported)}: not supported by kinoray yet (docs/API.md)")
+        if self.url.startswith("mux://") and CLIP_URL.fullmatch(self.url) is None:
+            raise ValueError("a mux:// input must be mux://assets/{asset_id} (a clip of that asset)")
+        if (self.start_time is not None or self.end_time is not None) and self.clip_source_id() is None:
+            raise ValueError("start_time, end_time: only for clips, with a mux://assets/{asset_id} input")
+        if self.start_time is not None and self.end_time is not None and self.start_time >= self.end_time:
+            raise ValueError(f"start_time {self.start_time:g} must be before end_time {self.end_time:g}")
         return self
+
+    def clip_source_id(self) -> str | None:
+        """The asset a ``mux://assets/{id}`` input clips, else ``None``."""
+        match = CLIP_URL.fullmatch(self.url)
+        return match["asset_id"] if match else None
 
 
 class AssetCreate(NewAssetSettings):
@@ -179,6 +219,10 @@ class AssetCreate(NewAssetSettings):
     def settings_only(self) -> NewAssetSettings:
         return NewAssetSettings(**self.model_dump(exclude={"inputs", "input"}, exclude_unset=True))
 
+    def first_input(self) -> AssetInput:
+        assert self.inputs is not None  # _one_input
+        return self.inputs[0]
+
 
 class AssetUpdate(RequestModel):
     """``PATCH /video/v1/assets/{id}``."""
@@ -191,8 +235,17 @@ class PlaybackIdCreate(RequestModel):
     policy: Policy = "public"
 
 
-def job_options(create: NewAssetSettings, settings: Settings) -> dict[str, Any]:
-    """The engine options (``TranscodeOptions`` fields) an asset created with ``create`` is encoded with."""
+def _clip_range(create: NewAssetSettings, start: float | None, end: float | None) -> tuple[float | None, float | None]:
+    """The source seconds an asset keeps: a clip's range, cut to :data:`TEST_ASSET_SECONDS` for a test asset."""
+    if create.test and (end is None or end - (start or 0.0) > TEST_ASSET_SECONDS):
+        end = (start or 0.0) + TEST_ASSET_SECONDS
+    return start, end
+
+
+def job_options(create: NewAssetSettings, settings: Settings, *, clip_start: float | None = None,
+                clip_end: float | None = None) -> dict[str, Any]:
+    """The engine options (``TranscodeOptions`` fields) an asset created with ``create`` is encoded with
+    (``clip_start``/``clip_end``: a clip's range in its source's seconds)."""
     top = TIER_HEIGHTS[create.max_resolution_tier]
     if create.video_quality == "basic":
         top = min(top, 720)
@@ -209,35 +262,140 @@ def job_options(create: NewAssetSettings, settings: Settings) -> dict[str, Any]:
         "preset": defaults.preset,
         "threads": defaults.threads_per_encoder,
         "audio_bitrate": defaults.audio_bitrate,
+        **_media_options(create, clip_start, clip_end),
     }
 
 
+def _media_options(create: NewAssetSettings, clip_start: float | None, clip_end: float | None) -> dict[str, Any]:
+    """Clip range, loudness normalization and the test mark, only where asked (older jobs lack the keys)."""
+    start, end = _clip_range(create, clip_start, clip_end)
+    options: dict[str, Any] = {"clip_start": start, "clip_end": end, "normalize_audio": create.normalize_audio,
+                               "watermark": create.test}
+    return {key: value for key, value in options.items() if value}
+
+
+def create_asset_from_request(session: Session, settings: Settings, body: AssetCreate) -> Asset:
+    """``POST /video/v1/assets``: an asset from an input URL (checked against the SSRF policy), or a clip of a
+    ready asset's stored source (``mux://assets/{id}`` with ``start_time``/``end_time``).
+
+    Raises:
+        InputUrlRefusedError: the URL is refused by the SSRF policy.
+        NotFoundError: the clip's source asset does not exist.
+        InvalidParametersError: the source is not ready, or the range starts at or past its end.
+    """
+    source_id = body.first_input().clip_source_id()
+    if source_id is None:
+        url = body.input_url()
+        check_public_url(url, settings)
+        return create_asset(session, settings, body.settings_only(), input_url=url)
+    source = find(session, Asset, source_id, what="source asset")
+    if source.status != AssetStatus.READY or source.duration is None:
+        raise InvalidParametersError(f"source asset {source_id} is {source.status.value}: only ready assets can "
+                                     "be clipped")
+    start, end = body.first_input().start_time, body.first_input().end_time
+    if (start or 0.0) >= source.duration:
+        raise InvalidParametersError(f"start_time {start:g} is at or past the source's end ({source.duration:g} s)")
+    # Cut from the source's own input (a clip of a clip: the first source's, its range moved by the source
+    # clip's start), never past the source's end (a test asset is shorter than its input).
+    source_key, source_clip = job_source(source)
+    offset = source_clip.get("clip_start", 0.0)
+    end = source.duration if end is None else min(end, source.duration)
+    return create_asset(session, settings, body.settings_only(), input_url=body.input_url(), source_key=source_key,
+                        source_asset_id=source.id, clip_start=_shifted(start, offset), clip_end=_shifted(end, offset))
+
+
+def _shifted(seconds: float | None, offset: float) -> float | None:
+    """``seconds`` of a source clip's timeline as seconds of its own source, to the microsecond (``2.5 + 1.1``
+    is 3.6, not the float just above it, which would move a frame boundary)."""
+    if seconds is None:
+        return round(offset, 6) if offset else None
+    return round(seconds + offset, 6)
+
+
 def create_asset(session: Session, settings: Settings, create: NewAssetSettings, *, input_url: str | None,
-                 asset_id: str | None = None, source_key: str | None = None) -> Asset:
+                 asset_id: str | None = None, source_key: str | None = None, source_asset_id: str | None = None,
+                 clip_start: float | None = None, clip_end: float | None = None,
+                 live_stream_id: str | None = None) -> Asset:
     """A new ``preparing`` asset with its playback ids, a queued job and the ``video.asset.created`` event.
 
     ``input_url`` is fetched into the store by the runner; ``source_key`` says the input is already stored
-    (a finished upload). One of them is required."""
-    if (input_url is None) == (source_key is None):
-        raise ValueError("give exactly one of input_url and source_key")
+    (a finished upload, or the stored source a clip is cut from: then both are given, ``input_url`` being
+    the ``mux://assets/{id}`` URL). A test asset expires ``api.test_asset_hours`` after creation.
+    ``live_stream_id`` makes a live stream's recording (neither input given): ``progress.state`` ``live`` and
+    no job until the broadcast ends (:func:`queue_transcode`, from :mod:`kinoray.control.live`)."""
+    if live_stream_id is not None:
+        if input_url is not None or source_key is not None:
+            raise ValueError("a live recording has no input_url or source_key: its publisher writes the input")
+    elif (input_url is None and source_key is None) or (
+            input_url is not None and source_key is not None and source_asset_id is None):
+        raise ValueError("give exactly one of input_url and source_key (both only for a clip)")
     asset_id = asset_id or new_id()
+    recorded = create.model_dump(exclude_none=True, mode="json")
+    if source_asset_id is not None:  # what a re-made job needs (the reconciler): the clip's stored source and range
+        recorded["inputs"] = [{key: value for key, value in (("url", input_url), ("start_time", clip_start),
+                                                             ("end_time", clip_end), ("source_key", source_key))
+                               if value is not None}]
     asset = Asset(id=asset_id, input_url=input_url, passthrough=create.passthrough, meta=create.meta.model_dump(exclude_none=True) if create.meta else {},
-                  create_settings=create.model_dump(exclude_none=True, mode="json"),
-                  storage_prefix=f"assets/{asset_id}",
-                  progress_state="ingesting" if source_key is None else "transcoding")
-    if create.static_renditions or create.mp4_support not in (None, "none"):
-        asset.static_renditions = {"status": "preparing", "files": []}
+                  create_settings=recorded,
+                  storage_prefix=f"assets/{asset_id}", source_asset_id=source_asset_id,
+                  expires_at=utcnow() + timedelta(hours=settings.api.test_asset_hours) if create.test else None,
+                  progress_state="live" if live_stream_id is not None else
+                  "ingesting" if source_key is None else "transcoding",
+                  live_stream_id=live_stream_id)
     session.add(asset)
     for policy in create.policies():
         session.add(PlaybackId(id=new_id(), asset_id=asset_id, policy=PlaybackPolicy(policy)))
-    now = time.time()
-    session.add(Job(job_id=new_id(), asset_id=asset_id, options=job_options(create, settings),
-                    source=source_key or input_key(asset_id), output=media_prefix(asset_id), state="queued",
-                    created_at=now, updated_at=now))
+    if live_stream_id is None:
+        now = time.time()
+        session.add(Job(job_id=new_id(), asset_id=asset_id,
+                        options=job_options(create, settings, clip_start=clip_start, clip_end=clip_end),
+                        source=source_key or input_key(asset_id), output=media_prefix(asset_id), state="queued",
+                        created_at=now, updated_at=now))
     session.flush()
     session.refresh(asset)
     emit(session, "video.asset.created", "asset", asset_id, asset_view(asset))
+    _request_downloads(session, asset, create, settings)
     return asset
+
+
+def _request_downloads(session: Session, asset: Asset, create: NewAssetSettings, settings: Settings) -> None:
+    """The static renditions, legacy ``mp4_support`` and master download asked for at creation (their events
+    follow ``video.asset.created``)."""
+    from kinoray.control.master import set_master_access
+
+    names = set()
+    for requested in create.static_renditions or ():
+        if rendition_name(requested.resolution) not in names:  # the same file asked twice is made once
+            names.add(rendition_name(requested.resolution))
+            add_static_rendition(session, asset, requested)
+    if create.mp4_support not in (None, "none"):
+        set_mp4_support(session, asset, create.mp4_support)
+    if create.master_access == "temporary":
+        set_master_access(session, asset, "temporary", settings)
+
+
+def queue_transcode(session: Session, settings: Settings, asset: Asset) -> Job:
+    """A ``queued`` transcode job for ``asset`` from its recorded create settings (a live recording once its
+    input is stored: the runner claims it like any other)."""
+    create = NewAssetSettings.model_validate(
+        {key: value for key, value in (asset.create_settings or {}).items() if key != "inputs"})
+    source, clip = job_source(asset)
+    now = time.time()
+    job = Job(job_id=new_id(), asset_id=asset.id, options=job_options(create, settings, **clip), source=source,
+              output=media_prefix(asset.id), state="queued", created_at=now, updated_at=now)
+    session.add(job)
+    return job
+
+
+def job_source(asset: Asset) -> tuple[str, dict[str, float]]:
+    """``(source key, clip options)`` of the asset's transcode job: a clip reads the stored input it was cut
+    from and keeps its range (seconds of that input's timeline); any other asset reads its own
+    ``assets/<id>/input``."""
+    if asset.source_asset_id is None:
+        return input_key(asset.id), {}
+    [clip] = (asset.create_settings or {}).get("inputs") or [{}]
+    return clip.get("source_key") or input_key(asset.source_asset_id), {
+        f"clip_{end}": clip[f"{end}_time"] for end in ("start", "end") if clip.get(f"{end}_time") is not None}
 
 
 def get_asset(session: Session, asset_id: str, *, for_update: bool = False) -> Asset:
@@ -261,6 +419,42 @@ def delete_asset(session: Session, asset: Asset) -> None:
     session.delete(asset)
     session.flush()
     emit(session, "video.asset.deleted", "asset", asset.id, view)
+
+
+def remove_asset(platform: Platform, asset_id: str) -> None:
+    """``DELETE /video/v1/assets/{id}``: :func:`delete_asset` in one transaction, then the stored files (a
+    failure there is logged: the row is gone, and orphaned prefixes are swept later).
+
+    Raises:
+        NotFoundError: no such asset (already deleted).
+    """
+    with platform.db.session() as session:
+        asset = get_asset(session, asset_id, for_update=True)
+        prefix = asset.storage_prefix or f"assets/{asset.id}"
+        delete_asset(session, asset)
+    try:
+        platform.store.delete_prefix(prefix)
+    except StorageError as error:
+        log.warning("could not delete an asset's files", extra={"asset": asset_id, "error": str(error)})
+
+
+def expire_assets(platform: Platform, now: datetime | None = None) -> int:
+    """Delete the assets past ``expires_at`` (test assets), each as ``DELETE`` does (with its
+    ``video.asset.deleted`` webhook); how many. The runner calls this periodically."""
+    now = now or utcnow()
+    with platform.db.reader() as session:
+        due = list(session.scalars(sa.select(Asset.id).where(Asset.expires_at <= now)
+                                   .order_by(Asset.expires_at).limit(_EXPIRY_BATCH)))
+    removed = 0
+    for asset_id in due:
+        try:
+            remove_asset(platform, asset_id)
+        except NotFoundError:
+            continue  # deleted meanwhile (by a user, or another runner)
+        removed += 1
+    if removed:
+        log.info("expired test assets deleted", extra={"count": removed})
+    return removed
 
 
 def playback_id_view(playback: PlaybackId) -> dict[str, Any]:
@@ -303,35 +497,6 @@ def _track_view(track: dict[str, Any], *, primary_audio: str | None) -> dict[str
     return view
 
 
-def _file_id(asset_id: str, name: str) -> str:
-    """A static rendition file's id: stable per asset and file name (the file is rebuilt, never renamed)."""
-    return hashlib.sha256(f"{asset_id}/{name}".encode()).hexdigest()[:32]
-
-
-def _static_renditions_view(asset: Asset) -> dict[str, Any] | None:
-    """``static_renditions`` as Mux lists them: each file with its id, ``type`` (``standard``), ``resolution``
-    (``highest``/``audio-only``) and ``resolution_tier``; the top-rung MP4 under the name it was asked for
-    (``highest.mp4``, or ``capped-1080p.mp4`` through the legacy ``mp4_support``, the same file)."""
-    stored = asset.static_renditions
-    if stored is None:
-        return None
-    create = asset.create_settings or {}
-    asked_highest = any(entry.get("resolution") == "highest" for entry in create.get("static_renditions") or ())
-    capped = "capped-1080p" in str(create.get("mp4_support") or "")
-    files = []
-    for entry in stored.get("files", []):
-        names = [entry.get("name")]
-        if entry.get("name") == "highest.mp4" and capped and int(entry.get("height") or 0) <= 1080:
-            names = ["highest.mp4", "capped-1080p.mp4"] if asked_highest else ["capped-1080p.mp4"]
-        for name in names:
-            audio = name == "audio.m4a"
-            tier = "audio-only" if audio else resolution_tier(
-                min(int(entry.get("height") or 0), int(entry.get("width") or 0)))
-            files.append({**entry, "name": name, "id": _file_id(asset.id, name), "type": "standard",
-                          "resolution": "audio-only" if audio else "highest", "resolution_tier": tier})
-    return {**stored, "files": files}
-
-
 def asset_view(asset: Asset) -> dict[str, Any]:
     """The asset as the API shows it: Mux's field names and enums (absent values are left out), kinoray's own
     values in fields named for kinoray (``kinoray_*``, ``video_codec``, ``encoder_backend``)."""
@@ -340,6 +505,7 @@ def asset_view(asset: Asset) -> dict[str, Any]:
     primary_audio = next((track.get("id") for track in tracks if track.get("type") == "audio"), None)
     tier, kinoray_tier = mux_max_resolution_tier(create.get("max_resolution_tier", "1080p"))
     quality = create.get("video_quality", "plus")
+    master_access, master = master_view(asset)
     view: dict[str, Any] = {
         "id": asset.id,
         "status": str(asset.status.value),
@@ -356,12 +522,16 @@ def asset_view(asset: Asset) -> dict[str, Any]:
         "max_stored_frame_rate": asset.max_stored_frame_rate,
         "playback_ids": [playback_id_view(p) for p in asset.playback_ids],
         "tracks": [_track_view(track, primary_audio=primary_audio) for track in tracks],
-        "mp4_support": create.get("mp4_support", "none"),
-        "master_access": "none",
-        "normalize_audio": False,
-        "is_live": False,
-        "ingest_type": "on_demand_direct_upload" if asset.upload is not None else "on_demand_url",
-        "static_renditions": _static_renditions_view(asset),
+        "mp4_support": asset.mp4_support or create.get("mp4_support") or "none",
+        "master_access": master_access,
+        "master": master,
+        "normalize_audio": bool(create.get("normalize_audio")),
+        "source_asset_id": asset.source_asset_id,
+        "live_stream_id": asset.live_stream_id,
+        "is_live": asset.progress_state == "live",
+        "ingest_type": "live_rtmp" if asset.live_stream_id is not None else
+        "on_demand_direct_upload" if asset.upload is not None else "on_demand_url",
+        "static_renditions": static_renditions_view(asset),
         "passthrough": asset.passthrough,
         "meta": asset.meta or None,
         "errors": asset.errors,

@@ -25,13 +25,15 @@ import binascii
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from kinoray.control.permissions import FULL_ACCESS, parse_permissions
 from kinoray.control.ratelimit import LocalRateLimiter
 from kinoray.errors import AuthenticationError, RateLimitedError
 from kinoray.settings import ApiSettings
@@ -39,7 +41,7 @@ from kinoray.store.db import Database
 from kinoray.store.models import AccessToken, is_valid_id, secret_known, utcnow, verify_secret
 from kinoray.telemetry import AUTH_THROTTLED
 
-__all__ = ["Authenticator", "TokenInfo", "create_token", "parse_basic", "revoke_token"]
+__all__ = ["Authenticator", "TokenInfo", "create_token", "list_tokens", "parse_basic", "revoke_token"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class TokenInfo:
     id: str
     name: str | None
     environment: str
+    #: Per-product ``read``/``full`` (:mod:`kinoray.control.permissions`); ``None``: full access to every product.
+    permissions: Mapping[str, str] | None = None
 
 
 def parse_basic(authorization: str | None) -> tuple[str, str]:
@@ -83,6 +87,7 @@ class _TokenRow:
     secret_hash: str
     revoked: bool
     last_used_at: datetime | None
+    permissions: Mapping[str, str] | None
 
 
 class Authenticator:
@@ -119,7 +124,7 @@ class Authenticator:
             self._clients.refund(client)
             self._tokens.refund(token_id)
         self._touch(token)
-        return TokenInfo(id=token.id, name=token.name, environment=token.environment)
+        return TokenInfo(id=token.id, name=token.name, environment=token.environment, permissions=token.permissions)
 
     def _touch(self, token: _TokenRow) -> None:
         now = utcnow()
@@ -137,7 +142,7 @@ class Authenticator:
             if token is None:
                 return None
             return _TokenRow(token.id, token.name, token.environment, token.secret_hash, token.revoked,
-                             token.last_used_at)
+                             token.last_used_at, dict(token.permissions) if token.permissions is not None else None)
 
     def _draw(self, buckets: LocalRateLimiter, key: str, who: str) -> None:
         decision = buckets.hit(key)
@@ -148,11 +153,24 @@ class Authenticator:
                                    decision.limit)
 
 
-def create_token(session: Session, name: str | None = None, environment: str = "default") -> tuple[TokenInfo, str]:
-    """A new access token and its secret (shown once: only its hash is stored)."""
+def create_token(session: Session, name: str | None = None, environment: str = "default",
+                 permissions: Mapping[str, str] | None = None) -> tuple[TokenInfo, str]:
+    """A new access token and its secret (shown once: only its hash is stored). ``permissions``: per product
+    ``read``/``full`` (:func:`kinoray.control.permissions.parse_permissions`); default full access to all."""
+    granted = dict(parse_permissions(permissions) if permissions is not None else FULL_ACCESS)
     token, secret = AccessToken.issue(name=name, environment=environment)
+    token.permissions = granted
     session.add(token)
-    return TokenInfo(id=token.id, name=token.name, environment=token.environment), secret
+    return TokenInfo(id=token.id, name=token.name, environment=token.environment, permissions=granted), secret
+
+
+def list_tokens(session: Session) -> list[dict[str, Any]]:
+    """Every token, oldest first, as ``kinoray token list`` prints them (never a secret or its hash)."""
+    rows = session.scalars(sa.select(AccessToken).order_by(AccessToken.created_at, AccessToken.id))
+    return [{"id": row.id, "name": row.name, "environment": row.environment,
+             "permissions": dict(row.permissions) if row.permissions is not None else dict(FULL_ACCESS),
+             "created_at": str(int(row.created_at.timestamp())), "revoked": row.revoked,
+             "last_used_at": str(int(row.last_used_at.timestamp())) if row.last_used_at else None} for row in rows]
 
 
 def revoke_token(session: Session, token_id: str) -> bool:

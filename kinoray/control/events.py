@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from kinoray.store.models import Event, WebhookDelivery, WebhookEndpoint, new_id, utcnow
 
-__all__ = ["EVENT_TYPES", "emit", "envelope"]
+__all__ = ["EVENT_TYPES", "emit", "envelope", "iso_time"]
 
 #: Every event type kinoray emits (Mux's names).
 EVENT_TYPES = (
@@ -23,22 +23,50 @@ EVENT_TYPES = (
     "video.asset.track.created",
     "video.asset.track.ready",
     "video.asset.track.deleted",
+    "video.asset.static_rendition.created",
+    "video.asset.static_rendition.ready",
+    "video.asset.static_rendition.skipped",
+    "video.asset.static_rendition.errored",
+    "video.asset.static_rendition.deleted",
+    "video.asset.master.preparing",
+    "video.asset.master.ready",
+    "video.asset.master.errored",
+    "video.asset.master.deleted",
     "video.upload.created",
     "video.upload.asset_created",
     "video.upload.cancelled",
     "video.upload.errored",
+    "video.asset.live_stream_completed",
+    "video.live_stream.created",
+    "video.live_stream.connected",
+    "video.live_stream.recording",
+    "video.live_stream.active",
+    "video.live_stream.disconnected",
+    "video.live_stream.idle",
+    "video.live_stream.updated",
+    "video.live_stream.enabled",
+    "video.live_stream.disabled",
+    "video.live_stream.deleted",
+    "video.live_stream.simulcast_target.created",
+    "video.live_stream.simulcast_target.deleted",
 )
 
 
 def envelope(event: Event, environment: str = "default") -> dict[str, Any]:
-    """The JSON body a webhook POSTs for ``event`` (Mux's envelope)."""
+    """The JSON body a webhook POSTs for ``event`` (Mux's envelope) at its first attempt. Later attempts list
+    the earlier ones in ``attempts`` (:mod:`kinoray.control.webhooks`). ``accessor_source``, ``accessor`` and
+    ``request_id`` are always null: Mux fills them for changes made in its dashboard, which kinoray has not."""
     return {
         "type": event.type,
         "id": event.id,
-        "created_at": _iso(event.created_at),
+        "created_at": iso_time(event.created_at),
         "object": {"type": event.object_type, "id": event.object_id},
         "environment": {"name": environment, "id": environment},
         "data": event.payload,
+        "attempts": [],
+        "accessor_source": None,
+        "accessor": None,
+        "request_id": None,
     }
 
 
@@ -58,5 +86,6 @@ def emit(session: Session, event_type: str, object_type: str, object_id: str, da
     return event
 
 
-def _iso(when: datetime) -> str:
+def iso_time(when: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, as Mux writes times in events and system resources."""
     return when.isoformat().replace("+00:00", "Z")

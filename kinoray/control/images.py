@@ -57,6 +57,7 @@ from kinoray.control.playback import AUDIENCES as PLAYBACK_AUDIENCES
 from kinoray.control.playback import Playback, text_etag
 from kinoray.control.ratelimit import RateLimiter
 from kinoray.control.resolver import PlaybackResolver
+from kinoray.control.restrictions import Viewer
 from kinoray.errors import InvalidParametersError, NotFoundError, RateLimitedError, StorageError
 from kinoray.media import images as media_images
 from kinoray.media.images import (
@@ -161,17 +162,18 @@ class ImageSource:
 
 
 def resolve_source(resolver: PlaybackResolver, playback_id: str, *, token: str | None,
-                   kind: ImageKind) -> ImageSource:
+                   kind: ImageKind, viewer: Viewer | None = None) -> ImageSource:
     """The asset behind ``playback_id`` if images of it can be served to this caller: stream delivery's checks
     (:meth:`kinoray.control.resolver.PlaybackResolver.resolve`, with the image's JWT audience), then video
     present.
 
     Raises:
         NotFoundError: unknown or malformed id (no path or dot ever reaches storage), errored or audio-only asset.
-        PlaybackForbiddenError: a signed playback id without a valid token for ``kind``'s audience.
+        PlaybackForbiddenError: a signed playback id without a valid token for ``kind``'s audience, or whose
+            token's playback restriction refuses ``viewer`` (its Referer and User-Agent).
         AssetNotReadyError: the asset is still preparing.
     """
-    resolved = resolver.resolve(playback_id, token, AUDIENCES[kind])
+    resolved = resolver.resolve(playback_id, token, AUDIENCES[kind], viewer)
     record, playback = resolved.record, resolved.playback
     if not record.has_video:
         raise NotFoundError(f"playback id {playback.playback_id} is audio-only: it has no images")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from kinoray.control.assets import input_key
+from kinoray.control.assets import job_source
 from kinoray.errors import AssetNotReadyError, MediaError, NotFoundError
 from kinoray.media.probe import probe
 from kinoray.settings import InputLimits
@@ -55,7 +55,7 @@ def input_info(store: ObjectStore, asset: Asset, limits: InputLimits) -> list[In
         AssetNotReadyError: the source is not stored yet (it is still being fetched or uploaded).
         NotFoundError: the source was never stored (a fetch that failed).
     """
-    key = input_key(asset.id)
+    key, _ = job_source(asset)  # a clip's input is its source asset's stored input
     if not store.exists(key):
         if asset.status == AssetStatus.PREPARING:
             raise AssetNotReadyError("the asset's input is not stored yet")

@@ -54,16 +54,17 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from kinoray.control.assets import (
     NewAssetSettings,
     asset_view,
-    input_key,
     job_options,
+    job_source,
     media_prefix,
     resolution_tier,
 )
 from kinoray.control.events import emit
+from kinoray.control.master import fail_master, master_ready
+from kinoray.control.static_renditions import fail_static_renditions, renditions_ready
 from kinoray.settings import JobSettings, Settings, get_settings
 from kinoray.store.db import Database, is_transient
 from kinoray.store.models import Asset, AssetStatus, Job, new_id, utcnow
-from kinoray.store.objects import ObjectStore
 from kinoray.store.states import ACTIVE_JOB_STATES, JobRecord, JobState
 
 if TYPE_CHECKING:
@@ -146,20 +147,12 @@ def asset_fields(result: TranscodeResult) -> dict[str, Any]:
     return fields_
 
 
-def ready_fields(result: TranscodeResult, *, asset_id: str, codec: str | None, static_renditions: bool,
-                 store: ObjectStore) -> dict[str, Any]:
-    """Everything :meth:`JobLifecycle.publish` writes onto the asset for ``result``: :func:`asset_fields`, the
-    codec, and the static renditions (their file size read from ``store``) when the asset asked for them."""
+def ready_fields(result: TranscodeResult, *, codec: str | None) -> dict[str, Any]:
+    """Everything :meth:`JobLifecycle.publish` writes onto the asset for ``result``: :func:`asset_fields` and
+    the codec. (Static renditions are rows the runner makes once the asset is ready:
+    :mod:`kinoray.control.static_renditions`.)"""
     published = asset_fields(result)
     published["video_codec"] = codec
-    if static_renditions:
-        key = result.static_rendition.rsplit("/", 1)[-1]
-        top = max(result.renditions, key=lambda r: r.height, default=None)
-        entry: dict[str, Any] = {"name": key, "ext": key.rsplit(".", 1)[-1], "status": "ready",
-                                 "filesize": str(store.size(f"{media_prefix(asset_id)}/{key}"))}
-        if top is not None:
-            entry.update(width=top.width, height=top.height, bitrate=top.average_bandwidth)
-        published["static_renditions"] = {"status": "ready", "files": [entry]}
     return published
 
 
@@ -176,7 +169,6 @@ class ClaimedJob:
     output: str  # object-store prefix of the media
     options: dict[str, Any]
     input_url: str | None  # to fetch into ``source`` first, unless already stored
-    static_renditions: bool  # whether the asset asked for static renditions
     attempt: int  # 1 on the first claim
 
     def __post_init__(self) -> None:
@@ -266,7 +258,7 @@ class JobLifecycle:
             asset = session.get_one(Asset, job.asset_id)
             claimed = ClaimedJob(job_id=job_id, asset_id=job.asset_id, source=job.source, output=job.output,
                                  options=dict(job.options or {}), input_url=asset.input_url,
-                                 static_renditions=asset.static_renditions is not None, attempt=job.attempts)
+                                 attempt=job.attempts)
         log.info("job claimed", extra={"job": job_id, "asset": claimed.asset_id, "attempt": claimed.attempt})
         return claimed
 
@@ -328,7 +320,7 @@ class JobLifecycle:
             outcome = self._finish(session, job_id, values, JobState.READY)
             if outcome is FinishOutcome.DONE or outcome is FinishOutcome.ALREADY:
                 job = session.get_one(Job, job_id)
-                if _publish_asset(session, job.asset_id, job.result or published):
+                if _publish_asset(session, job.asset_id, job.result or published, self.settings):
                     outcome = FinishOutcome.DONE
         log.info("job published", extra={"job": job_id, "outcome": outcome.value})
         return outcome
@@ -444,7 +436,8 @@ class JobLifecycle:
     def _stranded(self, limit: int) -> list[str]:
         with self.db.reader() as session:
             return list(session.scalars(
-                sa.select(Asset.id).where(Asset.status == AssetStatus.PREPARING, self._no_live_job(Asset.id))
+                sa.select(Asset.id).where(Asset.status == AssetStatus.PREPARING, Asset.progress_state != "live",
+                                          self._no_live_job(Asset.id))
                 .order_by(Asset.created_at, Asset.id).limit(limit)))
 
     def _repair_asset(self, asset_id: str) -> str | None:
@@ -454,14 +447,14 @@ class JobLifecycle:
             # then re-check that it is still stranded.
             locked = session.execute(
                 sa.update(Asset).where(Asset.id == asset_id, Asset.status == AssetStatus.PREPARING,
-                                       self._no_live_job(asset_id))
+                                       Asset.progress_state != "live", self._no_live_job(asset_id))
                 .values(updated_at=utcnow()).execution_options(synchronize_session=False))
             if not _count(locked):
                 return None
             job = session.scalars(sa.select(Job).where(Job.asset_id == asset_id)
                                   .order_by(Job.created_at.desc(), Job.job_id.desc()).limit(1)).first()
             if job is not None and job.state == JobState.READY.value and job.result is not None:
-                _publish_asset(session, asset_id, job.result)
+                _publish_asset(session, asset_id, job.result, self.settings)
                 return "published"
             if job is not None and job.state == JobState.ERRORED.value:
                 _error_asset(session, asset_id, job.error_type or "internal_error",
@@ -487,8 +480,9 @@ class JobLifecycle:
                 _error_asset(session, asset_id, "internal_error",
                              f"the asset has no transcode job and its settings cannot make one: {error}")
                 return "errored"
-            session.add(Job(job_id=new_id(), asset_id=asset_id, options=job_options(create, self.settings),
-                            source=input_key(asset_id), output=media_prefix(asset_id),
+            source, clip = job_source(asset)
+            session.add(Job(job_id=new_id(), asset_id=asset_id, options=job_options(create, self.settings, **clip),
+                            source=source, output=media_prefix(asset_id),
                             state=JobState.QUEUED.value, created_at=now, updated_at=now))
             return "rerun"
 
@@ -510,8 +504,9 @@ def _record_values(record: JobRecord) -> dict[str, Any]:
     return values
 
 
-def _publish_asset(session: Session, asset_id: str, published: dict[str, Any]) -> bool:
-    """Mark the asset ready with ``published`` and emit ``video.asset.ready``, if it is still preparing."""
+def _publish_asset(session: Session, asset_id: str, published: dict[str, Any], settings: Settings) -> bool:
+    """Mark the asset ready with ``published`` and emit ``video.asset.ready``, if it is still preparing; its
+    legacy MP4s are requested and a preparing master download opens (their events follow)."""
     asset = session.get(Asset, asset_id, populate_existing=True)
     if asset is None or asset.status != AssetStatus.PREPARING:
         return False
@@ -523,6 +518,10 @@ def _publish_asset(session: Session, asset_id: str, published: dict[str, Any]) -
     asset.updated_at = utcnow()
     session.flush()
     emit(session, "video.asset.ready", "asset", asset.id, asset_view(asset))
+    if asset.live_stream_id is not None:  # a live stream's recording, now an ordinary asset (Mux's event)
+        emit(session, "video.asset.live_stream_completed", "asset", asset.id, asset_view(asset))
+    renditions_ready(session, asset)
+    master_ready(session, asset, settings)
     return True
 
 
@@ -534,8 +533,8 @@ def _error_asset(session: Session, asset_id: str, error_type: str, message: str)
     asset.status = AssetStatus.ERRORED
     asset.errors = {"type": error_type, "messages": [message]}
     asset.progress_state = "errored"
-    if asset.static_renditions is not None:
-        asset.static_renditions = {"status": "errored", "files": []}
+    fail_static_renditions(session, asset, message)
+    fail_master(session, asset)
     asset.updated_at = utcnow()
     session.flush()
     emit(session, "video.asset.errored", "asset", asset.id, asset_view(asset))

@@ -9,7 +9,8 @@ asset's ``media/`` prefix, restricted to names the packager writes)::
     /{playback_id}/{rung}/index.m3u8        HLS media playlist (rung: 1080p, 720p, ..., audio)
     /{playback_id}/{rung}/init.mp4          CMAF init segment
     /{playback_id}/{rung}/seg_00001.m4s     CMAF media segment
-    /{playback_id}/highest.mp4              static renditions: highest.mp4, capped-1080p.mp4, audio.m4a
+    /{playback_id}/highest.mp4              static renditions (ready ones): highest.mp4, 720p.mp4, audio.m4a, …
+    /master/{token}                         a master download (the original input; control/master.py)
     /{playback_id}/text/{track_id}.m3u8     HLS subtitle playlist of a text track (one WebVTT segment)
     /{playback_id}/text/{track_id}.vtt      the text track's WebVTT (Mux's URL; also the DASH BaseURL)
 
@@ -35,15 +36,19 @@ import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 from urllib.parse import quote
 
 import jwt
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from sqlalchemy.orm import Session, joinedload
 
+from kinoray.control.live import live_prefix
 from kinoray.control.lookup import find
+from kinoray.control.static_renditions import STATIC_NAMES
 from kinoray.errors import (
     AssetNotReadyError,
     InvalidParametersError,
@@ -54,12 +59,21 @@ from kinoray.errors import (
 from kinoray.media.manifest_rewrite import (
     RenditionFilter,
     TextRendition,
+    TimeWindow,
     rewrite_dash_mpd,
     rewrite_hls_master,
     rewrite_hls_media,
-    variant_short_sides,
 )
-from kinoray.store.models import AssetStatus, PlaybackId, PlaybackPolicy, is_valid_id
+from kinoray.store.models import (
+    AssetStatus,
+    LiveStreamPlaybackId,
+    LiveStreamStatus,
+    PlaybackId,
+    PlaybackPolicy,
+    StaticRendition,
+    StaticRenditionStatus,
+    is_valid_id,
+)
 from kinoray.store.objects import ObjectStore
 
 __all__ = [
@@ -75,6 +89,7 @@ __all__ = [
     "ByteRange",
     "KeyLookup",
     "Playback",
+    "PlaybackModifiers",
     "PlaybackRecord",
     "StoredObject",
     "TOKEN_LEEWAY_SECONDS",
@@ -91,6 +106,7 @@ __all__ = [
     "media_content_type",
     "media_file_key",
     "parse_range",
+    "playback_modifiers",
     "read_object",
     "rendition_filter",
     "stat_object",
@@ -108,6 +124,8 @@ log = logging.getLogger(__name__)
 AUDIENCES = {"video": "v", "thumbnail": "t", "gif": "g", "storyboard": "s"}
 #: Seconds a cache may keep a public manifest; segments and MP4s never change once published.
 MANIFEST_MAX_AGE = 5
+#: A live stream's playlists change every segment: a second, so a CDN never holds the live edge back.
+LIVE_MANIFEST_MAX_AGE = 1
 IMMUTABLE_MAX_AGE = 31_536_000
 #: Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds.
 TOKEN_LEEWAY_SECONDS = 5
@@ -122,17 +140,20 @@ CORS_HEADERS = {
     "Timing-Allow-Origin": "*",
 }
 
-_MIN_RESOLUTIONS = {"480p": 480, "540p": 540, "720p": 720, "1080p": 1080, "1440p": 1440, "2160p": 2160}
-_MAX_RESOLUTIONS = {"720p": 720, "1080p": 1080, "1440p": 1440, "2160p": 2160}
+#: ``min_resolution``/``max_resolution`` values: every size Mux's SDKs send (mux-node's types list 270p to 2160p).
+_RESOLUTIONS = {f"{height}p": height for height in (270, 360, 480, 540, 720, 1080, 1440, 2160)}
 _RENDITION_ORDERS = {"desc": True}
+_BOOLEANS = {"true": True, "false": False, True: True, False: False}
+#: A BCP 47 tag's shape (language, then subtags): enough to refuse garbage without a registry.
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8}){0,7}")
+_SECONDS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,12})?")
 #: Rendition folders the packager writes (``240p`` ... ``2160p``, ``audio``) and the files inside them.
 RUNG_PATTERN = re.compile(r"[1-9][0-9]{1,3}p|audio")
 MEDIA_FILE_PATTERN = re.compile(r"init\.mp4|seg_[0-9]{5,9}\.m4s")
-STATIC_RENDITIONS = ("highest.mp4", "capped-1080p.mp4", "audio.m4a")
+STATIC_RENDITIONS = STATIC_NAMES
 #: Folder of text tracks under an asset's media prefix, and the files in it: ``<track_id>.vtt``/``.m3u8``.
 TEXT_DIR = "text"
 TEXT_FILE_PATTERN = re.compile(r"([A-Za-z0-9]{32})\.(vtt|m3u8)")
-_CAPPED_SHORT_SIDE = 1080
 _READ_CHUNK = 256 * 1024
 
 
@@ -152,6 +173,8 @@ class Playback:
     claims: Mapping[str, Any] | None = None
     #: The asset's ready text tracks, in the order they were added (what manifests list).
     text_tracks: tuple[TextRendition, ...] = ()
+    #: A live stream's playback id: its playlists change every segment (never cached for long).
+    live: bool = False
 
     @property
     def signed(self) -> bool:
@@ -195,6 +218,12 @@ class PlaybackRecord:
     #: For images: whether the asset has a video track, and its duration in seconds (``None`` if unknown).
     has_video: bool = False
     duration: float | None = None
+    #: The asset's ``ready`` static renditions (file names): the only ones served.
+    static_files: frozenset[str] = frozenset()
+    #: Set for a live stream's playback id: the stream's id. Then ``asset_id`` is its current recording ("" between
+    #: sessions), ``status`` is ``ready`` while the stream is ``active`` (else ``preparing``) and
+    #: ``storage_prefix`` is the stream's live output (:func:`kinoray.control.live.live_prefix`).
+    live_stream_id: str | None = None
 
 
 #: Looks up a signing key's PEM public key by ``kid`` (``None``: no such key).
@@ -203,8 +232,20 @@ KeyLookup = Callable[[str], str | None]
 
 def load_record(session: Session, playback_id: str) -> PlaybackRecord:
     """The playback id's row and its asset's state. Raises ``NotFoundError`` for unknown, deleted or malformed
-    ids (nothing but a valid id ever reaches the query)."""
-    row = find(session, PlaybackId, playback_id, what="playback id", options=(joinedload(PlaybackId.asset),))
+    ids (nothing but a valid id ever reaches the query). A live stream's playback id gives a record with
+    ``live_stream_id`` set (see :class:`PlaybackRecord`)."""
+    try:
+        row = find(session, PlaybackId, playback_id, what="playback id", options=(joinedload(PlaybackId.asset),))
+    except NotFoundError:
+        live = session.get(LiveStreamPlaybackId, playback_id,
+                           options=(joinedload(LiveStreamPlaybackId.live_stream),)) if is_valid_id(playback_id) else None
+        if live is None:
+            raise
+        stream = live.live_stream
+        return PlaybackRecord(
+            playback_id=live.id, asset_id=stream.active_asset_id or "", policy=live.policy,
+            status=AssetStatus.READY if stream.status == LiveStreamStatus.ACTIVE else AssetStatus.PREPARING,
+            storage_prefix=live_prefix(stream.id), has_video=not stream.audio_only, live_stream_id=stream.id)
     asset = row.asset
     tracks = asset.tracks or []
     return PlaybackRecord(
@@ -212,7 +253,9 @@ def load_record(session: Session, playback_id: str) -> PlaybackRecord:
         storage_prefix=(asset.storage_prefix or f"assets/{asset.id}").rstrip("/"),
         text_tracks=text_renditions(tracks),
         has_video=asset.resolution_tier != "audio-only" and any(track.get("type") == "video" for track in tracks),
-        duration=asset.duration)
+        duration=asset.duration,
+        static_files=frozenset(session.scalars(sa.select(StaticRendition.name).where(
+            StaticRendition.asset_id == asset.id, StaticRendition.status == StaticRenditionStatus.READY))))
 
 
 def verify_token(playback_id: str, token: str | None, audience: str, public_key: KeyLookup) -> dict[str, Any]:
@@ -282,14 +325,19 @@ def authorize(record: PlaybackRecord, claims: Mapping[str, Any] | None, token: s
         AssetNotReadyError: the asset is still preparing.
         NotFoundError: the asset errored.
     """
+    live = record.live_stream_id is not None
     if record.status == AssetStatus.PREPARING:
+        if live:
+            raise AssetNotReadyError(f"the live stream of playback id {record.playback_id} is not active; retry "
+                                     "when it is")
         raise AssetNotReadyError(f"asset for playback id {record.playback_id} is still preparing; retry when it "
                                  "is ready")
     if record.status != AssetStatus.READY:
         raise NotFoundError(f"playback id {record.playback_id} has nothing to play: its asset errored")
     return Playback(playback_id=record.playback_id, asset_id=record.asset_id, policy=record.policy,
-                    media_prefix=f"{record.storage_prefix}/media",
-                    token=token if claims is not None else None, claims=claims, text_tracks=record.text_tracks)
+                    media_prefix=record.storage_prefix if live else f"{record.storage_prefix}/media",
+                    token=token if claims is not None else None, claims=claims, text_tracks=record.text_tracks,
+                    live=live)
 
 
 def text_renditions(tracks: Sequence[Mapping[str, Any]]) -> tuple[TextRendition, ...]:
@@ -312,28 +360,69 @@ def text_renditions(tracks: Sequence[Mapping[str, Any]]) -> tuple[TextRendition,
     return tuple(renditions)
 
 
-def rendition_filter(playback: Playback, query: Mapping[str, str]) -> RenditionFilter:
-    """The playback modifiers ``min_resolution``, ``max_resolution`` and ``rendition_order``: from the query
-    for public ids, from the token's claims for signed ones (Mux's rule; query modifiers are then ignored, so
-    a viewer cannot lift limits the signer set).
+@dataclass(frozen=True)
+class PlaybackModifiers:
+    """Mux's playback modifiers of one manifest request (hashable: part of the manifest cache key).
+
+    ``selection``: ``min_resolution``/``max_resolution``/``rendition_order``. ``window``: instant clipping
+    (``asset_start_time``/``asset_end_time``). ``default_subtitles_lang``: the text track made ``DEFAULT``.
+    ``redundant_streams`` is accepted and has no effect: Mux lists each variant once per CDN so a player can
+    fail over; kinoray has one origin, and a second entry naming the same URL would only make a player retry
+    the host that just failed (docs/API.md)."""
+
+    selection: RenditionFilter = RenditionFilter()
+    window: TimeWindow | None = None
+    default_subtitles_lang: str | None = None
+    redundant_streams: bool = False
+
+
+def playback_modifiers(playback: Playback, query: Mapping[str, str]) -> PlaybackModifiers:
+    """The playback modifiers of a request: from the query for public ids, from the token's claims for signed
+    ones (Mux's rule; query modifiers are then ignored, so a viewer cannot lift limits the signer set). Claims
+    may hold numbers where the query holds strings (``asset_start_time: 10``, as mux.jwt writes them).
 
     Raises:
-        InvalidParametersError: a value Mux does not accept, or a minimum above the maximum.
+        InvalidParametersError: a value Mux does not accept, a minimum above the maximum, a start not before
+            the end.
     """
     source: Mapping[str, Any] = playback.claims if playback.signed and playback.claims is not None else query
 
-    def pick(name: str, allowed: Mapping[str, Any]) -> Any:
+    def pick(name: str, allowed: Mapping[Any, Any]) -> Any:
         value = source.get(name)
-        if value is not None and (not isinstance(value, str) or value not in allowed):
-            raise InvalidParametersError(f"{name} must be one of {', '.join(allowed)}, got {str(value)[:32]!r}")
+        if value is not None and (not isinstance(value, str | bool) or value not in allowed):
+            raise InvalidParametersError(
+                f"{name} must be one of {', '.join(map(str, allowed))}, got {str(value)[:32]!r}")
         return None if value is None else allowed[value]
 
-    minimum, maximum = pick("min_resolution", _MIN_RESOLUTIONS), pick("max_resolution", _MAX_RESOLUTIONS)
-    descending = pick("rendition_order", _RENDITION_ORDERS) is not None
+    def seconds(name: str) -> Fraction | None:
+        value = source.get(name)
+        if value is None:
+            return None
+        text = format(value, "f") if isinstance(value, int | float) and not isinstance(value, bool) else value
+        if not isinstance(text, str) or not _SECONDS.fullmatch(text):
+            raise InvalidParametersError(f"{name} must be a decimal number of seconds, got {str(value)[:32]!r}")
+        return Fraction(text)
+
+    language = source.get("default_subtitles_lang")
+    if language is not None and (not isinstance(language, str) or not _LANGUAGE_TAG.fullmatch(language)):
+        raise InvalidParametersError(f"default_subtitles_lang must be a BCP 47 language tag, got "
+                                     f"{str(language)[:32]!r}")
+    redundant = pick("redundant_streams", _BOOLEANS)
     try:
-        return RenditionFilter(min_resolution=minimum, max_resolution=maximum, descending=descending)
+        selection = RenditionFilter(min_resolution=pick("min_resolution", _RESOLUTIONS),
+                                    max_resolution=pick("max_resolution", _RESOLUTIONS),
+                                    descending=pick("rendition_order", _RENDITION_ORDERS) is not None)
+        start, end = seconds("asset_start_time"), seconds("asset_end_time")
+        window = None if start is None and end is None else TimeWindow(start, end)
     except ValueError as error:
         raise InvalidParametersError(str(error)) from None
+    return PlaybackModifiers(selection=selection, window=window, default_subtitles_lang=language,
+                             redundant_streams=bool(redundant))
+
+
+def rendition_filter(playback: Playback, query: Mapping[str, str]) -> RenditionFilter:
+    """The rendition selection of :func:`playback_modifiers` alone."""
+    return playback_modifiers(playback, query).selection
 
 
 # --- manifests -----------------------------------------------------------------------------------------------
@@ -348,26 +437,37 @@ def _read_text(store: ObjectStore, key: str, what: str) -> str:
         raise
 
 
-def hls_master(store: ObjectStore, playback: Playback, selection: RenditionFilter) -> str:
-    """The asset's master playlist, variants filtered/ordered, URIs under ``{playback_id}/`` (+ token)."""
+def hls_master(store: ObjectStore, playback: Playback, modifiers: PlaybackModifiers) -> str:
+    """The asset's master playlist, variants filtered/ordered, URIs under ``{playback_id}/`` (+ token; a public
+    id's clipping window rides on the playlist URIs, a signed id's is in the token)."""
     master = _read_text(store, playback.key("master.m3u8"), "HLS manifest")
-    return rewrite_hls_master(master, prefix=f"{playback.playback_id}/", query=playback.query, selection=selection,
-                              subtitles=playback.text_tracks)
+    return rewrite_hls_master(master, prefix=f"{playback.playback_id}/", query=playback.query,
+                              selection=modifiers.selection, subtitles=playback.text_tracks,
+                              window=None if playback.signed else modifiers.window,
+                              default_subtitles_lang=modifiers.default_subtitles_lang)
 
 
-def hls_media(store: ObjectStore, playback: Playback, rung: str) -> str:
-    """Rendition ``rung``'s media playlist, with the token on its segment and init URIs."""
+def hls_media(store: ObjectStore, playback: Playback, rung: str, window: TimeWindow | None = None) -> str:
+    """Rendition ``rung``'s media playlist, with the token on its segment and init URIs, cut to ``window``."""
     if not RUNG_PATTERN.fullmatch(rung):
         raise NotFoundError(f"no rendition {rung[:32]!r}")
     playlist = _read_text(store, playback.key(rung, "index.m3u8"), f"rendition {rung}")
-    return rewrite_hls_media(playlist, query=playback.query)
+    try:
+        return rewrite_hls_media(playlist, query=playback.query, window=window)
+    except ValueError as error:
+        raise InvalidParametersError(str(error)) from None
 
 
-def dash_manifest(store: ObjectStore, playback: Playback, selection: RenditionFilter) -> str:
-    """The asset's MPD, video representations filtered/ordered, templates under ``{playback_id}/`` (+ token)."""
+def dash_manifest(store: ObjectStore, playback: Playback, modifiers: PlaybackModifiers) -> str:
+    """The asset's MPD, video representations filtered/ordered, templates under ``{playback_id}/`` (+ token),
+    segment timelines cut to the clipping window."""
     mpd = _read_text(store, playback.key("manifest.mpd"), "DASH manifest")
-    return rewrite_dash_mpd(mpd, prefix=f"{playback.playback_id}/", query=playback.query, selection=selection,
-                            subtitles=playback.text_tracks)
+    try:
+        return rewrite_dash_mpd(mpd, prefix=f"{playback.playback_id}/", query=playback.query,
+                                selection=modifiers.selection, subtitles=playback.text_tracks,
+                                window=modifiers.window)
+    except ValueError as error:
+        raise InvalidParametersError(str(error)) from None
 
 
 def text_file_key(playback: Playback, name: str) -> str:
@@ -408,29 +508,16 @@ def media_content_type(rung: str, name: str) -> str:
     return "video/iso.segment" if name.endswith(".m4s") else "video/mp4"
 
 
-def static_rendition_key(store: ObjectStore, playback: Playback, name: str) -> str:
-    """The storage key behind ``/{playback_id}/{name}``: ``highest.mp4`` is the stored top-rung MP4,
-    ``capped-1080p.mp4`` the same file when the top rung is at most 1080p, ``audio.m4a`` the stored audio
-    MP4 (written for audio-only assets only).
+def static_rendition_key(record: PlaybackRecord, playback: Playback, name: str) -> str:
+    """The storage key behind ``/{playback_id}/{name}``: ``media/<name>``, for a static rendition of the asset
+    that is ``ready`` (:mod:`kinoray.control.static_renditions` makes them).
 
     Raises:
-        NotFoundError: another name, or the file is not there.
+        NotFoundError: another name, or no such ready rendition.
     """
-    if name not in STATIC_RENDITIONS:
-        raise NotFoundError(f"no static rendition {name[:32]!r}")
-    if name == "audio.m4a":
-        key = playback.key("audio.m4a")
-        if not store.exists(key):
-            raise NotFoundError("no audio.m4a: it is stored for audio-only assets only")
-        return key
-    key = playback.key("highest.mp4")
-    if name == "capped-1080p.mp4":
-        sides = variant_short_sides(_read_text(store, playback.key("master.m3u8"), "HLS manifest"))
-        if sides and max(sides) > _CAPPED_SHORT_SIDE:
-            raise NotFoundError(f"no capped-1080p.mp4: the top rendition is {max(sides)}p; use highest.mp4")
-    if not store.exists(key):
-        raise NotFoundError(f"no {name} for this playback id")
-    return key
+    if name not in STATIC_RENDITIONS or name not in record.static_files:
+        raise NotFoundError(f"no static rendition {name[:32]!r} for this playback id")
+    return playback.key(name)
 
 
 @dataclass(frozen=True)
@@ -497,10 +584,13 @@ def read_object(store: ObjectStore, key: str, start: int, length: int) -> Iterat
 def cache_control(playback: Playback, *, immutable: bool) -> str:
     """``Cache-Control`` for a delivery response. Segments, init segments and MP4s (``immutable``) never change
     under their URL: a year, ``immutable`` — for a signed id only until its token expires, so no cache serves
-    a URL longer than its token opens it. Manifests: a few seconds when public; never stored when signed
+    a URL longer than its token opens it. Manifests: a few seconds when public (a second for live streams); never
+    stored when signed
     (they embed the viewer's token)."""
     if not immutable:
-        return "private, no-store" if playback.signed else f"public, max-age={MANIFEST_MAX_AGE}"
+        if playback.signed:
+            return "private, no-store"
+        return f"public, max-age={LIVE_MANIFEST_MAX_AGE if playback.live else MANIFEST_MAX_AGE}"
     seconds_left = playback.seconds_left
     max_age = IMMUTABLE_MAX_AGE if seconds_left is None else min(IMMUTABLE_MAX_AGE, seconds_left)
     return f"public, max-age={max_age}, immutable"

@@ -6,11 +6,13 @@ Three small caches, each entry kept at most ``ttl`` seconds (``edge.cache_second
   remembered for ``negative_ttl`` seconds, so a flood of made-up ids costs one query per id and window;
 - signing key id → PEM public key (``None`` for a deleted key);
 - (token, playback id, audience) → verified claims, or the refusal, so a signed viewer's segments cost no RSA
-  verification after the first; never used past the token's ``exp``.
+  verification after the first; never used past the token's ``exp``;
+- playback restriction id → its rule (``None`` for a deleted one), which a token's ``playback_restriction_id``
+  claim opts into; the rule itself is checked against each request's ``Referer`` and ``User-Agent``.
 
 Invalidation is by expiry, which makes the bound hold on every process without any message between them: a
-deleted asset or playback id, a revoked signing key or a changed text track list reaches every edge process
-within ``ttl`` seconds plus one request. Only ready assets' records are kept: one that is still preparing is
+deleted asset or playback id, a revoked signing key, a changed or deleted playback restriction or a changed
+text track list reaches every edge process within ``ttl`` seconds plus one request. Only ready assets' records are kept: one that is still preparing is
 read again on every request, so it plays as soon as it is ready.
 
 Thread-safe: the edge's event loop reads the caches inline (:meth:`PlaybackResolver.cached`) and resolves
@@ -26,6 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
 
+from sqlalchemy.orm import Session
+
 from kinoray.control.playback import (
     Playback,
     PlaybackRecord,
@@ -34,6 +38,7 @@ from kinoray.control.playback import (
     token_expired,
     verify_token,
 )
+from kinoray.control.restrictions import RestrictionRule, Viewer, load_rule, restriction_id_of
 from kinoray.control.signing import public_key_pem
 from kinoray.errors import KinorayError, NotFoundError, PlaybackForbiddenError
 from kinoray.store.db import Database
@@ -98,6 +103,7 @@ class PlaybackResolver:
         self._records: TtlCache[str, PlaybackRecord | _Refusal] = TtlCache(max_entries)
         self._keys: TtlCache[str, str | None] = TtlCache(1024)
         self._tokens: TtlCache[tuple[str, str, str], Mapping[str, Any] | _Refusal] = TtlCache(max_entries)
+        self._rules: TtlCache[str, RestrictionRule | None] = TtlCache(1024)
 
     # --- what the caches hold (no I/O; a cached refusal is raised) ------------------------------------------
     def _fresh_record(self, playback_id: str) -> PlaybackRecord | None:
@@ -129,15 +135,31 @@ class PlaybackResolver:
             self._records.put(playback_id, record, now + self.ttl)
         return record
 
-    def _public_key(self, kid: str) -> str | None:
+    def _read_through(self, cache: TtlCache[str, V | None], key: str,
+                      load: Callable[[Session, str], V | None]) -> V | None:
+        """``cache``'s fresh entry for ``key``, else ``load``'s answer (one read), kept for ``ttl`` seconds."""
         now = self.clock()
-        found, pem = self._keys.get(kid, now)
+        found, value = cache.get(key, now)
         if not found:
             with self.db.reader() as session:
-                pem = public_key_pem(session, kid)
+                value = load(session, key)
             if self.ttl > 0:
-                self._keys.put(kid, pem, now + self.ttl)
-        return pem
+                cache.put(key, value, now + self.ttl)
+        return value
+
+    def _public_key(self, kid: str) -> str | None:
+        return self._read_through(self._keys, kid, public_key_pem)
+
+    def _rule(self, restriction_id: str) -> RestrictionRule | None:
+        return self._read_through(self._rules, restriction_id, load_rule)
+
+    @staticmethod
+    def _restrict(rule: RestrictionRule | None, restriction_id: str | None, viewer: Viewer | None) -> None:
+        if restriction_id is None:
+            return
+        if rule is None:
+            raise PlaybackForbiddenError(f"token names playback restriction {restriction_id}, which does not exist")
+        rule.check(viewer or Viewer())
 
     def _claims(self, record: PlaybackRecord, token: str | None, audience: str) -> Mapping[str, Any]:
         key = (token or "", record.playback_id, audience)
@@ -155,21 +177,28 @@ class PlaybackResolver:
             self._tokens.put(key, claims, now + self.ttl)
         return claims
 
-    def resolve(self, playback_id: str, token: str | None, audience: str) -> Resolved:
+    def resolve(self, playback_id: str, token: str | None, audience: str, viewer: Viewer | None = None) -> Resolved:
         """What ``playback_id`` may serve to a caller with ``token`` (reads the database on a miss): the id
-        exists, then the token (signed ids), then the asset's state
-        (:func:`kinoray.control.playback.authorize`).
+        exists, then the token (signed ids) and the playback restriction it names, checked against ``viewer``
+        (absent headers when ``None``), then the asset's state (:func:`kinoray.control.playback.authorize`).
 
         Raises:
             NotFoundError: unknown, deleted or malformed id; errored asset.
-            PlaybackForbiddenError: a signed id without a valid token for ``audience``.
+            PlaybackForbiddenError: a signed id without a valid token for ``audience``, or naming a playback
+                restriction that does not exist.
+            PlaybackRestrictedError: the token's playback restriction refuses ``viewer``.
             AssetNotReadyError: the asset is still preparing.
         """
         record = self._record(playback_id)
-        claims = self._claims(record, token, audience) if record.policy == PlaybackPolicy.SIGNED else None
+        claims = None
+        if record.policy == PlaybackPolicy.SIGNED:
+            claims = self._claims(record, token, audience)
+            restriction_id = restriction_id_of(claims)
+            self._restrict(self._rule(restriction_id) if restriction_id else None, restriction_id, viewer)
         return Resolved(record, authorize(record, claims, token))
 
-    def cached(self, playback_id: str, token: str | None, audience: str) -> Resolved | None:
+    def cached(self, playback_id: str, token: str | None, audience: str,
+               viewer: Viewer | None = None) -> Resolved | None:
         """:meth:`resolve` when everything it needs is cached (no I/O: safe on an event loop), else ``None``."""
         record = self._fresh_record(playback_id)
         if record is None:
@@ -179,4 +208,11 @@ class PlaybackResolver:
             claims = self._fresh_claims((token or "", record.playback_id, audience))
             if claims is None:
                 return None
+            restriction_id = restriction_id_of(claims)
+            rule = None
+            if restriction_id is not None:
+                found, rule = self._rules.get(restriction_id, self.clock())
+                if not found:
+                    return None
+            self._restrict(rule, restriction_id, viewer)
         return Resolved(record, authorize(record, claims, token))

@@ -38,15 +38,16 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from pydantic import Field
+from pydantic import Field, model_validator
 from sqlalchemy.orm import Session
 
 import kinoray
+from kinoray.control.events import iso_time
 from kinoray.control.lookup import find
 from kinoray.control.outbound import policed_handlers
 from kinoray.control.requests import RequestModel
 from kinoray.control.urls import check_public_url
-from kinoray.errors import AuthenticationError, InputUrlRefusedError, InvalidParametersError
+from kinoray.errors import AuthenticationError, ConflictError, InputUrlRefusedError, InvalidParametersError
 from kinoray.settings import Settings
 from kinoray.store.db import newest_first
 from kinoray.store.models import WebhookDelivery, WebhookEndpoint, new_id, new_secret, utcnow
@@ -62,6 +63,8 @@ __all__ = [
     "DeliveryResult",
     "EndpointCreate",
     "EndpointUpdate",
+    "WebhookCreate",
+    "WebhookUpdate",
     "backoff",
     "create_endpoint",
     "deliver_due",
@@ -73,10 +76,12 @@ __all__ = [
     "get_endpoint",
     "list_deliveries",
     "list_endpoints",
+    "max_attempts",
     "rotate_secret",
     "sign",
     "update_endpoint",
     "verify",
+    "webhook_view",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,7 +97,11 @@ RETRY_SCHEDULE: tuple[timedelta, ...] = (
     timedelta(hours=10), timedelta(hours=14), timedelta(hours=20),
 )
 JITTER = 0.2
+#: The most of an endpoint's answer kept in the attempt log (Mux's ``response_body``/``response_headers``).
+_KEPT_BODY_BYTES = 1024
+_KEPT_HEADERS = 32
 _MAX_URL_LENGTH = 4096
+_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00]*$"
 _USER_AGENT = f"kinoray-webhooks/{kinoray.__version__}"
 _jitter = random.Random()
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
@@ -160,7 +169,7 @@ def endpoint_body(payload: dict[str, Any]) -> bytes:
 class EndpointCreate(RequestModel):
     """``POST /system/v1/webhook-endpoints``."""
 
-    url: str = Field(min_length=1, max_length=_MAX_URL_LENGTH, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00]*$",
+    url: str = Field(min_length=1, max_length=_MAX_URL_LENGTH, pattern=_URL_PATTERN,
                      description="http(s) URL that receives events; refused when it points at a private "
                                  "address (SSRF policy)")
 
@@ -168,8 +177,32 @@ class EndpointCreate(RequestModel):
 class EndpointUpdate(RequestModel):
     """``PATCH /system/v1/webhook-endpoints/{id}``: fields left out stay as they are."""
 
-    url: str | None = Field(default=None, min_length=1, max_length=_MAX_URL_LENGTH, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00]*$")
+    url: str | None = Field(default=None, min_length=1, max_length=_MAX_URL_LENGTH, pattern=_URL_PATTERN)
     enabled: bool | None = None
+
+
+class WebhookCreate(RequestModel):
+    """``POST /system/v1/webhooks`` (Mux's shape of the same endpoint resource)."""
+
+    address: str = Field(min_length=1, max_length=_MAX_URL_LENGTH, pattern=_URL_PATTERN,
+                         description="http(s) URL that receives events, unique among the webhooks")
+
+
+class WebhookUpdate(RequestModel):
+    """``PATCH /system/v1/webhooks/{id}``: at least one of ``address`` and ``enabled``."""
+
+    address: str | None = Field(default=None, min_length=1, max_length=_MAX_URL_LENGTH,
+                                pattern=_URL_PATTERN)
+    enabled: bool | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> WebhookUpdate:
+        if self.address is None and self.enabled is None:
+            raise ValueError("give address, enabled or both")
+        return self
+
+    def as_endpoint(self) -> EndpointUpdate:
+        return EndpointUpdate(url=self.address, enabled=self.enabled)
 
 
 def _check_url(url: str, settings: Settings) -> None:
@@ -177,10 +210,21 @@ def _check_url(url: str, settings: Settings) -> None:
     check_public_url(url, settings, purpose="webhook")
 
 
+def _check_unique(session: Session, url: str, endpoint_id: str | None = None) -> None:
+    # One endpoint per address (Mux's rule): a second would receive every event twice. Checked, not constrained:
+    # a race of two creates costs a duplicate delivery, not an error.
+    query = sa.select(WebhookEndpoint.id).where(WebhookEndpoint.url == url)
+    if endpoint_id is not None:
+        query = query.where(WebhookEndpoint.id != endpoint_id)
+    if session.scalars(query.limit(1)).first() is not None:
+        raise ConflictError(f"a webhook endpoint with the address {url!r} exists already")
+
+
 def create_endpoint(session: Session, settings: Settings, url: str) -> WebhookEndpoint:
     """A new enabled endpoint with a fresh secret. ``InputUrlRefusedError`` for a URL the SSRF policy forbids
-    (resolving the host name: one DNS lookup)."""
+    (resolving the host name: one DNS lookup), ``ConflictError`` when another endpoint has that address."""
     _check_url(url, settings)
+    _check_unique(session, url)
     now = utcnow()
     endpoint = WebhookEndpoint(id=new_id(), url=url, secret=new_secret(), enabled=True, created_at=now,
                                updated_at=now)
@@ -195,12 +239,12 @@ def get_endpoint(session: Session, endpoint_id: str, *, for_update: bool = False
     return find(session, WebhookEndpoint, endpoint_id, what="webhook endpoint", for_update=for_update)
 
 
-def list_endpoints(session: Session, *, limit: int, cursor: str | None = None
+def list_endpoints(session: Session, *, limit: int, cursor: str | None = None, page: int = 1
                    ) -> tuple[list[WebhookEndpoint], str | None]:
-    """One page of endpoints, newest first, and the next page's cursor. ``InvalidParametersError`` for a bad
-    cursor."""
+    """One page of endpoints, newest first (by ``cursor``, or Mux's numbered ``page``), and the next page's
+    cursor. ``InvalidParametersError`` for a bad cursor."""
     try:
-        return newest_first(session, WebhookEndpoint, limit=limit, cursor=cursor)
+        return newest_first(session, WebhookEndpoint, limit=limit, cursor=cursor, page=page)
     except ValueError as error:
         raise InvalidParametersError(str(error)) from None
 
@@ -228,6 +272,7 @@ def update_endpoint(session: Session, settings: Settings, endpoint: WebhookEndpo
     events from while it was off are not sent); enabling clears ``disabled_reason``."""
     if update.url is not None and update.url != endpoint.url:
         _check_url(update.url, settings)
+        _check_unique(session, update.url, endpoint.id)
         endpoint.url = update.url
         endpoint.updated_at = utcnow()
     if update.enabled is False and endpoint.enabled:
@@ -286,6 +331,16 @@ def endpoint_view(endpoint: WebhookEndpoint) -> dict[str, Any]:
     return view
 
 
+def webhook_view(endpoint: WebhookEndpoint, *, with_secret: bool = False) -> dict[str, Any]:
+    """The endpoint as Mux's ``/system/v1/webhooks`` shows it: ``signing_secret`` only when ``with_secret``
+    (Mux returns it once, on create)."""
+    view: dict[str, Any] = {"id": endpoint.id, "address": endpoint.url, "enabled": endpoint.enabled,
+                            "created_at": iso_time(endpoint.created_at)}
+    if with_secret:
+        view["signing_secret"] = endpoint.secret
+    return view
+
+
 def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
     """One outbox row: ``status`` is ``pending`` (``next_attempt_at`` says when), ``delivered`` or ``failed``
     (given up or stopped; ``last_error`` says why)."""
@@ -312,10 +367,23 @@ def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
 # --- sending -------------------------------------------------------------------------------------------------
 
 
+def _base_delay(attempts: int) -> timedelta:
+    return RETRY_SCHEDULE[min(max(attempts, 1), len(RETRY_SCHEDULE)) - 1]
+
+
 def backoff(attempts: int) -> timedelta:
     """The jittered delay after the ``attempts``-th failed attempt (1-based)."""
-    base = RETRY_SCHEDULE[min(max(attempts, 1), len(RETRY_SCHEDULE)) - 1]
-    return base * _jitter.uniform(1 - JITTER, 1 + JITTER)
+    return _base_delay(attempts) * _jitter.uniform(1 - JITTER, 1 + JITTER)
+
+
+def max_attempts(retry_hours: float) -> int:
+    """How many attempts a delivery gets within ``retry_hours`` on the schedule without jitter (Mux's
+    ``max_attempts``; jitter may make it one more or one less): 7 for the default 24 h."""
+    window, elapsed, attempts = timedelta(hours=retry_hours), timedelta(0), 1
+    while elapsed + _base_delay(attempts) <= window:
+        elapsed += _base_delay(attempts)
+        attempts += 1
+    return attempts
 
 
 @dataclass(frozen=True)
@@ -329,15 +397,19 @@ class _Claimed:
     created_at: datetime
     url: str
     secret: str
+    attempt_log: tuple[dict[str, Any], ...]
 
 
 @dataclass(frozen=True)
 class DeliveryResult:
-    """What one POST came to: the HTTP status if an answer came, else ``None`` and ``error`` says why."""
+    """What one POST came to: the HTTP status if an answer came, else ``None`` and ``error`` says why;
+    the start of the answer's body and its headers as far as kept for the attempt log."""
 
     status: int | None
     error: str | None
     elapsed: float
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -363,8 +435,11 @@ def _post(url: str, body: bytes, headers: dict[str, str], settings: Settings) ->
         response = _opener(settings).open(request, timeout=timeout)
         if response is None:  # no handler for the scheme
             return DeliveryResult(None, f"unsupported URL scheme in {url!r}", time.monotonic() - started)
-        with response:  # the answer's body is not used: closing without reading it costs nothing
+        with response:  # only the start of the body is read, for the attempt log
             status = int(response.status)
+            kept_headers = tuple((name.lower(), value)
+                                 for name, value in list(response.getheaders())[:_KEPT_HEADERS])
+            kept_body = response.read(_KEPT_BODY_BYTES).decode("utf-8", errors="replace")
     except InputUrlRefusedError as error:  # the name now resolves somewhere the policy forbids
         return DeliveryResult(None, f"URL refused: {error}", time.monotonic() - started)
     except TimeoutError:
@@ -375,7 +450,7 @@ def _post(url: str, body: bytes, headers: dict[str, str], settings: Settings) ->
             return DeliveryResult(None, f"timed out after {timeout:g} s", time.monotonic() - started)
         return DeliveryResult(None, f"connection failed: {reason}", time.monotonic() - started)
     message = None if 200 <= status < 300 else f"endpoint answered HTTP {status}"
-    return DeliveryResult(status, message, time.monotonic() - started)
+    return DeliveryResult(status, message, time.monotonic() - started, kept_headers, kept_body)
 
 
 def _send(claimed: _Claimed, settings: Settings) -> DeliveryResult:
@@ -384,7 +459,7 @@ def _send(claimed: _Claimed, settings: Settings) -> DeliveryResult:
         _check_url(claimed.url, settings)
     except InvalidParametersError as error:
         return DeliveryResult(None, f"URL refused: {error}", 0.0)
-    body = endpoint_body(claimed.payload)
+    body = endpoint_body({**claimed.payload, "attempts": list(claimed.attempt_log)})
     headers = {
         "Content-Type": "application/json",
         "User-Agent": _USER_AGENT,
@@ -423,8 +498,23 @@ def _claim(platform: Platform, limit: int, now: datetime, workers: int) -> list[
                 continue
             row.next_attempt_at = lease_until
             claimed.append(_Claimed(row.id, row.endpoint_id, row.event_id, row.event_type, dict(row.payload),
-                                    row.attempts, row.created_at, endpoint.url, endpoint.secret))
+                                    row.attempts, row.created_at, endpoint.url, endpoint.secret,
+                                    tuple(row.attempt_log or ())))
         return claimed
+
+
+def _attempt_entry(claimed: _Claimed, result: DeliveryResult, now: datetime, settings: Settings) -> dict[str, Any]:
+    """One entry of Mux's ``attempts``: where it went, when, and what came back (status null when no answer
+    came; ``response_body`` then says why)."""
+    return {
+        "id": new_id(),
+        "address": claimed.url,
+        "created_at": iso_time(now),
+        "max_attempts": max_attempts(settings.api.webhook_retry_hours),
+        "response_status_code": result.status,
+        "response_headers": dict(result.headers),
+        "response_body": result.body if result.status is not None else result.error,
+    }
 
 
 def _record(platform: Platform, claimed: _Claimed, result: DeliveryResult, now: datetime) -> str | None:
@@ -436,6 +526,7 @@ def _record(platform: Platform, claimed: _Claimed, result: DeliveryResult, now: 
         row.attempts = claimed.attempts + 1
         row.last_status = result.status
         row.last_error = result.error
+        row.attempt_log = [*(row.attempt_log or ()), _attempt_entry(claimed, result, now, platform.settings)]
         if result.ok:
             row.delivered_at = now
             row.next_attempt_at = None

@@ -2,7 +2,9 @@
 
 What it serves, by path (and, with ``edge.domain`` set, by host — see :func:`surface_of`):
 
-- stream URLs (:mod:`kinoray.edge.stream`): served straight from ASGI, caches per process;
+- stream URLs (:mod:`kinoray.edge.stream`): served straight from ASGI, caches per process; the segments sent
+  are counted as delivery usage and flushed to the database every ``edge.usage_flush_seconds``
+  (:mod:`kinoray.control.usage`);
 - images, the upload URL (tus and chunked ``PUT``), player beacons, the player pages and files, and the edge's
   own ``/edge/healthz``, ``/edge/readyz`` and ``/edge/openapi.json``: a FastAPI app of kinoray's routers
   (:func:`build_edge_api`), the same code the management API used to run for them;
@@ -15,13 +17,16 @@ uvicorn in a thread (no ``pathsend`` there: the body is streamed instead, same b
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from fastapi import FastAPI, Response
 from pydantic import BaseModel
 
 import kinoray
+from kinoray.control.analytics import close_collector, cmcd_of
 from kinoray.control.platform import Platform
+from kinoray.control.usage import UsageFlusher, UsageMeter
 from kinoray.edge.forward import Forwarder
 from kinoray.edge.stream import STREAM_PATH, StreamDelivery
 from kinoray.errors import NotFoundError
@@ -35,7 +40,9 @@ from kinoray.serve.routes import data, images, player, uploads
 __all__ = ["EdgeApp", "EdgeHealth", "build_edge_api", "create_app", "surface_of"]
 
 IMAGE_PATH = re.compile(r"/[^/]+/(?:thumbnail|animated|storyboard)\.[^/]+")
-BEACON_PREFIX = "/data/v1/"
+#: The Mux Data collector's paths (``POST /``: what an SDK's ``beaconCollectionDomain`` posts to, and
+#: ``/data/v1/beacons``); the rest of ``/data/v1/`` (the query API) is the management API's.
+BEACON_PATHS = data.COLLECTOR_PATHS
 _APP_PREFIXES = ("/upload/v1/", "/player/", "/edge/")
 _SURFACES = ("stream", "image", "beacon")
 
@@ -55,7 +62,7 @@ def build_edge_api() -> FastAPI:
                               "and player beacons. Streams, images and player pages are documented in "
                               "docs/API.md.")
     install_error_handlers(app)
-    for router in (uploads.tus, data.router, player.router, images.router):
+    for router in (uploads.tus, data.collector, player.router, images.router):
         app.include_router(router)
 
     @app.get("/edge/healthz", tags=["system"])
@@ -92,7 +99,9 @@ class EdgeApp:
         set_platform(platform)  # the FastAPI part's routers read the process's platform
         identify_worker()
         self.platform, self.domain, self.owns_platform = platform, domain, owns_platform
-        self.stream = StreamDelivery(platform)
+        self.usage = UsageMeter()
+        self.usage_flusher = UsageFlusher(self.usage, platform.db, platform.settings.edge.usage_flush_seconds)
+        self.stream = StreamDelivery(platform, usage=self.usage, cmcd=cmcd_of(platform))  # CMCD → analytics
         self.api = build_edge_api()
         edge, api = platform.settings.edge, platform.settings.api
         self.forward = Forwarder(api_url, timeout=edge.forward_timeout_seconds, max_body_bytes=api.max_body_bytes,
@@ -122,7 +131,8 @@ class EdgeApp:
                 return
         if (surface is None and path.startswith(_APP_PREFIXES)) \
                 or (surface in (None, "image") and IMAGE_PATH.fullmatch(path)) \
-                or (surface in (None, "beacon") and path.startswith(BEACON_PREFIX)):
+                or (surface in (None, "beacon") and path in BEACON_PATHS
+                    and (path != "/" or scope["method"] in ("POST", "OPTIONS"))):
             await self.api(scope, receive, send)
             return
         if surface is None and self.forward is not None:
@@ -142,8 +152,10 @@ class EdgeApp:
                 return
 
     async def close(self) -> None:
+        await asyncio.to_thread(close_collector, self.platform)  # buffered beacons reach the store
         if self.forward is not None:
             await self.forward.close()
+        await asyncio.to_thread(self.usage_flusher.close)  # what this process counted since the last flush
         if self.owns_platform:
             self.platform.close()
 

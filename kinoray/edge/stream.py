@@ -2,12 +2,18 @@
 :mod:`kinoray.control.playback` for the URL scheme, the token rules and the HTTP semantics it implements)::
 
     /{playback_id}.m3u8    /{playback_id}.mpd    /{playback_id}/{rung}/{index.m3u8|init.mp4|seg_N.m4s}
-    /{playback_id}/{highest.mp4|capped-1080p.mp4|audio.m4a}    /{playback_id}/text/{track_id}.{vtt|m3u8}
+    /{playback_id}/{highest.mp4|720p.mp4|audio.m4a|...}    /{playback_id}/text/{track_id}.{vtt|m3u8}
+    /master/{token}    (a master download: the asset's original input while its token lives)
 
 Per request, with warm caches, no I/O but one ``stat`` and the file itself: the playback id's row, the signing
 key and the verified token come from the process's :class:`~kinoray.control.resolver.PlaybackResolver`,
 rewritten manifests and (S3) object metadata from :class:`StreamCache`. Misses go to a worker thread, so the event
-loop never waits on the database or S3.
+loop never waits on the database or S3. A signed token naming a playback restriction is checked against the
+request's ``Referer`` and ``User-Agent`` (:mod:`kinoray.control.restrictions`, the rule cached by the resolver).
+A request carrying CMCD (the ``CMCD`` query parameter or ``CMCD-*`` headers) is noted for analytics
+(:mod:`kinoray.analytics.cmcd`: a tuple appended to the process's buffer, parsed by its drain thread).
+Each media segment sent is counted as delivery usage after it went out (:mod:`kinoray.control.usage`: a dict
+increment; the process's flusher thread writes the counts to the database).
 
 Bodies: on a local store a whole file goes out with ``http.response.pathsend`` where the server offers it
 (Granian sends it from Rust: no Python on the byte path); byte ranges, S3 objects and servers without
@@ -25,9 +31,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from kinoray.analytics.cmcd import CMCD_HEADERS, CmcdBuffer
 from kinoray.control import playback as delivery
+from kinoray.control.master import TOKEN_PATTERN, master_key
 from kinoray.control.platform import Platform
 from kinoray.control.resolver import Resolved, TtlCache
+from kinoray.control.restrictions import Viewer
+from kinoray.control.usage import UsageMeter
 from kinoray.errors import (
     DatabaseUnavailableError,
     KinorayError,
@@ -36,7 +46,6 @@ from kinoray.errors import (
     RangeNotSatisfiableError,
     StorageError,
 )
-from kinoray.media.manifest_rewrite import RenditionFilter
 from kinoray.serve.asgi import EdgeRequest, Receive, Scope, Send, send_error, send_response, send_start
 from kinoray.store.db import is_transient
 from kinoray.store.objects import ObjectStore
@@ -49,7 +58,8 @@ STREAM_PATH = re.compile(
     r"/(?P<id>[^/]+?)\.(?P<manifest>m3u8|mpd)"
     rf"|/(?P<rid>[^/]+)/(?P<rung>{delivery.RUNG_PATTERN.pattern})/(?P<name>[^/]+)"
     rf"|/(?P<sid>[^/]+)/(?P<static>{'|'.join(re.escape(name) for name in delivery.STATIC_RENDITIONS)})"
-    rf"|/(?P<tid>[^/]+)/{delivery.TEXT_DIR}/(?P<text>[A-Za-z0-9]{{32}}\.(?:vtt|m3u8))")
+    rf"|/(?P<tid>[^/]+)/{delivery.TEXT_DIR}/(?P<text>[A-Za-z0-9]{{32}}\.(?:vtt|m3u8))"
+    rf"|/master/(?P<master>{TOKEN_PATTERN.pattern})")
 """The stream URLs (``fullmatch`` against the request path)."""
 
 _VIDEO = delivery.AUDIENCES["video"]
@@ -88,10 +98,15 @@ class StreamCache:
         cached = self.cached_manifest(key)
         if cached is not None:
             return cached
-        body = render().encode("utf-8")
-        made = _Manifest(body, delivery.text_etag(body))
+        made = self.render(render)
         self.manifests.put(key, made, self.clock() + _CACHE_SECONDS)
         return made
+
+    @staticmethod
+    def render(render: Callable[[], str]) -> _Manifest:
+        """``render()``'s manifest with its ETag, not cached (storage I/O: call it off the event loop)."""
+        body = render().encode("utf-8")
+        return _Manifest(body, delivery.text_etag(body))
 
     def stat_now(self, store: ObjectStore, key: str) -> delivery.StoredObject | None:
         """The object's metadata without waiting on the network: a local store's ``stat`` (microseconds, and it
@@ -113,9 +128,14 @@ class StreamCache:
 class StreamDelivery:
     """The stream URLs of one edge process."""
 
-    def __init__(self, platform: Platform, cache: StreamCache | None = None) -> None:
+    def __init__(self, platform: Platform, cache: StreamCache | None = None, usage: UsageMeter | None = None,
+                 cmcd: CmcdBuffer | None = None) -> None:
         self.platform = platform
         self.cache = cache or StreamCache()
+        #: Delivered seconds and bytes of segments (:mod:`kinoray.control.usage`); ``None``: not counted.
+        self.usage = usage
+        #: Where requests carrying CMCD are noted (:mod:`kinoray.analytics.cmcd`); ``None``: not collected.
+        self.cmcd = cmcd
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
         request = EdgeRequest.from_scope(scope)
@@ -126,7 +146,7 @@ class StreamDelivery:
                 return
             if request.method not in ("GET", "HEAD"):
                 raise MethodNotAllowedError(f"{request.method[:16]} is not allowed here", _ALLOWED)
-            await self._serve(request, send, match)
+            await self._serve(request, send, match, scope.get("client"))
         except KinorayError as error:
             await send_error(send, error, _ERROR_HEADERS, head=head)
         except Exception as error:
@@ -139,32 +159,46 @@ class StreamDelivery:
                              head=head)
 
     # --- dispatch ----------------------------------------------------------------------------------------
-    async def _serve(self, request: EdgeRequest, send: Send, match: re.Match[str]) -> None:
+    async def _serve(self, request: EdgeRequest, send: Send, match: re.Match[str], peer: object = None) -> None:
+        if match["master"] is not None:
+            await self._master(request, send, match["master"])
+            return
         playback_id = match["id"] or match["rid"] or match["sid"] or match["tid"]
         token = request.query.get("token")
-        resolved = self.platform.resolver.cached(playback_id, token, _VIDEO)
+        viewer = Viewer.from_headers(request.headers)  # what a token's playback restriction checks
+        resolved = self.platform.resolver.cached(playback_id, token, _VIDEO, viewer)
         if resolved is None:
-            resolved = await asyncio.to_thread(self.platform.resolver.resolve, playback_id, token, _VIDEO)
+            resolved = await asyncio.to_thread(self.platform.resolver.resolve, playback_id, token, _VIDEO, viewer)
         playback, store = resolved.playback, self.platform.store
+        if self.cmcd is not None:
+            cmcd = request.query.get("CMCD")
+            if cmcd is not None or any(name in request.headers for name in CMCD_HEADERS):
+                # a dict append: parsed off the request path, never an error for the viewer
+                self.cmcd.note(cmcd, request.headers, playback_id, playback.asset_id, match["rung"],
+                               match["name"] or match["static"] or match["text"] or match[0].rpartition("/")[2],
+                               peer[0] if isinstance(peer, list | tuple) and peer else None)
         if match["manifest"] == "m3u8":
-            selection = delivery.rendition_filter(playback, request.query)
-            await self._manifest(request, send, resolved, ("master", selection), _HLS,
-                                 lambda: delivery.hls_master(store, playback, selection))
+            modifiers = delivery.playback_modifiers(playback, request.query)
+            await self._manifest(request, send, resolved, ("master", modifiers), _HLS,
+                                 lambda: delivery.hls_master(store, playback, modifiers))
         elif match["manifest"] == "mpd":
-            selection = delivery.rendition_filter(playback, request.query)
-            await self._manifest(request, send, resolved, ("mpd", selection), _DASH,
-                                 lambda: delivery.dash_manifest(store, playback, selection))
+            modifiers = delivery.playback_modifiers(playback, request.query)
+            await self._manifest(request, send, resolved, ("mpd", modifiers), _DASH,
+                                 lambda: delivery.dash_manifest(store, playback, modifiers))
         elif match["rung"] is not None:
             rung, name = match["rung"], match["name"]
             if name == "index.m3u8":
-                await self._manifest(request, send, resolved, ("media", rung), _HLS,
-                                     lambda: delivery.hls_media(store, playback, rung))
+                window = delivery.playback_modifiers(playback, request.query).window
+                await self._manifest(request, send, resolved, ("media", rung, window), _HLS,
+                                     lambda: delivery.hls_media(store, playback, rung, window))
             else:
                 key = delivery.media_file_key(playback, rung, name)
-                await self._file(request, send, playback, key, delivery.media_content_type(rung, name))
+                sent = await self._file(request, send, playback, key, delivery.media_content_type(rung, name))
+                if sent is not None and self.usage is not None:
+                    await self._count(playback, rung, name, *sent)
         elif match["static"] is not None:
             name = match["static"]
-            key = await asyncio.to_thread(delivery.static_rendition_key, store, playback, name)
+            key = delivery.static_rendition_key(resolved.record, playback, name)
             await self._file(request, send, playback, key, delivery.media_content_type("", name))
         else:
             name = match["text"]
@@ -177,12 +211,14 @@ class StreamDelivery:
 
     # --- manifests ---------------------------------------------------------------------------------------
     async def _manifest(self, request: EdgeRequest, send: Send, resolved: Resolved,
-                        what: tuple[str, str | RenditionFilter], media_type: str, render: Callable[[], str]) -> None:
+                        what: tuple[object, ...], media_type: str, render: Callable[[], str]) -> None:
         playback = resolved.playback
         key = (*what, playback.playback_id, playback.media_prefix, playback.text_tracks, playback.query)
-        manifest = self.cache.cached_manifest(key)
-        if manifest is None:
-            manifest = await asyncio.to_thread(self.cache.manifest, key, render)
+        if playback.live:  # a live playlist changes with every segment: read it every time
+            manifest = await asyncio.to_thread(self.cache.render, render)
+        else:
+            cached = self.cache.cached_manifest(key)
+            manifest = cached if cached is not None else await asyncio.to_thread(self.cache.manifest, key, render)
         headers = {**delivery.CORS_HEADERS, "ETag": manifest.etag,
                    "Cache-Control": delivery.cache_control(playback, immutable=False)}
         if delivery.etag_matches(request.headers.get("if-none-match"), manifest.etag):
@@ -192,17 +228,40 @@ class StreamDelivery:
                             head=request.method == "HEAD")
 
     # --- files -------------------------------------------------------------------------------------------
-    async def _file(self, request: EdgeRequest, send: Send, playback: delivery.Playback, key: str,
-                    media_type: str) -> None:
+    async def _count(self, playback: delivery.Playback, rung: str, name: str, sent_bytes: int, size: int) -> None:
+        """Count a sent segment (the rendition's tier and durations are read once per process, after the
+        first segment of the rendition has gone out)."""
+        assert self.usage is not None
+        rendition = self.usage.rendition_now(playback.media_prefix, rung)
+        if rendition is None:
+            rendition = await asyncio.to_thread(self.usage.rendition, self.platform.store, playback.media_prefix, rung)
+        self.usage.count(playback.asset_id, rendition, name, sent_bytes, size)
+
+    async def _master(self, request: EdgeRequest, send: Send, token: str) -> None:
+        """A master download: looked up on every request (it stops at its expiry, to the second), and no cache
+        on the way may keep it."""
+        def lookup() -> str:
+            with self.platform.db.reader() as session:
+                return master_key(session, token)
+
+        key = await asyncio.to_thread(lookup)
+        await self._file(request, send, None, key, "application/octet-stream",
+                         extra={"Content-Disposition": 'attachment; filename="master"'})
+
+    async def _file(self, request: EdgeRequest, send: Send, playback: delivery.Playback | None, key: str,
+                    media_type: str, extra: dict[str, str] | None = None) -> tuple[int, int] | None:
+        """Send the file (or its range); ``(bytes sent, file size)`` for a body, ``None`` for a 304 or HEAD.
+        Without a ``playback`` (a master download) nothing may cache it."""
         store = self.platform.store
         stored = self.cache.stat_now(store, key)
         if stored is None:
             stored = await asyncio.to_thread(self.cache.stat, store, key)
-        headers = {**delivery.CORS_HEADERS, "ETag": stored.etag,
-                   "Cache-Control": delivery.cache_control(playback, immutable=True), "Accept-Ranges": "bytes"}
+        cache = delivery.cache_control(playback, immutable=True) if playback is not None else "private, no-store"
+        headers = {**delivery.CORS_HEADERS, **(extra or {}), "ETag": stored.etag, "Cache-Control": cache,
+                   "Accept-Ranges": "bytes"}
         if delivery.etag_matches(request.headers.get("if-none-match"), stored.etag):
             await send_response(send, 304, headers)
-            return
+            return None
         wanted = None
         if delivery.if_range_allows(request.headers.get("if-range"), stored.etag):
             try:
@@ -218,17 +277,17 @@ class StreamDelivery:
         if request.method == "HEAD":
             await send_start(send, status, headers)
             await send({"type": "http.response.body", "body": b""})
-            return
+            return None
         if status == 200 and request.pathsend and store.is_local:
             await send_start(send, status, headers)
             await send({"type": "http.response.pathsend", "path": store.path(key)})
-            return
+            return length, stored.size
         if store.is_local and length <= _INLINE_READ_BYTES:
             # a small local range (a player's byte-range request, a subtitle): one read from the page cache on
             # the loop costs less than the two thread hops of the streamed path
             await send_start(send, status, headers)
             await send({"type": "http.response.body", "body": _read_local(store.path(key), start, length)})
-            return
+            return length, stored.size
         try:
             blocks = await asyncio.to_thread(delivery.read_object, store, key, start, length)
         except StorageError as error:
@@ -237,6 +296,7 @@ class StreamDelivery:
             raise
         await send_start(send, status, headers)
         await _stream(send, blocks)
+        return length, stored.size
 
     async def _preflight(self, request: EdgeRequest, send: Send) -> None:
         asked = request.headers.get("access-control-request-headers", "").strip()

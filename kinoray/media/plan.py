@@ -11,6 +11,11 @@ when none is, the latest frame assigned to an earlier slot. CFR input at its own
 input is resampled to its average rate: later frames sharing a slot are dropped and empty slots repeat.
 Rates above ``max_frame_rate`` are divided by the smallest integer that brings them under it
 (120 → 60, 100 → 50, 119.88 → 59.94), so the cadence stays regular.
+
+Clipping (``clip_start``/``clip_end``, seconds on that timeline) keeps the output frames whose time lies in
+``[clip_start, clip_end)``: slots ``ceil(clip_start × rate)`` up to ``ceil(clip_end × rate)``, renumbered from 0
+(:attr:`ChunkPlan.first_slot`). The cut is frame-accurate; decoding starts at the random-access point before
+the first kept frame, and the frames before it are pre-roll.
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ class ChunkPlan:
     source_frame_count: int
     is_cfr: bool
     cfr_rule: str
+    #: Slot of the source's own timeline shown as output frame 0 (non-zero for a clip).
+    first_slot: int = 0
 
     def __post_init__(self) -> None:
         if self.frame_count <= 0 or self.segment_frames <= 0:
@@ -100,7 +107,8 @@ class ChunkPlan:
 
     @property
     def origin_seconds(self) -> Fraction:
-        return self.origin_pts * self.source_time_base
+        """Source time (seconds) of output frame 0: where the audio is cut to match."""
+        return self.origin_pts * self.source_time_base + self.first_slot / self.frame_rate
 
     def segment_frame_range(self, segment: int) -> tuple[int, int]:
         start = segment * self.segment_frames
@@ -114,8 +122,8 @@ class ChunkPlan:
         ]
 
     def slot_of(self, pts: int) -> int:
-        """Output frame slot of a source timestamp (see the module's timeline rule)."""
-        return _nearest_slot((pts - self.origin_pts) * self.source_time_base * self.frame_rate)
+        """Output frame slot of a source timestamp (see the module's timeline rule); negative before a clip."""
+        return _nearest_slot((pts - self.origin_pts) * self.source_time_base * self.frame_rate) - self.first_slot
 
     def is_segment_start(self, frame: int) -> bool:
         return frame % self.segment_frames == 0
@@ -162,6 +170,8 @@ def plan_chunks(
     chunk_seconds: float | Fraction = 20,
     max_frame_rate: int = 60,
     parallelism: int | None = None,
+    clip_start: Fraction | None = None,
+    clip_end: Fraction | None = None,
 ) -> ChunkPlan:
     """Plan the output timeline and chunks for the video stream of ``info``.
 
@@ -170,7 +180,10 @@ def plan_chunks(
     rounded to a whole number of segments (at least one); each chunk is one unit of parallel work. With
     ``parallelism`` (the number of workers), chunks are shortened just enough that their count is a multiple
     of it, so no worker idles while the last chunk runs (60 s at 20 s chunks on 2 workers: 4 chunks of 16 s,
-    not 3 of 20 s).
+    not 3 of 20 s). ``clip_start``/``clip_end`` cut the timeline (see the module docstring).
+
+    Raises:
+        InvalidMediaError: no video, no decodable frame, a truncated file, or a clip that holds no frame.
     """
     if info.video is None:
         raise InvalidMediaError("cannot plan video chunks for a file without video")
@@ -195,6 +208,9 @@ def plan_chunks(
     frame_count = max(slots[-1] + 1, end_slot)
 
     _check_not_truncated(info.video, Fraction(frame_count) / rate)
+    first_slot, frame_count = _clip_slots(frame_count, rate, clip_start, clip_end)
+    if first_slot:
+        slots = [slot - first_slot for slot in slots]
     segment_frames = max(1, math.floor(segment_seconds * rate))
     segments_per_chunk = _segments_per_chunk(
         -(-frame_count // segment_frames), max(1, round(chunk_seconds * rate / segment_frames)), parallelism
@@ -221,6 +237,7 @@ def plan_chunks(
         f"output frame n at n/{rate} s from source pts {origin} (time base {time_base}); "
         f"slot(pts) = ceil((pts - {origin}) * {time_base} * {rate} - 1/2); slot n shows the first frame "
         f"with slot n, else the latest with slot < n; {'CFR one-to-one' if is_cfr else 'VFR/cap resampled: drops and repeats as needed'}"
+        + (f"; clipped: output frame 0 is source slot {first_slot}" if first_slot or clip_end is not None else "")
     )
     return ChunkPlan(
         source_path=info.path,
@@ -233,10 +250,23 @@ def plan_chunks(
         segment_frames=segment_frames,
         timescale=timescale_for(rate),
         chunks=tuple(chunks),
-        source_frame_count=len(source_pts),
+        source_frame_count=sum(1 for slot in slots if 0 <= slot < frame_count) or 1,
         is_cfr=is_cfr,
         cfr_rule=rule,
+        first_slot=first_slot,
     )
+
+
+def _clip_slots(frame_count: int, rate: Fraction, start: Fraction | None, end: Fraction | None) -> tuple[int, int]:
+    """``(first slot, frames)`` of the clip ``[start, end)`` of a ``frame_count``-frame timeline; an end past
+    the timeline is the timeline's end."""
+    first = math.ceil(start * rate) if start else 0
+    last = frame_count if end is None else min(frame_count, math.ceil(end * rate))
+    if first >= last:
+        raise InvalidMediaError(
+            f"the clip [{float(start or 0):g} s, {'end' if end is None else f'{float(end):g} s'}) holds no frame "
+            f"of the {float(frame_count / rate):g} s video")
+    return first, last - first
 
 
 def _segments_per_chunk(segments: int, wanted: int, parallelism: int | None) -> int:

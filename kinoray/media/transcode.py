@@ -23,6 +23,7 @@ from kinoray.media.ladder import Rendition
 from kinoray.media.packets import PacketStoreWriter, StreamParameters
 from kinoray.media.plan import Chunk, ChunkPlan
 from kinoray.media.probe import VideoStreamInfo
+from kinoray.media.watermark import WatermarkScaler
 
 __all__ = ["ChunkResult", "EncodeOptions", "RenditionChunk", "chunk_store_path", "transcode_chunk"]
 
@@ -44,6 +45,7 @@ class EncodeOptions:
     # same as encoding them one after another): a chunk can use more than one core when cores are idle —
     # the last chunk of a job, or a short video — without multi-threading the encoders themselves.
     parallel_renditions: bool = True
+    watermark: bool = False  # burn the test-asset mark into every rendition (kinoray.media.watermark)
 
     def settings_for(self, plan: ChunkPlan, rendition: Rendition) -> EncoderSettings:
         return EncoderSettings(
@@ -149,6 +151,8 @@ def _transcode_chunk(plan: ChunkPlan, chunk: Chunk, ladder: tuple[Rendition, ...
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     stats = ChunkDecodeStats()
     scaler = make_scaler(plan.video, ladder)
+    if options.watermark:
+        scaler = WatermarkScaler(scaler)
     sessions: list[EncoderSession] = []
     writers: list[PacketStoreWriter] = []
     ticks = plan.frame_ticks

@@ -30,7 +30,19 @@ from kinoray.serve import metrics
 from kinoray.serve.asgi import Scope, client_of_scope
 from kinoray.serve.deps import get_platform
 from kinoray.serve.guard import RequestGuard
-from kinoray.serve.routes import assets, signing_keys, system, tracks, uploads, webhooks
+from kinoray.serve.routes import (
+    assets,
+    data,
+    downloads,
+    live_streams,
+    restrictions,
+    signing_keys,
+    system,
+    tracks,
+    uploads,
+    usage,
+    webhooks,
+)
 from kinoray.settings import ApiSettings, get_settings
 from kinoray.store.db import is_transient
 
@@ -122,7 +134,9 @@ def build_api() -> FastAPI:
                     "Management endpoints take HTTP Basic with an access token id and secret.",
     )
     install_error_handlers(app)
-    for router in (system.router, assets.router, tracks.router, uploads.management, webhooks.router, metrics.router):
+    for router in (system.router, assets.router, live_streams.router, downloads.router, tracks.router,
+                   uploads.management, webhooks.router,
+                   webhooks.mux_router, restrictions.router, usage.router, data.queries, metrics.router):
         app.include_router(router)
     for prefix in signing_keys.PREFIXES:
         app.include_router(signing_keys.router, prefix=prefix)

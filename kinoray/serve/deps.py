@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from kinoray.control import idempotency
+from kinoray.control import idempotency, permissions
 from kinoray.control.auth import TokenInfo
 from kinoray.control.platform import Platform
 from kinoray.errors import ConfigurationError, RateLimitedError
@@ -66,8 +66,10 @@ def _authenticate(platform: Platform, request: Request) -> TokenInfo:
 
 
 def current_token(request: Request, response: Response, platform: PlatformDep) -> TokenInfo:
-    """The caller's access token; charges one request to its rate-limit bucket."""
+    """The caller's access token, once its permissions cover the request (``403 forbidden`` otherwise:
+    :mod:`kinoray.control.permissions`); charges one request to its rate-limit bucket."""
     token = _authenticate(platform, request)
+    permissions.check(token.permissions, request.method, request.url.path)
     decision = platform.limiter.hit(token.id)
     if not decision.allowed:
         raise RateLimitedError(f"rate limit of {platform.settings.api.rate_limit_per_second:g} requests/s "

@@ -74,9 +74,13 @@ def bootstrap_token(settings: Settings) -> tuple[str, str]:
     return info.id, secret
 
 
-def _settings_env(host: str, port: int, api_port: int, data_dir: Path) -> dict[str, str]:
+def _settings_env(host: str, port: int, api_port: int, data_dir: Path,
+                  rtmp_port: int | None = None) -> dict[str, str]:
     """The ``KINORAY_*`` (and AWS) environment every process of the platform (Ray's, the edge's) gets."""
     api_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    os.environ.setdefault("KINORAY_LIVE__RTMP_HOST", host)
+    if rtmp_port is not None:
+        os.environ["KINORAY_LIVE__RTMP_PORT"] = str(rtmp_port)
     os.environ.update({
         "KINORAY_DATA_DIR": str(data_dir), "KINORAY_SERVE__HOST": host, "KINORAY_SERVE__PORT": str(api_port),
         "KINORAY_EDGE__HOST": host, "KINORAY_EDGE__PORT": str(port),
@@ -151,7 +155,8 @@ class Running:
             return False
 
 
-def start(host: str, port: int, data_dir: Path, api_port: int | None = None) -> Running:
+def start(host: str, port: int, data_dir: Path, api_port: int | None = None,
+          rtmp_port: int | None = None) -> Running:
     """Start local Ray, the Serve application (on ``api_port``, default ``port`` + 1) and the edge (on
     ``port``); returns what to stop. Non-blocking."""
     import ray
@@ -160,7 +165,7 @@ def start(host: str, port: int, data_dir: Path, api_port: int | None = None) -> 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     api_port = api_port or port + 1
-    env = _settings_env(host, port, api_port, data_dir)
+    env = _settings_env(host, port, api_port, data_dir, rtmp_port)
     settings = get_settings()
     token = bootstrap_token(settings)  # also migrates the database before any replica starts
     ingress: dict[str, str] = {}
@@ -258,13 +263,13 @@ def demo_upload(url: str, auth: tuple[str, str], data_dir: Path, console: Consol
 
 
 def up(host: str, port: int, data_dir: Path, *, demo: bool = False, console: Console | None = None,
-       api_port: int | None = None) -> int:
+       api_port: int | None = None, rtmp_port: int | None = None) -> int:
     """Run the platform until SIGINT/SIGTERM, or until the edge exits or the API (so the Ray cluster under it)
     stops answering :data:`WATCHDOG_FAILURES` probes in a row (then non-zero, so a supervisor restarts it)."""
     console = console or Console()
     stop = threading.Event()
     cluster_alive = True
-    running = start(host, port, data_dir, api_port)
+    running = start(host, port, data_dir, api_port, rtmp_port)
     settings, (token_id, secret) = running.settings, running.token
     # After start(): ray.init installs a SIGTERM handler that exits without shutting Serve and Ray down.
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -273,6 +278,10 @@ def up(host: str, port: int, data_dir: Path, *, demo: bool = False, console: Con
     try:
         console.print(f"[bold green]kinoray is up[/] at {url}  (API docs: {url}/docs; the API alone: "
                       f"{settings.edge.api_url})")
+        if settings.live.enabled:
+            rtmp_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            console.print(f"live: publish to rtmp://{rtmp_host}:{settings.live.rtmp_port}/app/<stream key> "
+                          "(POST /video/v1/live-streams gives a key)")
         console.print(f"access token id:     {token_id}\naccess token secret: {secret}\n"
                       f"(saved in {Path(settings.data_dir) / CREDENTIALS_FILE}; try: "
                       f"curl -u {token_id}:{secret} {url}/video/v1/assets)")

@@ -15,7 +15,10 @@ the control plane's other periodic work.
   job or without one: :meth:`kinoray.control.jobs.JobLifecycle.reconcile`);
 - cancels a running job whose asset was deleted (the transcode stops; its files are removed);
 - sends due webhooks in a thread of its own (:func:`kinoray.control.webhooks.deliver_loop`), times out abandoned
-  uploads (:func:`kinoray.control.uploads.expire_uploads`) and prunes expired idempotency keys.
+  uploads (:func:`kinoray.control.uploads.expire_uploads`), deletes expired test assets as ``DELETE`` does
+  (:func:`kinoray.control.assets.expire_assets`), ends live sessions whose reconnect window is over
+  (:func:`kinoray.control.live.expire_live`), prunes expired idempotency keys and deletes analytics events past
+  ``analytics.retention_days`` (:func:`kinoray.control.analytics.sweep_analytics`), every ``serve.sweep_seconds``.
 
 Several runners may share a database (leases keep them off each other's jobs); the ``kinoray-runner`` Serve
 deployment runs one replica (:class:`JobRunner`).
@@ -34,6 +37,8 @@ import sqlalchemy as sa
 from ray import serve
 
 from kinoray.control import idempotency
+from kinoray.control.analytics import sweep_analytics
+from kinoray.control.assets import expire_assets
 from kinoray.control.ingest import fetch_input
 from kinoray.control.jobs import (
     ClaimedJob,
@@ -43,9 +48,12 @@ from kinoray.control.jobs import (
     ready_fields,
     retry_transient,
 )
+from kinoray.control.live import expire_live
+from kinoray.control.master import expire_masters
 from kinoray.control.platform import Platform
+from kinoray.control.static_renditions import RenditionTask, StaticRenditionWork, discard, produce
 from kinoray.control.webhooks import deliver_loop
-from kinoray.errors import JobCancelledError, KinorayError
+from kinoray.errors import InvalidMediaError, JobCancelledError, KinorayError
 from kinoray.priority import yield_cpu
 from kinoray.store.db import is_transient
 from kinoray.store.models import Asset
@@ -61,7 +69,6 @@ __all__ = ["JobRunner", "Runner", "asset_fields"]
 log = logging.getLogger(__name__)
 
 _PROGRESS_INTERVAL = 1.0
-_SWEEP_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,9 @@ class Runner:
         self.max_jobs = max_jobs or self.settings.serve.max_concurrent_jobs
         self.poll_seconds = poll_seconds or self.settings.serve.poll_seconds
         self.lifecycle = lifecycle or JobLifecycle(platform.db, self.settings)
+        self.renditions = StaticRenditionWork(platform.db, self.settings, owner=self.lifecycle.owner)
+        #: Static renditions being made, by id (their leases renewed with the jobs').
+        self.making: dict[str, threading.Thread] = {}
         self.running: dict[str, _Running] = {}
         #: Finished jobs whose finish the database has refused so far; retried every tick, leases kept.
         self.deferred: dict[str, tuple[_Running, _Outcome]] = {}
@@ -134,6 +144,10 @@ class Runner:
             if item.thread is not None:
                 item.thread.join(timeout)
         self._retry_deferred()
+        with self._lock:
+            making = list(self.making.values())
+        for thread in making:  # a remux is short; one that outlives this is taken again after its lease
+            thread.join(timeout)
         for thread in self._threads:
             thread.join(timeout)
 
@@ -168,9 +182,14 @@ class Runner:
             self.lifecycle.reconcile(self.held())
         self._cancel_deleted()
         self._claim_jobs()
-        if now - self._last_sweep >= _SWEEP_INTERVAL:
+        self._periodic("static renditions", self._claim_renditions)
+        if now - self._last_sweep >= self.settings.serve.sweep_seconds:
             self._last_sweep = now
+            self._periodic("master downloads", lambda: expire_masters(self.platform.db))
             self._periodic("uploads", self._expire_uploads)
+            self._periodic("test assets", lambda: expire_assets(self.platform))
+            self._periodic("live sessions", lambda: expire_live(self.platform))
+            self._periodic("analytics retention", lambda: sweep_analytics(self.platform))
             self._periodic("idempotency", lambda: idempotency.sweep(
                 self.platform.db, timedelta(hours=self.settings.api.idempotency_hours)))
 
@@ -186,9 +205,43 @@ class Runner:
 
         expire_uploads(self.platform)
 
+    def _claim_renditions(self) -> None:
+        """Claim static renditions up to ``serve.max_concurrent_jobs`` being made at once, each in a thread."""
+        with self._lock:
+            free = self.max_jobs - len(self.making)
+        if free <= 0 or self._stop.is_set():
+            return
+        for task in self.renditions.claim(free):
+            thread = threading.Thread(target=self._make_rendition, args=(task,), name=f"rendition-{task.id[:8]}",
+                                      daemon=True)
+            with self._lock:
+                self.making[task.id] = thread
+            thread.start()
+
+    def _make_rendition(self, task: RenditionTask) -> None:
+        try:
+            produced = produce(self.platform.store, task)
+            if not retry_transient(lambda: self.renditions.finish(task.id, produced), self.settings.jobs,
+                                   what=f"finish rendition {task.id}"):
+                # deleted meanwhile (or taken over after our lease ran out): its file is no one's
+                if produced.status.value == "ready" and not self.renditions.exists(task.id):
+                    discard(self.platform.store, task)
+        except Exception:  # noqa: BLE001 - the lease runs out and the next claim tries again
+            log.exception("static rendition crashed", extra={"rendition": task.id})
+        finally:
+            with self._lock:
+                self.making.pop(task.id, None)
+
     def _heartbeat_loop(self) -> None:
         interval = self.settings.jobs.heartbeat_interval
         while not self._stop.wait(interval):
+            with self._lock:
+                making = set(self.making)
+            if making:
+                try:
+                    self.renditions.heartbeat(making)
+                except Exception as error:  # noqa: BLE001 - the next beat tries again
+                    log.warning("rendition heartbeat failed", extra={"error": str(error).splitlines()[0]})
             held = self.held()
             if not held:
                 continue
@@ -281,6 +334,8 @@ class Runner:
             if self._stop.is_set() or item.cancelled.is_set():
                 raise JobCancelledError("the runner is stopping")
             if claimed.input_url is not None and not store.exists(claimed.source):
+                if claimed.input_url.startswith("mux://"):
+                    raise InvalidMediaError("the clip's source asset was deleted before the clip was made")
                 self._progress(item, None, "ingesting", 0.0)
                 fetch_input(claimed.input_url, store, claimed.source, self.settings)
             self._progress(item, None, "transcoding", 0.0)
@@ -295,8 +350,7 @@ class Runner:
             if item.cancelled.is_set():
                 transcode.cancel()
             result = transcode.run()
-            published = ready_fields(result, asset_id=item.asset_id, codec=options.get("codec"),
-                                     static_renditions=claimed.static_renditions, store=store)
+            published = ready_fields(result, codec=options.get("codec"))
         except JobCancelledError as error:
             log.info("job stopped", extra={"job": item.job_id, "asset": item.asset_id, "reason": str(error)})
             return _Outcome("drop") if item.lost.is_set() else _Outcome("release")
@@ -365,6 +419,17 @@ class Runner:
             log.warning("could not remove a deleted asset's files", extra={"asset": asset_id, "error": str(error)})
 
 
+def _start_live_ingest(platform: Platform) -> Any:
+    """The RTMP ingest as a Ray actor beside this replica (at Ray's niceness 0: live work is real-time), or the
+    one a previous replica left running."""
+    import ray
+
+    from kinoray.serve.live_ingest import LiveIngestActor
+
+    return ray.remote(LiveIngestActor).options(name="kinoray-live-ingest", get_if_exists=True, num_cpus=0,
+                                               max_restarts=3).remote()
+
+
 @serve.deployment(name="kinoray-runner", num_replicas=1, ray_actor_options={"num_cpus": 0},
                   health_check_period_s=10)
 class JobRunner:
@@ -375,6 +440,7 @@ class JobRunner:
 
         setup_logging()
         platform = Platform.from_settings()
+        self.live = _start_live_ingest(platform) if platform.settings.live.enabled else None
         yield_cpu(platform.settings.cluster.worker_nice)  # batch work: the API's replicas come first
         self.runner = Runner(platform)
         self.runner.start()
@@ -387,6 +453,14 @@ class JobRunner:
     def status(self) -> dict[str, Any]:
         return {"running_jobs": len(self.runner.running), "deferred_finishes": len(self.runner.deferred),
                 "last_tick": self.runner.last_tick, "alive": self.runner.alive}
+
+    def live_status(self) -> dict[str, Any]:
+        """The RTMP ingest: its port, why it is off (if it is), how many publishers are sending."""
+        if self.live is None:
+            return {"port": None, "error": "live.enabled is false", "publishing": 0}
+        import ray
+
+        return dict(ray.get(self.live.status.remote(), timeout=30))
 
     def check_health(self) -> None:
         if not self.runner.alive:

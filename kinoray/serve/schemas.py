@@ -23,6 +23,7 @@ class ErrorBody(BaseModel):
 _DESCRIPTIONS = {
     400: "Invalid request or parameters",
     401: "Missing or invalid credentials",
+    403: "The access token's permissions do not cover this request",
     404: "No such resource",
     409: "Conflict with the resource's state",
     410: "Gone",
@@ -42,4 +43,4 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 #: What every authenticated management endpoint can answer besides its success.
-AUTHENTICATED = (400, 401, 429)
+AUTHENTICATED = (400, 401, 403, 429)

@@ -34,16 +34,26 @@ from kinoray.store.states import JOB_STATES, JobRecord, JobState
 
 __all__ = [
     "JOB_STATES",
+    "LATENCY_MODES",
+    "SESSION_STATES",
+    "SIMULCAST_STATUSES",
     "AccessToken",
     "Asset",
     "AssetStatus",
     "Base",
+    "DeliveryUsage",
     "Event",
     "IdempotencyKey",
     "Job",
+    "LiveStream",
+    "LiveStreamPlaybackId",
+    "LiveStreamStatus",
     "PlaybackId",
     "PlaybackPolicy",
+    "PlaybackRestriction",
     "SigningKey",
+    "SimulcastTarget",
+    "USAGE_TIERS",
     "UTCDateTime",
     "Upload",
     "UploadStatus",
@@ -243,7 +253,11 @@ class Asset(Base):
     """A video: its input, what the transcode found and made, and where its files live."""
 
     __tablename__ = "assets"
-    __table_args__ = (sa.Index("ix_assets_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        sa.Index("ix_assets_created_at_id", "created_at", "id"),
+        sa.Index("ix_assets_master_token", "master_token", unique=True),
+        sa.Index("ix_assets_master_expires_at", "master_expires_at"),
+    )
 
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
     status: Mapped[AssetStatus] = mapped_column(_status(AssetStatus, "status"), default=AssetStatus.PREPARING)
@@ -266,12 +280,26 @@ class Asset(Base):
     encoder_backend: Mapped[str | None] = mapped_column(sa.String(32))  # libx264, nvenc, ...
     #: Mux's ``tracks[]``: ``{"id", "type": "video"|"audio"|"text", "max_width", ...}``.
     tracks: Mapped[list[dict[str, Any]]] = mapped_column(_json(), default=list)
-    #: Mux's ``static_renditions`` (``{"status", "files": [...]}``), NULL when none were asked for.
-    static_renditions: Mapped[dict[str, Any] | None] = mapped_column(_json())
+    #: Mux's legacy ``mp4_support`` as last set (create or ``PUT …/mp4-support``); NULL: as created (none).
+    mp4_support: Mapped[str | None] = mapped_column(sa.String(32))
+    #: Mux's ``master_access`` (``none`` | ``temporary``) and the master download: its status (preparing |
+    #: ready | errored), its URL (a capability URL: ``master_token`` is its unguessable part, looked up by the
+    #: edge) and when the download stops working (the runner then sets everything back to ``none``).
+    master_access: Mapped[str] = mapped_column(sa.String(16), default="none", server_default="none")
+    master_status: Mapped[str | None] = mapped_column(sa.String(16))
+    master_url: Mapped[str | None] = mapped_column(sa.Text)
+    master_token: Mapped[str | None] = mapped_column(sa.String(64))
+    master_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: Mux's ``progress.state`` (ingesting | transcoding | completed | errored) and the fraction done, 0..1
     #: (Mux reports a percentage: the API multiplies by 100).
     progress_state: Mapped[str] = mapped_column(sa.String(16), default="ingesting")
     progress_fraction: Mapped[float] = mapped_column(sa.Double, default=0.0)
+    #: Mux's ``source_asset_id``: the asset a clip was cut from (kept after that asset is deleted).
+    source_asset_id: Mapped[str | None] = mapped_column(sa.String(64))
+    #: When the runner deletes this asset (test assets: created + ``api.test_asset_hours``), else NULL.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    #: Mux's ``live_stream_id``: the live stream this asset records (kept after the stream is deleted).
+    live_stream_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
 
@@ -281,9 +309,57 @@ class Asset(Base):
     jobs: Mapped[list[Job]] = relationship(
         back_populates="asset", cascade="all, delete-orphan", passive_deletes=True, order_by="Job.created_at")
     upload: Mapped[Upload | None] = relationship(back_populates="asset", passive_deletes=True)
+    static_files: Mapped[list[StaticRendition]] = relationship(
+        back_populates="asset", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="StaticRendition.created_at")
 
     def __repr__(self) -> str:
         return f"Asset(id={self.id!r}, status={self.status!r})"
+
+
+class StaticRenditionStatus(StrEnum):
+    PREPARING = "preparing"
+    READY = "ready"
+    SKIPPED = "skipped"
+    ERRORED = "errored"
+
+
+class StaticRendition(Base):
+    """One of an asset's static renditions (Mux's MP4/M4A downloads, ``media/<name>``), and its work lease: the
+    runner claims a ``preparing`` one of a ready asset (``owner``, ``lease_expires_at``, ``attempts``) and
+    finishes it ``ready``, ``skipped`` or ``errored`` (:mod:`kinoray.control.static_renditions`)."""
+
+    __tablename__ = "static_renditions"
+    __table_args__ = (
+        sa.UniqueConstraint("asset_id", "name"),
+        sa.Index("ix_static_renditions_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
+    asset_id: Mapped[str] = mapped_column(sa.ForeignKey("assets.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(32))  # highest.mp4, 720p.mp4, audio.m4a, capped-1080p.mp4, ...
+    resolution: Mapped[str] = mapped_column(sa.String(16))  # Mux's: highest | audio-only | 2160p … 270p
+    #: Created through the legacy ``mp4_support`` (``PUT …/mp4-support`` manages only these).
+    legacy: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    status: Mapped[StaticRenditionStatus] = mapped_column(_status(StaticRenditionStatus, "status"),
+                                                          default=StaticRenditionStatus.PREPARING)
+    passthrough: Mapped[str | None] = mapped_column(sa.String(255))
+    width: Mapped[int | None] = mapped_column(sa.Integer)
+    height: Mapped[int | None] = mapped_column(sa.Integer)
+    bitrate: Mapped[int | None] = mapped_column(sa.Integer)  # bits/s of the whole file
+    filesize: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: Why it was skipped or errored (kinoray's; Mux gives no reason).
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    owner: Mapped[str | None] = mapped_column(sa.String(128))
+    lease_expires_at: Mapped[float | None] = mapped_column(sa.Double)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default=sa.text("0"))
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+    asset: Mapped[Asset] = relationship(back_populates="static_files")
+
+    def __repr__(self) -> str:
+        return f"StaticRendition(id={self.id!r}, name={self.name!r}, status={self.status!r})"
 
 
 class PlaybackId(Base):
@@ -301,6 +377,122 @@ class PlaybackId(Base):
 
     def __repr__(self) -> str:
         return f"PlaybackId(id={self.id!r}, asset_id={self.asset_id!r}, policy={self.policy!r})"
+
+
+# --- live streams -------------------------------------------------------------------------------------------
+
+
+class LiveStreamStatus(StrEnum):
+    IDLE = "idle"
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+#: Mux's ``latency_mode`` values.
+LATENCY_MODES = ("standard", "reduced", "low")
+#: Where a live stream's ingest session is (:mod:`kinoray.control.live` owns every change): ``none`` (no
+#: session), ``connected`` (key accepted, no media yet), ``recording`` (media arriving, playable),
+#: ``disconnected`` (publisher gone, reconnect window running).
+SESSION_STATES = ("none", "connected", "recording", "disconnected")
+SIMULCAST_STATUSES = ("idle", "starting", "broadcasting", "errored")
+
+
+class LiveStream(Base):
+    """Mux's live stream: its settings, its stream key (a SHA-256 of it: the key itself is shown once), and the
+    state of its ingest session and recording (:mod:`kinoray.control.live`)."""
+
+    __tablename__ = "live_streams"
+    __table_args__ = (
+        sa.CheckConstraint(_in("latency_mode", LATENCY_MODES), name="latency_mode"),
+        sa.CheckConstraint(_in("session_state", SESSION_STATES), name="session_state"),
+        sa.Index("ix_live_streams_created_at_id", "created_at", "id"),
+        sa.Index("ix_live_streams_stream_key_hash", "stream_key_hash", unique=True),
+        sa.Index("ix_live_streams_session_state", "session_state"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
+    status: Mapped[LiveStreamStatus] = mapped_column(_status(LiveStreamStatus, "status"),
+                                                     default=LiveStreamStatus.IDLE)
+    #: SHA-256 (hex) of the stream key: a 256-bit random key needs no slow hash, and ingest finds the stream by it.
+    stream_key_hash: Mapped[str] = mapped_column(sa.String(64))
+    latency_mode: Mapped[str] = mapped_column(sa.String(16), default="standard")
+    reconnect_window: Mapped[float] = mapped_column(sa.Double, default=60.0)  # seconds
+    max_continuous_duration: Mapped[int] = mapped_column(sa.Integer, default=43200)  # seconds
+    use_slate_for_standard_latency: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    reconnect_slate_url: Mapped[str | None] = mapped_column(sa.Text)
+    #: The recording's asset settings (Mux's ``new_asset_settings``, as given); NULL: no recording settings.
+    new_asset_settings: Mapped[dict[str, Any] | None] = mapped_column(_json())
+    passthrough: Mapped[str | None] = mapped_column(sa.String(255))
+    audio_only: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    test: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    #: Mux's ``meta`` (``title``).
+    meta: Mapped[dict[str, Any]] = mapped_column(_json(), default=dict)
+    #: The recording of the current session (NULL between sessions) and the earlier recordings, oldest first.
+    active_asset_id: Mapped[str | None] = mapped_column(sa.String(64))
+    recent_asset_ids: Mapped[list[str]] = mapped_column(_json(), default=list)
+    session_state: Mapped[str] = mapped_column(sa.String(16), default="none")
+    #: When the session began (``max_continuous_duration`` counts from it) and the publisher last left.
+    session_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    disconnected_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Source parts the session's publishers wrote (one per connection: ``input.part-0000``, ...).
+    recording_parts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    #: ``PUT …/complete`` asked to end the session: no reconnect window.
+    complete_requested: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+    playback_ids: Mapped[list[LiveStreamPlaybackId]] = relationship(
+        back_populates="live_stream", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="LiveStreamPlaybackId.created_at")
+    simulcast_targets: Mapped[list[SimulcastTarget]] = relationship(
+        back_populates="live_stream", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="SimulcastTarget.created_at")
+
+    def __repr__(self) -> str:
+        return f"LiveStream(id={self.id!r}, status={self.status!r}, session={self.session_state!r})"
+
+
+class LiveStreamPlaybackId(Base):
+    """A public or signed playback id of a live stream. Its own table (not a nullable column on
+    ``playback_ids``): every asset playback id keeps its non-null ``asset_id``; ids are random across both."""
+
+    __tablename__ = "live_stream_playback_ids"
+    __table_args__ = (sa.Index("ix_live_stream_playback_ids_live_stream_id_created_at", "live_stream_id",
+                               "created_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
+    live_stream_id: Mapped[str] = mapped_column(sa.ForeignKey("live_streams.id", ondelete="CASCADE"))
+    policy: Mapped[PlaybackPolicy] = mapped_column(_status(PlaybackPolicy, "policy"), default=PlaybackPolicy.PUBLIC)
+    created_at: Mapped[datetime] = _created_at()
+
+    live_stream: Mapped[LiveStream] = relationship(back_populates="playback_ids")
+
+    def __repr__(self) -> str:
+        return f"LiveStreamPlaybackId(id={self.id!r}, live_stream_id={self.live_stream_id!r})"
+
+
+class SimulcastTarget(Base):
+    """Mux's simulcast target: an RTMP(S) URL and stream key the live stream is pushed on to. The key is stored
+    as given (the pusher needs it), like a webhook endpoint's secret."""
+
+    __tablename__ = "simulcast_targets"
+    __table_args__ = (
+        sa.CheckConstraint(_in("status", SIMULCAST_STATUSES), name="status"),
+        sa.Index("ix_simulcast_targets_live_stream_id_created_at", "live_stream_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
+    live_stream_id: Mapped[str] = mapped_column(sa.ForeignKey("live_streams.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(sa.Text)
+    stream_key: Mapped[str | None] = mapped_column(sa.Text)
+    passthrough: Mapped[str | None] = mapped_column(sa.String(255))
+    status: Mapped[str] = mapped_column(sa.String(16), default="idle")
+    created_at: Mapped[datetime] = _created_at()
+
+    live_stream: Mapped[LiveStream] = relationship(back_populates="simulcast_targets")
+
+    def __repr__(self) -> str:
+        return f"SimulcastTarget(id={self.id!r}, live_stream_id={self.live_stream_id!r}, status={self.status!r})"
 
 
 _DEFAULT_UPLOAD_TIMEOUT = 3600
@@ -458,6 +650,10 @@ class AccessToken(Base):
     created_at: Mapped[datetime] = _created_at()
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Mux-style permissions per product: ``{"video": "full"|"read", "data": ..., "system": ...}``; a product
+    #: left out is refused. NULL (every token made before permissions existed) is full access to every product
+    #: (:mod:`kinoray.control.permissions`).
+    permissions: Mapped[dict[str, str] | None] = mapped_column(_json())
 
     idempotency_keys: Mapped[list[IdempotencyKey]] = relationship(
         back_populates="token", cascade="all, delete-orphan", passive_deletes=True)
@@ -494,6 +690,26 @@ class SigningKey(Base):
 
     def __repr__(self) -> str:
         return f"SigningKey(id={self.id!r})"
+
+
+class PlaybackRestriction(Base):
+    """Mux's playback restriction: referrer and user-agent rules a signed playback token opts into with its
+    ``playback_restriction_id`` claim (:mod:`kinoray.control.restrictions`)."""
+
+    __tablename__ = "playback_restrictions"
+    __table_args__ = (sa.Index("ix_playback_restrictions_created_at_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
+    #: ``[]`` refuses every referrer, ``["*"]`` allows any, else up to 10 host names or ``*.`` wildcards.
+    allowed_domains: Mapped[list[str]] = mapped_column(_json(), default=list)
+    allow_no_referrer: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    allow_no_user_agent: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    allow_high_risk_user_agent: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+    def __repr__(self) -> str:
+        return f"PlaybackRestriction(id={self.id!r}, allowed_domains={self.allowed_domains!r})"
 
 
 class IdempotencyKey(Base):
@@ -591,14 +807,18 @@ class WebhookDelivery(Base):
     endpoint_id: Mapped[str] = mapped_column(sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
     event_id: Mapped[str] = mapped_column(sa.ForeignKey("events.id", ondelete="CASCADE"))
     event_type: Mapped[str] = mapped_column(sa.String(64))
-    #: The JSON body to POST (the envelope: ``type``, ``id``, ``created_at``, ``object``, ``data``), fixed at
-    #: enqueue time so every retry signs and sends the same body.
+    #: The envelope to POST (``type``, ``id``, ``created_at``, ``object``, ``environment``, ``data``, ...), fixed
+    #: at enqueue time; each attempt sends it with ``attempts`` set to ``attempt_log``.
     payload: Mapped[dict[str, Any]] = mapped_column(_json())
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_status: Mapped[int | None] = mapped_column(sa.Integer)  # HTTP status of the last attempt
     last_error: Mapped[str | None] = mapped_column(sa.Text)
+    #: What each attempt so far came to, oldest first (Mux's ``attempts`` entries: id, address, created_at,
+    #: max_attempts, response_status_code, response_headers, response_body); sent with every later attempt.
+    #: NULL before the first attempt.
+    attempt_log: Mapped[list[dict[str, Any]] | None] = mapped_column(_json())
     created_at: Mapped[datetime] = _created_at()
 
     endpoint: Mapped[WebhookEndpoint] = relationship(back_populates="deliveries")
@@ -658,3 +878,32 @@ class ViewEvent(Base):
 
     def __repr__(self) -> str:
         return f"ViewEvent(id={self.id!r}, event_type={self.event_type!r}, view_id={self.view_id!r})"
+
+
+# --- delivery usage ------------------------------------------------------------------------------------------
+
+#: The resolution tiers usage is counted under (Mux's ``delivered_seconds_by_resolution`` keys without ``tier_``).
+USAGE_TIERS = ("audio-only", "720p", "1080p", "1440p", "2160p")
+
+
+class DeliveryUsage(Base):
+    """Media delivered by the edge: seconds and bytes per asset, per UTC hour, per resolution tier. Edge processes
+    add to a row with one upsert per flush (:mod:`kinoray.control.usage`), so many writers sum correctly.
+
+    No foreign key: usage outlives the asset (Mux reports deleted assets' delivery too)."""
+
+    __tablename__ = "delivery_usage"
+    __table_args__ = (
+        sa.CheckConstraint(_in("tier", USAGE_TIERS), name="tier"),
+        sa.Index("ix_delivery_usage_hour_start", "hour_start"),
+    )
+
+    asset_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    hour_start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    tier: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    delivered_seconds: Mapped[float] = mapped_column(sa.Double, default=0.0)
+    delivered_bytes: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+    def __repr__(self) -> str:
+        return (f"DeliveryUsage(asset_id={self.asset_id!r}, hour_start={self.hour_start!r}, tier={self.tier!r}, "
+                f"seconds={self.delivered_seconds})")

@@ -5,7 +5,7 @@
  *   <script src="https://HOST/player/static/hls.min.js"></script>        (optional: loaded on demand)
  *   <script src="https://HOST/player/static/kinoray-player.js"></script>
  *   <kinoray-player playback-id="ID" token="JWT" thumbnail-token="JWT" storyboard-token="JWT"
- *                   autoplay muted base-url="https://HOST" beacon-url="https://HOST/data/v1/events">
+ *                   autoplay muted base-url="https://HOST" beacon-url="https://HOST/data/v1/beacons">
  *
  * URLs follow Mux's shapes under one base (default: where this script was loaded from): HLS
  * /{id}.m3u8?token=, poster /{id}/thumbnail.jpg?token=, seek previews /{id}/storyboard.vtt?token=.
@@ -23,8 +23,8 @@
   const STATIC_PATH = "/player/static/";
   const HEARTBEAT_MS = 10000;
   const MAX_QUEUED_EVENTS = 400;
-  const MAX_BATCH_BYTES = 60000; // the ingest refuses bodies over 64 KB; sendBeacon/keepalive cap is 64 KB too
-  const MAX_BATCH_EVENTS = 200;
+  const MAX_BATCH_BYTES = 60000; // sendBeacon/keepalive bodies are capped at 64 KB (the collector takes 500 KB)
+  const MAX_BATCH_EVENTS = 300;
   const SEEK_STEP = 5;
   const SEEK_STEP_LONG = 10;
 
@@ -53,27 +53,16 @@
     }
   }
 
-  function environment() {
-    const ua = navigator.userAgent;
-    const browser = /(Edg|OPR|HeadlessChrome|Chromium|Chrome|Firefox)\/([\d.]+)/.exec(ua) ||
-      (/Safari\//.test(ua) && /Version\/([\d.]+)/.exec(ua) ? ["", "Safari", /Version\/([\d.]+)/.exec(ua)[1]] : null);
-    const names = { Edg: "Edge", OPR: "Opera" };
-    let os = "unknown";
-    let osVersion;
-    let match;
-    if ((match = /Windows NT ([\d.]+)/.exec(ua))) { os = "Windows"; osVersion = match[1]; }
-    else if ((match = /(?:iPhone|CPU) OS ([\d_]+)/.exec(ua))) { os = "iOS"; osVersion = match[1].replace(/_/g, "."); }
-    else if ((match = /Mac OS X ([\d_.]+)/.exec(ua))) { os = "macOS"; osVersion = match[1].replace(/_/g, "."); }
-    else if ((match = /Android ([\d.]+)/.exec(ua))) { os = "Android"; osVersion = match[1]; }
-    else if (/CrOS/.test(ua)) { os = "ChromeOS"; }
-    else if (/Linux/.test(ua)) { os = "Linux"; }
-    return {
-      browser: browser ? (names[browser[1]] || browser[1]) : "unknown",
-      browser_version: browser ? browser[2] : undefined,
-      os: os,
-      os_version: osVersion,
-    };
-  }
+  // Beacons go out in Mux Data's format (what mux-embed sends), so one collector serves kinoray's player and
+  // Mux's SDKs: field names shortened by the SDK's scheme (first word one letter, later words two).
+  const SHORT_KEYS = {
+    event: "e", sequence: "xsqno", viewer_time: "uti", playback_time: "pphti", view_id: "xid", session_id: "sid",
+    playback_id: "vid", player_name: "pnm", player_version: "pve", player_software: "psw",
+    player_software_version: "pswve", player_width: "pwd", player_height: "pht", page_url: "wur",
+    rendition_width: "vsowd", rendition_height: "vsoht", rendition_bitrate: "vsobi", rendition_codec: "vsocc",
+    error_code: "percd", error_type: "perty", error_message: "perme", error_context: "percz",
+  };
+  const EVENT_NAMES = { heartbeat: "hb" };
 
   function formatTime(seconds) {
     if (!isFinite(seconds) || seconds < 0) seconds = 0;
@@ -180,7 +169,6 @@
       this.queue = [];
       this.sequence = 0;
       this.sending = false;
-      this.environment = environment();
     }
 
     event(type, fields) {
@@ -200,23 +188,31 @@
         player_width: Math.round(this.player.clientWidth) || undefined,
         player_height: Math.round(this.player.clientHeight) || undefined,
         page_url: location.href.split(/[?#]/)[0].slice(0, 1024),
-      }, this.environment, fields || {});
-      for (const key of Object.keys(event)) if (event[key] === undefined || event[key] === null) delete event[key];
-      this.queue.push(event);
+      }, fields || {});
+      const beacon = {};
+      for (const key of Object.keys(event)) {
+        if (event[key] !== undefined && event[key] !== null) beacon[SHORT_KEYS[key] || key] = event[key];
+      }
+      beacon.e = EVENT_NAMES[type] || type;
+      this.queue.push(beacon);
       if (this.queue.length > MAX_QUEUED_EVENTS) this.queue.splice(0, this.queue.length - MAX_QUEUED_EVENTS);
+    }
+
+    payload(events) {
+      return JSON.stringify({ metadata: { transmission_timestamp: Date.now() }, events });
     }
 
     // Batches of at most MAX_BATCH_EVENTS events and MAX_BATCH_BYTES bytes.
     take() {
       const batches = [];
       let current = [];
-      let size = 12;
+      let size = 64;
       for (const event of this.queue) {
         const bytes = JSON.stringify(event).length + 1;
         if (current.length && (size + bytes > MAX_BATCH_BYTES || current.length >= MAX_BATCH_EVENTS)) {
           batches.push(current);
           current = [];
-          size = 12;
+          size = 64;
         }
         current.push(event);
         size += bytes;
@@ -232,7 +228,7 @@
       this.sending = true;
       const batches = this.take();
       const sends = batches.map((events) => fetch(this.url, {
-        method: "POST", body: JSON.stringify({ events }), keepalive: true, credentials: "omit",
+        method: "POST", body: this.payload(events), keepalive: true, credentials: "omit",
         headers: { "Content-Type": "text/plain" },
       }).then((answer) => {
         if (answer.status === 429 || answer.status >= 500) this.requeue(events);
@@ -246,7 +242,7 @@
 
     flushOnExit() {
       for (const events of this.take()) {
-        const body = JSON.stringify({ events });
+        const body = this.payload(events);
         if (!(navigator.sendBeacon && navigator.sendBeacon(this.url, body))) {
           fetch(this.url, { method: "POST", body, keepalive: true, credentials: "omit",
                             headers: { "Content-Type": "text/plain" } }).catch(() => {});
@@ -338,7 +334,7 @@
       this.firstFrameSeen = false;
       this.playingOnce = false;
       this.rebuffering = false;
-      this.beacons = new Beacons(this, this.getAttribute("beacon-url") || `${this.baseUrl}/data/v1/events`);
+      this.beacons = new Beacons(this, this.getAttribute("beacon-url") || `${this.baseUrl}/data/v1/beacons`);
       this.video.muted = this.hasAttribute("muted");
       this.video.autoplay = false;
       const base = this.baseUrl;

@@ -20,20 +20,20 @@ from kinoray.control.assets import (
     AssetUpdate,
     PlaybackIdCreate,
     asset_view,
-    create_asset,
+    create_asset_from_request,
     create_playback_id,
-    delete_asset,
     get_asset,
     playback_id_view,
+    remove_asset,
 )
 from kinoray.control.events import emit
 from kinoray.control.input_info import InputInfo, input_info
-from kinoray.control.urls import check_public_url
-from kinoray.errors import InvalidParametersError, NotFoundError, StorageError
+from kinoray.control.live import live_playback_id_view
+from kinoray.errors import InvalidParametersError, NotFoundError
 from kinoray.serve.deps import CurrentToken, IdempotentRoute, PlatformDep
 from kinoray.serve.schemas import AUTHENTICATED, error_responses
 from kinoray.store.db import newest_first
-from kinoray.store.models import Asset, PlaybackId, Upload, is_valid_id, utcnow
+from kinoray.store.models import Asset, LiveStreamPlaybackId, PlaybackId, Upload, is_valid_id, utcnow
 
 __all__ = ["router"]
 
@@ -62,17 +62,16 @@ class PlaybackIdList(BaseModel):
 
 
 class PlaybackIdTarget(BaseModel):
-    data: dict[str, Any] = Field(description="{id, policy, object: {type: asset, id}}")
+    data: dict[str, Any] = Field(description="{id, policy, object: {type: asset|live_stream, id}}")
 
 
 @router.post("/assets", status_code=201, response_model=AssetEnvelope,
-             responses=error_responses(*AUTHENTICATED, 409, 422))
+             responses=error_responses(*AUTHENTICATED, 404, 409, 422))
 def create(body: AssetCreate, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
-    """Create an asset from ``inputs[0].url`` (http, https, s3; file only where enabled)."""
-    url = body.input_url()
-    check_public_url(url, platform.settings)
+    """Create an asset from ``inputs[0].url`` (http, https, s3; file only where enabled), or a clip of a ready
+    asset (``mux://assets/{id}`` with ``start_time``/``end_time``)."""
     with platform.db.session() as session:
-        asset = create_asset(session, platform.settings, body.settings_only(), input_url=url)
+        asset = create_asset_from_request(session, platform.settings, body)
         return {"data": asset_view(asset)}
 
 
@@ -141,14 +140,7 @@ def update(asset_id: str, body: AssetUpdate, platform: PlatformDep, token: Curre
 @router.delete("/assets/{asset_id}", status_code=204, responses=error_responses(*AUTHENTICATED, 404))
 def delete(asset_id: str, platform: PlatformDep, token: CurrentToken) -> Response:
     """Delete the asset and its stored input and media (a running transcode stops)."""
-    with platform.db.session() as session:
-        asset = get_asset(session, asset_id, for_update=True)
-        prefix = asset.storage_prefix or f"assets/{asset.id}"
-        delete_asset(session, asset)
-    try:
-        platform.store.delete_prefix(prefix)
-    except StorageError as error:  # the row is gone; the runner's sweep retries orphaned prefixes
-        log.warning("could not delete an asset's files", extra={"asset": asset_id, "error": str(error)})
+    remove_asset(platform, asset_id)
     return Response(status_code=204)
 
 
@@ -201,9 +193,13 @@ def delete_playback_id(asset_id: str, playback_id: str, platform: PlatformDep, t
 @router.get("/playback-ids/{playback_id}", response_model=PlaybackIdTarget,
             responses=error_responses(*AUTHENTICATED, 404))
 def lookup_playback_id(playback_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
-    """The asset a playback id points to (Mux: ``object: {type: "asset", id}``)."""
+    """The asset or live stream a playback id points to (Mux: ``object: {type: "asset"|"live_stream", id}``)."""
     with platform.db.reader() as session:
         playback = session.get(PlaybackId, playback_id) if is_valid_id(playback_id) else None
-        if playback is None:
-            raise NotFoundError(f"no playback id {playback_id!r}")
-        return {"data": {**playback_id_view(playback), "object": {"type": "asset", "id": playback.asset_id}}}
+        if playback is not None:
+            return {"data": {**playback_id_view(playback), "object": {"type": "asset", "id": playback.asset_id}}}
+        live = session.get(LiveStreamPlaybackId, playback_id) if is_valid_id(playback_id) else None
+        if live is None:
+            raise NotFoundError(f"no playback id {playback_id[:80]!r}")
+        return {"data": {**live_playback_id_view(live),
+                         "object": {"type": "live_stream", "id": live.live_stream_id}}}

@@ -34,6 +34,7 @@ from kinoray.control.images import (
     resolve_source,
 )
 from kinoray.control.playback import CORS_HEADERS, etag_matches
+from kinoray.control.restrictions import Viewer
 from kinoray.errors import NotFoundError
 from kinoray.media.images import ANIMATED_FORMATS, STILL_FORMATS
 from kinoray.serve.deps import PlatformDep, client_address
@@ -70,8 +71,10 @@ def _respond(request: Request, source: ImageSource, result: ImageResult) -> Resp
     return Response(result.body, media_type=result.media_type, headers=headers)
 
 
-def _source(platform: PlatformDep, playback_id: str, token: str | None, kind: ImageKind) -> ImageSource:
-    return resolve_source(platform.resolver, playback_id, token=token, kind=kind)
+def _source(request: Request, platform: PlatformDep, playback_id: str, token: str | None,
+            kind: ImageKind) -> ImageSource:
+    return resolve_source(platform.resolver, playback_id, token=token, kind=kind,
+                          viewer=Viewer.from_headers(request.headers))
 
 
 def _cache(request: Request, platform: PlatformDep) -> ImageCache:
@@ -91,7 +94,7 @@ def thumbnail(request: Request, playback_id: str, extension: str, platform: Plat
               fit_mode: str = "preserve", token: Token = None) -> Response:
     """The exact frame at ``time`` seconds (default: the middle)."""
     _known(extension, STILL_FORMATS, "thumbnail")
-    source = _source(platform, playback_id, token, "thumbnail")
+    source = _source(request, platform, playback_id, token, "thumbnail")
     options = image_options(source, {"time": time, "width": width, "height": height, "fit_mode": fit_mode})
     params = ThumbnailParams.parse(source, extension, **options)
     return _respond(request, source, _cache(request, platform).thumbnail(source, params))
@@ -103,7 +106,7 @@ def animated(request: Request, playback_id: str, extension: str, platform: Platf
              height: int | None = None, fps: int | None = None, token: Token = None) -> Response:
     """A looping GIF or animated WebP of ``start``..``end``."""
     _known(extension, ANIMATED_FORMATS, "animated image")
-    source = _source(platform, playback_id, token, "animated")
+    source = _source(request, platform, playback_id, token, "animated")
     options = image_options(source, {"start": start, "end": end, "width": width, "height": height, "fps": fps})
     params = AnimatedParams.parse(source, extension, **options)
     return _respond(request, source, _cache(request, platform).animated(source, params))
@@ -114,7 +117,7 @@ def storyboard(request: Request, playback_id: str, extension: str, platform: Pla
                image_format: Annotated[str | None, Query(alias="format")] = None, token: Token = None) -> Response:
     """The tiled sprite, or the WebVTT that maps time ranges to its tiles (``#xywh=``)."""
     _known(extension, (*STILL_FORMATS, "vtt"), "storyboard")
-    source = _source(platform, playback_id, token, "storyboard")
+    source = _source(request, platform, playback_id, token, "storyboard")
     chosen = image_options(source, {"format": image_format}).get("format")
     params = StoryboardParams.parse(extension, image_format=chosen)
     return _respond(request, source, _cache(request, platform).storyboard(source, params))

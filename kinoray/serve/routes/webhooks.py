@@ -1,4 +1,6 @@
-"""``/system/v1/webhook-endpoints``: where events are POSTed, each endpoint with its own signing secret.
+"""``/system/v1/webhook-endpoints``: where events are POSTed, each endpoint with its own signing secret; and
+the same resource in Mux's shape at ``/system/v1/webhooks`` (``address``, ISO times, ``signing_secret`` shown only
+on create, numbered pages), which Mux's SDKs use.
 
 The secret is shown on create and on every read (like Mux's dashboard, which reveals it on request): the server
 keeps it in clear to sign deliveries, and a caller with an access token can already read every event.
@@ -14,13 +16,14 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from kinoray.control import webhooks
-from kinoray.control.webhooks import EndpointCreate, EndpointUpdate
+from kinoray.control.webhooks import EndpointCreate, EndpointUpdate, WebhookCreate, WebhookUpdate
 from kinoray.serve.deps import CurrentToken, IdempotentRoute, PlatformDep
 from kinoray.serve.schemas import AUTHENTICATED, error_responses
 
-__all__ = ["router"]
+__all__ = ["mux_router", "router"]
 
 router = APIRouter(prefix="/system/v1/webhook-endpoints", tags=["webhooks"], route_class=IdempotentRoute)
+mux_router = APIRouter(prefix="/system/v1/webhooks", tags=["webhooks"], route_class=IdempotentRoute)
 
 MAX_LIMIT = 100
 
@@ -67,7 +70,7 @@ Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of
 
 
 @router.post("", status_code=201, response_model=WebhookEndpointEnvelope,
-             responses=error_responses(*AUTHENTICATED, 409, 422))
+             responses=error_responses(*AUTHENTICATED, 400, 409, 422))
 def create(body: EndpointCreate, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
     """Add an endpoint; events emitted from now on are queued for it."""
     with platform.db.session() as session:
@@ -91,7 +94,7 @@ def get(endpoint_id: str, platform: PlatformDep, token: CurrentToken) -> dict[st
 
 
 @router.patch("/{endpoint_id}", response_model=WebhookEndpointEnvelope,
-              responses=error_responses(*AUTHENTICATED, 404))
+              responses=error_responses(*AUTHENTICATED, 400, 404, 409, 422))
 def update(endpoint_id: str, body: EndpointUpdate, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
     """Change ``url`` and/or ``enabled``. Disabling stops pending deliveries; enabling clears
     ``disabled_reason`` (events from while it was off are not sent)."""
@@ -127,3 +130,65 @@ def list_deliveries(endpoint_id: str, platform: PlatformDep, token: CurrentToken
         endpoint = webhooks.get_endpoint(session, endpoint_id)
         rows, next_cursor = webhooks.list_deliveries(session, endpoint, limit=limit, cursor=cursor)
         return {"data": [webhooks.delivery_view(row) for row in rows], "next_cursor": next_cursor}
+
+
+# --- Mux's shape: /system/v1/webhooks ------------------------------------------------------------------------
+
+
+class WebhookObject(BaseModel):
+    id: str
+    address: str
+    enabled: bool
+    created_at: str = Field(description="ISO 8601, UTC")
+    signing_secret: str | None = Field(default=None, description="only in the answer to create")
+
+
+class WebhookEnvelope(BaseModel):
+    data: WebhookObject
+
+
+class WebhookList(BaseModel):
+    data: list[WebhookObject]
+
+
+Page = Annotated[int, Query(ge=1, le=10_000, description="Mux's numbered pages, 1 = newest")]
+
+
+@mux_router.post("", status_code=201, response_model=WebhookEnvelope, response_model_exclude_none=True,
+                 responses=error_responses(*AUTHENTICATED, 400, 409, 422))
+def mux_create(body: WebhookCreate, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+    """Add a webhook; the answer is the only one that carries its ``signing_secret``."""
+    with platform.db.session() as session:
+        endpoint = webhooks.create_endpoint(session, platform.settings, body.address)
+        return {"data": webhooks.webhook_view(endpoint, with_secret=True)}
+
+
+@mux_router.get("", response_model=WebhookList, response_model_exclude_none=True,
+                responses=error_responses(*AUTHENTICATED))
+def mux_list(platform: PlatformDep, token: CurrentToken, limit: Limit = 25, page: Page = 1) -> dict[str, Any]:
+    """Newest first; an empty page ends the list."""
+    with platform.db.reader() as session:
+        rows, _ = webhooks.list_endpoints(session, limit=limit, page=page)
+        return {"data": [webhooks.webhook_view(row) for row in rows]}
+
+
+@mux_router.get("/{webhook_id}", response_model=WebhookEnvelope, response_model_exclude_none=True,
+                responses=error_responses(*AUTHENTICATED, 404))
+def mux_get(webhook_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+    with platform.db.reader() as session:
+        return {"data": webhooks.webhook_view(webhooks.get_endpoint(session, webhook_id))}
+
+
+@mux_router.patch("/{webhook_id}", response_model=WebhookEnvelope, response_model_exclude_none=True,
+                  responses=error_responses(*AUTHENTICATED, 400, 404, 409, 422))
+def mux_update(webhook_id: str, body: WebhookUpdate, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+    """Change ``address`` and/or ``enabled`` (as ``PATCH /system/v1/webhook-endpoints/{id}``)."""
+    with platform.db.session() as session:
+        endpoint = webhooks.get_endpoint(session, webhook_id, for_update=True)
+        endpoint = webhooks.update_endpoint(session, platform.settings, endpoint, body.as_endpoint())
+        return {"data": webhooks.webhook_view(endpoint)}
+
+
+@mux_router.delete("/{webhook_id}", status_code=204, responses=error_responses(*AUTHENTICATED, 404))
+def mux_delete(webhook_id: str, platform: PlatformDep, token: CurrentToken) -> Response:
+    return delete(webhook_id, platform, token)
