@@ -1,0 +1,219 @@
+"""Analytics engine throughput on this machine, without servers: how many Mux Data beacon events one collector
+process ingests per second (parse + expand + carry-forward + enrichment + Parquet write), and how long the Data
+API's queries take over a generated set of views (p50/p95 of overall, breakdown and timeseries, and one view),
+cold (the process's caches of parsed files and built views emptied first) and warm (a replica's repeat query);
+erasing one viewer from every partition; what CMCD costs the edge's request path and its drain thread.
+
+Views come from a small traffic simulator: each view is a Mux Data SDK event sequence (playerready, viewstart,
+play, renditionchange, playing, heartbeats, rebuffers, pause/viewend, some errors and exits before start) with
+its QoE drawn per browser and country, sent in batches of up to 300 events as ``mux-embed`` would.
+
+    python benchmarks/analytics.py --views 2000            # prints a table, writes benchmarks/results/analytics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import timeit
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from kinoray.analytics import (  # noqa: E402
+    Collector,
+    EventWriter,
+    MemoryViewStates,
+    StoreViewStates,
+    parse_batch,
+)
+from kinoray.analytics.cmcd import CMCD_HEADERS, CmcdBuffer  # noqa: E402
+from kinoray.analytics.eventlog import FILES  # noqa: E402
+from kinoray.analytics.privacy import erase_viewer  # noqa: E402
+from kinoray.analytics.query import VIEWS, Query, Timeframe  # noqa: E402
+from kinoray.store.objects import ObjectStore  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+AGENTS = {
+    "Chrome": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/140.0.0.0 Safari/537.36",
+    "Safari iOS": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+                  "Version/17.2 Mobile/15E148 Safari/604.1",
+    "Firefox": "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0",
+}
+ADDRESSES = {"US": "8.8.8.8", "GB": "81.2.69.142", "DE": "46.4.0.1", "JP": "1.0.16.1"}
+
+
+def simulate_view(rng: random.Random, index: int, start_ms: int) -> tuple[list[dict[str, Any]], str, str]:
+    """One view's events (short keys), its User-Agent and client address."""
+    browser, country = rng.choice(list(AGENTS)), rng.choice(list(ADDRESSES))
+    slow = 3.0 if (browser, country) == ("Firefox", "JP") else 1.0  # a planted bad segment
+    view_id = f"bench-{index:08d}"
+    now, sequence, events = start_ms, 0, []
+
+    def emit(gap: float, name: str, **fields: Any) -> None:
+        nonlocal now, sequence
+        now += int(gap)
+        sequence += 1
+        events.append({"e": name, "xid": view_id, "uti": now, "xsqno": sequence, "pphti": 0, **fields})
+
+    emit(0, "playerready", pnm="bench", psw="hls.js", vid=f"pb{index % 50}", ake="bench-env", pwd=1280, pht=720,
+         uusid=f"user-{index % 500}", vtt=f"Title {index % 50}", sid=f"session-{index % 700}")
+    emit(5, "viewstart")
+    emit(10, "play")
+    emit(50, "renditionchange", vsobi=rng.choice((800_000, 2_000_000, 5_000_000)), vsowd=1280, vsoht=720)
+    if rng.random() < 0.03:
+        emit(rng.uniform(1000, 5000), "viewend")  # exit before start
+        return events, AGENTS[browser], ADDRESSES[country]
+    if rng.random() < 0.02 * slow:
+        emit(rng.uniform(200, 3000), "error", percd=rng.choice((2, 3, 4)), perme="network error")
+        return events, AGENTS[browser], ADDRESSES[country]
+    emit(rng.lognormvariate(6.3, 0.5) * slow, "playing")
+    playhead = 0
+    for _ in range(rng.randint(3, 40)):
+        if rng.random() < 0.05 * slow:
+            emit(rng.uniform(1000, 9000), "rebufferstart", pphti=playhead)
+            emit(rng.uniform(200, 4000) * slow, "rebufferend", pphti=playhead)
+        playhead += 10_000
+        emit(10_000, "hb", pphti=playhead)
+    emit(rng.uniform(0, 9000), "pause", pphti=playhead)
+    emit(100, "viewend", pphti=playhead)
+    return events, AGENTS[browser], ADDRESSES[country]
+
+
+def batches(events: list[dict[str, Any]], size: int = 300) -> list[bytes]:
+    return [json.dumps({"metadata": {"transmission_timestamp": events[i]["uti"]}, "events": events[i:i + size]})
+            .encode() for i in range(0, len(events), size)]
+
+
+def ingest(store: ObjectStore, views: list[tuple[list[dict[str, Any]], str, str]], shared_state: bool,
+           batch_events: int = 300) -> dict[str, Any]:
+    writer = EventWriter(store, flush_rows=20_000)
+    states = StoreViewStates(store) if shared_state else MemoryViewStates()
+    collector = Collector(states, writer.add, lambda playback_id: f"asset-{playback_id}")
+    bodies = [(body, agent, address) for events, agent, address in views for body in batches(events, batch_events)]
+    count = sum(len(events) for events, _, _ in views)
+    started, cpu = time.perf_counter(), time.process_time()
+    for body, agent, address in bodies:
+        collector.collect(parse_batch(body), user_agent=agent, address=address)
+    writer.close()
+    wall, cpu_used = time.perf_counter() - started, time.process_time() - cpu
+    return {"events": count, "batches": len(bodies), "seconds": round(wall, 3),
+            "events_per_second": round(count / wall), "events_per_cpu_second": round(count / cpu_used),
+            "view_state": "object store" if shared_state else "in process", "batch_events": batch_events}
+
+
+def cmcd_costs(requests: int = 20_000) -> dict[str, float]:
+    """What CMCD costs the edge: the check and append on the request path (what ``edge/stream.py`` runs), and
+    the drain thread's parse, enrichment and row per request (hls.js's keys on a video segment)."""
+    query = {"CMCD": 'bl=1900,br=869,cid="content-1",d=2000,dl=1900,mtp=32300,nor="..%2F360p%2Fseg_00004.m4s",'
+                     'ot=v,rtp=4300,sf=h,sid="hlsjs-da36db20c1",st=v'}
+    headers = {"host": "stream.example", "user-agent": AGENTS["Chrome"], "accept": "*/*", "origin": "https://a.b"}
+    buffer = CmcdBuffer(lambda rows: None, max_pending=10 * requests)
+
+    def request(query: dict[str, str]) -> None:
+        cmcd = query.get("CMCD")
+        if cmcd is not None or any(name in headers for name in CMCD_HEADERS):
+            buffer.note(cmcd, headers, "pb1", "asset-1", "360p", "seg_00004.m4s", "8.8.8.8")
+
+    check = min(timeit.repeat(lambda: request({}), number=requests, repeat=5)) / requests
+    buffer.max_pending = requests
+    note = min(timeit.repeat(lambda: request(query), number=requests, repeat=1)) / requests
+    started = time.perf_counter()
+    rows = buffer.drain()
+    drain = (time.perf_counter() - started) / max(1, rows)
+    return {"check_us": round(check * 1e6, 2), "note_us": round(note * 1e6, 2), "drain_us": round(drain * 1e6, 1)}
+
+
+def timed(call: Any, repeats: int, cold: bool) -> dict[str, float]:
+    """p50/p95 of ``call``; ``cold``: the process's caches (parsed files, built views) emptied before each."""
+    times = []
+    for _ in range(repeats):
+        if cold:
+            FILES.clear()
+            VIEWS.clear()
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return {"p50_ms": round(statistics.median(times), 1),
+            "p95_ms": round(times[min(len(times) - 1, int(0.95 * len(times)))], 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--views", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--json", type=Path, default=RESULTS / "analytics.json")
+    args = parser.parse_args()
+    console = Console()
+    rng = random.Random(args.seed)
+    start = int(time.time() * 1000) - 3_600_000
+    views = [simulate_view(rng, index, start + index * 1000) for index in range(args.views)]
+    with tempfile.TemporaryDirectory(prefix="kinoray-analytics-bench-") as directory:
+        scratch = ObjectStore(os.path.join(directory, "scratch"))
+        shared = ingest(scratch, views[: max(1, args.views // 4)], shared_state=True)
+        small = ingest(ObjectStore(os.path.join(directory, "small")), views[: max(1, args.views // 4)],
+                       shared_state=True, batch_events=15)
+        store = ObjectStore(os.path.join(directory, "store"))
+        local = ingest(store, views, shared_state=False)
+        parquet_bytes = sum(store.size(key) for key in store.list("analytics/events"))
+        now = datetime.now(UTC)
+
+        def query() -> Query:
+            return Query(store, Timeframe(now - timedelta(hours=3), now), now=now)
+
+        built = query()
+        assert len(built.views) == args.views, len(built.views)
+        calls = {
+            "overall video_startup_time": lambda: query().overall("video_startup_time"),
+            "breakdown rebuffer_percentage by country": lambda: query().breakdown("rebuffer_percentage", "country"),
+            "timeseries views (minute)": lambda: query().timeseries("views"),
+            "one view (video-views/{id})": lambda: query().view("bench-00000007"),
+        }
+        queries = {f"{name}, {state}": timed(call, args.repeats, cold=state == "cold")
+                   for name, call in calls.items() for state in ("cold", "warm")}
+        worst = sorted(built.breakdown("video_startup_time", "browser"), key=lambda row: row["negative_impact"])[0]
+        started = time.perf_counter()
+        erased = erase_viewer(store, "user-7")  # one viewer's views out of every partition (files rewritten)
+        erasure = {"seconds": round(time.perf_counter() - started, 3), "views": len(erased.view_ids),
+                   "rows": erased.rows_removed, "files_rewritten": erased.files_rewritten}
+    cmcd = cmcd_costs()
+    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(), "views": args.views,
+              "ingest": local, "ingest_shared_state": shared, "ingest_shared_state_small_batches": small, "parquet_bytes": parquet_bytes,
+              "bytes_per_view": round(parquet_bytes / args.views), "queries": queries,
+              "worst_browser_for_startup": worst["field"], "erase_one_viewer": erasure, "cmcd": cmcd}
+    table = Table(title=f"analytics, {args.views} views / {local['events']} events, one process")
+    table.add_column("measure")
+    table.add_column("result", justify="right")
+    table.add_row("ingest, view state in process", f"{local['events_per_second']:,} events/s "
+                  f"({local['events_per_cpu_second']:,} per CPU-s)")
+    table.add_row("ingest, view state in the object store", f"{shared['events_per_second']:,} events/s")
+    table.add_row("ingest, object-store state, 15-event batches", f"{small['events_per_second']:,} events/s")
+    table.add_row("Parquet bytes per view", f"{result['bytes_per_view']:,}")
+    for name, timing in queries.items():
+        table.add_row(f"query: {name}", f"p50 {timing['p50_ms']} ms, p95 {timing['p95_ms']} ms")
+    table.add_row("erase one viewer (DELETE /data/v1/viewers/…)",
+                  f"{erasure['seconds']} s: {erasure['views']} views, {erasure['files_rewritten']} files rewritten")
+    table.add_row("CMCD on the edge's request path (check + append)", f"{cmcd['note_us']} µs/request "
+                  f"(no CMCD: {cmcd['check_us']} µs)")
+    table.add_row("CMCD drain (parse + enrich + row, its own thread)", f"{cmcd['drain_us']} µs/request")
+    console.print(table)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
