@@ -1,0 +1,391 @@
+"""RTMP ingest: the server OBS, FFmpeg and every hardware encoder publish to (``rtmp://host:port/app/KEY``).
+
+Adobe's RTMP specification (1.0), the part a publisher uses: the handshake, the chunk stream (chunk sizes,
+the four chunk header formats, extended timestamps, aborts), the protocol control messages, the NetConnection
+and NetStream commands (``connect``, ``releaseStream``/``FCPublish``, ``createStream``, ``publish``,
+``FCUnpublish``/``deleteStream``), metadata (``@setDataFrame``/``onMetaData``), audio, video and aggregate
+messages. Playing over RTMP is not offered: viewers watch over HLS from the delivery edge.
+
+**The key is checked before any media is accepted.** ``publish`` names the stream key; the server asks
+``authorize`` (the control plane: is this an enabled live stream's key?) and answers
+``NetStream.Publish.Start`` only if it says yes. Otherwise the publisher gets ``NetStream.Publish.BadName`` and
+the connection is closed, and :data:`~kinoray.telemetry.LIVE_INGEST_REFUSED` counts why. Nothing the publisher
+sends before that reaches a :class:`Publisher`.
+
+**Bounded per connection:** a handshake must finish within ``handshake_seconds``; a connection that sends
+nothing for ``idle_seconds`` is closed; one message is at most ``max_message_bytes``; a chunk size, chunk stream
+count and AMF payload are limited. A malformed stream ends that connection with an
+:class:`~kinoray.errors.IngestProtocolError` in the log and the publisher's :meth:`Publisher.ended` — nothing
+else: other connections go on.
+
+Why our own code rather than a library: the Python RTMP servers on PyPI (pyrtmp 0.3, rtmplite3) configure the
+root logger at import, parse chunks bit by bit, and have no limits; FFmpeg's listener (``-listen 1`` through
+PyAV) takes one publisher per port and cannot refuse a key before reading media. What a publisher needs of RTMP
+is small and fully specified, and here each limit and refusal is ours to test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kinoray.errors import IngestProtocolError
+from kinoray.live.amf import AmfValue, decode_all, encode
+from kinoray.live.flv import AUDIO, SCRIPT, VIDEO, FlvTag
+from kinoray.telemetry import LIVE_INGEST_REFUSED
+
+__all__ = ["Publisher", "PublishRequest", "RtmpServer"]
+
+log = logging.getLogger(__name__)
+
+_HANDSHAKE_SIZE = 1536
+_VERSION = 3
+# message types
+_SET_CHUNK_SIZE, _ABORT, _ACK, _USER_CONTROL, _WINDOW_ACK, _PEER_BANDWIDTH = 1, 2, 3, 4, 5, 6
+_AUDIO, _VIDEO, _DATA_AMF3, _COMMAND_AMF3, _DATA_AMF0, _COMMAND_AMF0, _AGGREGATE = 8, 9, 15, 17, 18, 20, 22
+_COMMAND_CHUNK_STREAM = 3
+_OUT_CHUNK_SIZE = 4096
+_MAX_CHUNK_SIZE = 1 << 24
+_MAX_CHUNK_STREAMS = 64
+_STREAM_ID = 1  # the one message stream a connection gets
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """A publisher asking to publish: the application (``app`` of the URL), the stream key (the stream name,
+    without any ``?query``) and the peer's address."""
+
+    app: str
+    key: str
+    peer: str
+
+
+class Publisher(Protocol):
+    """Where an accepted publish session's media goes. Called on the server's event loop: both methods must
+    return at once (hand the tag to a queue or a thread)."""
+
+    def media(self, tag: FlvTag) -> None: ...
+
+    def ended(self, error: str | None) -> None:
+        """The session is over: the publisher stopped (``None``) or the connection failed (why)."""
+
+
+#: Decides a publish: a :class:`Publisher` to accept it, or ``None`` to refuse the key.
+Authorize = Callable[[PublishRequest], Awaitable[Publisher | None]]
+
+
+@dataclass
+class _ChunkStream:
+    """What the previous chunk on one chunk stream id said (later headers may omit it)."""
+
+    timestamp: int = 0
+    delta: int = 0
+    length: int = 0
+    kind: int = 0
+    stream_id: int = 0
+    extended: bool = False
+    payload: bytearray = field(default_factory=bytearray)
+
+
+class _Refused(Exception):
+    """A publish the server refused: the connection closes after telling the publisher."""
+
+
+class _Session:
+    def __init__(self, server: RtmpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server, self.reader, self.writer = server, reader, writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.in_chunk_size = 128
+        self.streams: dict[int, _ChunkStream] = {}
+        self.app: str | None = None
+        self.stream_created = False
+        self.publisher: Publisher | None = None
+        self.key: str | None = None
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    async def read(self, count: int, timeout: float | None = None) -> bytes:
+        try:
+            return await asyncio.wait_for(self.reader.readexactly(count), timeout or self.server.idle_seconds)
+        except asyncio.IncompleteReadError:
+            raise EOFError from None
+
+    async def handshake(self) -> None:
+        c0c1 = await self.read(1 + _HANDSHAKE_SIZE, self.server.handshake_seconds)
+        if c0c1[0] != _VERSION:
+            raise IngestProtocolError(f"RTMP version {c0c1[0]} (only 3 exists)")
+        s1 = struct.pack(">II", int(time.monotonic() * 1000) & 0xFFFFFFFF, 0) + os.urandom(_HANDSHAKE_SIZE - 8)
+        s2 = c0c1[1:5] + struct.pack(">I", int(time.monotonic() * 1000) & 0xFFFFFFFF) + c0c1[9:]
+        self.writer.write(bytes([_VERSION]) + s1 + s2)
+        await self.writer.drain()
+        await self.read(_HANDSHAKE_SIZE, self.server.handshake_seconds)  # C2: an echo we do not need
+
+    async def next_message(self) -> tuple[_ChunkStream, bytes]:
+        """Read chunks until one message is complete; its header state and payload."""
+        while True:
+            first = (await self.read(1))[0]
+            fmt, csid = first >> 6, first & 0x3F
+            if csid == 0:
+                csid = 64 + (await self.read(1))[0]
+            elif csid == 1:
+                low, high = await self.read(2)
+                csid = 64 + low + high * 256
+            state = self.streams.get(csid)
+            if state is None:
+                if fmt != 0:
+                    raise IngestProtocolError(f"chunk stream {csid} starts with a type {fmt} header")
+                if len(self.streams) >= _MAX_CHUNK_STREAMS:
+                    raise IngestProtocolError(f"more than {_MAX_CHUNK_STREAMS} chunk streams")
+                state = self.streams[csid] = _ChunkStream()
+            starting = not state.payload
+            if fmt <= 2:
+                header = await self.read((11, 7, 3)[fmt])
+                stamp = int.from_bytes(header[0:3], "big")
+                if fmt <= 1:
+                    state.length, state.kind = int.from_bytes(header[3:6], "big"), header[6]
+                if fmt == 0:
+                    state.stream_id = struct.unpack("<I", header[7:11])[0]
+                state.extended = stamp == 0xFFFFFF
+                if state.extended:
+                    stamp = struct.unpack(">I", await self.read(4))[0]
+                if fmt == 0:
+                    state.timestamp, state.delta = stamp, 0
+                else:
+                    state.delta = stamp
+                    state.timestamp = (state.timestamp + stamp) & 0xFFFFFFFF
+                if not starting:
+                    raise IngestProtocolError(f"a new header on chunk stream {csid} cuts a message short")
+            else:
+                if state.extended:
+                    await self.read(4)  # repeated on every chunk of a message with an extended timestamp
+                if starting and state.length:
+                    state.timestamp = (state.timestamp + state.delta) & 0xFFFFFFFF
+            if state.length > self.server.max_message_bytes:
+                raise IngestProtocolError(f"a {state.length}-byte message (at most "
+                                          f"{self.server.max_message_bytes})")
+            take = min(self.in_chunk_size, state.length - len(state.payload))
+            state.payload += await self.read(take) if take else b""
+            if len(state.payload) >= state.length:
+                payload = bytes(state.payload)
+                state.payload.clear()
+                return state, payload
+
+    # --- writing ---------------------------------------------------------------------------------------------
+
+    def send(self, kind: int, payload: bytes, *, csid: int = 2, stream_id: int = 0) -> None:
+        header = bytes([csid]) + b"\x00\x00\x00" + len(payload).to_bytes(3, "big") + bytes([kind]) \
+            + struct.pack("<I", stream_id)
+        out = bytearray(header)
+        for start in range(0, max(len(payload), 1), _OUT_CHUNK_SIZE):
+            if start:
+                out.append(0xC0 | csid)
+            out += payload[start:start + _OUT_CHUNK_SIZE]
+        self.writer.write(bytes(out))
+
+    def command(self, *values: AmfValue, stream_id: int = 0) -> None:
+        self.send(_COMMAND_AMF0, encode(*values), csid=_COMMAND_CHUNK_STREAM, stream_id=stream_id)
+
+    def status(self, level: str, code: str, description: str) -> None:
+        self.command("onStatus", 0.0, None, {"level": level, "code": code, "description": description},
+                     stream_id=_STREAM_ID)
+
+    # --- the conversation ------------------------------------------------------------------------------------
+
+    async def on_command(self, values: list[AmfValue]) -> None:
+        if len(values) < 2 or not isinstance(values[0], str):
+            raise IngestProtocolError("a command without a name and transaction id")
+        name, transaction = values[0], values[1] if isinstance(values[1], float) else 0.0
+        if name == "connect":
+            settings = values[2] if len(values) > 2 and isinstance(values[2], dict) else {}
+            app = settings.get("app")
+            self.app = app.strip("/") if isinstance(app, str) else ""
+            self.send(_WINDOW_ACK, struct.pack(">I", 2_500_000))
+            self.send(_PEER_BANDWIDTH, struct.pack(">IB", 2_500_000, 2))
+            self.send(_SET_CHUNK_SIZE, struct.pack(">I", _OUT_CHUNK_SIZE))
+            self.command("_result", transaction, {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0},
+                         {"level": "status", "code": "NetConnection.Connect.Success",
+                          "description": "Connection succeeded.", "objectEncoding": 0.0})
+        elif name == "createStream":
+            self.stream_created = True
+            self.command("_result", transaction, None, float(_STREAM_ID))
+        elif name == "publish":
+            await self.on_publish(values)
+        elif name in ("FCUnpublish", "deleteStream", "closeStream"):
+            self.end(None)
+        elif name in ("releaseStream", "FCPublish", "getStreamLength", "_checkbw"):
+            pass  # answers nobody waits for
+        else:
+            log.debug("rtmp command ignored", extra={"peer": self.peer, "command": name[:64]})
+        await self.writer.drain()
+
+    async def on_publish(self, values: list[AmfValue]) -> None:
+        name = values[3] if len(values) > 3 and isinstance(values[3], str) else ""
+        key = name.split("?", 1)[0]
+        if self.app is None or not self.stream_created:
+            raise IngestProtocolError("publish before connect and createStream")
+        if self.publisher is not None:
+            raise IngestProtocolError("a second publish on one connection")
+        if not key:
+            self.refuse("no_key", "the stream name (stream key) is empty")
+        publisher = await self.server.authorize(PublishRequest(app=self.app, key=key, peer=self.peer))
+        if publisher is None:
+            self.refuse("bad_key", "no enabled live stream has this stream key")
+        self.publisher, self.key = publisher, key
+        self.server._publishing[key] = self
+        self.send(_USER_CONTROL, struct.pack(">HI", 0, _STREAM_ID))  # StreamBegin
+        self.status("status", "NetStream.Publish.Start", "Publishing.")
+        log.info("rtmp publish started", extra={"peer": self.peer, "app": self.app})
+
+    def refuse(self, reason: str, description: str) -> None:
+        LIVE_INGEST_REFUSED.labels(reason=reason).inc()
+        self.status("error", "NetStream.Publish.BadName", description)
+        log.warning("rtmp publish refused", extra={"peer": self.peer, "app": self.app, "reason": reason})
+        raise _Refused(reason)
+
+    def on_data(self, values: list[AmfValue]) -> None:
+        if values and values[0] == "@setDataFrame":
+            values = values[1:]
+        if self.publisher is not None and len(values) >= 2 and values[0] == "onMetaData":
+            self.publisher.media(FlvTag(SCRIPT, 0, encode("onMetaData", values[1])))
+
+    def on_aggregate(self, timestamp: int, payload: bytes) -> None:
+        """An aggregate message: FLV tags back to back, their timestamps relative to the first one's."""
+        position, base = 0, None
+        while position + 11 <= len(payload):
+            kind, size = payload[position], int.from_bytes(payload[position + 1:position + 4], "big")
+            stamp = int.from_bytes(payload[position + 4:position + 7], "big") | payload[position + 7] << 24
+            body = payload[position + 11:position + 11 + size]
+            if len(body) != size:
+                raise IngestProtocolError("an aggregate message's tag runs past its end")
+            base = stamp if base is None else base
+            if kind in (AUDIO, VIDEO) and self.publisher is not None:
+                self.publisher.media(FlvTag(kind, (timestamp + stamp - base) & 0xFFFFFFFF, body))
+            position += 11 + size + 4
+
+    async def run(self) -> None:
+        await self.handshake()
+        while True:
+            state, payload = await self.next_message()
+            kind = state.kind
+            if kind == _SET_CHUNK_SIZE:
+                if len(payload) < 4:
+                    raise IngestProtocolError("a short Set Chunk Size")
+                size = struct.unpack(">I", payload[:4])[0] & 0x7FFFFFFF
+                if not 1 <= size <= _MAX_CHUNK_SIZE:
+                    raise IngestProtocolError(f"chunk size {size}")
+                self.in_chunk_size = size
+            elif kind == _ABORT:
+                if len(payload) >= 4 and (aborted := self.streams.get(struct.unpack(">I", payload[:4])[0])):
+                    aborted.payload.clear()
+            elif kind in (_AUDIO, _VIDEO):
+                if self.publisher is not None and payload:
+                    self.publisher.media(FlvTag(AUDIO if kind == _AUDIO else VIDEO, state.timestamp, payload))
+            elif kind in (_COMMAND_AMF0, _COMMAND_AMF3):
+                await self.on_command(decode_all(payload[1:] if kind == _COMMAND_AMF3 else payload))
+                if self.key is not None and self.publisher is None:
+                    return  # unpublished
+            elif kind in (_DATA_AMF0, _DATA_AMF3):
+                self.on_data(decode_all(payload[1:] if kind == _DATA_AMF3 else payload))
+            elif kind == _AGGREGATE:
+                self.on_aggregate(state.timestamp, payload)
+            # acknowledgements, window sizes, peer bandwidth and user control need no answer from a server
+            # that only receives
+
+    def end(self, error: str | None) -> None:
+        if self.key is not None and self.server._publishing.get(self.key) is self:
+            del self.server._publishing[self.key]
+        publisher, self.publisher = self.publisher, None
+        if publisher is not None:
+            publisher.ended(error)
+            log.info("rtmp publish ended", extra={"peer": self.peer, "error": error})
+
+
+class RtmpServer:
+    """Listens for publishers on ``host:port`` (port 0: any free port; :attr:`port` says which after
+    :meth:`start`). ``authorize`` decides each publish; see the module docstring for what is bounded."""
+
+    def __init__(self, authorize: Authorize, *, host: str = "0.0.0.0", port: int = 1935,
+                 handshake_seconds: float = 10.0, idle_seconds: float = 30.0,
+                 max_message_bytes: int = 16 << 20, max_connections: int = 256) -> None:
+        self.authorize, self.host, self.port = authorize, host, port
+        self.handshake_seconds, self.idle_seconds = handshake_seconds, idle_seconds
+        self.max_message_bytes, self.max_connections = max_message_bytes, max_connections
+        self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+        self._publishing: dict[str, _Session] = {}
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("rtmp ingest listening", extra={"host": self.host, "port": self.port})
+        return self.port
+
+    def drop(self, key: str) -> bool:
+        """Disconnect the publisher of ``key`` (its stream was disabled, completed or ran out of time): its
+        :class:`Publisher` sees ``ended``. ``False`` if none is publishing with that key. Call on the server's
+        event loop."""
+        session = self._publishing.get(key)
+        if session is None:
+            return False
+        log.info("rtmp publisher dropped", extra={"peer": session.peer})
+        session.writer.close()
+        return True
+
+    @property
+    def publishing(self) -> int:
+        """How many publishers are sending now."""
+        return len(self._publishing)
+
+    async def close(self) -> None:
+        """Stop listening and end every session (their publishers see ``ended``)."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._sessions):
+            task.cancel()
+        for task in list(self._sessions):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        session = _Session(self, reader, writer)
+        if len(self._sessions) >= self.max_connections:
+            LIVE_INGEST_REFUSED.labels(reason="too_many_connections").inc()
+            writer.close()
+            return
+        self._sessions.add(task)
+        error: str | None = None
+        try:
+            await session.run()
+        except _Refused:
+            pass
+        except (EOFError, ConnectionError):
+            error = None if session.key is None else "the publisher's connection closed"
+        except TimeoutError:
+            error = f"nothing received for {self.idle_seconds:g} s"
+            if session.key is None:
+                LIVE_INGEST_REFUSED.labels(reason="timeout").inc()
+        except IngestProtocolError as problem:
+            error = str(problem)
+            if session.key is None:
+                LIVE_INGEST_REFUSED.labels(reason="protocol").inc()
+            log.warning("rtmp session ended: malformed stream", extra={"peer": session.peer, "error": error})
+        except asyncio.CancelledError:
+            error = "the ingest server stopped"
+            raise
+        finally:
+            session.end(error)
+            self._sessions.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+                await asyncio.wait_for(writer.wait_closed(), 2)

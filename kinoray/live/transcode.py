@@ -1,0 +1,260 @@
+"""The live ladder: one publisher's FLV stream in, HLS with CMAF segments out, as the stream arrives.
+
+Video is decoded once and every rung (the VOD ladder's rungs capped at the source, :func:`ladder_for_size`)
+is scaled and encoded through the encoder registry (libx264 tuned for zero latency on CPU; NVENC where
+``auto`` finds it), with an IDR forced on all rungs at the same frame — the first frame at or after each
+``segment_seconds`` boundary of the source's own clock — so every rung's segments start together and a player
+switches rungs at any boundary. Audio (AAC, what RTMP publishers send) is copied.
+
+Each rung and the audio go to FFmpeg's HLS muxer through PyAV: fMP4 segments (CMAF), written to a temporary
+name and renamed, a sliding playlist of ``window_segments`` with ``EXT-X-PROGRAM-DATE-TIME`` on every segment;
+``master.m3u8`` is the master. At the publisher's end the playlists get ``EXT-X-ENDLIST``.
+
+Standard and reduced latency only: LL-HLS parts need a packager of our own (the issue's next step).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from kinoray.encoders.base import EncoderSession, EncoderSettings
+from kinoray.encoders.registry import select_encoder
+from kinoray.errors import InvalidMediaError, UnsupportedMediaError
+from kinoray.live.pipe import TagPipe
+from kinoray.logs import native_output_to_logging
+from kinoray.media.codecs import codec_string
+from kinoray.media.ladder import Rendition, ladder_for_size
+from kinoray.media.package import add_packet_stream
+from kinoray.media.packets import StreamParameters
+
+__all__ = ["MASTER", "LiveOptions", "LiveResult", "LiveTranscoder"]
+
+log = logging.getLogger(__name__)
+
+_TIME_BASE = Fraction(1, 90_000)
+_PLAYLIST = "index.m3u8"
+MASTER = "master.m3u8"
+_AUDIO = "audio"
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """How a live stream is packaged. ``segment_seconds``: 2 for reduced latency, 4–6 for standard;
+    ``window_segments``: segments kept in the playlists (the DVR window); ``heights``: the ladder's rungs by short
+    side (capped at the source); ``encoder``: a registry name or ``auto``."""
+
+    segment_seconds: float = 2.0
+    window_segments: int = 30
+    heights: tuple[int, ...] = (720, 480, 360)
+    encoder: str = "auto"
+    preset: str = "veryfast"
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.segment_seconds <= 10:
+            raise ValueError("segment_seconds must be within 0.5 and 10")
+        if self.window_segments < 3:
+            raise ValueError("a live playlist needs at least 3 segments")
+
+
+@dataclass
+class LiveResult:
+    """What a live session produced, filled in as it runs."""
+
+    renditions: list[Rendition] = field(default_factory=list)
+    frames_in: int = 0
+    frames_out: dict[str, int] = field(default_factory=dict)
+    segments: int = 0
+    encoder: str = ""
+    error: str | None = None
+
+
+class _Rung:
+    def __init__(self, rendition: Rendition, session: EncoderSession, directory: Path, options: LiveOptions,
+                 rate: Fraction, resume: bool) -> None:
+        self.rendition, self.session = rendition, session
+        directory.mkdir(parents=True, exist_ok=True)
+        self.container = _hls_output(directory, options, resume)
+        self.stream = add_packet_stream(self.container, StreamParameters(
+            codec=session.codec_name, time_base=_TIME_BASE, extradata=session.extradata,
+            width=rendition.width, height=rendition.height))
+        self.stream.codec_context.bit_rate = rendition.max_bitrate
+        self.frames = 0
+        # encoders leave durations 0; the muxer needs one for each segment's last frame (EXTINF)
+        self.frame_ticks = max(1, round(1 / (rate * _TIME_BASE)))
+
+    def encode(self, frame: av.VideoFrame, pts: int, force_idr: bool) -> None:
+        scaled = frame.reformat(width=self.rendition.width, height=self.rendition.height, format="yuv420p")
+        scaled.pts, scaled.time_base = pts, _TIME_BASE
+        self._mux(self.session.encode(scaled, force_idr))
+        self.frames += 1
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            packet.stream = self.stream
+            packet.time_base = _TIME_BASE
+            if not packet.duration:
+                packet.duration = self.frame_ticks
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        try:
+            self._mux(self.session.flush())
+        finally:
+            self.session.close()
+            self.container.close()
+
+
+def _hls_output(directory: Path, options: LiveOptions, resume: bool = False) -> Any:
+    # Resuming (a replaced transcoder, same publisher): the segment list goes on where it stopped, after an
+    # EXT-X-DISCONTINUITY (the new encoder's timestamps start again at 0).
+    flags = "program_date_time+independent_segments+temp_file+delete_segments"
+    if resume and (directory / _PLAYLIST).exists():
+        flags += "+append_list+discont_start"
+    return av.open(str(directory / _PLAYLIST), "w", format="hls", options={
+        # cut at each IDR (forced every segment_seconds); a hair under so timestamp rounding never skips one
+        "hls_time": f"{options.segment_seconds * 0.9:.3f}",
+        "hls_list_size": str(options.window_segments),
+        "hls_segment_type": "fmp4",
+        "hls_fmp4_init_filename": "init.mp4",
+        "hls_segment_filename": str(directory / "seg_%05d.m4s"),
+        "hls_flags": flags,
+        "hls_delete_threshold": "2",
+        "start_number": "1",
+    })
+
+
+class LiveTranscoder:
+    """Reads ``pipe`` (one publisher's FLV) and writes the live HLS ladder under ``directory``:
+    ``master.m3u8``, ``<rung>/index.m3u8`` + ``init.mp4`` + ``seg_NNNNN.m4s``, ``audio/…`` — the layout of a
+    VOD asset's media, so the delivery edge serves both the same way. ``resume``: a transcoder taking over from
+    one that died continues the playlists after a discontinuity.
+
+    :meth:`run` blocks until the publisher ends (or fails) and returns the :class:`LiveResult`; run it on a
+    thread of its own. A source kinoray cannot read ends the session with ``result.error`` set."""
+
+    def __init__(self, pipe: TagPipe, directory: Path, options: LiveOptions | None = None, *,
+                 resume: bool = False) -> None:
+        self.pipe, self.directory, self.resume = pipe, Path(directory), resume
+        self.options = options or LiveOptions()
+        self.result = LiveResult()
+        self.started = threading.Event()  # set once the master playlist is written
+
+    def run(self) -> LiveResult:
+        try:
+            with native_output_to_logging():
+                self._run()
+        except (av.FFmpegError, InvalidMediaError, UnsupportedMediaError, ValueError) as error:
+            self.result.error = f"{type(error).__name__}: {error}"
+            log.warning("live transcode ended with an error", extra={"error": self.result.error})
+        if self.pipe.error and not self.result.error:
+            self.result.error = self.pipe.error
+        return self.result
+
+    def _run(self) -> None:
+        try:
+            source = av.open(self.pipe, "r", format="flv", options={"probesize": "1000000", "analyzeduration": "0"})
+        except av.FFmpegError as error:
+            raise InvalidMediaError(f"the published stream is not FLV that FFmpeg can read: {error}") from error
+        rungs: list[_Rung] = []
+        audio_out: Any = None
+        try:
+            if not source.streams.video:
+                raise UnsupportedMediaError("the published stream has no video")
+            video = source.streams.video[0]
+            video.thread_type = "AUTO"
+            audio = source.streams.audio[0] if source.streams.audio else None
+            ladder = ladder_for_size(video.codec_context.width, video.codec_context.height, self.options.heights)
+            choice = select_encoder("h264", self.options.encoder)
+            self.result.encoder, self.result.renditions = choice.name, list(ladder)
+            rate = video.guessed_rate or video.average_rate or Fraction(30)
+            for rendition in ladder:
+                session = choice.backend.open(EncoderSettings(
+                    codec="h264", width=rendition.width, height=rendition.height, frame_rate=Fraction(rate),
+                    time_base=_TIME_BASE, gop_frames=int(rate * self.options.segment_seconds * 10) + 1,
+                    max_bitrate=rendition.max_bitrate, buffer_size=rendition.max_bitrate,
+                    preset=self.options.preset, bframes=0, threads=1,
+                    extra=(("tune", "zerolatency"),) if choice.name == "libx264" else ()))
+                rungs.append(_Rung(rendition, session, self.directory / rendition.name, self.options, Fraction(rate),
+                                   self.resume))
+            if audio is not None:
+                if audio.codec_context.name != "aac":
+                    raise UnsupportedMediaError(f"live audio must be AAC, not {audio.codec_context.name}")
+                (self.directory / _AUDIO).mkdir(parents=True, exist_ok=True)
+                audio_out = _hls_output(self.directory / _AUDIO, self.options, self.resume)
+                audio_stream = audio_out.add_stream_from_template(audio)
+            self._write_master(rungs, audio)
+            self.started.set()
+            self._pump(source, video, audio, rungs, audio_out, audio_stream if audio is not None else None)
+        finally:
+            for rung in rungs:
+                try:
+                    rung.close()
+                finally:
+                    self.result.frames_out[rung.rendition.name] = rung.frames
+            if audio_out is not None:
+                audio_out.close()
+            source.close()
+            self.result.segments = len(list((self.directory / rungs[0].rendition.name).glob("seg_*.m4s"))) \
+                if rungs else 0
+
+    def _pump(self, source: Any, video: Any, audio: Any, rungs: list[_Rung], audio_out: Any,
+              audio_stream: Any) -> None:
+        segment = Fraction(self.options.segment_seconds).limit_denominator(1000)
+        origin: Fraction | None = None
+        next_cut = Fraction(0)
+        last_pts = -1
+        for packet in source.demux():
+            if audio is not None and packet.stream is audio:
+                if packet.dts is None:
+                    continue  # the demuxer's flush packet: nothing to copy
+                packet.stream = audio_stream
+                audio_out.mux(packet)
+                continue
+            if packet.stream is not video:
+                continue
+            for frame in packet.decode():  # the flush packet at the end drains the decoder
+                if frame.pts is None:
+                    continue
+                when = Fraction(frame.pts) * video.time_base
+                origin = when if origin is None else origin
+                offset = when - origin
+                pts = int(offset / _TIME_BASE)
+                if pts <= last_pts:
+                    continue  # a publisher's clock that goes back: drop rather than break the muxers
+                last_pts = pts
+                force = offset >= next_cut
+                if force:
+                    while next_cut <= offset:
+                        next_cut += segment
+                for rung in rungs:
+                    rung.encode(frame, pts, force)
+                self.result.frames_in += 1
+
+    def _write_master(self, rungs: list[_Rung], audio: Any) -> None:
+        audio_codec = codec_string("aac", bytes(audio.codec_context.extradata or b"")) if audio is not None else ""
+        audio_rate = 128_000 if audio is not None else 0
+        lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS"]
+        if audio is not None:
+            lines.append(f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="Default",DEFAULT=YES,AUTOSELECT=YES,'
+                         f'CHANNELS="{audio.codec_context.channels}",URI="{_AUDIO}/{_PLAYLIST}"')
+        for rung in rungs:
+            codecs = codec_string("h264", rung.session.extradata) + (f",{audio_codec}" if audio_codec else "")
+            attributes = [f"BANDWIDTH={rung.rendition.max_bitrate + audio_rate}", f'CODECS="{codecs}"',
+                          f"RESOLUTION={rung.rendition.width}x{rung.rendition.height}"]
+            if audio is not None:
+                attributes.append('AUDIO="audio"')
+            lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), f"{rung.rendition.name}/{_PLAYLIST}"]
+        master = self.directory / MASTER
+        temporary = master.with_suffix(".tmp")
+        temporary.write_text("\n".join(lines) + "\n")
+        temporary.replace(master)
+        log.info("live master playlist written", extra={"rungs": [r.rendition.name for r in rungs],
+                                                        "at": time.time()})

@@ -1,0 +1,100 @@
+"""The live ladder (``kinoray.live.transcode``): Debian's ``ffmpeg`` publishes over RTMP to the ingest server,
+the transcoder writes HLS while the stream runs, and ``ffprobe`` judges the output: every published frame in
+every rung, keyframes at the same times in every rung (segments aligned), a segment grid of the asked length,
+``EXT-X-PROGRAM-DATE-TIME`` on each segment, the audio, and playlists that were live before the end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kinoray.live import PublishRequest
+from kinoray.live.pipe import TagPipe
+from kinoray.live.transcode import LiveOptions, LiveTranscoder
+from tests.test_live_rtmp import KEY, Ingest, publisher_command
+
+pytestmark = pytest.mark.slow
+
+SECONDS, FPS, SEGMENT = 8, 25, 2.0
+
+
+def _probe(url: Path, *entries: str) -> dict:
+    done = subprocess.run(["ffprobe", "-v", "error", *entries, "-of", "json", str(url)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_published_stream_becomes_a_live_aligned_ladder(tmp_path: Path) -> None:
+    out = tmp_path / "live"
+    pipes: list[TagPipe] = []
+    transcoders: list[LiveTranscoder] = []
+    threads: list[threading.Thread] = []
+
+    ingest = Ingest()
+
+    async def authorize(request: PublishRequest) -> TagPipe | None:
+        if request.key != KEY:
+            return None
+        pipe = TagPipe()
+        transcoder = LiveTranscoder(pipe, out, LiveOptions(segment_seconds=SEGMENT, heights=(360, 240),
+                                                           encoder="libx264", preset="ultrafast"))
+        thread = threading.Thread(target=transcoder.run, name="live-transcode", daemon=True)
+        thread.start()
+        pipes.append(pipe)
+        transcoders.append(transcoder)
+        threads.append(thread)
+        return pipe
+
+    ingest.server.authorize = authorize
+    try:
+        # the publisher's own keyframes every 3 s: the ladder's IDRs every 2 s come from kinoray, not the source
+        publisher = subprocess.Popen(publisher_command(ingest.port, KEY, seconds=SECONDS, size="640x360", fps=FPS,
+                                                       gop=FPS * 3), stderr=subprocess.PIPE, text=True)
+        # live: the rung's playlist lists segments while the publisher is still sending
+        deadline = time.monotonic() + 30
+        playlist = out / "360p" / "index.m3u8"
+        while not (playlist.exists() and "#EXTINF" in playlist.read_text()):
+            assert publisher.poll() is None, "the publisher ended before any segment was listed"
+            assert time.monotonic() < deadline, "no segment listed while live"
+            time.sleep(0.1)
+        assert "#EXT-X-ENDLIST" not in playlist.read_text() and (out / "master.m3u8").exists()
+        assert publisher.wait(60) == 0, publisher.stderr.read() if publisher.stderr else ""
+        threads[0].join(60)
+        assert not threads[0].is_alive()
+    finally:
+        ingest.close()
+
+    result = transcoders[0].result
+    assert result.error is None and result.encoder == "libx264"
+    assert [r.name for r in result.renditions] == ["360p", "240p"]
+    assert result.frames_in == SECONDS * FPS and set(result.frames_out.values()) == {SECONDS * FPS}
+
+    master = (out / "master.m3u8").read_text()
+    assert master.count("#EXT-X-STREAM-INF") == 2 and 'CODECS="avc1.' in master and "mp4a.40.2" in master
+    keyframes = {}
+    for rung in ("360p", "240p"):
+        text = (out / rung / "index.m3u8").read_text()
+        assert text.rstrip().endswith("#EXT-X-ENDLIST")
+        durations = [float(value) for value in re.findall(r"#EXTINF:([0-9.]+)", text)]
+        assert len(durations) == SECONDS / SEGMENT and all(abs(d - SEGMENT) < 0.05 for d in durations)
+        assert text.count("#EXT-X-PROGRAM-DATE-TIME") == len(durations)
+        info = _probe(out / rung / "index.m3u8", "-count_frames", "-show_entries",
+                      "stream=width,height,nb_read_frames")
+        [stream] = info["streams"]
+        assert int(stream["nb_read_frames"]) == SECONDS * FPS
+        packets = _probe(out / rung / "index.m3u8", "-select_streams", "v", "-show_entries", "packet=pts_time,flags")
+        keyframes[rung] = [round(float(p["pts_time"]), 3) for p in packets["packets"] if "K" in p["flags"]]
+    assert keyframes["360p"] == keyframes["240p"]
+    steps = [b - a for a, b in zip(keyframes["360p"], keyframes["360p"][1:], strict=False)]
+    assert len(keyframes["360p"]) == SECONDS / SEGMENT and all(abs(step - SEGMENT) < 0.05 for step in steps)
+    audio = _probe(out / "audio" / "index.m3u8", "-show_entries", "stream=codec_name:format=duration")
+    assert audio["streams"][0]["codec_name"] == "aac"
+    assert abs(float(audio["format"]["duration"]) - SECONDS) < 0.3
