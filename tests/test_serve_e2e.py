@@ -26,6 +26,7 @@ import requests
 from kinoray.media.synthetic import generate_clip
 from tests.api_server import Receiver
 from tests.conftest import free_port
+from tests.test_live_rtmp import publisher_command
 
 pytestmark = pytest.mark.slow
 
@@ -316,6 +317,26 @@ def test_make_run_demo_uploads_and_serves_a_playable_stream(tmp_path: Path) -> N
                                capture_output=True, text=True, timeout=180)
         assert probe.returncode == 0, probe.stderr
         assert int(probe.stdout.split()[0]) == 600  # 20 s at 30 fps
+
+        # going live on what `make run` started: a live stream through the API, Debian ffmpeg publishing to the
+        # RTMP ingest the runner started, the live ladder on the local Ray, the stream played through the edge
+        stream = running.client.post(f"{running.url}/video/v1/live-streams",
+                                     json={"playback_policies": ["public"]}, timeout=30).json()["data"]
+        publisher = subprocess.Popen(publisher_command(running.rtmp_port, stream["stream_key"], seconds=30,
+                                                       app="app", size="426x240"), stderr=subprocess.PIPE, text=True)
+        try:
+            live_url = f"{running.url}/{stream['playback_ids'][0]['id']}.m3u8"
+            deadline = time.monotonic() + 120
+            while requests.get(live_url, timeout=10).status_code != 200:
+                assert publisher.poll() is None, publisher.stderr.read() if publisher.stderr else ""
+                assert time.monotonic() < deadline, running.output()
+                time.sleep(0.5)
+            live = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0",
+                                   live_url], capture_output=True, text=True, timeout=60)
+            assert live.returncode == 0 and "video" in live.stdout, live.stderr
+        finally:
+            publisher.kill()
+            publisher.wait()
 
         # its edge dies (the child `kinoray up` started): `kinoray up` exits non-zero, so a supervisor restarts it
         (edge,) = [pid for pid in _children(running.process.pid) if b"kinoray.cli\x00edge" in _cmdline(pid)]
