@@ -110,7 +110,7 @@ def latency(mode: str, segment: float, seconds: int, work: Path) -> dict[str, An
     delays = sorted(delays[:-1])  # the last one is listed at the publisher's end, not when it filled
     result = state["transcoder"].result
     return {"mode": mode, "segment_seconds": segment, "segments": len(delays), "error": result.error,
-            "packaging_median_s": statistics.median(delays), "packaging_p95_s": percentile(delays, 0.95),
+            "packaging_median_s": statistics.median(delays), "packaging_p95_s": percentile(delays, 95),
             "viewer_median_s": statistics.median(delays) + HOLD_BACK_SEGMENTS * segment}
 
 
