@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from kinoray.errors import IngestProtocolError
 from kinoray.live import FlvTag, PublishRequest, RtmpServer, flv_header
 from kinoray.live.amf import decode_all, encode
-from kinoray.live.flv import AUDIO, SCRIPT, VIDEO
+from kinoray.media.flv import AUDIO, SCRIPT, VIDEO
 
 KEY = "k3y-Of-a-live-stream"
 SECONDS, FPS = 3, 25
@@ -216,3 +216,20 @@ def test_amf0_round_trip_and_limits() -> None:
         decode_all(b"\x0a" + struct.pack(">I", 10**6))
     tag = FlvTag(AUDIO, 0x01020304, b"abc")
     assert tag.to_bytes() == b"\x08\x00\x00\x03\x02\x03\x04\x01\x00\x00\x00abc\x00\x00\x00\x0e"
+
+
+def test_flv_tags_read_back_as_written_and_a_torn_tag_is_an_error() -> None:
+    import io
+
+    from kinoray.errors import InvalidMediaError
+    from kinoray.media.flv import read_header, read_tags
+
+    tags = [FlvTag(SCRIPT, 0, b"meta"), FlvTag(VIDEO, 40, b"\x17\x01frame"), FlvTag(AUDIO, 0x01000000, b"\xaf\x01")]
+    data = flv_header() + b"".join(tag.to_bytes() for tag in tags)
+    source = io.BytesIO(data)
+    assert read_header(source) == flv_header()
+    assert list(read_tags(source)) == tags
+    torn = io.BytesIO(data[:-3])
+    read_header(torn)
+    with pytest.raises(InvalidMediaError):
+        list(read_tags(torn))

@@ -31,6 +31,7 @@ from kinoray.analytics.enrich import client_dimensions
 from kinoray.analytics.keys import expand_event
 from kinoray.analytics.realtime import presence_step
 from kinoray.errors import InvalidParametersError, RequestTooLargeError, StorageError
+from kinoray.store.objects import ObjectStore
 
 __all__ = ["DIMENSIONS", "MAX_BATCH_BYTES", "MAX_EVENTS", "VIEW_STATE_SECONDS", "Collector", "MemoryViewStates",
            "RedisViewStates", "StoreViewStates", "ViewStates", "parse_batch"]
@@ -223,7 +224,7 @@ class StoreViewStates:
 
     PREFIX = "analytics/view-state"
 
-    def __init__(self, store: Any, seconds: float = VIEW_STATE_SECONDS) -> None:
+    def __init__(self, store: ObjectStore, seconds: float = VIEW_STATE_SECONDS) -> None:
         self.store, self.seconds = store, seconds
 
     def _key(self, view_id: str) -> str:

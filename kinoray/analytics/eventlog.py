@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kinoray.analytics.collect import DIMENSIONS
+from kinoray.store.objects import ObjectStore
 
 __all__ = ["EVENTS_PREFIX", "EVENT_SCHEMA", "FILES", "EventWriter", "FileCache", "Periodic", "read_events"]
 
@@ -81,7 +82,7 @@ def _day_key(day: date) -> str:
 class EventWriter:
     """Buffers event rows and writes them as Parquet files to ``store`` (thread-safe; one per process)."""
 
-    def __init__(self, store: Any, *, flush_rows: int = 5000, flush_seconds: float = 5.0,
+    def __init__(self, store: ObjectStore, *, flush_rows: int = 5000, flush_seconds: float = 5.0,
                  max_buffered_rows: int = 1_000_000) -> None:
         self.store, self.flush_rows, self.flush_seconds = store, flush_rows, flush_seconds
         self.max_buffered_rows = max_buffered_rows
@@ -166,7 +167,7 @@ class FileCache:
             self._tables.clear()
             self._rows = 0
 
-    def get(self, store: Any, key: str) -> pa.Table:
+    def get(self, store: ObjectStore, key: str) -> pa.Table:
         name = (str(getattr(store, "url", id(store))), key)
         with self._lock:
             table = self._tables.get(name)
@@ -188,7 +189,7 @@ class FileCache:
 FILES = FileCache()
 
 
-def read_events(store: Any, start: datetime, end: datetime, *, late_days: int = 1,
+def read_events(store: ObjectStore, start: datetime, end: datetime, *, late_days: int = 1,
                 cache: FileCache | None = FILES) -> pa.Table:
     """Every stored event row received in the UTC days from ``start`` to ``end`` + ``late_days`` (a view's
     late events land in later days), as one Arrow table (duplicates included)."""

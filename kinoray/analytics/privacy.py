@@ -18,21 +18,25 @@ IPs are never stored (the collector keeps only the country/region/ASN derived fr
 from __future__ import annotations
 
 import io
+import logging
 import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kinoray.analytics.eventlog import EVENT_SCHEMA, EVENTS_PREFIX
+from kinoray.errors import StorageError
+from kinoray.store.objects import ObjectStore
 
 __all__ = ["Erasure", "erase_viewer", "sweep_retention"]
+
+log = logging.getLogger(__name__)
 
 _ERASING = threading.Lock()
 _DAY = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
@@ -49,7 +53,7 @@ def _day_of(key: str) -> date | None:
         return None
 
 
-def _partitions(store: Any) -> dict[date, str]:
+def _partitions(store: ObjectStore) -> dict[date, str]:
     """Each day's partition prefix in the store."""
     days: dict[date, str] = {}
     for key in store.list(EVENTS_PREFIX):
@@ -59,7 +63,7 @@ def _partitions(store: Any) -> dict[date, str]:
     return days
 
 
-def sweep_retention(store: Any, days: int, now: datetime | None = None) -> int:
+def sweep_retention(store: ObjectStore, days: int, now: datetime | None = None) -> int:
     """Delete the event partitions older than ``days`` days (by their UTC date) and view states not written
     for as long; returns the partitions deleted."""
     now = now or datetime.now(UTC)
@@ -69,14 +73,14 @@ def sweep_retention(store: Any, days: int, now: datetime | None = None) -> int:
         if day < cutoff:
             store.delete_prefix(prefix)
             removed += 1
-    limit = (now - timedelta(days=days)).timestamp()
-    fs = store.fs
+    limit = now - timedelta(days=days)
     for key in store.list(VIEW_STATE_PREFIX):
         try:
-            modified = fs.modified(store.path(key))
-        except (OSError, NotImplementedError):
+            stale = store.modified(key) < limit
+        except StorageError as error:  # gone meanwhile, or unreadable now: the next sweep looks again
+            log.warning("view state not swept", extra={"key": key, "error": str(error)[:300]})
             continue
-        if modified.timestamp() < limit:
+        if stale:
             store.delete(key)
     return removed
 
@@ -90,11 +94,11 @@ class Erasure:
     files_rewritten: int = 0
 
 
-def _read(store: Any, key: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(store.get_bytes(key)), schema=EVENT_SCHEMA)
+def _read(store: ObjectStore, key: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(store.get_bytes(key)), schema=EVENT_SCHEMA, columns=columns)
 
 
-def erase_viewer(store: Any, viewer_user_id: str, *, view_ids: Iterable[str] = (),
+def erase_viewer(store: ObjectStore, viewer_user_id: str, *, view_ids: Iterable[str] = (),
                  forget_views: Callable[[set[str]], None] | None = None) -> Erasure:
     """Remove every event of every view whose ``viewer_user_id`` is this one (and of ``view_ids``: the views an
     earlier pass found, whose late events may not carry the viewer id), from every partition; then
@@ -103,11 +107,11 @@ def erase_viewer(store: Any, viewer_user_id: str, *, view_ids: Iterable[str] = (
         return _erase(store, viewer_user_id, Erasure(view_ids=set(view_ids)), forget_views)
 
 
-def _erase(store: Any, viewer_user_id: str, result: Erasure,
+def _erase(store: ObjectStore, viewer_user_id: str, result: Erasure,
            forget_views: Callable[[set[str]], None] | None) -> Erasure:
     keys = [key for key in store.list(EVENTS_PREFIX) if key.endswith(".parquet")]
     for key in keys:  # the viewer's views, wherever their id was sent (two columns read per file)
-        table = pq.read_table(io.BytesIO(store.get_bytes(key)), columns=["view_id", "viewer_user_id"])
+        table = _read(store, key, columns=["view_id", "viewer_user_id"])
         mine = table.filter(pc.equal(table["viewer_user_id"], viewer_user_id))
         result.view_ids.update(mine["view_id"].to_pylist())
     if result.view_ids:

@@ -26,6 +26,7 @@ from kinoray.analytics.collect import DIMENSIONS
 from kinoray.analytics.eventlog import read_events
 from kinoray.analytics.views import VIEW_FINAL_MS, View, build_views
 from kinoray.errors import InvalidParametersError, NotFoundError
+from kinoray.store.objects import ObjectStore
 
 __all__ = ["MEASUREMENTS", "METRICS", "VIEWS", "Filter", "Metric", "Query", "Timeframe", "ViewCache", "aggregate",
            "parse_filters", "parse_timeframe"]
@@ -242,7 +243,7 @@ VIEWS = ViewCache()
 class Query:
     """Views of the event log in ``store`` for one timeframe and set of filters (built once per request)."""
 
-    def __init__(self, store: Any, timeframe: Timeframe, filters: Sequence[Filter] = (),
+    def __init__(self, store: ObjectStore, timeframe: Timeframe, filters: Sequence[Filter] = (),
                  now: datetime | None = None, cache: ViewCache | None = None) -> None:
         self.store, self.timeframe, self.filters = store, timeframe, list(filters)
         self.now = now or datetime.now(UTC)

@@ -26,10 +26,10 @@ from typing import Any
 
 import ray
 
-from kinoray.live.flv import AUDIO, SCRIPT, VIDEO, FlvTag
 from kinoray.live.mirror import DirectoryMirror, fetch_playlists
 from kinoray.live.pipe import TagPipe
 from kinoray.live.transcode import LiveOptions, LiveResult, LiveTranscoder
+from kinoray.media.flv import AUDIO, SCRIPT, VIDEO, FlvTag
 from kinoray.store.objects import ObjectStore
 
 __all__ = ["LiveFeed", "LiveProgress", "LiveTranscodeWorker"]

@@ -4,7 +4,7 @@ Pure asyncio and PyAV, no Ray and no HTTP framework: the cluster layer places li
 decides which stream keys are valid (the ``authorize`` callback of :class:`RtmpServer`).
 """
 
-from kinoray.live.flv import FlvTag, flv_header
 from kinoray.live.rtmp import Publisher, PublishRequest, RtmpServer
+from kinoray.media.flv import FlvTag, flv_header
 
 __all__ = ["FlvTag", "PublishRequest", "Publisher", "RtmpServer", "flv_header"]

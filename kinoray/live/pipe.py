@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from kinoray.live.flv import FlvTag, flv_header
+from kinoray.media.flv import FlvTag, flv_header
 
 __all__ = ["TagPipe"]
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import struct
@@ -36,9 +37,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kinoray.errors import IngestProtocolError
+from kinoray.errors import IngestProtocolError, InvalidMediaError
 from kinoray.live.amf import AmfValue, decode_all, encode
-from kinoray.live.flv import AUDIO, SCRIPT, VIDEO, FlvTag
+from kinoray.media.flv import AUDIO, SCRIPT, VIDEO, FlvTag, read_tags
 from kinoray.telemetry import LIVE_INGEST_REFUSED
 
 __all__ = ["Publisher", "PublishRequest", "RtmpServer"]
@@ -258,17 +259,14 @@ class _Session:
 
     def on_aggregate(self, timestamp: int, payload: bytes) -> None:
         """An aggregate message: FLV tags back to back, their timestamps relative to the first one's."""
-        position, base = 0, None
-        while position + 11 <= len(payload):
-            kind, size = payload[position], int.from_bytes(payload[position + 1:position + 4], "big")
-            stamp = int.from_bytes(payload[position + 4:position + 7], "big") | payload[position + 7] << 24
-            body = payload[position + 11:position + 11 + size]
-            if len(body) != size:
-                raise IngestProtocolError("an aggregate message's tag runs past its end")
-            base = stamp if base is None else base
-            if kind in (AUDIO, VIDEO) and self.publisher is not None:
-                self.publisher.media(FlvTag(kind, (timestamp + stamp - base) & 0xFFFFFFFF, body))
-            position += 11 + size + 4
+        base = None
+        try:
+            for tag in read_tags(io.BytesIO(payload)):
+                base = tag.timestamp if base is None else base
+                if tag.kind in (AUDIO, VIDEO) and self.publisher is not None:
+                    self.publisher.media(FlvTag(tag.kind, (timestamp + tag.timestamp - base) & 0xFFFFFFFF, tag.body))
+        except InvalidMediaError:
+            raise IngestProtocolError("an aggregate message's tag runs past its end") from None
 
     async def run(self) -> None:
         await self.handshake()

@@ -34,9 +34,9 @@ from typing import Any
 from kinoray.cluster.live import LiveFeed
 from kinoray.control import live as live_control
 from kinoray.control.platform import Platform
-from kinoray.live.flv import FlvTag, flv_header
 from kinoray.live.rtmp import PublishRequest, RtmpServer
 from kinoray.live.transcode import LiveOptions, LiveResult
+from kinoray.media.flv import FlvTag, flv_header
 from kinoray.store.objects import ObjectStore
 
 __all__ = ["LiveIngest", "LiveIngestActor"]

@@ -15,6 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -240,6 +241,14 @@ class ObjectStore:
 
     def size(self, key: str) -> int:
         return int(self._call(f"stat {key}", lambda: self.fs.size(self.path(key))))
+
+    def modified(self, key: str) -> datetime:
+        """When the object was last written (UTC); ``StorageError`` if the backend cannot say."""
+        def stamp() -> datetime:
+            when = self.fs.modified(self.path(key))
+            return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+        return self._call(f"stat {key}", stamp)
 
     def _keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix``, committed or temporary."""
