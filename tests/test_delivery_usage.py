@@ -46,6 +46,22 @@ def test_rendition_usage_reads_the_packagers_playlists(media_dir, tmp_path_facto
     assert rendition_usage(audio_only, "audio", "#EXTINF:2.000,\nseg_00001.m4s\n").tier == "audio-only"
 
 
+def test_a_live_playlist_is_read_again_when_it_grew(tmp_path) -> None:
+    """A live rung's playlist gains segments: what the meter read first is kept, a refresh sees the new ones."""
+    from kinoray.store.objects import ObjectStore
+
+    store = ObjectStore(str(tmp_path / "storage"))
+    store.put_bytes(b'#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1,RESOLUTION=426x240,CODECS="avc1.64001e"\n'
+                    b"240p/index.m3u8\n", "live/s/master.m3u8")
+    store.put_bytes(b"#EXTM3U\n#EXTINF:2.000,\nseg_00001.m4s\n", "live/s/240p/index.m3u8")
+    meter = UsageMeter()
+    assert meter.rendition(store, "live/s", "240p").seconds == {"seg_00001.m4s": 2.0}
+    store.put_bytes(b"#EXTM3U\n#EXTINF:2.000,\nseg_00001.m4s\n#EXTINF:1.500,\nseg_00002.m4s\n",
+                    "live/s/240p/index.m3u8")
+    assert "seg_00002.m4s" not in meter.rendition(store, "live/s", "240p").seconds  # kept for VOD
+    assert meter.rendition(store, "live/s", "240p", refresh=True).seconds["seg_00002.m4s"] == 1.5
+
+
 def _usage(db: Database) -> dict[tuple[str, str], tuple[float, int]]:
     with db.reader() as session:
         return {(row.asset_id, row.tier): (row.delivered_seconds, row.delivered_bytes)

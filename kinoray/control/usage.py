@@ -129,10 +129,12 @@ class UsageMeter:
         """The rendition's facts when already read (no I/O)."""
         return self._renditions.get((media_prefix, rung))
 
-    def rendition(self, store: ObjectStore, media_prefix: str, rung: str) -> RenditionUsage:
+    def rendition(self, store: ObjectStore, media_prefix: str, rung: str, *, refresh: bool = False
+                  ) -> RenditionUsage:
         """:meth:`rendition_now`, else read from the stored playlists (storage I/O: off the event loop). Kept for
-        the process's life: published files never change under an asset id."""
-        known = self.rendition_now(media_prefix, rung)
+        the process's life: published files never change under an asset id. A live stream's playlist grows:
+        ``refresh`` reads it again (the edge asks when a live segment is not in what it read)."""
+        known = None if refresh else self.rendition_now(media_prefix, rung)
         if known is not None:
             return known
         try:

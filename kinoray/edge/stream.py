@@ -233,8 +233,10 @@ class StreamDelivery:
         first segment of the rendition has gone out)."""
         assert self.usage is not None
         rendition = self.usage.rendition_now(playback.media_prefix, rung)
-        if rendition is None:
-            rendition = await asyncio.to_thread(self.usage.rendition, self.platform.store, playback.media_prefix, rung)
+        stale = playback.live and rendition is not None and name not in rendition.seconds  # a newer live segment
+        if rendition is None or stale:
+            rendition = await asyncio.to_thread(self.usage.rendition, self.platform.store, playback.media_prefix,
+                                                rung, refresh=stale)
         self.usage.count(playback.asset_id, rendition, name, sent_bytes, size)
 
     async def _master(self, request: EdgeRequest, send: Send, token: str) -> None:

@@ -55,7 +55,8 @@ class _Recording:
             self.temporary.parent.mkdir(parents=True, exist_ok=True)
         else:
             self.temporary = Path(tempfile.mkdtemp(prefix="kinoray-recording-")) / "part.flv"
-        self.file = self.temporary.open("wb")
+        # written on the ingest's event loop: a large buffer keeps that to a system call per MiB of media
+        self.file = self.temporary.open("wb", buffering=1 << 20)
         self.file.write(flv_header())
         self.bytes = 0
 
