@@ -109,7 +109,8 @@ def chromium(site: Site) -> Iterator[Any]:
 
 class Page:
     """A page holding one ``<mux-player>``; every answer and failed request is recorded (but for Chromecast's
-    script, which the player asks Google for and this machine cannot reach)."""
+    script, which the player asks Google for and this machine cannot reach, and requests the page cancelled;
+    every answer the edge gave is still checked for errors)."""
 
     def __init__(self, browser: Any, site: Site, attributes: dict[str, str]) -> None:
         self.context = browser.new_context(viewport={"width": 960, "height": 540})
@@ -117,7 +118,9 @@ class Page:
         self.answers: list[tuple[int, str]] = []
         self.errors: list[str] = []
         self.page.on("response", lambda answer: self.answers.append((answer.status, answer.url)))
+        # a request the page itself cancelled (the player replacing a track or a preview) is not a failure
         self.page.on("requestfailed", lambda request: "gstatic.com/cv/" in request.url
+                     or request.failure == "net::ERR_ABORTED"
                      or self.errors.append(f"{request.url}: {request.failure}"))
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
         markup = " ".join(f'{name}="{value}"' for name, value in attributes.items())
