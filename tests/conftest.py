@@ -7,10 +7,12 @@ machine to turn those skips into failures.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
+from tests.browser import BROWSER_DEADLINE, kill_wedged_browsers
 from tests.media import default_cache_dir
 
 
@@ -34,6 +36,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return  # run them anyway: on a machine that should have a GPU, a missing one is a failure
     for item in gpu_items:
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """A browser still open :data:`tests.browser.BROWSER_DEADLINE` seconds after a test's setup began is killed:
+    the test fails with its stacks, the suite goes on. (Past that, pyproject's ``faulthandler_timeout`` ends a
+    run whose test outlived pytest-timeout, with every thread's stack: a hang costs CI minutes, never its limit.)"""
+    watchdog = threading.Timer(BROWSER_DEADLINE, kill_wedged_browsers, args=(item.nodeid,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ and storyboard load, captions show; signed playback uses tokens minted by ``@mux
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +22,12 @@ import requests
 
 from kinoray.media.synthetic import generate_clip
 from tests.api_server import self_signed
+from tests.browser import chromium as launch_chromium
+from tests.browser import require_chromium
 from tests.js_clients import PageServer, js_clients, run_node
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
 DOMAIN = "kinoray.test"
 SECONDS = 6
 CAPTIONS = """WEBVTT
@@ -80,8 +80,7 @@ class Site:
 def site(api_backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     if api_backend.kind != "sqlite":
         pytest.skip("browser tests run on one backend (SQLite); the SDK tests cover both")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
+    require_chromium()
     from tests.api_server import api_with_runner
 
     with api_with_runner(api_backend.new_url(), tmp_path_factory.mktemp("mux-player")) as api:
@@ -94,17 +93,9 @@ def site(api_backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site
 
 @pytest.fixture(scope="module")
 def chromium(site: Site) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--autoplay-policy=no-user-gesture-required", f"--host-resolver-rules=MAP *.{DOMAIN} 127.0.0.1",
-            f"--ignore-certificate-errors-spki-list={site.spki}"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launch_chromium(f"--host-resolver-rules=MAP *.{DOMAIN} 127.0.0.1",
+                         f"--ignore-certificate-errors-spki-list={site.spki}") as browser:
+        yield browser
 
 
 class Page:

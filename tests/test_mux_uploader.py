@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,11 +19,11 @@ from typing import Any
 import pytest
 
 from kinoray.media.synthetic import generate_clip
+from tests.browser import chromium, require_chromium
 from tests.js_clients import PageServer, js_clients
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
 CHUNK_KB = 256
 
 
@@ -32,8 +31,7 @@ CHUNK_KB = 256
 def api(api_backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     if api_backend.kind != "sqlite":
         pytest.skip("browser tests run on one backend (SQLite); the upload tests cover both")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
+    require_chromium()
     from tests.api_server import api_with_runner
 
     with api_with_runner(api_backend.new_url(), tmp_path_factory.mktemp("mux-uploader")) as server:
@@ -52,8 +50,6 @@ def pages() -> Iterator[PageServer]:
 
 def test_a_file_picked_in_mux_uploader_becomes_a_playable_asset(api, pages: PageServer,
                                                                 tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
     clip = generate_clip(tmp_path / "upload.mp4", width=1280, height=720, fps=30, seconds=4)
     size = clip.stat().st_size
     assert size > 3 * CHUNK_KB * 1024, size  # several chunks, the last one short
@@ -62,31 +58,26 @@ def test_a_file_picked_in_mux_uploader_becomes_a_playable_asset(api, pages: Page
     assert created.status_code == 201, created.text
     upload = created.json()["data"]
 
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(pages.put(
-                "<!doctype html><html><body><script src='/uploader.js'></script>"
-                f"<mux-uploader endpoint='{upload['url']}' chunk-size='{CHUNK_KB}'></mux-uploader><script>"
-                "window.seen = {chunks: 0, success: false, error: null};"
-                "const u = document.querySelector('mux-uploader');"
-                "u.addEventListener('chunksuccess', () => window.seen.chunks++);"
-                "u.addEventListener('success', () => window.seen.success = true);"
-                "u.addEventListener('uploaderror', e => window.seen.error = String(e.detail && e.detail.message));"
-                "</script></body></html>"))
-            page.locator("mux-uploader input[type=file]").first.set_input_files(str(clip))
-            deadline = time.monotonic() + 120
-            while not (seen := page.evaluate("window.seen"))["success"]:
-                assert seen["error"] is None, seen
-                assert time.monotonic() < deadline, (seen, errors)
-                time.sleep(0.2)
-            assert seen["chunks"] == -(-size // (CHUNK_KB * 1024)) and errors == []
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(pages.put(
+            "<!doctype html><html><body><script src='/uploader.js'></script>"
+            f"<mux-uploader endpoint='{upload['url']}' chunk-size='{CHUNK_KB}'></mux-uploader><script>"
+            "window.seen = {chunks: 0, success: false, error: null};"
+            "const u = document.querySelector('mux-uploader');"
+            "u.addEventListener('chunksuccess', () => window.seen.chunks++);"
+            "u.addEventListener('success', () => window.seen.success = true);"
+            "u.addEventListener('uploaderror', e => window.seen.error = String(e.detail && e.detail.message));"
+            "</script></body></html>"))
+        page.locator("mux-uploader input[type=file]").first.set_input_files(str(clip))
+        deadline = time.monotonic() + 120
+        while not (seen := page.evaluate("window.seen"))["success"]:
+            assert seen["error"] is None, seen
+            assert time.monotonic() < deadline, (seen, errors)
+            time.sleep(0.2)
+        assert seen["chunks"] == -(-size // (CHUNK_KB * 1024)) and errors == []
 
     deadline = time.monotonic() + 60
     while not (asset_id := api.client.get(f"{api.url}/video/v1/uploads/{upload['id']}", timeout=10)

@@ -332,26 +332,15 @@ class _Pages:
 
 @pytest.fixture(scope="module")
 def pages_and_browser(api_backend):
-    import os
-
     if api_backend.kind != "sqlite":
         pytest.skip("the browser runs on one backend (SQLite); the header tests above cover both")
-    if not os.path.exists("/usr/bin/chromium"):
-        pytest.skip("/usr/bin/chromium is missing: `make system-deps` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    from tests.test_player import CHROMIUM_ARGS
+    from tests.browser import chromium
 
     pages = _Pages()
     rules = "MAP www.example.com 127.0.0.1, MAP evil.test 127.0.0.1"
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                                 args=[*CHROMIUM_ARGS, f"--host-resolver-rules={rules}"])
-            try:
-                yield pages, browser
-            finally:
-                browser.close()
+        with chromium(f"--host-resolver-rules={rules}") as browser:
+            yield pages, browser
     finally:
         pages.close()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -34,11 +33,9 @@ import requests
 from kinoray.player import STATIC_DIR, static_file, static_names, vendored
 from kinoray.player.assets import OWN_FILES
 from kinoray.store.models import Asset, AssetStatus, PlaybackId, PlaybackPolicy, new_id
+from tests.browser import chromium as launch_chromium
 
 PLAYER_DIR = STATIC_DIR.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--autoplay-policy=no-user-gesture-required"]
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
@@ -205,16 +202,8 @@ def publish(server, ready_media: tuple[Path, dict[str, Any]], policy: PlaybackPo
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launch_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture()
