@@ -168,13 +168,18 @@ PAGE = """<!doctype html><html><body>
 <script src="/hls.js"></script><script src="/mux.js"></script>
 <script>
   const video = document.getElementById('v');
-  const hls = new Hls();
+  const hls = new Hls(HLS_CONFIG);
   window.measured = {};
   const initTime = mux.utils.now();
   mux.monitor(video, {hlsjs: hls, Hls, beaconCollectionDomain: 'localhost:EDGE_PORT', data: {
     env_key: 'kinoray-test', player_name: 'mux-embed test page', player_init_time: initTime,
     video_title: 'Startup check', viewer_user_id: 'VIEWER'}});
   video.addEventListener('playing', () => { if (!window.measured.playing) window.measured.playing = Date.now(); });
+  window.stalls = [];  // the page's own rebuffers: 'waiting' after the first frame, until 'playing' again
+  video.addEventListener('waiting', () => { if (window.measured.playing && !video.seeking)
+    window.stalls.push({from: Date.now(), to: null}); });
+  video.addEventListener('playing', () => { const last = window.stalls[window.stalls.length - 1];
+    if (last && last.to === null) last.to = Date.now(); });
   hls.on(Hls.Events.MANIFEST_PARSED, () => { window.measured.play = Date.now(); video.play(); });
   hls.loadSource('SOURCE');
   hls.attachMedia(video);
@@ -186,7 +191,7 @@ class EmbedPage:
     ``beaconCollectionDomain`` set to ``localhost:<edge port>``; ``measured`` holds the page's own clock readings
     (``play``: when it called ``video.play()``, ``playing``: the first ``playing`` event)."""
 
-    def __init__(self, api, browser: Any, viewer: str, source: str) -> None:
+    def __init__(self, api, browser: Any, viewer: str, source: str, hls_config: str = "{}") -> None:
         from tests.js_clients import PageServer, js_clients
 
         modules = js_clients()
@@ -200,7 +205,8 @@ class EmbedPage:
         self.page.on("response", lambda r: r.url.startswith(f"http://localhost:{self.port}/")
                      and r.request.method == "POST"
                      and self.beacons.append((r.status, r.headers.get("access-control-allow-origin"))))
-        self.page.goto(self.pages.put(PAGE.replace("EDGE_PORT", self.port).replace("VIEWER", viewer)
+        self.page.goto(self.pages.put(PAGE.replace("HLS_CONFIG", hls_config)
+                                      .replace("EDGE_PORT", self.port).replace("VIEWER", viewer)
                                       .replace("SOURCE", source.replace("EDGE", f"http://localhost:{self.port}"))))
 
     def wait(self, expression: str, timeout: float = 60) -> Any:
@@ -275,6 +281,43 @@ def test_mux_embed_reports_a_failed_playback(api, api_backend, chromium, sdk) ->
     failures = mux.MetricsApi(sdk).get_overall_values("playback_failure_percentage", timeframe=["1:hours"],
                                                       filters=[f"viewer_user_id:{viewer}"])
     assert failures.data.value == 1.0
+
+@pytest.mark.browser
+def test_rebuffering_under_network_throttling_matches_the_page(api, api_backend, ready_media, chromium,  # noqa: F811
+                                                               sdk) -> None:
+    """Chromium's own network throttling (DevTools protocol: 3 s of added latency per request, for a while)
+    starves hls.js — kept to one segment of buffer — mid-playback: the view's rebuffer count and duration in
+    kinoray's API match the stalls the page measured itself (``waiting`` → ``playing``)."""
+    if api_backend.kind != "sqlite":
+        pytest.skip("browser tests run on one backend (SQLite); the ingest tests above cover both")
+    playback_id = publish(api, ready_media)
+    viewer = f"browser-{uuid.uuid4().hex[:8]}"
+    page = EmbedPage(api, chromium, viewer, f"EDGE/{playback_id}.m3u8",
+                     hls_config="{maxBufferLength: 1, maxMaxBufferLength: 1, startLevel: 0}")
+    network = page.context.new_cdp_session(page.page)
+    try:
+        page.wait("document.getElementById('v').currentTime >= 0.5")
+        network.send("Network.enable")
+        network.send("Network.emulateNetworkConditions", {
+            "offline": False, "latency": 3000, "downloadThroughput": -1, "uploadThroughput": -1})
+        # until the player has been stalled for a second (shorter stalls at segment edges may come first)
+        page.wait("window.stalls.some(s => (s.to || Date.now()) - s.from >= 1000)", timeout=30)
+        network.send("Network.emulateNetworkConditions", {
+            "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+        page.wait("document.getElementById('v').ended", timeout=60)
+        stalls = page.page.evaluate("window.stalls")
+        page.page.evaluate("document.getElementById('v').mux.destroy()")
+        view = page.view(sdk, "viewend")
+    finally:
+        page.close()
+    measured = [stall["to"] - stall["from"] for stall in stalls if stall["to"] is not None]
+    assert measured and len(measured) == len(stalls), stalls
+    assert view.buffering_count == len(measured), (view.buffering_count, stalls)
+    assert abs(view.buffering_duration - sum(measured)) <= max(300, 0.2 * sum(measured)), (
+        view.buffering_duration, measured)
+    assert float(view.rebuffer_percentage) == pytest.approx(view.buffering_duration / view.watch_time, rel=1e-3)
+    assert float(view.rebuffering_score) < 1.0
+
 
 def test_an_oversized_body_is_refused_while_it_streams(api) -> None:
     def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer encoding

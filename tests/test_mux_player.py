@@ -204,3 +204,54 @@ def test_signed_playback_with_mux_node_tokens(site: Site, chromium: Any) -> None
     stream = f"https://stream.{site.domain}/{site.signed}.m3u8"
     assert requests.get(stream.replace(f"stream.{DOMAIN}", "127.0.0.1"), headers={"Host": f"stream.{site.domain}"},
                         verify=site.cert, timeout=30).status_code == 403
+
+
+def test_viewer_data_goes_to_kinoray_through_beacon_collection_domain(site: Site, chromium: Any) -> None:
+    """Without ``disable-tracking``, mux-player's built-in Mux Data SDK reports the view; with
+    ``beacon-collection-domain`` pointing at the edge's ``beacon.`` host it reaches kinoray (over the edge's HTTPS),
+    never Mux's ``litix.io``, and kinoray's Data API — read with mux-python, whose models deserialize it — holds
+    the view with what the browser did."""
+    import uuid
+
+    import mux_python as mux
+
+    from tests.compat import mux_python_client
+
+    viewer = f"mux-player-{uuid.uuid4().hex[:8]}"
+    context = chromium.new_context(viewport={"width": 960, "height": 540})
+    page = context.new_page()
+    posts: list[tuple[str, int]] = []
+    page.on("response", lambda answer: answer.request.method == "POST"
+            and posts.append((answer.url, answer.status)))
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    try:
+        page.goto(site.pages.put(
+            f"<!doctype html><html><body><script src='/player.js'></script>"
+            f"<mux-player custom-domain='{site.domain}' beacon-collection-domain='beacon.{site.domain}' "
+            f"playback-id='{site.public}' metadata-viewer-user-id='{viewer}' metadata-video-title='Beacon check' "
+            "muted autoplay style='width:960px;height:540px'></mux-player></body></html>"))
+        deadline = time.monotonic() + 60
+        while page.evaluate(f"{VIDEO}.currentTime") < 3:
+            assert time.monotonic() < deadline, (posts, requested[-10:])
+            time.sleep(0.1)
+        page.evaluate("document.querySelector('mux-player').remove()")  # the view ends; its queue is sent
+        sdk = mux_python_client(site.api.url, site.api.auth)
+        deadline = time.monotonic() + 60
+        while True:  # the edge's collector writes what it buffered every few seconds
+            listed = mux.VideoViewsApi(sdk).list_video_views(viewer_id=viewer, timeframe=["1:hours"])
+            if listed.total_row_count == 1:
+                view = mux.VideoViewsApi(sdk).get_video_view(listed.data[0].id).data
+                if "playing" in [event.name for event in view.events] and view.watch_time >= 2000:
+                    break
+            assert time.monotonic() < deadline, (listed.total_row_count, posts)
+            time.sleep(0.5)
+    finally:
+        context.close()
+    beacons = [(url, status) for url, status in posts if f"//beacon.{site.domain}/" in url]
+    assert beacons and all(status == 202 for _, status in beacons), posts
+    assert not [url for url in requested if "litix.io" in url]
+    assert view.playback_id == site.public and view.asset_id is not None
+    assert view.video_title == "Beacon check" and view.player_software.lower().startswith("mux-player")
+    assert view.time_to_first_frame and 0 < view.time_to_first_frame < 30_000
+    assert not view.playback_failure and not view.exit_before_video_start
