@@ -21,10 +21,13 @@ import requests
 
 from kinoray.control import playback as delivery
 from kinoray.errors import InvalidParametersError
+from kinoray.media.captions import hls_subtitle_playlist
 from kinoray.media.manifest_rewrite import (
     RenditionFilter,
     TextRendition,
     TimeWindow,
+    clip_span,
+    retime_subtitle_playlist,
     rewrite_dash_mpd,
     rewrite_hls_master,
     rewrite_hls_media,
@@ -74,6 +77,12 @@ def test_media_playlist_keeps_the_segments_overlapping_the_window(media: Path, w
     # every kept segment overlaps the window, and the window lies inside what is kept
     assert all(window.overlaps(Fraction(t), Fraction(t + SEGMENT)) for t in starts)
     assert (window.start or 0) >= starts[0] and min(window.end or DURATION, DURATION) <= starts[-1] + SEGMENT
+    # the clip's length (what its subtitle playlist is listed for) is what the cut playlist lists
+    assert clip_span(source, window) == sum(Fraction(s.duration).limit_denominator(1000) for s in cut.segments)
+    subtitles = m3u8.loads(retime_subtitle_playlist(hls_subtitle_playlist("en.vtt", DURATION), clip_span(
+        source, window)))
+    assert [(s.uri, s.duration) for s in subtitles.segments] == [("en.vtt", SEGMENT * len(kept))]
+    assert subtitles.target_duration == SEGMENT * len(kept) and subtitles.is_endlist
 
 
 def test_a_window_past_the_end_is_refused(media: Path) -> None:

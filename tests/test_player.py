@@ -546,6 +546,55 @@ def test_captions_show_from_the_menu_and_the_c_key(browser_api, ready_media, tab
     assert tab.page_errors == [] and tab.bad_answers == []
 
 
+CLIPPED_PAGE = """<!doctype html><html><body><video id="v" muted></video><script src="/hls.js"></script><script>
+  const video = document.getElementById('v'), hls = new Hls();
+  hls.on(Hls.Events.MANIFEST_PARSED, () => video.play());
+  hls.on(Hls.Events.SUBTITLE_TRACKS_UPDATED, () => { hls.subtitleTrack = 0; hls.subtitleDisplay = true; });
+  hls.loadSource('SOURCE'); hls.attachMedia(video);
+</script></body></html>"""
+
+
+@pytest.mark.browser
+def test_captions_follow_an_instant_clip(browser_api, ready_media, tab: Tab, tmp_path: Path) -> None:
+    """Instant clipping (``asset_start_time=4&asset_end_time=8``, on the 2 s segment grid) starts hls.js's
+    timeline at the first kept segment, and the text track follows: the subtitle playlist is cut to the same
+    window and the cue from 3.5–7 s of the asset shows from 0 to 3 s of the clip (hls.js maps the WebVTT's
+    X-TIMESTAMP-MAP onto the clipped fMP4 stream); the cue that ends before the clip is not shown."""
+    from tests.js_clients import PageServer
+
+    api = browser_api
+    playback_id = publish(api, ready_media)
+    with api.platform.db.session() as session:
+        asset_id = session.get(PlaybackId, playback_id).asset_id
+    srt = tmp_path / "captions.srt"
+    srt.write_text(CAPTIONS_SRT)
+    added = api.client.post(f"{api.edge_url}/video/v1/assets/{asset_id}/tracks", timeout=30, json={
+        "url": srt.as_uri(), "type": "text", "text_type": "subtitles", "language_code": "en",
+        "closed_captions": False})
+    assert added.status_code == 201, added.text
+    source = f"{api.edge_url}/{playback_id}.m3u8?asset_start_time=4&asset_end_time=8"
+    pages = PageServer({"/hls.js": STATIC_DIR / "hls.min.js"})
+    try:
+        tab.page.goto(pages.put(CLIPPED_PAGE.replace("SOURCE", source)))
+        cues = ("[...document.getElementById('v').textTracks].flatMap(t => { t.mode = 'showing';"
+                " return t.cues ? [...t.cues].map(c => [c.text, c.startTime, c.endTime]) : []; })")
+        tab.wait(f"document.getElementById('v').currentTime > 1 && {cues}.length > 0", timeout=30,
+                 what="the clip to play with its cues loaded")
+        assert tab.eval("document.getElementById('v').duration") == pytest.approx(4, abs=0.05)
+        (cue,) = [c for c in tab.eval(cues) if c[2] > 0]
+        assert cue[0] == "kinoray caption two" and cue[1] == pytest.approx(0, abs=0.05) and cue[2] == pytest.approx(
+            3, abs=0.05), cue
+    finally:
+        pages.shutdown()
+        pages.server_close()
+    # the subtitle playlist is cut like the media playlists: one cue file, listed for the clip's 4 s
+    master = requests.get(source, timeout=10).text
+    subtitles = re.search(r'TYPE=SUBTITLES.*URI="([^"]+)"', master)[1]
+    playlist = requests.get(f"{api.edge_url}/{subtitles}", timeout=10).text
+    assert [float(line[8:].split(",")[0]) for line in playlist.splitlines() if line.startswith("#EXTINF:")] == [4.0]
+    assert tab.page_errors == [] and tab.bad_answers == []
+
+
 @pytest.mark.browser
 def test_dash_plays_through_dash_js(browser_api, ready_media, tab: Tab) -> None:
     api = browser_api

@@ -60,6 +60,8 @@ from kinoray.media.manifest_rewrite import (
     RenditionFilter,
     TextRendition,
     TimeWindow,
+    clip_span,
+    retime_subtitle_playlist,
     rewrite_dash_mpd,
     rewrite_hls_master,
     rewrite_hls_media,
@@ -479,12 +481,25 @@ def text_file_key(playback: Playback, name: str) -> str:
     return playback.key(TEXT_DIR, name)
 
 
-def hls_subtitles(store: ObjectStore, playback: Playback, name: str) -> str:
-    """A text track's HLS subtitle playlist, with the token on its WebVTT URI."""
+def hls_subtitles(store: ObjectStore, playback: Playback, name: str, window: TimeWindow | None = None) -> str:
+    """A text track's HLS subtitle playlist, with the token on its WebVTT URI; under instant clipping
+    (``window``) listed for the clip's length, read off the first video rendition's segment grid."""
     if not name.endswith(".m3u8"):
         raise NotFoundError(f"no subtitle playlist {name[:48]!r}")
-    playlist = _read_text(store, text_file_key(playback, name), "subtitle playlist")
-    return rewrite_hls_media(playlist, query=playback.query)
+    playlist = rewrite_hls_media(_read_text(store, text_file_key(playback, name), "subtitle playlist"),
+                                 query=playback.query)
+    if window is None:
+        return playlist
+    master = _read_text(store, playback.key("master.m3u8"), "HLS manifest")
+    rung = next((line.split("/", 1)[0] for line in master.splitlines()
+                 if line and not line.startswith("#") and "/" in line), None)
+    if rung is None or not RUNG_PATTERN.fullmatch(rung):
+        raise NotFoundError("no video rendition to clip the subtitles to")
+    try:
+        span = clip_span(_read_text(store, playback.key(rung, "index.m3u8"), f"rendition {rung}"), window)
+    except ValueError as error:
+        raise InvalidParametersError(str(error)) from None
+    return retime_subtitle_playlist(playlist, span)
 
 
 # --- files ---------------------------------------------------------------------------------------------------

@@ -203,8 +203,9 @@ class StreamDelivery:
         else:
             name = match["text"]
             if name.endswith(".m3u8"):
-                await self._manifest(request, send, resolved, ("text", name), _HLS,
-                                     lambda: delivery.hls_subtitles(store, playback, name))
+                window = delivery.playback_modifiers(playback, request.query).window
+                await self._manifest(request, send, resolved, ("text", name, window), _HLS,
+                                     lambda: delivery.hls_subtitles(store, playback, name, window))
             else:
                 key = delivery.text_file_key(playback, name)
                 await self._file(request, send, playback, key, delivery.media_content_type(delivery.TEXT_DIR, name))

@@ -22,11 +22,13 @@ __all__ = [
     "RenditionFilter",
     "TextRendition",
     "TimeWindow",
+    "clip_span",
     "default_subtitle",
     "presentation_timing",
     "rewrite_dash_mpd",
     "rewrite_hls_master",
     "rewrite_hls_media",
+    "retime_subtitle_playlist",
     "variant_short_sides",
 ]
 
@@ -254,6 +256,33 @@ def rewrite_hls_master(master: str, *, prefix: str, query: str = "",
     return "\n".join(head + body) + "\n"
 
 
+def _kept_segments(lines: list[str], window: TimeWindow) -> tuple[list[bool], int, Fraction]:
+    """Which of a media playlist's ``lines`` stay when cut to ``window`` (a segment's ``#EXTINF`` and URI go
+    together), the number of the first segment kept, and the kept segments' total duration.
+
+    Raises:
+        ValueError: ``window`` starts past the last segment.
+    """
+    keep = [True] * len(lines)
+    first_kept: int | None = None
+    elapsed = span = Fraction(0)
+    number, pending_extinf = 0, None
+    for position, line in enumerate(lines):
+        if line.startswith("#EXTINF:"):
+            pending_extinf = position
+        elif not line.startswith("#") and pending_extinf is not None:
+            duration = Fraction(lines[pending_extinf][len("#EXTINF:"):].split(",")[0].strip())
+            kept = window.overlaps(elapsed, elapsed + duration)
+            keep[pending_extinf] = keep[position] = kept
+            if kept:
+                span += duration
+                first_kept = number if first_kept is None else first_kept
+            elapsed, number, pending_extinf = elapsed + duration, number + 1, None
+    if first_kept is None:
+        raise _cut_error(window, elapsed)
+    return keep, first_kept, span
+
+
 def rewrite_hls_media(playlist: str, *, prefix: str = "", query: str = "", window: TimeWindow | None = None) -> str:
     """A media playlist with each segment URI and ``EXT-X-MAP`` turned into ``prefix + uri + query``; with
     ``window``, only the segments overlapping it are listed (``EXT-X-MEDIA-SEQUENCE`` names the first kept).
@@ -263,22 +292,9 @@ def rewrite_hls_media(playlist: str, *, prefix: str = "", query: str = "", windo
     """
     rewrite = _uri_rewriter(prefix, query)
     lines = [line for line in _lines(playlist) if line.strip()]
-    keep = [True] * len(lines)
-    first_kept: int | None = None
+    keep, first_kept = [True] * len(lines), None
     if window is not None:
-        elapsed, number, pending_extinf = Fraction(0), 0, None
-        for position, line in enumerate(lines):
-            if line.startswith("#EXTINF:"):
-                pending_extinf = position
-            elif not line.startswith("#") and pending_extinf is not None:
-                duration = Fraction(lines[pending_extinf][len("#EXTINF:"):].split(",")[0].strip())
-                kept = window.overlaps(elapsed, elapsed + duration)
-                keep[pending_extinf] = keep[position] = kept
-                if kept and first_kept is None:
-                    first_kept = number
-                elapsed, number, pending_extinf = elapsed + duration, number + 1, None
-        if first_kept is None:
-            raise _cut_error(window, elapsed)
+        keep, first_kept, _ = _kept_segments(lines, window)
     out = []
     for line, kept in zip(lines, keep, strict=True):
         if not kept:
@@ -287,6 +303,31 @@ def rewrite_hls_media(playlist: str, *, prefix: str = "", query: str = "", windo
             line = f"#EXT-X-MEDIA-SEQUENCE:{int(line.split(':', 1)[1]) + first_kept}"
         out.append(_rewrite_tag_uri(line, rewrite) if line.startswith("#") else rewrite(line.strip()))
     return "\n".join(out) + "\n"
+
+
+def clip_span(media_playlist: str, window: TimeWindow) -> Fraction:
+    """The seconds an instant clip plays: the total duration of ``media_playlist``'s segments that overlap
+    ``window`` (every rendition shares the segment grid, so any one of them tells).
+
+    Raises:
+        ValueError: not a playlist, or ``window`` starts past the last segment.
+    """
+    return _kept_segments([line for line in _lines(media_playlist) if line.strip()], window)[2]
+
+
+def retime_subtitle_playlist(playlist: str, span: Fraction) -> str:
+    """A one-cue-file subtitle playlist (``media/captions.hls_subtitle_playlist``) listed for ``span`` seconds,
+    an instant clip's length. The cue file stays whole: players place cues by the WebVTT's
+    ``X-TIMESTAMP-MAP`` against the clip's first media timestamp, so cues before the clip fall before 0."""
+    target = max(1, -(-span // 1))
+    out = []
+    for line in _lines(playlist):
+        if line.startswith("#EXTINF:"):
+            line = f"#EXTINF:{float(span):.6f},"
+        elif line.startswith("#EXT-X-TARGETDURATION:"):
+            line = f"#EXT-X-TARGETDURATION:{target}"
+        out.append(line)
+    return "\n".join(line for line in out if line.strip()) + "\n"
 
 
 def _dash(tag: str) -> str:
