@@ -233,3 +233,69 @@ def test_flv_tags_read_back_as_written_and_a_torn_tag_is_an_error() -> None:
     read_header(torn)
     with pytest.raises(InvalidMediaError):
         list(read_tags(torn))
+
+
+async def _bad_key_publish(port: int, key: str) -> bytes:
+    """A publisher that speaks RTMP properly up to ``publish`` with ``key``; what the server answered until it
+    closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"\x03" + bytes(1536))
+        await reader.readexactly(1 + 2 * 1536)
+        writer.write(bytes(1536))
+
+        def message(payload: bytes, stream_id: int = 0) -> bytes:  # chunk stream 3, 128-byte chunks
+            header = b"\x03" + bytes(3) + len(payload).to_bytes(3, "big") + b"\x14" + stream_id.to_bytes(4, "little")
+            pieces = [payload[i:i + 128] for i in range(0, len(payload), 128)]
+            return header + b"\xc3".join(pieces)
+
+        writer.write(message(encode("connect", 1.0, {"app": "live", "type": "nonprivate", "tcUrl": "rtmp://x/live"})))
+        writer.write(message(encode("createStream", 2.0, None)))
+        writer.write(message(encode("publish", 3.0, None, key, "live"), stream_id=1))
+        await writer.drain()
+        answered = b""
+        while chunk := await asyncio.wait_for(reader.read(65536), 10):
+            answered += chunk
+        return answered
+    finally:
+        writer.close()
+
+
+def test_a_flood_of_connects_without_a_valid_key_leaves_a_running_stream_whole(ingest: Ingest,
+                                                                               tmp_path: Path) -> None:
+    """While a real publisher streams, 150 publishers with wrong keys and 100 connections that never handshake
+    arrive at once: each wrong key is refused by name and counted, the silent ones are dropped, the running
+    stream comes out whole, and the server still takes a new publisher afterwards."""
+    seconds = 6
+    bad_before, timeout_before = refused("bad_key"), refused("timeout")
+    result: dict = {}
+    publisher = threading.Thread(target=lambda: result.update(done=publish(ingest.port, KEY, seconds=seconds)))
+    publisher.start()
+    deadline = time.monotonic() + 30
+    while not ingest.recorders:
+        assert time.monotonic() < deadline, "the publisher never started"
+        time.sleep(0.05)
+
+    async def flood() -> list[bytes]:
+        silent = [await asyncio.open_connection("127.0.0.1", ingest.port) for _ in range(100)]
+        try:
+            return await asyncio.gather(*(_bad_key_publish(ingest.port, f"guess-{n}") for n in range(150)))
+        finally:
+            for _, writer in silent:
+                writer.close()
+
+    started = time.monotonic()
+    answers = asyncio.run(flood())
+    assert time.monotonic() - started < 20
+    assert all(b"NetStream.Publish.BadName" in answer for answer in answers)
+    publisher.join(60 + seconds)
+    assert result["done"].returncode == 0, result["done"].stderr
+    assert refused("bad_key") == bad_before + 150
+    assert refused("timeout") <= timeout_before + 100  # silent ones closed by us or gone first
+    [recorder] = ingest.recorders
+    assert recorder.done.wait(10) and recorder.error is None
+    video = next(s for s in probe(recorder.flv(tmp_path / "r.flv"))["streams"] if s["codec_type"] == "video")
+    assert int(video["nb_read_frames"]) == seconds * FPS  # every frame of the running stream
+    stamps = [tag.timestamp for tag in recorder.tags if tag.kind == VIDEO]
+    assert stamps == sorted(stamps) and abs(stamps[-1] - (seconds * FPS - 1) * 1000 / FPS) <= 40
+    assert publish(ingest.port, KEY, seconds=1).returncode == 0 and len(ingest.recorders) == 2
