@@ -281,6 +281,10 @@ class LiveSettings(BaseModel):
     enabled: bool = Field(default=True, description="start the RTMP ingest with the job runner")
     rtmp_host: str = Field(default="0.0.0.0", description="where the RTMP ingest listens")
     rtmp_port: int = Field(default=1935, ge=0, le=65535, description="the RTMP ingest's port (Mux's: 5222)")
+    ingest_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray resources the RTMP ingest actor asks for, pinning it to the nodes that have them (on "
+                    "KubeRay: the ingest group behind the kinoray-rtmp Service, ray-cluster.yaml); empty: any node")
     heights: tuple[int, ...] = Field(default=(720, 480, 360), description="the live ladder's rungs (short side), "
                                                                            "capped at the source")
     encoder: str = Field(default="auto", description="h264 encoder of the live ladder: auto (NVENC, else "

@@ -63,9 +63,16 @@ def _documents() -> list[Manifest]:
     return _load_all(MANIFEST.read_text())
 
 
-def _document(kind: str) -> Manifest:
-    (doc,) = [doc for doc in _documents() if doc["kind"] == kind]
+def _document(kind: str, name: str | None = None) -> Manifest:
+    (doc,) = [doc for doc in _documents() if doc["kind"] == kind and name in (None, doc["metadata"]["name"])]
     return doc
+
+
+def _without_ingest(cluster: Manifest) -> Manifest:
+    """``cluster`` without its ``ingest`` worker group (the API cluster's only difference from the jobs one)."""
+    trimmed = copy.deepcopy(cluster)
+    trimmed["workerGroupSpecs"] = [g for g in trimmed["workerGroupSpecs"] if g["groupName"] != "ingest"]
+    return trimmed
 
 
 def _cluster_specs() -> list[tuple[str, Manifest]]:
@@ -152,7 +159,7 @@ def _schema_errors(doc: Manifest) -> list[str]:
 def test_manifest_is_the_ray_tiers_and_the_edge_tier() -> None:
     assert sorted((doc["apiVersion"], doc["kind"]) for doc in _documents()) == [
         ("apps/v1", "Deployment"), ("autoscaling/v2", "HorizontalPodAutoscaler"), ("ray.io/v1", "RayCluster"),
-        ("ray.io/v1", "RayService"), ("v1", "Service")]
+        ("ray.io/v1", "RayService"), ("v1", "Service"), ("v1", "Service")]
     # docs/DEPLOY.md applies one or the other with `kubectl apply -l app.kubernetes.io/component=...`
     assert _document("RayCluster")["metadata"]["labels"]["app.kubernetes.io/component"] == "jobs"
     assert _document("RayService")["metadata"]["labels"]["app.kubernetes.io/component"] == "api"
@@ -184,7 +191,7 @@ def _kubernetes_errors(doc: Manifest) -> list[str]:
 
 @pytest.mark.parametrize("kind", EDGE_KINDS)
 def test_edge_tier_validates_against_kubernetes_schemas(kind: str) -> None:
-    errors = _kubernetes_errors(_document(kind))
+    errors = _kubernetes_errors(_document(kind, "kinoray-edge"))
     assert not errors, "\n".join(errors)
 
 
@@ -201,7 +208,7 @@ def _edge_container(doc: Manifest) -> Manifest:
     ("Service", "port", lambda doc: doc["spec"]["ports"][0].update(port="eighty")),
 ], ids=["containerPort as a string", "misspelt replicas", "no selector", "no maxReplicas", "port as a word"])
 def test_broken_edge_copies_fail_the_kubernetes_check(kind: str, field: str, breakage: Any) -> None:
-    broken = copy.deepcopy(_document(kind))
+    broken = copy.deepcopy(_document(kind, "kinoray-edge"))
     breakage(broken)
     errors = _kubernetes_errors(broken)
     assert errors and field in " ".join(errors), errors
@@ -211,7 +218,7 @@ def test_edge_tier_runs_the_edge_against_the_api_and_scales_on_its_own(monkeypat
     from kinoray.cli import build_parser
     from kinoray.edge.app import build_edge_api
 
-    deployment, service, autoscaler = (_document(kind) for kind in EDGE_KINDS)
+    deployment, service, autoscaler = (_document(kind, "kinoray-edge") for kind in EDGE_KINDS)
     container = _edge_container(deployment)
     assert container["command"][:2] == ["kinoray", "edge"]
     build_parser().parse_args(container["command"][1:])  # the CLI takes it
@@ -283,8 +290,39 @@ def test_broken_copies_fail_validation(breakage: str) -> None:
 
 
 def test_rayservice_runs_the_same_cluster_as_the_raycluster() -> None:
+    """The same cluster, but for the RTMP ingest group: the API cluster runs the runner, which starts the ingest."""
     (_, cluster), (_, service_cluster) = _cluster_specs()
-    assert service_cluster == cluster
+    assert "ingest" not in dict(_groups(cluster)) and "ingest" in dict(_groups(service_cluster))
+    assert _without_ingest(service_cluster) == cluster
+
+
+def test_rtmp_reaches_the_one_ingest_actor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Publishers reach port 1935 of the ingest group's pod, and only there does the ingest actor fit: the group
+    alone has the resource the settings (from the manifest's env) make the actor ask for."""
+    import json
+
+    from kinoray.settings import Settings
+
+    service_cluster = _document("RayService")["spec"]["rayClusterConfig"]
+    group = dict(_groups(service_cluster))["ingest"]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (1, 1, 1)
+    offered = json.loads(json.loads(group["rayStartParams"]["resources"]))  # KubeRay's quoted JSON
+    (container,) = group["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
+    monkeypatch.setenv("KINORAY_LIVE__INGEST_RESOURCES", env["KINORAY_LIVE__INGEST_RESOURCES"])
+    asked = Settings().live.ingest_resources
+    assert asked == offered == {"kinoray_ingest": 1}
+    for name, other in _groups(service_cluster):  # no other group offers it: the actor cannot land elsewhere
+        if name != "ingest":
+            assert "kinoray_ingest" not in other["rayStartParams"].get("resources", ""), name
+    rtmp = _document("Service", "kinoray-rtmp")
+    assert not _kubernetes_errors(rtmp), _kubernetes_errors(rtmp)
+    assert rtmp["spec"]["selector"].items() <= group["template"]["metadata"]["labels"].items()
+    edge_pods = _document("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert not rtmp["spec"]["selector"].items() <= edge_pods.items()  # the edge's pods are not publishers' target
+    (port,) = rtmp["spec"]["ports"]
+    (target,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+    assert port["port"] == target["containerPort"] == Settings().live.rtmp_port == 1935
 
 
 # --- (b) the manifest and the image against the code -----------------------------------------------------

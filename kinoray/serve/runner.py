@@ -426,8 +426,9 @@ def _start_live_ingest(platform: Platform) -> Any:
 
     from kinoray.serve.live_ingest import LiveIngestActor
 
+    pinned = dict(platform.settings.live.ingest_resources)
     return ray.remote(LiveIngestActor).options(name="kinoray-live-ingest", get_if_exists=True, num_cpus=0,
-                                               max_restarts=3).remote()
+                                               max_restarts=3, **({"resources": pinned} if pinned else {})).remote()
 
 
 @serve.deployment(name="kinoray-runner", num_replicas=1, ray_actor_options={"num_cpus": 0},
