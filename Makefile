@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kinoray-installed
 DATA_DIR ?= ./data
 
-.PHONY: run test setup system-deps bench-deps lint clean player compat-table
+.PHONY: run test setup system-deps bench-deps lint clean player dashboard compat-table
 
 setup: $(STAMP) system-deps
 
@@ -39,6 +39,11 @@ bench-deps:
 player:
 	cd kinoray/player && npm ci --ignore-scripts --no-audit --no-fund && node build.mjs
 
+# Rebuilds the vendored uPlot (the dashboard's charts) in kinoray/dashboard/static/ from its pinned lockfile, the
+# same way (the built files are committed; tests/test_dashboard.py checks them against the lock).
+dashboard:
+	cd kinoray/dashboard && npm ci --ignore-scripts --no-audit --no-fund && node build.mjs
+
 run: setup
 	$(BIN)/kinoray up --demo --data-dir $(DATA_DIR)
 
@@ -52,7 +57,7 @@ lint: setup
 # The Mux-compatibility table in docs/API.md, from fresh runs of the tests that drive Mux's SDKs (tests/compat.py).
 COMPAT_TESTS ?= tests/test_mux_sdk.py tests/test_mux_node.py tests/test_clips.py tests/test_static_renditions.py \
 	tests/test_playback_restrictions.py tests/test_delivery_usage.py tests/test_mux_live.py tests/test_data_api.py \
-	tests/test_data_server_side.py
+	tests/test_data_server_side.py tests/test_data_insights.py
 compat-table: setup
 	@mkdir -p out && rm -f out/compat.jsonl
 	KINORAY_COMPAT_OUT=$(CURDIR)/out/compat.jsonl $(BIN)/python -m pytest -q -k 'not compatibility_table' \

@@ -2,11 +2,17 @@
 process ingests per second (parse + expand + carry-forward + enrichment + Parquet write), and how long the Data
 API's queries take over a generated set of views (p50/p95 of overall, breakdown and timeseries, and one view),
 cold (the process's caches of parsed files and built views emptied first) and warm (a replica's repeat query);
-erasing one viewer from every partition; what CMCD costs the edge's request path and its drain thread.
+erasing one viewer from every partition; what CMCD costs the edge's request path and its drain thread;
+insights, comparisons, errors and a day's view export over the same views; and the traffic forecast's backtest
+(MAPE on a held-out day) on four weeks of synthetic hourly traffic, against seasonal naive.
 
 Views come from a small traffic simulator: each view is a Mux Data SDK event sequence (playerready, viewstart,
 play, renditionchange, playing, heartbeats, rebuffers, pause/viewend, some errors and exits before start) with
 its QoE drawn per browser and country, sent in batches of up to 300 events as ``mux-embed`` would.
+
+Last, the anomaly detectors (kinoray.analytics.anomaly) on the viewer-traffic simulator
+(kinoray.analytics.simulate: four days, four planted incidents, a flash crowd) for each of a few seeds: precision,
+recall and time to detect of every candidate (``--anomaly only`` runs just that section).
 
     python benchmarks/analytics.py --views 2000            # prints a table, writes benchmarks/results/analytics.json
 """
@@ -39,7 +45,12 @@ from kinoray.analytics import (  # noqa: E402
     parse_batch,
 )
 from kinoray.analytics.cmcd import CMCD_HEADERS, CmcdBuffer  # noqa: E402
+from kinoray.analytics.compare import all_metrics, experiment  # noqa: E402
+from kinoray.analytics.errors import error_groups  # noqa: E402
 from kinoray.analytics.eventlog import FILES  # noqa: E402
+from kinoray.analytics.exports import export_day  # noqa: E402
+from kinoray.analytics.forecast import backtest  # noqa: E402
+from kinoray.analytics.insights import insights  # noqa: E402
 from kinoray.analytics.privacy import erase_viewer  # noqa: E402
 from kinoray.analytics.query import VIEWS, Query, Timeframe  # noqa: E402
 from kinoray.store.objects import ObjectStore  # noqa: E402
@@ -135,6 +146,40 @@ def cmcd_costs(requests: int = 20_000) -> dict[str, float]:
     return {"check_us": round(check * 1e6, 2), "note_us": round(note * 1e6, 2), "drain_us": round(drain * 1e6, 1)}
 
 
+def synthetic_traffic(seed: int, days: int = 28, peak_views: float = 400.0) -> tuple[Any, Any]:
+    """Hourly views and average concurrent viewers of ``days`` of synthetic traffic: Poisson arrivals per hour
+    under a daily curve (evening peak, night trough), a weekend lift and a 20 % trend over the period; each view
+    starts at a uniform moment of its hour and lasts an exponential time (mean 20 min); CCV per hour is the
+    views' seconds of presence in it over 3600, as :func:`kinoray.analytics.forecast.hourly_traffic` counts."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    hours = np.arange(days * 24)
+    daily = 1 + 0.7 * np.sin(2 * np.pi * ((hours % 24) - 14) / 24) + 0.2 * np.sin(4 * np.pi * (hours % 24) / 24)
+    rate = peak_views / 1.9 * daily * np.where((hours // 24) % 7 >= 5, 1.15, 1.0) * (1 + 0.2 * hours / hours.size)
+    views = rng.poisson(rate)
+    begin = np.repeat(hours * 3600.0, views) + rng.uniform(0, 3600, views.sum())
+    end = begin + rng.exponential(1200, views.sum())
+    ccv = np.zeros(hours.size)
+    for hour in hours:
+        overlap = np.minimum(end, (hour + 1) * 3600.0) - np.maximum(begin, hour * 3600.0)
+        ccv[hour] = overlap[overlap > 0].sum() / 3600
+    return views.astype(float), ccv
+
+
+def forecast_backtests(seeds: int = 5) -> dict[str, float]:
+    """Mean backtest MAPE (last day held out) of the forecast model and of seasonal naive over ``seeds`` runs."""
+    scores: dict[str, list[float]] = {"views_mape": [], "views_seasonal_naive_mape": [], "ccv_mape": [],
+                                      "ccv_seasonal_naive_mape": []}
+    for seed in range(seeds):
+        for name, series in zip(("views", "ccv"), synthetic_traffic(seed), strict=True):
+            result = backtest(series)
+            assert result is not None and result.mape is not None and result.seasonal_naive_mape is not None
+            scores[f"{name}_mape"].append(result.mape)
+            scores[f"{name}_seasonal_naive_mape"].append(result.seasonal_naive_mape)
+    return {name: round(statistics.mean(values), 4) for name, values in scores.items()}
+
+
 def timed(call: Any, repeats: int, cold: bool) -> dict[str, float]:
     """p50/p95 of ``call``; ``cold``: the process's caches (parsed files, built views) emptied before each."""
     times = []
@@ -150,14 +195,73 @@ def timed(call: Any, repeats: int, cold: bool) -> dict[str, float]:
             "p95_ms": round(times[min(len(times) - 1, int(0.95 * len(times)))], 1)}
 
 
+def anomaly_detection(seeds: list[int], console: Console, out: Path) -> dict[str, Any]:
+    """Every anomaly-detector candidate on the simulator's default scenario (4 days, 60 views/min, four planted
+    incidents and a flash crowd) for each seed: precision, recall, time to detect, seconds per run; the chosen
+    one (kinoray.analytics.anomaly.DEFAULT_DETECTOR) should lead on precision at full recall."""
+    from kinoray.analytics.anomaly import DEFAULT_DETECTOR, DETECTORS, detect, evaluate
+    from kinoray.analytics.simulate import Simulation, default_scenario
+
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in DETECTORS}
+    for seed in seeds:
+        simulation = Simulation(default_scenario(seed=seed))
+        for name in DETECTORS:
+            started = time.perf_counter()
+            findings = detect(simulation.table, detector=name)
+            seconds = time.perf_counter() - started
+            result = evaluate(findings, simulation.truth())
+            runs[name].append({"seed": seed, "views": len(simulation), "findings": result.findings,
+                               "precision": round(result.precision, 3), "recall": round(result.recall, 3),
+                               "detect_seconds": list(result.detect_seconds), "run_seconds": round(seconds, 1),
+                               "named": dict(result.named)})
+    table = Table(title=f"anomaly detection on the simulator, seeds {', '.join(map(str, seeds))} "
+                        f"(4 planted incidents per seed)")
+    for column in ("detector", "precision (mean, min)", "recall (mean, min)", "time to detect (median, max)",
+                   "s per run (4 days)"):
+        table.add_column(column)
+    summary: dict[str, Any] = {}
+    for name, items in runs.items():
+        precision = [item["precision"] for item in items]
+        recall = [item["recall"] for item in items]
+        detected = [second for item in items for second in item["detect_seconds"]]
+        summary[name] = {"precision_mean": round(statistics.mean(precision), 3), "precision_min": min(precision),
+                         "recall_mean": round(statistics.mean(recall), 3), "recall_min": min(recall),
+                         "detect_seconds_median": statistics.median(detected) if detected else None,
+                         "detect_seconds_max": max(detected) if detected else None,
+                         "run_seconds_mean": round(statistics.mean(item["run_seconds"] for item in items), 1)}
+        row = summary[name]
+        table.add_row(f"{name}{' (chosen)' if name == DEFAULT_DETECTOR else ''}",
+                      f"{row['precision_mean']:.2f}, {row['precision_min']:.2f}",
+                      f"{row['recall_mean']:.2f}, {row['recall_min']:.2f}",
+                      f"{(row['detect_seconds_median'] or 0) / 60:.0f} min, {(row['detect_seconds_max'] or 0) / 60:.0f} min",
+                      f"{row['run_seconds_mean']}")
+    console.print(table)
+    for description, named in runs[DEFAULT_DETECTOR][0]["named"].items():
+        console.print(f"  planted {description} → {named}")
+    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(), "seeds": seeds,
+              "chosen": DEFAULT_DETECTOR, "summary": summary, "runs": runs}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {out}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--views", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--json", type=Path, default=RESULTS / "analytics.json")
+    parser.add_argument("--anomaly-seeds", default="16,17,18,19,20",
+                        help="simulator seeds the anomaly detectors are measured on (results: analytics_anomaly.json)")
+    parser.add_argument("--anomaly", choices=("also", "only", "skip"), default="also",
+                        help="run the anomaly-detection section too, alone, or not")
     args = parser.parse_args()
     console = Console()
+    if args.anomaly == "only":
+        anomaly_detection([int(seed) for seed in args.anomaly_seeds.split(",")], console,
+                          RESULTS / "analytics_anomaly.json")
+        return
     rng = random.Random(args.seed)
     start = int(time.time() * 1000) - 3_600_000
     views = [simulate_view(rng, index, start + index * 1000) for index in range(args.views)]
@@ -181,19 +285,33 @@ def main() -> None:
             "breakdown rebuffer_percentage by country": lambda: query().breakdown("rebuffer_percentage", "country"),
             "timeseries views (minute)": lambda: query().timeseries("views"),
             "one view (video-views/{id})": lambda: query().view("bench-00000007"),
+            "insights rebuffer_percentage": lambda: insights(query().views, "rebuffer_percentage"),
+            "insights video_startup_time (median)": lambda: insights(query().views, "video_startup_time"),
+            "comparison (every metric)": lambda: all_metrics(query().views),
+            "A/B video_startup_time by browser": lambda: experiment(query().views, "video_startup_time", "browser"),
+            "errors": lambda: error_groups(query().views),
         }
         queries = {f"{name}, {state}": timed(call, args.repeats, cold=state == "cold")
                    for name, call in calls.items() for state in ("cold", "warm")}
         worst = sorted(built.breakdown("video_startup_time", "browser"), key=lambda row: row["negative_impact"])[0]
+        top = insights(built.views, "video_startup_time")[0]
+        started = time.perf_counter()
+        exported, _ = export_day(store, now.date(), now)
+        export_seconds = time.perf_counter() - started
         started = time.perf_counter()
         erased = erase_viewer(store, "user-7")  # one viewer's views out of every partition (files rewritten)
         erasure = {"seconds": round(time.perf_counter() - started, 3), "views": len(erased.view_ids),
                    "rows": erased.rows_removed, "files_rewritten": erased.files_rewritten}
     cmcd = cmcd_costs()
+    forecast = forecast_backtests()
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(), "views": args.views,
               "ingest": local, "ingest_shared_state": shared, "ingest_shared_state_small_batches": small, "parquet_bytes": parquet_bytes,
               "bytes_per_view": round(parquet_bytes / args.views), "queries": queries,
-              "worst_browser_for_startup": worst["field"], "erase_one_viewer": erasure, "cmcd": cmcd}
+              "worst_browser_for_startup": worst["field"], "erase_one_viewer": erasure, "cmcd": cmcd,
+              "top_insight_startup": {"column": top.filter_column, "value": top.filter_value,
+                                      "negative_impact_ms": round(top.negative_impact_score, 1),
+                                      "interval_ms": [round(x, 1) for x in top.interval]},
+              "export_day": {"views": exported, "seconds": round(export_seconds, 3)}, "forecast_backtest": forecast}
     table = Table(title=f"analytics, {args.views} views / {local['events']} events, one process")
     table.add_column("measure")
     table.add_column("result", justify="right")
@@ -209,10 +327,20 @@ def main() -> None:
     table.add_row("CMCD on the edge's request path (check + append)", f"{cmcd['note_us']} µs/request "
                   f"(no CMCD: {cmcd['check_us']} µs)")
     table.add_row("CMCD drain (parse + enrich + row, its own thread)", f"{cmcd['drain_us']} µs/request")
+    table.add_row("top insight, video_startup_time", f"{top.filter_column}={top.filter_value}: "
+                  f"{top.negative_impact_score:.0f} ms [{top.interval[0]:.0f}, {top.interval[1]:.0f}]")
+    table.add_row("export one day (Parquet + CSV)", f"{export_seconds:.2f} s for {exported} views")
+    table.add_row("forecast backtest, views (MAPE, held-out day)",
+                  f"{forecast['views_mape']:.1%} (seasonal naive {forecast['views_seasonal_naive_mape']:.1%})")
+    table.add_row("forecast backtest, concurrent viewers (MAPE)",
+                  f"{forecast['ccv_mape']:.1%} (seasonal naive {forecast['ccv_seasonal_naive_mape']:.1%})")
     console.print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {args.json}")
+    if args.anomaly == "also":
+        anomaly_detection([int(seed) for seed in args.anomaly_seeds.split(",")], console,
+                          RESULTS / "analytics_anomaly.json")
 
 
 if __name__ == "__main__":

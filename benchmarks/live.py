@@ -1,20 +1,26 @@
 """Live streaming: latency from the publisher to the playlist, per latency mode, and how many real-time ladders
 one CPU core sustains.
 
-    .venv/bin/python benchmarks/live.py            # ~2 minutes; table + benchmarks/results/live.json
+    .venv/bin/python benchmarks/live.py            # ~2.5 minutes; table + benchmarks/results/live.json
+    .venv/bin/python benchmarks/live.py --modes low --seconds 30 --per-core-seconds 0 [--heights 360]
 
 **Latency** (loopback, on this machine): Debian's ``ffmpeg`` publishes ``testsrc2`` 1280x720 at 30 fps over
 RTMP in real time (``-re``) to kinoray's ingest (``kinoray.live.rtmp``), which feeds the live ladder
 (``kinoray.live.transcode``: 720p/480p/360p, libx264 ``veryfast``/zerolatency). The clock of the publisher's
-frames is taken from the first media tag's arrival plus each tag's timestamp; a segment is *listed* when the
-top rung's playlist first names it (polled every 10 ms). Reported per mode:
+frames is the earliest of every media tag's arrival less its timestamp (``TagPipe.clock``: a first tag that
+waited on the publisher's encoder start would put it late); a segment is *listed* when the top rung's playlist
+first names it (polled every 10 ms). Reported per mode:
 
 - ``packaging``: listed − when its last frame was sent (median, p95): what kinoray adds;
 - ``viewer``: packaging + 3 target durations, the live edge distance hls.js and Safari keep by default (HLS's
   hold-back), i.e. the glass-to-glass latency a default player shows, less the network.
 
-Mux's published figures for the same modes: standard ~25–30 s, reduced ~12–20 s (``docs/ARCHITECTURE.md``
-cites them); ``low`` (LL-HLS parts) is not built yet and is reported as such.
+``low`` is LL-HLS (``kinoray.live.llhls``): the same, per *part* (listed = the part's ``EXT-X-PART`` first seen,
+which is when a blocking reload for it returns, less the edge's 20 ms poll), and ``viewer`` = packaging +
+``PART-HOLD-BACK`` (3 part targets: where hls.js's ``lowLatencyMode`` and Safari hold the live edge).
+
+Mux's published figures for the same modes: standard ~25–30 s, reduced ~12–20 s, low ~5 s
+(``docs/ARCHITECTURE.md`` cites them).
 
 **Ladders per core:** the same ladder transcoded from a 20 s recorded FLV as fast as one core allows
 (``sched_setaffinity`` to one CPU, every encoder single-threaded); the real-time factor = media seconds per
@@ -46,39 +52,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import RESULTS, percentile, write_json  # noqa: E402
 
-from kinoray.live import FlvTag, PublishRequest, RtmpServer  # noqa: E402
+from kinoray.live import PublishRequest, RtmpServer  # noqa: E402
 from kinoray.live.pipe import TagPipe  # noqa: E402
 from kinoray.live.transcode import LiveOptions, LiveTranscoder  # noqa: E402
 
 KEY = "benchmark-key"
-MODES = {"reduced": 2.0, "standard": 4.0}
+MODES = {"low": 2.0, "reduced": 2.0, "standard": 4.0}
+PART_SECONDS = 0.5  # low latency: kinoray's default (settings live.part_seconds)
 HOLD_BACK_SEGMENTS = 3
+_PART = re.compile(r'#EXT-X-PART:DURATION=([0-9.]+),URI="(part_[0-9.]+m4s)"')
 SOURCE = ["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i",
           "sine=frequency=440:sample_rate=48000"]
 X264 = ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "60", "-pix_fmt", "yuv420p",
         "-c:a", "aac", "-b:a", "128k"]
 
 
-class ClockedPipe(TagPipe):
-    """A pipe that notes when the first media tag arrived (the publisher's clock origin)."""
-
-    first_arrival: float | None = None
-
-    def media(self, tag: FlvTag) -> None:
-        if self.first_arrival is None and tag.kind != 18:
-            self.first_arrival = time.time() - tag.timestamp / 1000
-        super().media(tag)
-
-
-def latency(mode: str, segment: float, seconds: int, work: Path) -> dict[str, Any]:
+def latency(mode: str, segment: float, seconds: int, work: Path,
+            heights: tuple[int, ...] = (720, 480, 360)) -> dict[str, Any]:
     out = work / mode
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     state: dict[str, Any] = {}
 
-    async def authorize(request: PublishRequest) -> ClockedPipe | None:
-        pipe = ClockedPipe()
-        transcoder = LiveTranscoder(pipe, out, LiveOptions(segment_seconds=segment, encoder="libx264"))
+    part = PART_SECONDS if mode == "low" else None
+
+    async def authorize(request: PublishRequest) -> TagPipe | None:
+        pipe = TagPipe()
+        transcoder = LiveTranscoder(pipe, out, LiveOptions(segment_seconds=segment, encoder="libx264",
+                                                           part_seconds=part, heights=heights))
         thread = threading.Thread(target=transcoder.run, daemon=True)
         thread.start()
         state.update(pipe=pipe, transcoder=transcoder, thread=thread)
@@ -89,18 +90,32 @@ def latency(mode: str, segment: float, seconds: int, work: Path) -> dict[str, An
     publisher = subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", *SOURCE, "-t", str(seconds),
                                   *X264, "-f", "flv", f"rtmp://127.0.0.1:{port}/live/{KEY}"])
     listed: dict[str, float] = {}
-    playlist = out / "720p" / "index.m3u8"
+    part_ends: dict[str, float] = {}  # part -> its media end (s), from the playlist's dates and durations
+    playlist = out / f"{max(heights)}p" / "index.m3u8"
+    first_date: float | None = None
     while publisher.poll() is None:
         if playlist.exists():
             now = time.time()
-            for name in re.findall(r"seg_\d+\.m4s", playlist.read_text()):
+            text = playlist.read_text()
+            for name in re.findall(r"seg_\d+\.m4s", text):
                 listed.setdefault(name, now)
+            if part is not None:
+                first_date = _part_ends(text, listed, part_ends, now, first_date)
         time.sleep(0.01)
     state["thread"].join(60)
     asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     text = playlist.read_text()
-    origin = state["pipe"].first_arrival
+    origin = state["pipe"].clock  # the publisher's clock: min over tags of arrival − FLV timestamp
+    result = state["transcoder"].result
+    if part is not None:
+        delays = sorted(listed[name] - (origin + end) for name, end in part_ends.items())
+        hold_back = float(re.search(r"PART-HOLD-BACK=([0-9.]+)", text)[1])  # type: ignore[index]
+        return {"mode": mode, "segment_seconds": segment, "part_seconds": part, "heights": list(heights),
+                "parts": len(delays),
+                "error": result.error, "packaging_median_s": statistics.median(delays),
+                "packaging_p95_s": percentile(delays, 95), "part_hold_back_s": hold_back,
+                "viewer_median_s": statistics.median(delays) + hold_back}
     delays, media_end = [], 0.0
     for duration, name in re.findall(r"#EXTINF:([0-9.]+),\n(?:#EXT-X-PROGRAM-DATE-TIME:[^\n]*\n)?(seg_\d+\.m4s)",
                                      text):
@@ -108,10 +123,30 @@ def latency(mode: str, segment: float, seconds: int, work: Path) -> dict[str, An
         if name in listed:
             delays.append(listed[name] - (origin + media_end))
     delays = sorted(delays[:-1])  # the last one is listed at the publisher's end, not when it filled
-    result = state["transcoder"].result
-    return {"mode": mode, "segment_seconds": segment, "segments": len(delays), "error": result.error,
+    return {"mode": mode, "segment_seconds": segment, "heights": list(heights), "segments": len(delays),
+            "error": result.error,
             "packaging_median_s": statistics.median(delays), "packaging_p95_s": percentile(delays, 95),
             "viewer_median_s": statistics.median(delays) + HOLD_BACK_SEGMENTS * segment}
+
+
+def _part_ends(text: str, listed: dict[str, float], ends: dict[str, float], now: float,
+               first_date: float | None) -> float | None:
+    """Note the parts ``text`` lists for the first time (at ``now``) and their media end: the segment's
+    EXT-X-PROGRAM-DATE-TIME less segment 1's (media time 0), plus the parts up to it."""
+    segment_start: float | None = None
+    elapsed = 0.0
+    for line in text.splitlines():
+        if line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            segment_start = datetime.fromisoformat(line.split(":", 1)[1].replace("Z", "+00:00")).timestamp()
+            if first_date is None and "#EXT-X-MEDIA-SEQUENCE:1\n" in text:
+                first_date = segment_start
+            elapsed = 0.0
+        elif (match := _PART.match(line)) and segment_start is not None and first_date is not None:
+            elapsed += float(match[1])
+            if match[2] not in listed:
+                listed[match[2]] = now
+                ends[match[2]] = segment_start - first_date + elapsed
+    return first_date
 
 
 def per_core(seconds: int, work: Path) -> dict[str, Any]:
@@ -129,6 +164,15 @@ def per_core(seconds: int, work: Path) -> dict[str, Any]:
         started = time.monotonic()
         result = transcoder.run()
         ours = time.monotonic() - started
+        # the same with low latency's own LL-HLS packager instead of FFmpeg's HLS muxer
+        pipe = TagPipe(max_bytes=1 << 30)
+        pipe.write(recorded.read_bytes()[13:])
+        pipe.ended(None)
+        low = LiveTranscoder(pipe, work / "per-core-low", LiveOptions(segment_seconds=2.0, encoder="libx264",
+                                                                      part_seconds=PART_SECONDS))
+        started = time.monotonic()
+        low_result = low.run()
+        ours_low = time.monotonic() - started
         ladder = []
         for height, rate in ((720, "2500k"), (480, "1200k"), (360, "800k")):
             ladder += ["-map", "0:v", "-vf", f"scale=-2:{height}", "-c:v", "libx264", "-preset", "veryfast",
@@ -142,35 +186,46 @@ def per_core(seconds: int, work: Path) -> dict[str, Any]:
         os.sched_setaffinity(0, original)
     return {"media_seconds": seconds, "frames": result.frames_in, "error": result.error,
             "kinoray_wall_s": ours, "kinoray_realtime_factor": seconds / ours,
+            "low_frames": low_result.frames_in, "low_parts": low_result.parts, "low_error": low_result.error,
+            "kinoray_low_wall_s": ours_low, "kinoray_low_realtime_factor": seconds / ours_low,
             "ffmpeg_wall_s": peer, "ffmpeg_realtime_factor": seconds / peer, "ratio_vs_ffmpeg": peer / ours}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=40, help="publishing time per latency mode")
-    parser.add_argument("--per-core-seconds", type=int, default=20)
+    parser.add_argument("--per-core-seconds", type=int, default=20, help="0: skip the per-core measurement")
+    parser.add_argument("--modes", nargs="*", choices=list(MODES), default=list(MODES),
+                        help="latency modes to measure (a subset writes live-<modes>.json, not live.json)")
+    parser.add_argument("--heights", type=int, nargs="+", default=[720, 480, 360],
+                        help="the ladder of the latency runs (a lighter one measures packaging on a busy machine)")
     args = parser.parse_args()
     console = Console()
     with tempfile.TemporaryDirectory(prefix="kinoray-live-bench-") as scratch:
         work = Path(scratch)
-        modes = [latency(mode, segment, args.seconds, work) for mode, segment in MODES.items()]
-        core = per_core(args.per_core_seconds, work)
-    table = Table(title="live: publisher → playlist (loopback, 720p/480p/360p ladder, libx264 veryfast)")
-    for column in ("mode", "segment s", "packaging median s", "packaging p95 s", "viewer (≈ +3 segments) s",
-                   "Mux documents"):
+        modes = [latency(mode, MODES[mode], args.seconds, work, tuple(args.heights)) for mode in args.modes]
+        core = per_core(args.per_core_seconds, work) if args.per_core_seconds > 0 else None
+    ladder = "/".join(f"{height}p" for height in args.heights)
+    table = Table(title=f"live: publisher → playlist (loopback, {ladder} ladder, libx264 veryfast)")
+    for column in ("mode", "segment s", "packaging median s", "packaging p95 s",
+                   "viewer (+3 segments; low: +PART-HOLD-BACK) s", "Mux documents"):
         table.add_column(column)
-    documented = {"reduced": "12–20 s", "standard": "25–30 s"}
+    documented = {"low": "~5 s", "reduced": "12–20 s", "standard": "25–30 s"}
     for row in modes:
-        table.add_row(row["mode"], f"{row['segment_seconds']:g}", f"{row['packaging_median_s']:.2f}",
+        name = f"low (LL-HLS, {row['part_seconds']:g} s parts)" if row["mode"] == "low" else row["mode"]
+        table.add_row(name, f"{row['segment_seconds']:g}", f"{row['packaging_median_s']:.2f}",
                       f"{row['packaging_p95_s']:.2f}", f"{row['viewer_median_s']:.1f}", documented[row["mode"]])
-    table.add_row("low (LL-HLS)", "—", "not built yet", "", "", "~5 s")
     console.print(table)
-    console.print(f"one core: kinoray {core['kinoray_realtime_factor']:.2f}× real time "
-                  f"({core['frames']} frames in {core['kinoray_wall_s']:.1f} s) = live 720p/480p/360p ladders "
-                  f"per core; FFmpeg CLI, same ladder and core: {core['ffmpeg_realtime_factor']:.2f}× "
-                  f"(kinoray/ffmpeg {core['ratio_vs_ffmpeg']:.2f})")
-    write_json({"when": datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(), "modes": modes,
-                "per_core": core}, RESULTS / "live.json", console)
+    if core is not None:
+        console.print(f"one core: kinoray {core['kinoray_realtime_factor']:.2f}× real time "
+                      f"({core['frames']} frames in {core['kinoray_wall_s']:.1f} s) = live 720p/480p/360p ladders "
+                      f"per core; FFmpeg CLI, same ladder and core: {core['ffmpeg_realtime_factor']:.2f}× "
+                      f"(kinoray/ffmpeg {core['ratio_vs_ffmpeg']:.2f}); low latency (LL-HLS parts): "
+                      f"{core['kinoray_low_realtime_factor']:.2f}×")
+    whole = args.modes == list(MODES) and core is not None and args.heights == [720, 480, 360]
+    name = "live.json" if whole else f"live-{'-'.join(args.modes) or 'per-core'}-{'-'.join(map(str, args.heights))}.json"
+    write_json({"when": datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+                "loadavg": os.getloadavg(), "modes": modes, "per_core": core}, RESULTS / name, console)
 
 
 if __name__ == "__main__":

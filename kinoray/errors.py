@@ -17,11 +17,13 @@
     ├── JobCancelledError                            the job was cancelled; its temporary outputs are gone
     ├── StorageError
     ├── IngestProtocolError                          a live publisher sent a malformed RTMP stream
+    ├── SimulcastError                               a simulcast target refused or dropped a live stream's push
     └── ApiError                                     a request the control plane refuses
         ├── InvalidParametersError (also ValueError)  a malformed or out-of-range parameter
         │   └── InputUrlRefusedError                  an input/webhook URL the SSRF policy forbids
         ├── AuthenticationError                      missing, wrong or revoked credentials
         ├── PermissionDeniedError                    the access token's permissions do not cover the request
+        ├── DownloadLinkError                        a signed download link that is altered or has expired
         ├── PlaybackForbiddenError                   a signed playback URL without a valid token
         │   └── PlaybackRestrictedError               the token's playback restriction refuses this viewer
         ├── NotFoundError
@@ -35,7 +37,8 @@
         ├── ServiceUnavailableError                  try again shortly (503 with Retry-After)
         │   ├── ApiUnavailableError                   the delivery edge could not reach the management API (502)
         │   ├── DatabaseUnavailableError              the metadata database is down, locked or unreachable
-        │   └── OverCapacityError                     this process is past its capacity: the request is shed
+        │   ├── OverCapacityError                     this process is past its capacity: the request is shed
+        │   └── AnomalyDetectorUnavailableError       the anomaly-detection deployment did not answer
         ├── RequestTooLargeError                     a request body over the route's limit (refused unread)
         ├── RequestTimeoutError                      a request body that did not arrive in time
         └── UploadError                              the tus / Content-Range upload protocol
@@ -49,15 +52,22 @@
             └── UploadGoneError                       the upload was terminated, cancelled or timed out
 
 Every error has a stable ``type`` string and an HTTP status in :data:`ERROR_TABLE`; the API layer turns them
-into ``{"error": {"type": ..., "messages": [...]}}`` bodies from that one table.
+into ``{"error": {"type": ..., "messages": [...]}}`` bodies from that one table. The HTTP headers an error
+answers with (``Retry-After``, ``WWW-Authenticate``, ``Allow``, ...) come from its typed fields
+(:meth:`KinorayError.http_headers`); :data:`ERROR_HEADERS` names them per class, for the OpenAPI document.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
 
 __all__ = [
+    "ERROR_HEADERS",
     "ERROR_TABLE",
+    "AnomalyDetectorUnavailableError",
     "ApiError",
     "ApiUnavailableError",
     "AssetNotReadyError",
@@ -67,6 +77,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "DatabaseUnavailableError",
+    "DownloadLinkError",
     "EncoderError",
     "EncoderUnavailableError",
     "FrameMismatchError",
@@ -92,6 +103,7 @@ __all__ = [
     "RequestTimeoutError",
     "RequestTooLargeError",
     "ServiceUnavailableError",
+    "SimulcastError",
     "StorageError",
     "TranscodeError",
     "UnsupportedContentTypeError",
@@ -103,6 +115,7 @@ __all__ = [
     "UploadNotCreatedError",
     "UploadTooLargeError",
     "WorkerLostError",
+    "error_headers",
     "http_status",
 ]
 
@@ -111,6 +124,21 @@ class KinorayError(Exception):
     """Root of every error kinoray raises on purpose."""
 
     type: str = "internal_error"
+    #: Headers added where the error is passed on rather than where it is made (CORS, ``Tus-Resumable``).
+    context_headers: Mapping[str, str] = MappingProxyType({})
+
+    def typed_headers(self) -> dict[str, str]:
+        """The headers this error's own fields call for (its class's names in :data:`ERROR_HEADERS`)."""
+        return {}
+
+    def http_headers(self) -> dict[str, str]:
+        """Every header the HTTP answer to this error carries: the context's, then the error's own."""
+        return {**self.context_headers, **(getattr(self, "headers", None) or {}), **self.typed_headers()}
+
+    def add_headers(self, headers: Mapping[str, str]) -> KinorayError:
+        """Add response headers (the context's: an error's own headers win); returns the error, to re-raise."""
+        self.context_headers = {**self.context_headers, **headers}
+        return self
 
 
 class ConfigurationError(KinorayError):
@@ -171,6 +199,17 @@ class IngestProtocolError(KinorayError):
     type = "ingest_protocol_error"
 
 
+class SimulcastError(KinorayError):
+    """A simulcast target refused or dropped the push (why is the message); ``fatal``: retrying cannot help (an
+    unusable URL). Never an API answer: the target's status and ``error_severity`` report it."""
+
+    type = "simulcast_error"
+
+    def __init__(self, message: str, *, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+
+
 class ApiError(KinorayError):
     type = "invalid_request"
 
@@ -185,6 +224,11 @@ class InputUrlRefusedError(InvalidParametersError):
 
 class AuthenticationError(ApiError):
     type = "unauthorized"
+    #: The challenge every 401 carries (HTTP Basic with an access token id and secret).
+    www_authenticate: ClassVar[str] = 'Basic realm="kinoray"'
+
+    def typed_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.www_authenticate}
 
 
 class PlaybackForbiddenError(ApiError):
@@ -206,6 +250,12 @@ class PermissionDeniedError(ApiError):
     type = "forbidden"
 
 
+class DownloadLinkError(ApiError):
+    """A signed download link (a Data export's) whose signature does not match, or that has expired."""
+
+    type = "invalid_download_link"
+
+
 class NotFoundError(ApiError):
     type = "not_found"
 
@@ -219,7 +269,10 @@ class RangeNotSatisfiableError(ApiError):
 
     def __init__(self, message: str, size: int) -> None:
         super().__init__(message)
-        self.headers = {"Accept-Ranges": "bytes", "Content-Range": f"bytes */{size}"}
+        self.size = size  #: the file's size in bytes
+
+    def typed_headers(self) -> dict[str, str]:
+        return {"Accept-Ranges": "bytes", "Content-Range": f"bytes */{self.size}"}
 
 
 class MethodNotAllowedError(ApiError):
@@ -227,7 +280,10 @@ class MethodNotAllowedError(ApiError):
 
     def __init__(self, message: str, allowed: str) -> None:
         super().__init__(message)
-        self.headers = {"Allow": allowed}
+        self.allowed = allowed  #: the methods the URL takes, as the Allow header lists them
+
+    def typed_headers(self) -> dict[str, str]:
+        return {"Allow": self.allowed}
 
 
 class ConflictError(ApiError):
@@ -251,8 +307,10 @@ class RateLimitedError(ApiError):
         super().__init__(message)
         self.retry_after = retry_after
         self.limit = limit
-        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after))), "X-RateLimit-Limit": str(limit),
-                        "X-RateLimit-Remaining": "0"}
+
+    def typed_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after))), "X-RateLimit-Limit": str(self.limit),
+                "X-RateLimit-Remaining": "0"}
 
 
 class ServiceUnavailableError(ApiError):
@@ -262,7 +320,10 @@ class ServiceUnavailableError(ApiError):
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
-        self.headers = {"Retry-After": str(retry_after)}
+        self.retry_after = retry_after  #: seconds to wait before trying again
+
+    def typed_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ApiUnavailableError(ServiceUnavailableError):
@@ -281,6 +342,13 @@ class DatabaseUnavailableError(ServiceUnavailableError):
 
 class OverCapacityError(ServiceUnavailableError):
     type = "over_capacity"
+
+
+class AnomalyDetectorUnavailableError(ServiceUnavailableError):
+    """The anomaly-detection Serve deployment is down or did not answer in time: anomaly rules wait for the next
+    evaluation (threshold rules go on)."""
+
+    type = "anomaly_detector_unavailable"
 
 
 class RequestTooLargeError(ApiError):
@@ -335,6 +403,7 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     KinorayError: 500,
     ConfigurationError: 500,
     IngestProtocolError: 400,
+    SimulcastError: 502,
     MediaError: 400,
     InvalidMediaError: 400,
     MediaLimitError: 413,
@@ -354,6 +423,7 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     PlaybackForbiddenError: 403,
     PlaybackRestrictedError: 403,
     PermissionDeniedError: 403,
+    DownloadLinkError: 403,
     NotFoundError: 404,
     AssetNotReadyError: 412,
     RangeNotSatisfiableError: 416,
@@ -366,6 +436,7 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     ServiceUnavailableError: 503,
     DatabaseUnavailableError: 503,
     OverCapacityError: 503,
+    AnomalyDetectorUnavailableError: 503,
     RequestTooLargeError: 413,
     RequestTimeoutError: 408,
     UploadError: 400,
@@ -378,6 +449,21 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     UploadGoneError: 410,
     UploadNotCreatedError: 409,
 }
+
+
+#: error class -> the HTTP headers its answer always carries (from its typed fields). Looked up along the MRO.
+ERROR_HEADERS: dict[type[KinorayError], tuple[str, ...]] = {
+    AuthenticationError: ("WWW-Authenticate",),
+    RangeNotSatisfiableError: ("Accept-Ranges", "Content-Range"),
+    MethodNotAllowedError: ("Allow",),
+    RateLimitedError: ("Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining"),
+    ServiceUnavailableError: ("Retry-After",),
+}
+
+
+def error_headers(cls: type[KinorayError]) -> tuple[str, ...]:
+    """The headers an error of class ``cls`` answers with, from :data:`ERROR_HEADERS` (nearest class)."""
+    return next((ERROR_HEADERS[base] for base in cls.__mro__ if base in ERROR_HEADERS), ())
 
 
 def http_status(error: KinorayError) -> int:

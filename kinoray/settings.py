@@ -293,9 +293,44 @@ class LiveSettings(BaseModel):
     cpus_per_stream: float = Field(default=1.0, gt=0, description="Ray CPUs each stream's transcoder asks for")
     max_restarts: int = Field(default=3, ge=0, description="transcoders started again for one publisher session")
     segment_seconds: dict[str, float] = Field(
-        default={"low": 1.0, "reduced": 2.0, "standard": 4.0},
-        description="segment length per latency mode (low is not LL-HLS yet: short segments only)")
+        default={"low": 2.0, "reduced": 2.0, "standard": 4.0},
+        description="segment length per latency mode (low: LL-HLS segments of part_seconds parts)")
     window_segments: int = Field(default=30, ge=3, description="segments the live playlists keep (the DVR window)")
+    part_seconds: float = Field(default=0.5, ge=0.1, le=2.0, description="LL-HLS part length of low-latency "
+                                                                         "streams (a whole number of frames)")
+    blocking_poll_seconds: float = Field(default=0.02, gt=0, description="how often an edge process looks at a "
+                                         "local live playlist someone's blocking reload waits on")
+    blocking_poll_remote_seconds: float = Field(default=0.1, gt=0, description="the same for a playlist in S3")
+    blocking_max_waiting: int = Field(default=10_000, ge=1, description="blocked LL-HLS requests one edge "
+                                                                        "process holds at once (more: 503)")
+    simulcast_buffer_bytes: int = Field(
+        default=8 << 20, ge=64 << 10,
+        description="media queued per simulcast target; a target further behind is dropped and connected again")
+    simulcast_connect_seconds: float = Field(default=10.0, gt=0, description="a simulcast target's connect and "
+                                                                             "publish handshake, at most")
+    simulcast_write_seconds: float = Field(default=10.0, gt=0, description="a simulcast target taking nothing "
+                                                                           "this long is dropped")
+    simulcast_retry_seconds: float = Field(default=1.0, gt=0, description="first wait before connecting to a "
+                                                                          "failed simulcast target again")
+    simulcast_max_retry_seconds: float = Field(default=30.0, gt=0, description="the retry wait doubles up to this")
+    simulcast_socket_buffer_bytes: int | None = Field(
+        default=None, ge=4096, description="send buffer (SO_SNDBUF) of a simulcast connection; unset: the OS sizes "
+                                           "it. Bounds what the kernel holds for a target that stopped reading")
+    chat_history: int = Field(default=50, ge=0, le=500,
+                              description="messages a viewer joining a live stream's chat room is sent first")
+    chat_max_chars: int = Field(default=500, ge=1, le=10_000, description="longest chat message, in characters")
+    chat_messages_per_second: float = Field(default=0.5, gt=0,
+                                            description="chat messages one viewer connection may send per second "
+                                                        "(a bucket refilled at this rate)")
+    chat_burst: int = Field(default=5, ge=1, description="chat messages a viewer may send at once before the rate "
+                                                         "applies")
+    chat_poll_seconds: float = Field(default=0.5, gt=0, le=10,
+                                     description="how often each edge process reads a room's new and deleted "
+                                                 "messages (one read per room with viewers, however many): the "
+                                                 "fan-out's lag across processes")
+    chat_queue_messages: int = Field(default=256, ge=8,
+                                     description="messages queued for one viewer connection; one that falls this "
+                                                 "far behind is closed (1013, try again)")
 
 
 class AnalyticsSettings(BaseModel):
@@ -306,6 +341,19 @@ class AnalyticsSettings(BaseModel):
                                            description="a view counts as current this long after its last event")
     retention_days: int = Field(default=100, ge=1, description="events and view state older than this many days "
                                                                 "are deleted by the job runner's sweep")
+    exports: bool = Field(default=True, description="the job runner writes each finished day's view export "
+                                                    "(Parquet and CSV) to storage")
+    export_days: int = Field(default=7, ge=1, le=366, description="how many past days the runner exports when "
+                                                                  "they have no (final) export yet")
+    export_link_seconds: int = Field(default=3600, ge=60, le=7 * 86400,
+                                     description="how long a signed export download link is valid")
+    alert_seconds: float = Field(default=60.0, gt=0, description="how often the job runner evaluates the alert "
+                                                                "rules (kinoray.control.alerts)")
+    anomaly_history_hours: float = Field(default=48.0, ge=1, le=24 * 14,
+                                         description="how much past traffic anomaly rules read: the detector's "
+                                                     "seasonal baseline needs at least a day")
+    anomaly_timeout_seconds: float = Field(default=60.0, gt=0, description="how long the alert evaluator waits "
+                                                                          "for the anomaly-detection deployment")
 
 
 class ImageSettings(BaseModel):

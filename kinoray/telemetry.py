@@ -16,11 +16,13 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
+    "ALERT_EVALUATIONS",
     "API_REGISTRY",
     "AUTH_THROTTLED",
     "CHUNKS_ENCODED",
     "HTTP_LATENCY",
     "HTTP_REQUESTS",
+    "INCIDENT_TRANSITIONS",
     "LIVE_INGEST_REFUSED",
     "JOBS_FINISHED",
     "RATE_LIMIT_FALLBACKS",
@@ -62,3 +64,8 @@ LIVE_INGEST_REFUSED = Counter("kinoray_live_ingest_refused_total",
 WEBHOOK_DELIVERIES = Counter("kinoray_webhook_deliveries_total",
                              "Webhook delivery attempts, by outcome (delivered, failed, gave_up, disabled)",
                              ["outcome"])
+ALERT_EVALUATIONS = Counter("kinoray_alert_evaluations_total",
+                            "Alert rule evaluations, by rule kind and outcome (ok, unavailable: the anomaly "
+                            "detector did not answer, failed)", ["kind", "outcome"])
+INCIDENT_TRANSITIONS = Counter("kinoray_data_incident_transitions_total",
+                               "Data incidents opened and closed by the alert evaluator", ["transition"])

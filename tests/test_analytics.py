@@ -108,6 +108,16 @@ def played(rendition: dict[str, Any] | None = None) -> Player:
     return player.at(0, "pause", pphti=30_000).at(5000, "viewend")
 
 
+def test_a_beacon_cannot_set_the_collectors_own_facts() -> None:
+    """Geo, device and the playback id → asset mapping are the collector's: a beacon naming them (a private address,
+    where the geo lookup finds nothing) changes nothing, and its view is still mapped from its ``vid``."""
+    spoofed = Player(vid="pb1", kinoray_country="XX", kinoray_asn="666", kinoray_asset_id="someone-else",
+                     kinoray_browser="Spoofer").at(0, "playerready").at(10, "viewstart")
+    rows = collect(spoofed.batch(), address="10.1.2.3")
+    assert {row["country"] for row in rows} == {None} and {row["asn"] for row in rows} == {None}
+    assert {row["asset_id"] for row in rows} == {"asset-1"} and {row["browser"] for row in rows} == {"Chrome"}
+
+
 # --- metrics on hand-built views -----------------------------------------------------------------------------
 def test_a_clean_view() -> None:
     view = one_view(played())
@@ -367,7 +377,31 @@ def test_queries_over_parquet(tmp_path) -> None:
         query.breakdown("views", "not_a_dimension")
 
 
-@pytest.mark.parametrize("raw", [["banana"], ["5:weeks"], ["1", "2", "3"], ["20", "10"], ["x", "y"]])
+def test_a_timeframe_of_millennia_costs_what_is_stored(tmp_path) -> None:
+    """Reading the event log over 1970–9999 lists what is stored once instead of asking for each of 2.9 million
+    days, and finds the same rows as a one-day read; days outside the timeframe are left out."""
+    import time
+
+    from kinoray.analytics import read_events
+
+    store = ObjectStore(str(tmp_path))
+    writer = EventWriter(store)
+    now = datetime.now(UTC)
+    writer.add(collect(played().batch(), received_at=now))
+    writer.add(collect(Player(view_id="old").at(0, "play").batch(), received_at=now - timedelta(days=400)))
+    writer.close()
+    started = time.monotonic()
+    everything = read_events(store, datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC),
+                             cache=None)
+    assert time.monotonic() - started < 5
+    today = read_events(store, now - timedelta(hours=1), now, cache=None)
+    recent = read_events(store, now - timedelta(days=100), now, cache=None)  # one listing, filtered by day
+    assert today.num_rows == recent.num_rows == everything.num_rows - 1 > 0
+    assert set(everything.column("view_id").to_pylist()) == {"view-a", "old"}
+
+
+@pytest.mark.parametrize("raw", [["banana"], ["5:weeks"], ["1", "2", "3"], ["20", "10"], ["x", "y"],
+                                 ["37", "398961151542"], ["999999:days"], ["1", "9" * 30]])
 def test_bad_timeframes(raw: list[str]) -> None:
     with pytest.raises(InvalidParametersError):
         parse_timeframe(raw)

@@ -418,9 +418,11 @@ def test_serve_config_deploys_the_serve_app() -> None:
     module = importlib.import_module(module_name)
     assert isinstance(getattr(module, attribute), ray.serve.Application)
     # Serve refuses a config that names a deployment the application does not have.
+    from kinoray.serve.anomaly import AnomalyDetector
     from kinoray.serve.runner import JobRunner
 
-    assert {deployment.name for deployment in application.deployments} <= {module.ApiIngress.name, JobRunner.name}
+    named = {deployment.name for deployment in application.deployments}
+    assert named == {module.ApiIngress.name, JobRunner.name, AnomalyDetector.name}
 
 
 def test_serve_port_is_the_settings_port_everywhere() -> None:

@@ -23,6 +23,7 @@ import requests
 import sqlalchemy as sa
 
 from kinoray.store.models import Event
+from tests.live_runtime import live_api, live_ingest
 from tests.test_live_rtmp import publish
 
 pytestmark = pytest.mark.slow
@@ -32,27 +33,14 @@ FPS = 25
 
 @pytest.fixture(scope="module")
 def api(api_backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if api_backend.kind != "sqlite":
-        pytest.skip("the live runtime runs on one backend; the control plane's tests cover both")
-    from tests.api_server import api_with_runner
-
-    with api_with_runner(api_backend.new_url(), tmp_path_factory.mktemp("live-ingest"),
-                         serve={"poll_seconds": 0.1, "sweep_seconds": 0.5},
-                         live={"heights": [240], "encoder": "libx264", "preset": "ultrafast",
-                               "cpus_per_stream": 0.5, "segment_seconds": {"reduced": 1.0, "standard": 2.0}}) as server:
+    with live_api(api_backend, tmp_path_factory.mktemp("live-ingest")) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def ingest(api) -> Iterator[Any]:
-    from kinoray.serve.live_ingest import LiveIngest
-
-    service = LiveIngest(api.platform, host="127.0.0.1", port=0, poll_seconds=0.5)
-    service.port = service.start()
-    try:
+    with live_ingest(api) as service:
         yield service
-    finally:
-        service.stop()
 
 
 def _publish(port: int, key: str, seconds: int) -> subprocess.CompletedProcess:

@@ -24,6 +24,7 @@ import kinoray
 from kinoray.control import webhooks
 from kinoray.control.events import emit, envelope
 from kinoray.control.platform import Platform
+from kinoray.control.views import View
 from kinoray.control.webhooks import RETRY_SCHEDULE, backoff, deliver_due, endpoint_body, sign, verify
 from kinoray.errors import AuthenticationError
 from kinoray.store.models import Event, WebhookDelivery, WebhookEndpoint, utcnow
@@ -201,9 +202,17 @@ def _create(server: ApiServer, url: str) -> dict[str, Any]:
     return answer.json()["data"]
 
 
+class _Noted(View):
+    """A resource's view as events carry it (non-ASCII text in it: the body is UTF-8 JSON)."""
+
+    id: str
+    status: str
+    note: str
+
+
 def _emit(server: ApiServer, event_type: str = "video.asset.ready", object_id: str = "asset1") -> Event:
     with server.platform.db.session() as session:
-        return emit(session, event_type, "asset", object_id, {"id": object_id, "status": "ready", "note": "é"})
+        return emit(session, event_type, "asset", object_id, _Noted(id=object_id, status="ready", note="é"))
 
 
 def _delivery(server: ApiServer, event_id: str) -> WebhookDelivery:

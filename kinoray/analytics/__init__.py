@@ -8,7 +8,14 @@
 - :mod:`~kinoray.analytics.query`: Mux Data's metric and video-view queries (DuckDB over the event log);
 - :mod:`~kinoray.analytics.cmcd`: CMCD (CTA-5004) keys on stream requests at the edge → ``cmcd`` events;
 - :mod:`~kinoray.analytics.realtime`: who is watching now (presences) and Mux's real-time metrics;
-- :mod:`~kinoray.analytics.privacy`: retention and erasure by viewer over the event log.
+- :mod:`~kinoray.analytics.privacy`: retention and erasure by viewer over the event log;
+- :mod:`~kinoray.analytics.insights`, :mod:`~kinoray.analytics.compare` (over :mod:`~kinoray.analytics.stats`):
+  the dimension values that hurt a metric, every metric side by side, A/B tests with significance;
+- :mod:`~kinoray.analytics.errors`: player errors grouped; :mod:`~kinoray.analytics.exports`: daily view
+  exports with signed links; :mod:`~kinoray.analytics.forecast`: hourly traffic forecast and its backtest;
+- :mod:`~kinoray.analytics.anomaly`: anomaly detection over per-dimension-value metric series and the dimension
+  values that explain a degradation (scored on Ray Serve by :mod:`kinoray.serve.anomaly`);
+  :mod:`~kinoray.analytics.simulate`: a viewer-traffic simulator with planted incidents (tests, benchmarks).
 """
 
 from kinoray.analytics.cmcd import CmcdBuffer, parse_cmcd

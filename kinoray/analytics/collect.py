@@ -256,8 +256,10 @@ class StoreViewStates:
 
 # --- rows ---------------------------------------------------------------------------------------------------
 def _carried(event: Mapping[str, Any]) -> dict[str, Any]:
+    """What of ``event`` the view keeps for its later events: not per-event fields, not nested objects, and never
+    the collector's own ``kinoray_*`` facts (geo, device, the mapped asset), which a beacon may not set."""
     return {key: value for key, value in event.items()
-            if key not in _PER_EVENT and not key.startswith(_PER_EVENT_PREFIXES)
+            if key not in _PER_EVENT and not key.startswith(_PER_EVENT_PREFIXES) and not key.startswith("kinoray_")
             and not isinstance(value, dict | list)}
 
 

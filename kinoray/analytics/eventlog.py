@@ -145,6 +145,11 @@ class EventWriter:
         self.flush()
 
 
+#: Timeframes spanning this many days or more are read from one listing of the event log, not one per day:
+#: a query over years must cost what is stored (retention bounds it), not a lookup per day asked for.
+_PROBE_DAYS = 32
+
+
 def _days(start: datetime, end: datetime) -> Iterable[date]:
     day = start.astimezone(UTC).date()
     while day <= end.astimezone(UTC).date():
@@ -193,9 +198,15 @@ def read_events(store: ObjectStore, start: datetime, end: datetime, *, late_days
                 cache: FileCache | None = FILES) -> pa.Table:
     """Every stored event row received in the UTC days from ``start`` to ``end`` + ``late_days`` (a view's
     late events land in later days), as one Arrow table (duplicates included)."""
+    last = end + timedelta(days=late_days)
     keys: list[str] = []
-    for day in _days(start, end + timedelta(days=late_days)):
-        keys.extend(key for key in store.list(_day_key(day)) if key.endswith(".parquet"))
+    if (last.date() - start.date()).days < _PROBE_DAYS:  # a few days: one listing per day partition
+        for day in _days(start, last):
+            keys.extend(key for key in store.list(_day_key(day)) if key.endswith(".parquet"))
+    else:  # a long timeframe (years, say): one listing of what is stored, kept by its day partition
+        first_key, last_key = _day_key(start.astimezone(UTC).date()), _day_key(last.astimezone(UTC).date())
+        keys = [key for key in store.list(EVENTS_PREFIX) if key.endswith(".parquet")
+                and first_key <= key.rsplit("/", 1)[0] <= last_key]
     if not keys:
         return EVENT_SCHEMA.empty_table()
     tables = [cache.get(store, key) if cache is not None

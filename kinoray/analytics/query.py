@@ -159,10 +159,16 @@ def parse_timeframe(raw: Sequence[str], now: datetime | None = None) -> Timefram
         if match is None:
             raise InvalidParametersError("timeframe[]: a duration such as 24:hours, or two epoch timestamps")
         seconds = int(match["n"]) * _UNITS[match["unit"].rstrip("s")]
-        return Timeframe(now - timedelta(seconds=seconds), now)
+        try:
+            return Timeframe(now - timedelta(seconds=seconds), now)
+        except OverflowError:
+            raise InvalidParametersError(f"timeframe[]: {raw[0]} reaches before the year 1") from None
     if len(raw) != 2 or not all(item.isdigit() for item in raw):
         raise InvalidParametersError("timeframe[]: two epoch timestamps (start, end) or one duration")
-    start, end = (datetime.fromtimestamp(int(item), UTC) for item in raw)
+    try:
+        start, end = (datetime.fromtimestamp(int(item), UTC) for item in raw)
+    except (OverflowError, ValueError, OSError):
+        raise InvalidParametersError("timeframe[]: an epoch timestamp past the year 9999") from None
     if end <= start:
         raise InvalidParametersError("timeframe[]: the end must be after the start")
     return Timeframe(start, end)

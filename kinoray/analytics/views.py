@@ -62,6 +62,7 @@ _EXIT_GRACE_MS = 1000
 _PLAYING, _STARTING, _PAUSED, _REBUFFERING, _SEEKING, _IDLE, _ENDED = (
     "playing", "starting", "paused", "rebuffering", "seeking", "idle", "ended")
 _WATCHING = {_PLAYING, _STARTING, _REBUFFERING, _SEEKING}
+_PER_EVENT_PREFIXES = ("request_", "player_error_")  # as the collector: one event's, not carried
 _EVENT_COLUMNS = frozenset({"view_id", "data", "event", "viewer_time", "playhead_ms", "view_sequence_number",
                             "received_at"})
 
@@ -222,7 +223,10 @@ def view_of(view_id: str, rows: list[Mapping[str, Any]], now_ms: int | None = No
     for row in ordered:
         raw = row.get("data")
         sent = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
-        fields.update({k: v for k, v in sent.items() if not isinstance(v, dict | list)})
+        # an event's own error and request fields are not the view's (a warning's severity must not make a
+        # later fatal error look like one): carried forward like the collector does, without them
+        fields.update({k: v for k, v in sent.items()
+                       if not isinstance(v, dict | list) and not k.startswith(_PER_EVENT_PREFIXES)})
         received = row.get("received_at")
         events.append({**fields, **sent, "event": row["event"], "viewer_time": int(row["viewer_time"]),
                        "player_playhead_time": row.get("playhead_ms"),

@@ -29,7 +29,7 @@ import ray
 from kinoray.live.mirror import DirectoryMirror, fetch_playlists
 from kinoray.live.pipe import TagPipe
 from kinoray.live.transcode import LiveOptions, LiveResult, LiveTranscoder
-from kinoray.media.flv import AUDIO, SCRIPT, VIDEO, FlvTag
+from kinoray.media.flv import VIDEO, FlvTag
 from kinoray.store.objects import ObjectStore
 
 __all__ = ["LiveFeed", "LiveProgress", "LiveTranscodeWorker"]
@@ -101,14 +101,8 @@ _RemoteWorker = ray.remote(LiveTranscodeWorker)
 
 
 def _is_header(tag: FlvTag) -> bool:
-    """Metadata, or a codec configuration record (AVC sequence header, AAC AudioSpecificConfig)."""
-    if tag.kind == SCRIPT:
-        return True
-    if tag.kind == VIDEO and len(tag.body) > 1:
-        return tag.body[0] & 0x0F in (7, 12) and tag.body[1] == 0  # H.264 / HEVC (enhanced FLV) config
-    if tag.kind == AUDIO and len(tag.body) > 1:
-        return tag.body[0] >> 4 == 10 and tag.body[1] == 0  # AAC sequence header
-    return False
+    """Metadata, or a codec configuration record (:attr:`~kinoray.media.flv.FlvTag.is_header`)."""
+    return tag.is_header
 
 
 class LiveFeed:

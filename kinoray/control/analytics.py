@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["close_collector", "cmcd_of", "collector_of", "erase_viewer", "event_store", "flush_collector",
-           "presences_of", "sweep_analytics"]
+__all__ = ["close_collector", "cmcd_of", "collector_of", "erase_viewer", "event_store", "export_views",
+           "flush_collector", "presences_of", "sweep_analytics"]
 
 # --- the Mux Data collector ---------------------------------------------------------------------------------
 _collectors: dict[int, tuple[Collector, EventWriter]] = {}
@@ -151,11 +151,12 @@ def close_collector(platform: Platform) -> None:
 # --- privacy ------------------------------------------------------------------------------------------------
 def erase_viewer(platform: Platform, viewer_user_id: str) -> Erasure:
     """Delete every view of ``viewer_user_id`` everywhere kinoray keeps it: the event log's partitions (after
-    writing what this process has buffered), the process's parsed-file and view caches, the views' carried
+    writing what this process has buffered), the daily view exports, the process's parsed-file and view caches, the views' carried
     state and their real-time presence. A second pass :data:`LATE_ERASE_SECONDS` later removes what other edge
     processes still had buffered (they write every 5 s)."""
     from kinoray.analytics import RedisViewStates, StoreViewStates
     from kinoray.analytics.eventlog import FILES
+    from kinoray.analytics.exports import erase_from_exports
     from kinoray.analytics.privacy import erase_viewer as erase
     from kinoray.analytics.query import VIEWS
 
@@ -178,6 +179,7 @@ def erase_viewer(platform: Platform, viewer_user_id: str) -> Erasure:
 
     store = event_store(platform)
     erased = erase(store, viewer_user_id, forget_views=forget)
+    erase_from_exports(store, erased.view_ids)
 
     def again() -> None:  # what other edge processes still had buffered then has been written by now
         try:
@@ -192,8 +194,23 @@ def erase_viewer(platform: Platform, viewer_user_id: str) -> Erasure:
 
 
 def sweep_analytics(platform: Platform) -> int:
-    """The retention sweep (the job runner's): event partitions and view states older than
+    """The retention sweep (the job runner's): event partitions, view states and view exports older than
     ``analytics.retention_days``; returns the partitions deleted."""
+    from kinoray.analytics.exports import sweep_exports
     from kinoray.analytics.privacy import sweep_retention
 
-    return sweep_retention(event_store(platform), platform.settings.analytics.retention_days)
+    days = platform.settings.analytics.retention_days
+    return sweep_retention(event_store(platform), days) + sweep_exports(event_store(platform), days)
+
+
+def export_views(platform: Platform) -> list[str]:
+    """The daily view exports (the job runner's, every sweep): each finished day of the last
+    ``analytics.export_days`` without a final export is written (two days per call at most); returns the days."""
+    from kinoray.analytics.exports import export_due
+
+    if not platform.settings.analytics.exports:
+        return []
+    days = export_due(event_store(platform), back_days=platform.settings.analytics.export_days)
+    if days:
+        log.info("view exports written", extra={"days": [day.isoformat() for day in days]})
+    return [day.isoformat() for day in days]

@@ -29,10 +29,25 @@ from kinoray.control.static_renditions import (
     static_renditions_view,
 )
 from kinoray.control.urls import check_public_url
+from kinoray.control.views import AssetView, PlaybackIdTargetView, PlaybackIdView, PlaybackObject, TrackView
 from kinoray.errors import InvalidParametersError, NotFoundError, StorageError
 from kinoray.media.ladder import DEFAULT_LADDER
 from kinoray.settings import Settings
-from kinoray.store.models import Asset, AssetStatus, Job, PlaybackId, PlaybackPolicy, new_id, utcnow
+from kinoray.store import keys
+from kinoray.store.db import newest_first
+from kinoray.store.keys import input_key, media_prefix
+from kinoray.store.models import (
+    Asset,
+    AssetStatus,
+    Job,
+    LiveStreamPlaybackId,
+    PlaybackId,
+    PlaybackPolicy,
+    Upload,
+    is_valid_id,
+    new_id,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from kinoray.control.platform import Platform
@@ -44,22 +59,30 @@ __all__ = [
     "AssetUpdate",
     "NewAssetSettings",
     "PlaybackIdCreate",
+    "add_playback_id",
     "asset_view",
     "create_asset",
     "create_asset_from_request",
     "create_playback_id",
     "delete_asset",
+    "delete_playback_id",
     "expire_assets",
     "get_asset",
+    "get_playback_id",
     "input_key",
     "job_options",
     "job_source",
+    "list_assets",
+    "list_playback_ids",
     "media_prefix",
     "mux_max_resolution_tier",
+    "playback_id_target",
     "playback_id_view",
     "queue_transcode",
     "remove_asset",
     "resolution_tier",
+    "track_view",
+    "update_asset",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,16 +103,6 @@ TEST_ASSET_SECONDS = 10.0
 #: Mux's clip input: ``mux://assets/{asset_id}``.
 CLIP_URL = re.compile(r"mux://assets/(?P<asset_id>[^/?#]+)")
 _EXPIRY_BATCH = 100
-
-
-def input_key(asset_id: str) -> str:
-    """Object-store key of an asset's source bytes."""
-    return f"assets/{asset_id}/input"
-
-
-def media_prefix(asset_id: str) -> str:
-    """Object-store prefix of an asset's HLS/DASH/MP4 output."""
-    return f"assets/{asset_id}/media"
 
 
 class AssetMeta(RequestModel):
@@ -337,7 +350,7 @@ def create_asset(session: Session, settings: Settings, create: NewAssetSettings,
                                if value is not None}]
     asset = Asset(id=asset_id, input_url=input_url, passthrough=create.passthrough, meta=create.meta.model_dump(exclude_none=True) if create.meta else {},
                   create_settings=recorded,
-                  storage_prefix=f"assets/{asset_id}", source_asset_id=source_asset_id,
+                  storage_prefix=keys.asset_prefix(asset_id), source_asset_id=source_asset_id,
                   expires_at=utcnow() + timedelta(hours=settings.api.test_asset_hours) if create.test else None,
                   progress_state="live" if live_stream_id is not None else
                   "ingesting" if source_key is None else "transcoding",
@@ -403,13 +416,121 @@ def get_asset(session: Session, asset_id: str, *, for_update: bool = False) -> A
     return find(session, Asset, asset_id, what="asset", for_update=for_update, options=VIEW_LOADS)
 
 
+def list_assets(session: Session, *, limit: int, page: int = 1, cursor: str | None = None,
+                upload_id: str | None = None) -> tuple[list[AssetView], str | None]:
+    """One page of assets, newest first (``cursor``, else Mux's numbered ``page``), and the next page's cursor;
+    ``upload_id`` keeps the asset made from that upload.
+
+    Raises:
+        InvalidParametersError: a cursor that is not one of ours.
+    """
+    where = []
+    if upload_id is not None:
+        if not is_valid_id(upload_id):
+            return [], None
+        where.append(Asset.id == sa.select(Upload.asset_id).where(Upload.id == upload_id).scalar_subquery())
+    try:
+        rows, next_cursor = newest_first(session, Asset, limit=limit, cursor=cursor, page=page, where=where,
+                                         options=VIEW_LOADS)
+    except ValueError as error:
+        raise InvalidParametersError(str(error)) from None
+    return [asset_view(row) for row in rows], next_cursor
+
+
+def update_asset(session: Session, asset_id: str, update: AssetUpdate) -> AssetView:
+    """``PATCH /video/v1/assets/{id}``: change ``passthrough`` and/or ``meta`` (fields left out stay as they
+    are), with ``video.asset.updated``.
+
+    Raises:
+        NotFoundError: no such asset.
+    """
+    asset = get_asset(session, asset_id, for_update=True)
+    changes = update.model_dump(exclude_unset=True, exclude_none=False)
+    if "passthrough" in changes:
+        asset.passthrough = changes["passthrough"]
+    if "meta" in changes:
+        asset.meta = update.meta.model_dump(exclude_none=True) if update.meta else {}
+    asset.updated_at = utcnow()
+    session.flush()
+    view = asset_view(asset)
+    emit(session, "video.asset.updated", "asset", asset.id, view)
+    return view
+
+
 def create_playback_id(session: Session, asset: Asset, policy: str) -> PlaybackId:
+    """A new playback id on ``asset`` (no event: see :func:`add_playback_id`)."""
     playback = PlaybackId(id=new_id(), asset_id=asset.id, policy=PlaybackPolicy(policy))
     session.add(playback)
     asset.updated_at = utcnow()
     session.flush()
     session.refresh(asset)
     return playback
+
+
+def add_playback_id(session: Session, asset_id: str, policy: str) -> PlaybackIdView:
+    """``POST /video/v1/assets/{id}/playback-ids``: a new playback id, with ``video.asset.updated``.
+
+    Raises:
+        NotFoundError: no such asset.
+    """
+    asset = get_asset(session, asset_id, for_update=True)
+    playback = create_playback_id(session, asset, policy)
+    emit(session, "video.asset.updated", "asset", asset.id, asset_view(asset))
+    return playback_id_view(playback)
+
+
+def _playback(session: Session, asset_id: str, playback_id: str) -> PlaybackId:
+    playback = session.get(PlaybackId, playback_id) if is_valid_id(playback_id) else None
+    if playback is None or playback.asset_id != asset_id:
+        raise NotFoundError(f"no playback id {playback_id[:80]!r} on asset {asset_id!r}")
+    return playback
+
+
+def get_playback_id(session: Session, asset_id: str, playback_id: str) -> PlaybackIdView:
+    """One playback id of the asset.
+
+    Raises:
+        NotFoundError: no such asset, or no such playback id on it.
+    """
+    get_asset(session, asset_id)
+    return playback_id_view(_playback(session, asset_id, playback_id))
+
+
+def list_playback_ids(session: Session, asset_id: str) -> list[PlaybackIdView]:
+    """The asset's playback ids. ``NotFoundError`` for no such asset."""
+    return [playback_id_view(p) for p in get_asset(session, asset_id).playback_ids]
+
+
+def delete_playback_id(session: Session, asset_id: str, playback_id: str) -> None:
+    """Remove a playback id from the asset (its URLs stop playing), with ``video.asset.updated``.
+
+    Raises:
+        NotFoundError: no such asset, or no such playback id on it.
+    """
+    asset = get_asset(session, asset_id, for_update=True)
+    session.delete(_playback(session, asset_id, playback_id))
+    asset.updated_at = utcnow()
+    session.flush()
+    session.refresh(asset)
+    emit(session, "video.asset.updated", "asset", asset.id, asset_view(asset))
+
+
+def playback_id_target(session: Session, playback_id: str) -> PlaybackIdTargetView:
+    """``GET /video/v1/playback-ids/{id}``: the playback id and the asset or live stream it plays.
+
+    Raises:
+        NotFoundError: no asset or live stream has it.
+    """
+    if is_valid_id(playback_id):
+        playback = session.get(PlaybackId, playback_id)
+        if playback is not None:
+            return PlaybackIdTargetView(id=playback.id, policy=playback.policy.value,
+                                        object=PlaybackObject(type="asset", id=playback.asset_id))
+        live = session.get(LiveStreamPlaybackId, playback_id)
+        if live is not None:
+            return PlaybackIdTargetView(id=live.id, policy=live.policy.value,
+                                        object=PlaybackObject(type="live_stream", id=live.live_stream_id))
+    raise NotFoundError(f"no playback id {playback_id[:80]!r}")
 
 
 def delete_asset(session: Session, asset: Asset) -> None:
@@ -430,7 +551,7 @@ def remove_asset(platform: Platform, asset_id: str) -> None:
     """
     with platform.db.session() as session:
         asset = get_asset(session, asset_id, for_update=True)
-        prefix = asset.storage_prefix or f"assets/{asset.id}"
+        prefix = keys.asset_prefix(asset.id, asset.storage_prefix)
         delete_asset(session, asset)
     try:
         platform.store.delete_prefix(prefix)
@@ -457,8 +578,8 @@ def expire_assets(platform: Platform, now: datetime | None = None) -> int:
     return removed
 
 
-def playback_id_view(playback: PlaybackId) -> dict[str, Any]:
-    return {"id": playback.id, "policy": str(playback.policy.value)}
+def playback_id_view(playback: PlaybackId) -> PlaybackIdView:
+    return PlaybackIdView(id=playback.id, policy=playback.policy.value)
 
 
 def _unix(when: Any) -> str:
@@ -487,28 +608,41 @@ def _max_stored_resolution(tracks: list[dict[str, Any]]) -> str | None:
     return "SD" if height < 720 else "HD" if height < 1080 else "FHD" if height < 1440 else "UHD"
 
 
-def _track_view(track: dict[str, Any], *, primary_audio: str | None) -> dict[str, Any]:
+def track_view(track: dict[str, Any], *, primary_audio: str | None) -> TrackView:
     """A stored track as Mux shows it: a media track of a published asset is ``ready``, the first audio track
     is ``primary``."""
     view = dict(track)
     view.setdefault("status", "ready")
     if view.get("type") == "audio":
         view.setdefault("primary", view.get("id") == primary_audio)
-    return view
+    return TrackView.model_validate(view)
 
 
-def asset_view(asset: Asset) -> dict[str, Any]:
-    """The asset as the API shows it: Mux's field names and enums (absent values are left out), kinoray's own
-    values in fields named for kinoray (``kinoray_*``, ``video_codec``, ``encoder_backend``)."""
+def _progress_percent(asset: Asset) -> float:
+    """Mux's ``progress.progress``: percent done, and -1 while the asset is live or once it errored."""
+    if asset.progress_state in ("live", "errored"):
+        return -1.0
+    return round(100 * (asset.progress_fraction or 0.0), 1)
+
+
+def _ingest_type(asset: Asset) -> str:
+    if asset.live_stream_id is not None:
+        return "live_rtmp"
+    return "on_demand_direct_upload" if asset.upload is not None else "on_demand_url"
+
+
+def asset_view(asset: Asset) -> AssetView:
+    """The asset as the API shows it (:class:`AssetView`): Mux's field names and enums, kinoray's own values in
+    fields named for kinoray (``kinoray_*``, ``video_codec``, ``encoder_backend``)."""
     create = asset.create_settings or {}
     tracks = list(asset.tracks or [])
     primary_audio = next((track.get("id") for track in tracks if track.get("type") == "audio"), None)
     tier, kinoray_tier = mux_max_resolution_tier(create.get("max_resolution_tier", "1080p"))
     quality = create.get("video_quality", "plus")
     master_access, master = master_view(asset)
-    view: dict[str, Any] = {
+    return AssetView.model_validate({
         "id": asset.id,
-        "status": str(asset.status.value),
+        "status": asset.status.value,
         "created_at": _unix(asset.created_at),
         "updated_at": _unix(asset.updated_at),
         "duration": asset.duration,
@@ -521,7 +655,7 @@ def asset_view(asset: Asset) -> dict[str, Any]:
         "encoding_tier": TIER_OF_QUALITY[quality],
         "max_stored_frame_rate": asset.max_stored_frame_rate,
         "playback_ids": [playback_id_view(p) for p in asset.playback_ids],
-        "tracks": [_track_view(track, primary_audio=primary_audio) for track in tracks],
+        "tracks": [track_view(track, primary_audio=primary_audio) for track in tracks],
         "mp4_support": asset.mp4_support or create.get("mp4_support") or "none",
         "master_access": master_access,
         "master": master,
@@ -529,18 +663,14 @@ def asset_view(asset: Asset) -> dict[str, Any]:
         "source_asset_id": asset.source_asset_id,
         "live_stream_id": asset.live_stream_id,
         "is_live": asset.progress_state == "live",
-        "ingest_type": "live_rtmp" if asset.live_stream_id is not None else
-        "on_demand_direct_upload" if asset.upload is not None else "on_demand_url",
+        "ingest_type": _ingest_type(asset),
         "static_renditions": static_renditions_view(asset),
         "passthrough": asset.passthrough,
         "meta": asset.meta or None,
         "errors": asset.errors,
-        "progress": {"state": asset.progress_state, "progress": round(100 * (asset.progress_fraction or 0.0), 1)},
+        "progress": {"state": asset.progress_state, "progress": _progress_percent(asset)},
         "upload_id": asset.upload.id if asset.upload is not None else None,
         "test": create.get("test") or None,
         "video_codec": asset.video_codec or create.get("video_codec"),
         "encoder_backend": asset.encoder_backend,
-    }
-    return {key: value for key, value in view.items() if value is not None}
-
-
+    })

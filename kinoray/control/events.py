@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from kinoray.control.views import EventEnvelope, EventEnvironment, EventObject, View
 from kinoray.store.models import Event, WebhookDelivery, WebhookEndpoint, new_id, utcnow
 
 __all__ = ["EVENT_TYPES", "emit", "envelope", "iso_time"]
@@ -48,34 +49,34 @@ EVENT_TYPES = (
     "video.live_stream.disabled",
     "video.live_stream.deleted",
     "video.live_stream.simulcast_target.created",
+    "video.live_stream.simulcast_target.starting",
+    "video.live_stream.simulcast_target.broadcasting",
+    "video.live_stream.simulcast_target.idle",
+    "video.live_stream.simulcast_target.errored",
     "video.live_stream.simulcast_target.deleted",
+    # kinoray's own (Mux sends no webhook for its Data alerts): an alert rule's incident opened / closed
+    "video.data.incident.opened",
+    "video.data.incident.closed",
 )
 
 
 def envelope(event: Event, environment: str = "default") -> dict[str, Any]:
-    """The JSON body a webhook POSTs for ``event`` (Mux's envelope) at its first attempt. Later attempts list
-    the earlier ones in ``attempts`` (:mod:`kinoray.control.webhooks`). ``accessor_source``, ``accessor`` and
-    ``request_id`` are always null: Mux fills them for changes made in its dashboard, which kinoray has not."""
-    return {
-        "type": event.type,
-        "id": event.id,
-        "created_at": iso_time(event.created_at),
-        "object": {"type": event.object_type, "id": event.object_id},
-        "environment": {"name": environment, "id": environment},
-        "data": event.payload,
-        "attempts": [],
-        "accessor_source": None,
-        "accessor": None,
-        "request_id": None,
-    }
+    """The JSON body a webhook POSTs for ``event`` (Mux's envelope, :class:`EventEnvelope`) at its first attempt:
+    its ``data`` is the event's payload, the object's view serialized by :func:`emit`. Later attempts list the
+    earlier ones in ``attempts`` (:mod:`kinoray.control.webhooks`)."""
+    return EventEnvelope(type=event.type, id=event.id, created_at=iso_time(event.created_at),
+                         object=EventObject(type=event.object_type, id=event.object_id),
+                         environment=EventEnvironment(name=environment, id=environment),
+                         data=event.payload).model_dump(mode="json")
 
 
-def emit(session: Session, event_type: str, object_type: str, object_id: str, data: dict[str, Any]) -> Event:
-    """Record ``event_type`` about an object (``data`` is the object as the API shows it now) and add one
+def emit(session: Session, event_type: str, object_type: str, object_id: str, data: View) -> Event:
+    """Record ``event_type`` about an object (``data``: the object's view, as the API shows it now) and add one
     outbox row per enabled webhook endpoint. Nothing is sent here: the runner's webhook sender does that."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
-    event = Event(id=new_id(), type=event_type, object_type=object_type, object_id=object_id, payload=data,
+    payload = data.dump()
+    event = Event(id=new_id(), type=event_type, object_type=object_type, object_id=object_id, payload=payload,
                   created_at=utcnow())
     session.add(event)
     body = envelope(event)

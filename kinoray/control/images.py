@@ -40,9 +40,11 @@ any number of distinct URLs, so what a miss costs is bounded; a stored image is 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
+import posixpath
 import threading
 import time
 import weakref
@@ -56,9 +58,15 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from kinoray.control.playback import AUDIENCES as PLAYBACK_AUDIENCES
 from kinoray.control.playback import Playback, text_etag
 from kinoray.control.ratelimit import RateLimiter
-from kinoray.control.resolver import PlaybackResolver
+from kinoray.control.resolver import PlaybackResolver, TtlCache
 from kinoray.control.restrictions import Viewer
-from kinoray.errors import InvalidParametersError, NotFoundError, RateLimitedError, StorageError
+from kinoray.errors import (
+    AssetNotReadyError,
+    InvalidParametersError,
+    NotFoundError,
+    RateLimitedError,
+    StorageError,
+)
 from kinoray.media import images as media_images
 from kinoray.media.images import (
     ANIMATED_FORMATS,
@@ -75,6 +83,7 @@ from kinoray.media.images import (
     StillFormat,
 )
 from kinoray.settings import ImageSettings, Settings
+from kinoray.store import keys
 from kinoray.store.objects import ObjectStore
 
 if TYPE_CHECKING:
@@ -89,6 +98,7 @@ __all__ = [
     "ANIMATED_MAX_SIZE",
     "ANIMATED_MIN_SECONDS",
     "AUDIENCES",
+    "LIVE_THUMBNAIL_SECONDS",
     "RENDERS",
     "RENDER_VERSION",
     "STORYBOARD_MAX_TILES",
@@ -150,12 +160,12 @@ class ImageSource:
     @property
     def media_key(self) -> str:
         """The top rendition's progressive MP4, which thumbnails are cut from."""
-        return f"{self.storage_prefix}/media/highest.mp4"
+        return f"{self.storage_prefix}/{keys.MEDIA_DIR}/{keys.HIGHEST_MP4}"
 
     @property
     def images_prefix(self) -> str:
         """Where its images are stored: what the per-asset caps count."""
-        return f"{self.storage_prefix}/images"
+        return keys.images_prefix(self.storage_prefix)
 
     def image_key(self, digest: str, extension: str) -> str:
         return f"{self.images_prefix}/{digest}.{extension}"
@@ -177,6 +187,11 @@ def resolve_source(resolver: PlaybackResolver, playback_id: str, *, token: str |
     record, playback = resolved.record, resolved.playback
     if not record.has_video:
         raise NotFoundError(f"playback id {playback.playback_id} is audio-only: it has no images")
+    if playback.live:
+        if kind != "thumbnail":
+            raise NotFoundError(f"playback id {playback.playback_id} is a live stream's: it has thumbnails only "
+                                "(animated images and storyboards are made of its recordings)")
+        return ImageSource(playback=playback, duration=Fraction(0), storage_prefix=record.storage_prefix)
     if not record.duration or record.duration <= 0:
         raise NotFoundError(f"playback id {playback.playback_id} has no video duration: it has no images")
     return ImageSource(playback=playback, duration=_exact(record.duration), storage_prefix=record.storage_prefix)
@@ -643,7 +658,7 @@ class ImageCache:
 
     def _renditions(self, source: ImageSource) -> list[SegmentedRendition]:
         """The asset's video renditions from its stored DASH MPD, largest first."""
-        mpd = self._read(f"{source.storage_prefix}/media/manifest.mpd")
+        mpd = self._read(f"{source.storage_prefix}/{keys.MEDIA_DIR}/{keys.MANIFEST_MPD}")
         renditions = media_images.dash_video_renditions(mpd.decode()) if mpd is not None else []
         if not renditions:
             raise NotFoundError(f"playback id {source.playback.playback_id} has no stored video rendition")
@@ -655,11 +670,14 @@ class ImageCache:
         covering = [rendition for rendition in renditions
                     if rendition.size.width >= size.width and rendition.size.height >= size.height]
         rendition = covering[-1] if covering else renditions[0]
-        prefix = f"{source.storage_prefix}/media"
+        prefix = f"{source.storage_prefix}/{keys.MEDIA_DIR}"
         return SegmentedReader(rendition, lambda name: self.store.get_bytes(f"{prefix}/{name}"))
 
     def thumbnail(self, source: ImageSource, params: ThumbnailParams) -> ImageResult:
-        """From the top rendition's progressive MP4: full quality, one seek."""
+        """From the top rendition's progressive MP4: full quality, one seek. A live stream's: see
+        :meth:`live_thumbnail`."""
+        if source.playback.live:
+            return self.live_thumbnail(source, params)
         def render() -> bytes:
             with self._top_rendition(source) as reader:
                 return media_images.render_thumbnail(reader, params.time, params.resize, params.format).data
@@ -701,3 +719,63 @@ class ImageCache:
             sprite = f"storyboard.{params.image_format}"
             body = body.replace(f"{sprite}#".encode(), f"{sprite}{query}#".encode())
         return ImageResult(body, MEDIA_TYPES[params.format], text_etag(body), key, rendered, stored)
+
+    def live_thumbnail(self, source: ImageSource, params: ThumbnailParams) -> ImageResult:
+        """A live stream's recent frame: the first (key)frame of the newest segment of its top rung, decoded from
+        the live output (master playlist → top variant → its newest segment and init segment), resized and
+        encoded as asked (``time`` does not apply: it is always the live edge). Kept in this process's memory for
+        :data:`LIVE_THUMBNAIL_SECONDS` (a burst of viewers costs one decode), never in storage:
+        ``X-Image-Cache`` is ``hit`` from memory, ``bypass`` when made.
+
+        Raises:
+            AssetNotReadyError: the stream has no segment yet.
+        """
+        key = f"{source.storage_prefix}/thumbnail.{params.digest()}.{params.format}"
+        fresh, body = _LIVE_THUMBNAILS.get(key, time.monotonic())
+        if not fresh or body is None:
+            with self.locks.hold(key):
+                fresh, body = _LIVE_THUMBNAILS.get(key, time.monotonic())  # made by whoever held the lock
+                if not fresh or body is None:
+                    def render() -> bytes:
+                        with self._live_frames(source) as reader:
+                            return media_images.render_thumbnail(reader, Fraction(0), params.resize,
+                                                                 params.format).data
+
+                    body = render() if self.guard is None else self.guard.render(self.client, render)
+                    _LIVE_THUMBNAILS.put(key, body, time.monotonic() + LIVE_THUMBNAIL_SECONDS)
+                    with _renders_lock:
+                        RENDERS["thumbnail"] += 1
+                    return ImageResult(body, MEDIA_TYPES[params.format], text_etag(body), key, True, False)
+        return ImageResult(body, MEDIA_TYPES[params.format], text_etag(body), key, False, True)
+
+    def _live_frames(self, source: ImageSource) -> FrameReader:
+        """A reader over the newest segment (with its init segment) of the live top rung."""
+        def under(base: str, uri: str) -> str:
+            key = posixpath.normpath(posixpath.join(base, uri))
+            if "://" in uri or uri.startswith("/") or not key.startswith(f"{source.storage_prefix}/"):
+                raise NotFoundError(f"playback id {source.playback.playback_id}: a live playlist names {uri[:80]!r}")
+            return key
+
+        not_yet = AssetNotReadyError(f"the live stream of playback id {source.playback.playback_id} has no "
+                                     "segment yet; retry in a moment")
+        master = self._read(f"{source.storage_prefix}/{LIVE_MASTER}")
+        variant = media_images.hls_top_variant(master.decode("utf-8", "replace")) if master is not None else None
+        if variant is None:
+            raise not_yet
+        playlist_key = under(source.storage_prefix, variant)
+        playlist = self._read(playlist_key)
+        latest = media_images.hls_latest_segment(playlist.decode("utf-8", "replace")) if playlist else None
+        if latest is None:
+            raise not_yet
+        folder = posixpath.dirname(playlist_key)
+        init, segment = self._read(under(folder, latest.init)), self._read(under(folder, latest.segment))
+        if init is None or segment is None:
+            raise not_yet
+        return FrameReader(io.BytesIO(init + segment))
+
+
+#: Seconds a live stream's thumbnail is reused (in memory, per process) before a newer frame is decoded.
+LIVE_THUMBNAIL_SECONDS = 2.0
+#: The live stream's master playlist under its live prefix (:class:`kinoray.live.transcode.LiveTranscoder`).
+LIVE_MASTER = "master.m3u8"
+_LIVE_THUMBNAILS: TtlCache[str, bytes] = TtlCache(256)

@@ -24,6 +24,11 @@ writes its source FLV to its own part, ``assets/<asset_id>/input.part-0000``, ``
 lifecycle; ``video.asset.live_stream_completed`` follows ``video.asset.ready`` (:mod:`kinoray.control.jobs`).
 While a session runs, its recording asset is ``preparing`` with ``progress.state`` ``live`` (``is_live``), and
 the reconciler leaves it alone.
+
+**Simulcast targets** travel with the publish (:class:`LivePublish`); the runtime pushes each connection's
+stream to them (:mod:`kinoray.live.simulcast`) and reports every status change through
+:func:`set_simulcast_status` (stored once, ``video.live_stream.simulcast_target.<status>``); a session's end
+sets any target still marked otherwise back to ``idle``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import hmac
 import logging
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -48,6 +53,7 @@ from kinoray.control.assets import (
     asset_view,
     create_asset,
     input_key,
+    mux_max_resolution_tier,
     queue_transcode,
 )
 from kinoray.control.events import emit
@@ -55,8 +61,10 @@ from kinoray.control.lookup import find
 from kinoray.control.master import fail_master
 from kinoray.control.requests import RequestModel
 from kinoray.control.static_renditions import fail_static_renditions
+from kinoray.control.views import LiveStreamView, PlaybackIdView, SimulcastTargetView
 from kinoray.errors import ConflictError, InvalidParametersError, KinorayError, NotFoundError
 from kinoray.media.flv_join import join_flv
+from kinoray.store import keys
 from kinoray.store.db import newest_first
 from kinoray.store.models import (
     Asset,
@@ -78,6 +86,7 @@ __all__ = [
     "LivePublish",
     "LiveStreamCreate",
     "LiveStreamUpdate",
+    "SimulcastPush",
     "SimulcastTargetCreate",
     "authorize_publish",
     "complete_live_stream",
@@ -101,6 +110,7 @@ __all__ = [
     "publish_should_stop",
     "reset_stream_key",
     "set_live_stream_enabled",
+    "set_simulcast_status",
     "simulcast_target_view",
     "source_part_key",
     "update_live_stream",
@@ -213,21 +223,27 @@ def _unix(when: datetime) -> str:
     return str(int(when.timestamp()))
 
 
-def live_playback_id_view(playback: LiveStreamPlaybackId) -> dict[str, Any]:
-    return {"id": playback.id, "policy": str(playback.policy.value)}
+def live_playback_id_view(playback: LiveStreamPlaybackId) -> PlaybackIdView:
+    return PlaybackIdView(id=playback.id, policy=playback.policy.value)
 
 
-def simulcast_target_view(target: SimulcastTarget) -> dict[str, Any]:
-    view = {"id": target.id, "url": target.url, "stream_key": target.stream_key, "passthrough": target.passthrough,
-            "status": target.status}
-    return {key: value for key, value in view.items() if value is not None}
+def simulcast_target_view(target: SimulcastTarget) -> SimulcastTargetView:
+    return SimulcastTargetView.model_validate({
+        "id": target.id, "url": target.url, "stream_key": target.stream_key, "passthrough": target.passthrough,
+        "status": target.status, "error_severity": target.error_severity if target.status == "errored" else None})
 
 
-def live_stream_view(stream: LiveStream, *, stream_key: str | None = None) -> dict[str, Any]:
-    """The live stream as the API shows it (Mux's fields). ``stream_key`` only when just made (create, reset):
-    only its hash is kept. ``kinoray_session`` is the ingest session's state (none, connected, recording,
-    disconnected)."""
-    view: dict[str, Any] = {
+def live_stream_view(stream: LiveStream, *, stream_key: str | None = None) -> LiveStreamView:
+    """The live stream as the API shows it (Mux's ``LiveStream``, :class:`LiveStreamView`). ``stream_key`` only
+    when just made (create, reset): only its hash is kept. ``kinoray_session`` is the ingest session's state
+    (none, connected, recording, disconnected). The recording's ``max_resolution_tier`` is Mux's (kinoray's own
+    ``720p`` in ``kinoray_max_resolution_tier``)."""
+    asset_settings = dict(stream.new_asset_settings) if stream.new_asset_settings is not None else None
+    kinoray_tier = None
+    if asset_settings is not None and "max_resolution_tier" in asset_settings:
+        asset_settings["max_resolution_tier"], kinoray_tier = mux_max_resolution_tier(
+            asset_settings["max_resolution_tier"])
+    return LiveStreamView.model_validate({
         "id": stream.id,
         "created_at": _unix(stream.created_at),
         "stream_key": stream_key,
@@ -235,7 +251,8 @@ def live_stream_view(stream: LiveStream, *, stream_key: str | None = None) -> di
         "active_asset_id": stream.active_asset_id,
         "recent_asset_ids": list(stream.recent_asset_ids or []),
         "playback_ids": [live_playback_id_view(p) for p in stream.playback_ids],
-        "new_asset_settings": stream.new_asset_settings,
+        "new_asset_settings": asset_settings,
+        "kinoray_max_resolution_tier": kinoray_tier,
         "passthrough": stream.passthrough,
         "audio_only": stream.audio_only,
         "reconnect_window": stream.reconnect_window,
@@ -247,8 +264,7 @@ def live_stream_view(stream: LiveStream, *, stream_key: str | None = None) -> di
         "test": stream.test or None,
         "meta": stream.meta or None,
         "kinoray_session": stream.session_state,
-    }
-    return {key: value for key, value in view.items() if value is not None}
+    })
 
 
 # --- stream keys ---------------------------------------------------------------------------------------------
@@ -525,12 +541,22 @@ def _touched(session: Session, stream: LiveStream) -> None:
 
 def live_prefix(live_stream_id: str) -> str:
     """Object-store prefix of a live stream's live HLS output (what a live playback id serves)."""
-    return f"live/{live_stream_id}"
+    return keys.live_prefix(live_stream_id)
 
 
 def source_part_key(asset_id: str, part: int) -> str:
     """Object-store key of one publisher connection's source FLV of a recording."""
-    return f"{input_key(asset_id)}.part-{part:04d}"
+    return keys.input_part_key(asset_id, part)
+
+
+@dataclass(frozen=True)
+class SimulcastPush:
+    """A simulcast target the runtime pushes a session to (its status goes back through
+    :func:`set_simulcast_status`)."""
+
+    target_id: str
+    url: str
+    stream_key: str | None = field(repr=False)  # the target platform's secret: never in logs
 
 
 @dataclass(frozen=True)
@@ -558,6 +584,8 @@ class LivePublish:
     audio_only: bool
     test: bool
     started_at: datetime
+    #: The stream's simulcast targets, each pushed the source while this connection lasts.
+    simulcast_targets: tuple[SimulcastPush, ...] = ()
 
 
 def authorize_publish(platform: Platform, key: str, now: datetime | None = None) -> LivePublish | None:
@@ -597,7 +625,9 @@ def authorize_publish(platform: Platform, key: str, now: datetime | None = None)
             reconnect_window=stream.reconnect_window, max_continuous_duration=stream.max_continuous_duration,
             continued=continued, part=part, source_key=source_part_key(stream.active_asset_id, part),
             live_prefix=live_prefix(stream.id), audio_only=stream.audio_only, test=stream.test,
-            started_at=stream.session_started_at)
+            started_at=stream.session_started_at,
+            simulcast_targets=tuple(SimulcastPush(target.id, target.url, target.stream_key)
+                                    for target in stream.simulcast_targets))
     _finish_recording(platform, ended)
     return publish
 
@@ -757,7 +787,51 @@ def _end_session(session: Session, stream: LiveStream, now: datetime) -> str | N
     stream.updated_at = now
     session.flush()
     emit(session, "video.live_stream.idle", "live_stream", stream.id, live_stream_view(stream))
+    # the runtime's pushers report idle themselves; this covers a runtime that was lost (rows locked: one of the
+    # two writes the idle and its event)
+    for target in session.scalars(sa.select(SimulcastTarget).where(SimulcastTarget.live_stream_id == stream.id)
+                                  .with_for_update()):
+        _set_target_status(session, target, "idle", None)
     return recording
+
+
+SimulcastStatus = Literal["idle", "starting", "broadcasting", "errored"]
+
+
+def set_simulcast_status(platform: Platform, target_id: str, status: SimulcastStatus,
+                         error_severity: str | None = None) -> bool:
+    """A simulcast target's pusher reports its status (Mux's ``idle → starting → broadcasting``, ``errored``
+    with ``error_severity`` ``normal`` or ``fatal``): stored, and ``video.live_stream.simulcast_target.<status>``
+    when it changed. Reports other than ``idle`` for a stream without a session (a pusher's late word after
+    the session ended) and reports for deleted targets change nothing. Whether it changed.
+
+    Raises:
+        InvalidParametersError: an unknown status or severity.
+    """
+    if status not in ("idle", "starting", "broadcasting", "errored"):
+        raise InvalidParametersError(f"simulcast target status {status!r}")
+    if error_severity not in (None, "normal", "fatal"):
+        raise InvalidParametersError(f"simulcast target error_severity {error_severity!r}")
+    with platform.db.session() as session:
+        target = session.get(SimulcastTarget, target_id, with_for_update=True) if is_valid_id(target_id) else None
+        if target is None:
+            return False
+        if status != "idle":
+            stream = session.get(LiveStream, target.live_stream_id)
+            if stream is None or stream.session_state == "none":
+                return False
+        return _set_target_status(session, target, status, error_severity)
+
+
+def _set_target_status(session: Session, target: SimulcastTarget, status: str, error_severity: str | None) -> bool:
+    severity = (error_severity or "normal") if status == "errored" else None
+    if (target.status, target.error_severity) == (status, severity):
+        return False
+    target.status, target.error_severity = status, severity
+    session.flush()
+    emit(session, f"video.live_stream.simulcast_target.{status}", "simulcast_target", target.id,
+         simulcast_target_view(target))
+    return True
 
 
 def _mark_recording_done(session: Session, asset_id: str) -> None:

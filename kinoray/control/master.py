@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from kinoray.control.events import emit
 from kinoray.control.requests import RequestModel
+from kinoray.control.views import MasterView
 from kinoray.errors import ConflictError, InvalidParametersError, NotFoundError
 from kinoray.settings import Settings
 from kinoray.store.db import Database
@@ -42,16 +43,14 @@ class MasterAccessUpdate(RequestModel):
     master_access: Literal["temporary", "none"]
 
 
-def master_view(asset: Asset, now: datetime | None = None) -> tuple[str, dict[str, Any] | None]:
+def master_view(asset: Asset, now: datetime | None = None) -> tuple[str, MasterView | None]:
     """``(master_access, master)`` as Mux shows them; an expired download the sweep has not removed yet already
     reads ``none``."""
     if asset.master_status is None or (asset.master_expires_at is not None
                                        and asset.master_expires_at <= (now or utcnow())):
         return "none", None
-    master: dict[str, Any] = {"status": asset.master_status}
-    if asset.master_status == "ready":
-        master["url"] = asset.master_url
-    return "temporary", master
+    return "temporary", MasterView.model_validate(
+        {"status": asset.master_status, "url": asset.master_url if asset.master_status == "ready" else None})
 
 
 def _emit(session: Session, kind: str, asset: Asset) -> None:

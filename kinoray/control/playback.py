@@ -66,6 +66,7 @@ from kinoray.media.manifest_rewrite import (
     rewrite_hls_master,
     rewrite_hls_media,
 )
+from kinoray.store import keys
 from kinoray.store.models import (
     AssetStatus,
     LiveStreamPlaybackId,
@@ -151,10 +152,12 @@ _LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8}){0,7}")
 _SECONDS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,12})?")
 #: Rendition folders the packager writes (``240p`` ... ``2160p``, ``audio``) and the files inside them.
 RUNG_PATTERN = re.compile(r"[1-9][0-9]{1,3}p|audio")
-MEDIA_FILE_PATTERN = re.compile(r"init\.mp4|seg_[0-9]{5,9}\.m4s")
+#: ``part_<msn>.<part>.m4s``: a low-latency live stream's LL-HLS parts (:mod:`kinoray.live.llhls`).
+MEDIA_FILE_PATTERN = re.compile(r"init\.mp4|seg_[0-9]{5,9}\.m4s|part_[0-9]{5,9}\.[0-9]{1,3}\.m4s")
 STATIC_RENDITIONS = STATIC_NAMES
-#: Folder of text tracks under an asset's media prefix, and the files in it: ``<track_id>.vtt``/``.m3u8``.
-TEXT_DIR = "text"
+#: Folder of text tracks under an asset's media prefix (:mod:`kinoray.store.keys`), and the files in it:
+#: ``<track_id>.vtt``/``.m3u8``.
+TEXT_DIR = keys.TEXT_DIR
 TEXT_FILE_PATTERN = re.compile(r"([A-Za-z0-9]{32})\.(vtt|m3u8)")
 _READ_CHUNK = 256 * 1024
 
@@ -252,7 +255,7 @@ def load_record(session: Session, playback_id: str) -> PlaybackRecord:
     tracks = asset.tracks or []
     return PlaybackRecord(
         playback_id=row.id, asset_id=asset.id, policy=row.policy, status=asset.status,
-        storage_prefix=(asset.storage_prefix or f"assets/{asset.id}").rstrip("/"),
+        storage_prefix=keys.asset_prefix(asset.id, asset.storage_prefix),
         text_tracks=text_renditions(tracks),
         has_video=asset.resolution_tier != "audio-only" and any(track.get("type") == "video" for track in tracks),
         duration=asset.duration,
@@ -337,7 +340,7 @@ def authorize(record: PlaybackRecord, claims: Mapping[str, Any] | None, token: s
     if record.status != AssetStatus.READY:
         raise NotFoundError(f"playback id {record.playback_id} has nothing to play: its asset errored")
     return Playback(playback_id=record.playback_id, asset_id=record.asset_id, policy=record.policy,
-                    media_prefix=record.storage_prefix if live else f"{record.storage_prefix}/media",
+                    media_prefix=record.storage_prefix if live else f"{record.storage_prefix}/{keys.MEDIA_DIR}",
                     token=token if claims is not None else None, claims=claims, text_tracks=record.text_tracks,
                     live=live)
 

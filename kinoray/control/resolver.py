@@ -189,13 +189,26 @@ class PlaybackResolver:
             PlaybackRestrictedError: the token's playback restriction refuses ``viewer``.
             AssetNotReadyError: the asset is still preparing.
         """
+        record, claims = self.admit(playback_id, token, audience, viewer)
+        return Resolved(record, authorize(record, claims, token))
+
+    def admit(self, playback_id: str, token: str | None, audience: str,
+              viewer: Viewer | None = None) -> tuple[PlaybackRecord, Mapping[str, Any] | None]:
+        """:meth:`resolve`'s checks but the asset's state: the id exists, a signed id's token opens it for
+        ``audience`` and its playback restriction admits ``viewer``. The record and the verified claims (``None``
+        for a public id): for what a playback id opens besides its media (a live stream's chat room, open while
+        the stream is idle too).
+
+        Raises:
+            NotFoundError, PlaybackForbiddenError, PlaybackRestrictedError: as :meth:`resolve`.
+        """
         record = self._record(playback_id)
         claims = None
         if record.policy == PlaybackPolicy.SIGNED:
             claims = self._claims(record, token, audience)
             restriction_id = restriction_id_of(claims)
             self._restrict(self._rule(restriction_id) if restriction_id else None, restriction_id, viewer)
-        return Resolved(record, authorize(record, claims, token))
+        return record, claims
 
     def cached(self, playback_id: str, token: str | None, audience: str,
                viewer: Viewer | None = None) -> Resolved | None:

@@ -37,12 +37,12 @@ from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from kinoray.control.lookup import find
 from kinoray.errors import InvalidParametersError, PlaybackForbiddenError, PlaybackRestrictedError
+from kinoray.store.db import newest_first
 from kinoray.store.models import PlaybackRestriction, is_valid_id, utcnow
 
 __all__ = [
@@ -275,12 +275,17 @@ def get_restriction(session: Session, restriction_id: str, *, for_update: bool =
     return find(session, PlaybackRestriction, restriction_id, what="playback restriction", for_update=for_update)
 
 
-def list_restrictions(session: Session, *, limit: int, page: int) -> list[PlaybackRestriction]:
-    """Mux's numbered pages, newest first."""
-    query = (sa.select(PlaybackRestriction)
-             .order_by(PlaybackRestriction.created_at.desc(), PlaybackRestriction.id.desc())
-             .limit(limit).offset((page - 1) * limit))
-    return list(session.scalars(query))
+def list_restrictions(session: Session, *, limit: int, page: int = 1, cursor: str | None = None
+                      ) -> tuple[list[PlaybackRestriction], str | None]:
+    """One page, newest first (``cursor``, else Mux's numbered ``page``), and the next page's cursor.
+
+    Raises:
+        InvalidParametersError: a cursor that is not one of ours.
+    """
+    try:
+        return newest_first(session, PlaybackRestriction, limit=limit, page=page, cursor=cursor)
+    except ValueError as error:
+        raise InvalidParametersError(str(error)) from None
 
 
 def update_referrer(session: Session, restriction_id: str, rule: ReferrerRule) -> PlaybackRestriction:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import logging
-from typing import Any
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.orm import Session
 
+from kinoray.control.views import NewSigningKeyView, SigningKeyView
 from kinoray.errors import InvalidParametersError, NotFoundError
 from kinoray.store.db import newest_first
 from kinoray.store.models import SigningKey, is_valid_id, new_id, utcnow
@@ -26,6 +26,7 @@ __all__ = [
     "delete_signing_key",
     "get_signing_key",
     "list_signing_keys",
+    "new_signing_key",
     "public_key_pem",
     "signing_key_view",
 ]
@@ -83,6 +84,12 @@ def public_key_pem(session: Session, kid: str) -> str | None:
     return session.scalar(sa.select(SigningKey.public_key).where(SigningKey.id == kid))
 
 
-def signing_key_view(key: SigningKey) -> dict[str, Any]:
+def signing_key_view(key: SigningKey) -> SigningKeyView:
     """The key as the API lists it: its id and creation time (never key material)."""
-    return {"id": key.id, "created_at": str(int(key.created_at.timestamp()))}
+    return SigningKeyView(id=key.id, created_at=str(int(key.created_at.timestamp())))
+
+
+def new_signing_key(session: Session) -> NewSigningKeyView:
+    """``POST /system/v1/signing-keys``: a new key, its private half in the answer only."""
+    key, private_key = create_signing_key(session)
+    return NewSigningKeyView(**signing_key_view(key).model_dump(), private_key=private_key)

@@ -34,16 +34,18 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import sqlalchemy as sa
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from kinoray.control.events import emit
 from kinoray.control.requests import RequestModel
+from kinoray.control.views import StaticRenditionEventData, StaticRenditionsView, StaticRenditionView
 from kinoray.errors import ConflictError, InvalidParametersError, KinorayError, NotFoundError
 from kinoray.settings import Settings
+from kinoray.store import keys
 from kinoray.store.db import Database
 from kinoray.store.models import (
     Asset,
@@ -94,7 +96,7 @@ _AUDIO = "audio.m4a"
 STATIC_NAMES: tuple[str, ...] = ("highest.mp4", _AUDIO, *(name for name, _ in _LEGACY.values()),
                                  *(f"{resolution}.mp4" for resolution in RESOLUTIONS[2:]))
 #: Files the pipeline itself writes and uses (images read ``highest.mp4``): a deleted rendition leaves them.
-_PIPELINE_FILES = ("highest.mp4",)
+_PIPELINE_FILES = (keys.HIGHEST_MP4,)
 _RUNG_INIT = re.compile(r"(?P<rung>[1-9][0-9]{1,3})p/init\.mp4")
 
 _TIERS = (("720p", 720), ("1080p", 1080), ("1440p", 1440))
@@ -123,52 +125,28 @@ class Mp4SupportUpdate(RequestModel):
 # --- views ---------------------------------------------------------------------------------------------------
 
 
-class StaticRenditionView(BaseModel):
-    """A static rendition as the API answers it and webhooks carry it (Mux's ``StaticRendition``)."""
-
-    id: str
-    type: Literal["standard", "advanced"]
-    status: Literal["preparing", "ready", "skipped", "errored"]
-    resolution: Resolution | None = Field(default=None, description="absent on a legacy mp4_support video file")
-    resolution_tier: Literal["2160p", "1440p", "1080p", "720p", "audio-only"] | None = None
-    name: str
-    ext: Literal["mp4", "m4a"]
-    width: int | None = None
-    height: int | None = None
-    bitrate: int | None = None
-    filesize: str | None = None
-    passthrough: str | None = None
-    kinoray_reason: str | None = Field(default=None, description="kinoray: why it was skipped or errored")
-
-
 def _tier(short_side: int) -> str:
     return next((tier for tier, limit in _TIERS if short_side <= limit), "2160p")
 
 
-def rendition_view(row: StaticRendition) -> dict[str, Any]:
+def rendition_view(row: StaticRendition) -> StaticRenditionView:
     """One file as Mux shows it (``StaticRendition``); kinoray's reason for a skip or error in
     ``kinoray_reason``."""
     audio = row.name == _AUDIO
     # Mux: resolution is "only valid for static_renditions, not for mp4_support"
     resolution = ("audio-only" if audio else None) if row.legacy else row.resolution
-    view: dict[str, Any] = {
+    tier = _tier(min(row.width, row.height)) if row.width and row.height else "audio-only" if audio else None
+    return StaticRenditionView.model_validate({
         "id": row.id, "type": "standard" if row.legacy or resolution in ("highest", "audio-only") else "advanced",
         "status": row.status.value, "resolution": resolution, "name": row.name, "ext": row.name.rsplit(".", 1)[-1],
-        "passthrough": row.passthrough}
-    if row.width and row.height:
-        view.update(width=row.width, height=row.height, resolution_tier=_tier(min(row.width, row.height)))
-    elif audio:
-        view["resolution_tier"] = "audio-only"
-    if row.bitrate is not None:
-        view["bitrate"] = row.bitrate
-    if row.filesize is not None:
-        view["filesize"] = str(row.filesize)
-    if row.reason and row.status in (StaticRenditionStatus.SKIPPED, StaticRenditionStatus.ERRORED):
-        view["kinoray_reason"] = row.reason
-    return {key: value for key, value in view.items() if value is not None}
+        "passthrough": row.passthrough, "width": row.width or None, "height": row.height or None,
+        "resolution_tier": tier, "bitrate": row.bitrate,
+        "filesize": str(row.filesize) if row.filesize is not None else None,
+        "kinoray_reason": row.reason if row.status in (StaticRenditionStatus.SKIPPED, StaticRenditionStatus.ERRORED)
+        else None})
 
 
-def static_renditions_view(asset: Asset) -> dict[str, Any] | None:
+def static_renditions_view(asset: Asset) -> StaticRenditionsView | None:
     """Mux's ``static_renditions`` (``{"status", "files"}``); ``None`` when the asset has none and none pending.
     ``preparing`` while any file is (or, for legacy ``mp4_support``, the asset still is), else ``ready`` when any
     file is, ``errored`` when one errored, else ``disabled``."""
@@ -185,12 +163,16 @@ def static_renditions_view(asset: Asset) -> dict[str, Any] | None:
         status = "errored"
     else:
         status = "disabled"
-    return {"status": status, "files": [rendition_view(row) for row in rows]}
+    return StaticRenditionsView.model_validate({"status": status, "files": [rendition_view(row) for row in rows]})
+
+
+def event_data(row: StaticRendition, asset_id: str) -> StaticRenditionEventData:
+    """A ``video.asset.static_rendition.*`` event's ``data``."""
+    return StaticRenditionEventData.model_validate({**rendition_view(row).model_dump(), "asset_id": asset_id})
 
 
 def _event(session: Session, kind: str, row: StaticRendition) -> None:
-    emit(session, f"video.asset.static_rendition.{kind}", "asset", row.asset_id,
-         {**rendition_view(row), "asset_id": row.asset_id})
+    emit(session, f"video.asset.static_rendition.{kind}", "asset", row.asset_id, event_data(row, row.asset_id))
 
 
 # --- requests ------------------------------------------------------------------------------------------------
@@ -242,7 +224,7 @@ def delete_static_rendition(session: Session, asset: Asset, rendition_id: str) -
 
 
 def _remove(session: Session, asset: Asset, row: StaticRendition) -> str | None:
-    view = {**rendition_view(row), "asset_id": asset.id}
+    view = event_data(row, asset.id)
     asset.static_files.remove(row)
     session.delete(row)
     asset.updated_at = utcnow()
@@ -252,7 +234,7 @@ def _remove(session: Session, asset: Asset, row: StaticRendition) -> str | None:
 
 
 def _file_key(asset: Asset, name: str) -> str:
-    return f"{(asset.storage_prefix or f'assets/{asset.id}').rstrip('/')}/media/{name}"
+    return keys.media_key(asset.id, name, asset.storage_prefix)
 
 
 def _tracks(asset: Asset) -> tuple[bool, bool]:
@@ -409,7 +391,7 @@ class StaticRenditionWork:
             asset = session.get_one(Asset, row.asset_id)
             return RenditionTask(id=row.id, asset_id=row.asset_id, name=row.name, resolution=row.resolution,
                                  legacy=row.legacy, attempt=row.attempts,
-                                 media_prefix=f"{(asset.storage_prefix or f'assets/{asset.id}').rstrip('/')}/media")
+                                 media_prefix=keys.media_prefix(asset.id, asset.storage_prefix))
 
     def heartbeat(self, ids: Collection[str]) -> set[str]:
         """Renew the leases of ``ids``; those still ours (the others were deleted or taken over)."""

@@ -33,9 +33,9 @@ from kinoray.control.assets import get_asset
 from kinoray.control.events import emit
 from kinoray.control.ingest import fetch_input
 from kinoray.control.platform import Platform
-from kinoray.control.playback import TEXT_DIR
 from kinoray.control.requests import RequestModel
 from kinoray.control.urls import check_public_url
+from kinoray.control.views import TrackEventData, TrackView
 from kinoray.errors import (
     AssetNotReadyError,
     ConflictError,
@@ -46,6 +46,8 @@ from kinoray.errors import (
 from kinoray.media.captions import MAX_CAPTION_BYTES, hls_subtitle_playlist, parse_captions, write_webvtt
 from kinoray.media.manifest_rewrite import presentation_timing
 from kinoray.settings import Settings
+from kinoray.store import keys
+from kinoray.store.keys import text_track_keys
 from kinoray.store.models import Asset, AssetStatus, new_id, utcnow
 
 __all__ = [
@@ -95,14 +97,8 @@ class TextTrackCreate(RequestModel):
     passthrough: str | None = Field(default=None, max_length=255)
 
 
-def text_track_keys(media_prefix: str, track_id: str) -> tuple[str, str]:
-    """Storage keys of a text track's WebVTT and HLS subtitle playlist."""
-    base = f"{media_prefix}/{TEXT_DIR}/{track_id}"
-    return f"{base}.vtt", f"{base}.m3u8"
-
-
 def _media_prefix(asset: Asset) -> str:
-    return f"{(asset.storage_prefix or f'assets/{asset.id}').rstrip('/')}/media"
+    return keys.media_prefix(asset.id, asset.storage_prefix)
 
 
 def _text_tracks(asset: Asset) -> list[dict[str, Any]]:
@@ -167,7 +163,7 @@ def _timing(platform: Platform, media_prefix: str, duration: float | None, cues_
     """``(MPEGTS of cue time 0, presentation duration)`` from the stored MPD; without a readable one, time 0
     and the asset's ``duration`` (else the last cue's end)."""
     try:
-        timing = presentation_timing(platform.store.get_bytes(f"{media_prefix}/manifest.mpd").decode("utf-8"))
+        timing = presentation_timing(platform.store.get_bytes(f"{media_prefix}/{keys.MANIFEST_MPD}").decode("utf-8"))
     except (StorageError, ValueError) as error:
         log.warning("no readable MPD for a text track's timing", extra={"prefix": media_prefix, "error": str(error)})
         return 0, Fraction(duration).limit_denominator(1000) if duration else Fraction(cues_end_ms, 1000)
@@ -175,7 +171,7 @@ def _timing(platform: Platform, media_prefix: str, duration: float | None, cues_
     return max(0, round(timing.start * _MPEG_TS_HZ)), timing.duration
 
 
-def add_text_track(platform: Platform, asset_id: str, create: TextTrackCreate) -> dict[str, Any]:
+def add_text_track(platform: Platform, asset_id: str, create: TextTrackCreate) -> TrackView:
     """Fetch, validate, store and attach a text track; returns Mux's track object.
 
     Raises:
@@ -197,7 +193,7 @@ def add_text_track(platform: Platform, asset_id: str, create: TextTrackCreate) -
 
     track_id = new_id()
     vtt_key, playlist_key = text_track_keys(media_prefix, track_id)
-    data = _fetch_caption_file(platform, create.url, f"{media_prefix}/{TEXT_DIR}/{track_id}.source")
+    data = _fetch_caption_file(platform, create.url, f"{media_prefix}/{keys.TEXT_DIR}/{track_id}.source")
     captions = parse_captions(data, max_cue_ms=max_cue_ms)
     mpegts, presentation = _timing(platform, media_prefix, duration, captions.end_ms)
     platform.store.put_bytes(write_webvtt(captions, mpegts=mpegts).encode("utf-8"), vtt_key)
@@ -218,7 +214,7 @@ def add_text_track(platform: Platform, asset_id: str, create: TextTrackCreate) -
             asset.tracks = [*(asset.tracks or []), track]  # a new list: JSON columns track reassignment only
             asset.updated_at = utcnow()
             session.flush()
-            event = {**track, "asset_id": asset.id}
+            event = TrackEventData.model_validate({**track, "asset_id": asset.id})
             emit(session, "video.asset.track.created", "asset", asset.id, event)
             emit(session, "video.asset.track.ready", "asset", asset.id, event)
     except BaseException:
@@ -226,7 +222,7 @@ def add_text_track(platform: Platform, asset_id: str, create: TextTrackCreate) -
         raise
     log.info("text track added", extra={"asset": asset_id, "track": track_id, "cues": len(captions.cues),
                                         "source_format": captions.source_format})
-    return track
+    return TrackView.model_validate(track)
 
 
 def _delete_files(*keys: str, platform: Platform, asset_id: str) -> None:
@@ -256,6 +252,7 @@ def delete_track(platform: Platform, asset_id: str, track_id: str) -> None:
         asset.tracks = [t for t in asset.tracks if t.get("id") != track_id]
         asset.updated_at = utcnow()
         session.flush()
-        emit(session, "video.asset.track.deleted", "asset", asset.id, {**track, "asset_id": asset.id})
+        emit(session, "video.asset.track.deleted", "asset", asset.id,
+             TrackEventData.model_validate({**track, "asset_id": asset.id}))
         media_prefix = _media_prefix(asset)
     _delete_files(*text_track_keys(media_prefix, track_id), platform=platform, asset_id=asset_id)

@@ -65,6 +65,7 @@ from kinoray.control.assets import NewAssetSettings, create_asset, input_key, mu
 from kinoray.control.events import emit
 from kinoray.control.platform import Platform
 from kinoray.control.requests import RequestModel
+from kinoray.control.views import UploadView
 from kinoray.errors import (
     ChecksumMismatchError,
     ConflictError,
@@ -79,6 +80,7 @@ from kinoray.errors import (
     UploadTooLargeError,
 )
 from kinoray.settings import Settings
+from kinoray.store import keys
 from kinoray.store.db import newest_first
 from kinoray.store.models import Upload, UploadStatus, is_valid_id, new_id, utcnow
 
@@ -137,20 +139,20 @@ def upload_url(settings: Settings, upload_id: str) -> str:
 
 
 def parts_prefix(upload_id: str) -> str:
-    """Object-store prefix of an upload's received parts."""
-    return f"uploads/{upload_id}"
+    """Object-store prefix of an upload's received parts (:mod:`kinoray.store.keys`)."""
+    return keys.upload_prefix(upload_id)
 
 
-def upload_view(upload: Upload, settings: Settings) -> dict[str, Any]:
-    """The upload as the API shows it (Mux's field names; absent values left out)."""
+def upload_view(upload: Upload, settings: Settings) -> UploadView:
+    """The upload as the API shows it (Mux's ``Upload``)."""
     asset_settings = dict(upload.new_asset_settings or {})
     kinoray_tier = None
     if "max_resolution_tier" in asset_settings:  # Mux's enum in the echo, kinoray's own tier named apart
         asset_settings["max_resolution_tier"], kinoray_tier = mux_max_resolution_tier(
             asset_settings["max_resolution_tier"])
-    view: dict[str, Any] = {
+    return UploadView.model_validate({
         "id": upload.id,
-        "status": str(upload.status.value),
+        "status": upload.status.value,
         "url": upload_url(settings, upload.id),
         "timeout": upload.timeout_seconds,
         "cors_origin": upload.cors_origin,
@@ -159,8 +161,7 @@ def upload_view(upload: Upload, settings: Settings) -> dict[str, Any]:
         "error": upload.error,
         "test": asset_settings.get("test") or None,
         "kinoray_max_resolution_tier": kinoray_tier,
-    }
-    return {key: value for key, value in view.items() if value is not None}
+    })
 
 
 def create_upload(session: Session, settings: Settings, create: UploadCreate) -> Upload:
@@ -465,7 +466,7 @@ def receive(platform: Platform, upload_id: str, body: Iterable[bytes], *, offset
             if content_length is not None and content_length > room:
                 raise UploadTooLargeError(f"{content_length} bytes at offset {start} would pass the upload's "
                                           f"{'length' if length is not None else 'maximum size'} of {start + room}")
-            key = f"{parts_prefix(upload_id)}/parts/{start:020d}-{secrets.token_hex(4)}"
+            key = keys.upload_part_key(upload_id, start, secrets.token_hex(4))
             written = _write_part(platform, key, body, room=room, declared=content_length, checksum=checksum)
             new_part = None
             if written:

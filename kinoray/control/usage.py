@@ -63,6 +63,8 @@ HOUR = 3600
 _PIXEL_TIERS = (("720p", 921_600), ("1080p", 2_073_600), ("1440p", 4_194_304))
 _RESOLUTION = re.compile(r"RESOLUTION=(\d+)x(\d+)")
 _EXTINF = re.compile(r"#EXTINF:([0-9.]+)")
+#: A low-latency live playlist's parts (LL-HLS): their seconds count like a segment's.
+_PART = re.compile(r'#EXT-X-PART:(?=.*DURATION=([0-9.]+))(?=.*URI="([^"?]+))')
 
 #: (asset id, hour start in epoch seconds, tier) → [seconds, bytes]
 Counts = dict[tuple[str, int, str], list[float]]
@@ -102,6 +104,10 @@ def rendition_usage(master: str, rung: str, playlist: str) -> RenditionUsage:
     seconds: dict[str, float] = {}
     pending: float | None = None
     for line in playlist.splitlines():
+        part = _PART.match(line)
+        if part is not None:
+            seconds[part[2]] = float(part[1])
+            continue
         match = _EXTINF.match(line)
         if match is not None:
             pending = float(match[1])
@@ -282,7 +288,7 @@ def _asset_facts(session: Session, asset_ids: list[str]) -> dict[str, dict[str, 
     ``video.asset.deleted`` event (the asset as it was, and when it went)."""
     facts: dict[str, dict[str, Any]] = {}
     for asset in session.scalars(sa.select(Asset).where(Asset.id.in_(asset_ids))):
-        view = asset_view(asset)
+        view = asset_view(asset).dump()
         state = view["status"] if view["status"] in ("ready", "errored") else None
         facts[asset.id] = {**_from_view(view), "asset_state": state}
     missing = [asset_id for asset_id in asset_ids if asset_id not in facts]

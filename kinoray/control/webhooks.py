@@ -47,6 +47,7 @@ from kinoray.control.lookup import find
 from kinoray.control.outbound import policed_handlers
 from kinoray.control.requests import RequestModel
 from kinoray.control.urls import check_public_url
+from kinoray.control.views import WebhookDeliveryView, WebhookEndpointView, WebhookView
 from kinoray.errors import AuthenticationError, ConflictError, InputUrlRefusedError, InvalidParametersError
 from kinoray.settings import Settings
 from kinoray.store.db import newest_first
@@ -302,11 +303,11 @@ def delete_endpoint(session: Session, endpoint: WebhookEndpoint) -> None:
     session.flush()
 
 
-def list_deliveries(session: Session, endpoint: WebhookEndpoint, *, limit: int, cursor: str | None = None
-                    ) -> tuple[list[WebhookDelivery], str | None]:
-    """One page of the endpoint's deliveries, newest event first."""
+def list_deliveries(session: Session, endpoint: WebhookEndpoint, *, limit: int, cursor: str | None = None,
+                    page: int = 1) -> tuple[list[WebhookDelivery], str | None]:
+    """One page of the endpoint's deliveries, newest event first (``cursor``, else the numbered ``page``)."""
     try:
-        return newest_first(session, WebhookDelivery, limit=limit, cursor=cursor,
+        return newest_first(session, WebhookDelivery, limit=limit, cursor=cursor, page=page,
                             where=[WebhookDelivery.endpoint_id == endpoint.id])
     except ValueError as error:
         raise InvalidParametersError(str(error)) from None
@@ -316,32 +317,23 @@ def _unix(when: datetime | None) -> str | None:
     return None if when is None else str(int(when.timestamp()))
 
 
-def endpoint_view(endpoint: WebhookEndpoint) -> dict[str, Any]:
+def endpoint_view(endpoint: WebhookEndpoint) -> WebhookEndpointView:
     """The endpoint as the API shows it, secret included (like Mux's dashboard, which shows it on demand: the
     server keeps it in clear anyway to sign, and anyone holding an access token can already read every event)."""
-    view: dict[str, Any] = {
-        "id": endpoint.id,
-        "url": endpoint.url,
-        "enabled": endpoint.enabled,
-        "secret": endpoint.secret,
-        "disabled_reason": endpoint.disabled_reason,
-        "created_at": _unix(endpoint.created_at),
-        "updated_at": _unix(endpoint.updated_at),
-    }
-    return view
+    return WebhookEndpointView(id=endpoint.id, url=endpoint.url, enabled=endpoint.enabled, secret=endpoint.secret,
+                               disabled_reason=endpoint.disabled_reason, created_at=str(_unix(endpoint.created_at)),
+                               updated_at=str(_unix(endpoint.updated_at)))
 
 
-def webhook_view(endpoint: WebhookEndpoint, *, with_secret: bool = False) -> dict[str, Any]:
+def webhook_view(endpoint: WebhookEndpoint, *, with_secret: bool = False) -> WebhookView:
     """The endpoint as Mux's ``/system/v1/webhooks`` shows it: ``signing_secret`` only when ``with_secret``
     (Mux returns it once, on create)."""
-    view: dict[str, Any] = {"id": endpoint.id, "address": endpoint.url, "enabled": endpoint.enabled,
-                            "created_at": iso_time(endpoint.created_at)}
-    if with_secret:
-        view["signing_secret"] = endpoint.secret
-    return view
+    return WebhookView(id=endpoint.id, address=endpoint.url, enabled=endpoint.enabled,
+                       created_at=iso_time(endpoint.created_at),
+                       signing_secret=endpoint.secret if with_secret else None)
 
 
-def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
+def delivery_view(delivery: WebhookDelivery) -> WebhookDeliveryView:
     """One outbox row: ``status`` is ``pending`` (``next_attempt_at`` says when), ``delivered`` or ``failed``
     (given up or stopped; ``last_error`` says why)."""
     if delivery.delivered_at is not None:
@@ -350,7 +342,7 @@ def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
         status = "pending"
     else:
         status = "failed"
-    return {
+    return WebhookDeliveryView.model_validate({
         "id": delivery.id,
         "event_id": delivery.event_id,
         "event_type": delivery.event_type,
@@ -361,7 +353,7 @@ def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
         "delivered_at": _unix(delivery.delivered_at),
         "next_attempt_at": _unix(delivery.next_attempt_at),
         "created_at": _unix(delivery.created_at),
-    }
+    })
 
 
 # --- sending -------------------------------------------------------------------------------------------------

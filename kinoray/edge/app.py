@@ -5,9 +5,10 @@ What it serves, by path (and, with ``edge.domain`` set, by host — see :func:`s
 - stream URLs (:mod:`kinoray.edge.stream`): served straight from ASGI, caches per process; the segments sent
   are counted as delivery usage and flushed to the database every ``edge.usage_flush_seconds``
   (:mod:`kinoray.control.usage`);
-- images, the upload URL (tus and chunked ``PUT``), player beacons, the player pages and files, and the edge's
-  own ``/edge/healthz``, ``/edge/readyz`` and ``/edge/openapi.json``: a FastAPI app of kinoray's routers
-  (:func:`build_edge_api`), the same code the management API used to run for them;
+- images, the upload URL (tus and chunked ``PUT``), player beacons, the player pages and files, the analytics
+  dashboard (``/dashboard/``), live chat rooms (WebSockets under ``/live/v1/chat/``), and the edge's own ``/edge/healthz``, ``/edge/readyz`` and ``/edge/openapi.json``:
+  a FastAPI app of kinoray's routers (:func:`build_edge_api`), the same code the management API used to run for
+  them;
 - anything else: forwarded to the management API (``edge.api_url``, :mod:`kinoray.edge.forward`), or a typed
   404 when none is configured.
 
@@ -35,7 +36,7 @@ from kinoray.serve.api import install_error_handlers
 from kinoray.serve.asgi import Receive, Scope, Send, client_of_scope, identify_worker, send_error
 from kinoray.serve.deps import PlatformDep
 from kinoray.serve.readiness import Readiness
-from kinoray.serve.routes import data, images, player, uploads
+from kinoray.serve.routes import chat, dashboard, data, images, player, uploads
 
 __all__ = ["EdgeApp", "EdgeHealth", "build_edge_api", "create_app", "surface_of"]
 
@@ -43,7 +44,9 @@ IMAGE_PATH = re.compile(r"/[^/]+/(?:thumbnail|animated|storyboard)\.[^/]+")
 #: The Mux Data collector's paths (``POST /``: what an SDK's ``beaconCollectionDomain`` posts to, and
 #: ``/data/v1/beacons``); the rest of ``/data/v1/`` (the query API) is the management API's.
 BEACON_PATHS = data.COLLECTOR_PATHS
-_APP_PREFIXES = ("/upload/v1/", "/player/", "/edge/")
+_APP_PREFIXES = ("/upload/v1/", "/player/", "/edge/", "/dashboard")
+#: Live chat rooms: the only WebSockets the edge takes (:mod:`kinoray.serve.routes.chat`).
+CHAT_PREFIX = "/live/v1/chat/"
 _SURFACES = ("stream", "image", "beacon")
 
 
@@ -62,7 +65,7 @@ def build_edge_api() -> FastAPI:
                               "and player beacons. Streams, images and player pages are documented in "
                               "docs/API.md.")
     install_error_handlers(app)
-    for router in (uploads.tus, data.collector, player.router, images.router):
+    for router in (uploads.tus, data.collector, player.router, images.router, dashboard.router, chat.viewer):
         app.include_router(router)
 
     @app.get("/edge/healthz", tags=["system"])
@@ -116,7 +119,7 @@ class EdgeApp:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1003})
+            await self._websocket(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -140,6 +143,20 @@ class EdgeApp:
             return
         where = f" on {surface}.{self.domain}" if surface else ""
         await send_error(send, NotFoundError(f"nothing at {path[:120]!r}{where}"), head=scope["method"] == "HEAD")
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Live chat rooms (on the main host or ``stream.``); any other WebSocket is closed (1003)."""
+        surface = None
+        if self.domain:
+            host = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), "")
+            surface = surface_of(host, self.domain)
+        if surface in (None, "stream") and scope["path"].startswith(CHAT_PREFIX):
+            await self.api(scope, receive, send)
+            return
+        # accepted, then closed (1003): a close before the accept leaves some servers' clients waiting
+        if (await receive())["type"] == "websocket.connect":
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 1003})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -46,7 +46,7 @@ def serve(settings: EdgeSettings, *, log_level: str = "warning") -> None:
         runtime_mode=RuntimeModes(settings.runtime_mode),
         ssl_cert=settings.tls_cert, ssl_key=settings.tls_key,
         respawn_failed_workers=True, workers_kill_timeout=10, log_level=log_level,  # type: ignore[arg-type]
-        log_access=False, websockets=False,
+        log_access=False, websockets=True,  # live chat rooms (kinoray.serve.routes.chat)
         metrics_enabled=settings.metrics_port is not None, metrics_address=settings.host,
         metrics_port=settings.metrics_port or 9090, metrics_scrape_interval=settings.metrics_scrape_seconds,
     ).serve()

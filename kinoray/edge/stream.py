@@ -13,7 +13,10 @@ request's ``Referer`` and ``User-Agent`` (:mod:`kinoray.control.restrictions`, t
 A request carrying CMCD (the ``CMCD`` query parameter or ``CMCD-*`` headers) is noted for analytics
 (:mod:`kinoray.analytics.cmcd`: a tuple appended to the process's buffer, parsed by its drain thread).
 Each media segment sent is counted as delivery usage after it went out (:mod:`kinoray.control.usage`: a dict
-increment; the process's flusher thread writes the counts to the database).
+increment; the process's flusher thread writes the counts to the database). A live stream's media playlists are
+read on every request; a low-latency (LL-HLS) one answers ``_HLS_msn``/``_HLS_part`` blocking reloads and
+``_HLS_skip`` delta updates, and a request for a part not written yet is held until it is
+(:mod:`kinoray.live.llhls` decides, :mod:`kinoray.edge.live_wait` waits on the event loop).
 
 Bodies: on a local store a whole file goes out with ``http.response.pathsend`` where the server offers it
 (Granian sends it from Rust: no Python on the byte path); byte ranges, S3 objects and servers without
@@ -38,14 +41,19 @@ from kinoray.control.platform import Platform
 from kinoray.control.resolver import Resolved, TtlCache
 from kinoray.control.restrictions import Viewer
 from kinoray.control.usage import UsageMeter
+from kinoray.edge.live_wait import LivePlaylists
 from kinoray.errors import (
     DatabaseUnavailableError,
+    InvalidParametersError,
     KinorayError,
     MethodNotAllowedError,
     NotFoundError,
     RangeNotSatisfiableError,
+    ServiceUnavailableError,
     StorageError,
 )
+from kinoray.live import llhls
+from kinoray.media.manifest_rewrite import rewrite_hls_media
 from kinoray.serve.asgi import EdgeRequest, Receive, Scope, Send, send_error, send_response, send_start
 from kinoray.store.db import is_transient
 from kinoray.store.objects import ObjectStore
@@ -136,6 +144,11 @@ class StreamDelivery:
         self.usage = usage
         #: Where requests carrying CMCD are noted (:mod:`kinoray.analytics.cmcd`); ``None``: not collected.
         self.cmcd = cmcd
+        live = platform.settings.live
+        #: LL-HLS blocking reloads and preload-hinted parts wait here (:mod:`kinoray.edge.live_wait`).
+        self.playlists = LivePlaylists(platform.store, poll_seconds=live.blocking_poll_seconds,
+                                       remote_poll_seconds=live.blocking_poll_remote_seconds,
+                                       max_waiting=live.blocking_max_waiting)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
         request = EdgeRequest.from_scope(scope)
@@ -187,12 +200,16 @@ class StreamDelivery:
                                  lambda: delivery.dash_manifest(store, playback, modifiers))
         elif match["rung"] is not None:
             rung, name = match["rung"], match["name"]
-            if name == "index.m3u8":
+            if name == "index.m3u8" and playback.live:
+                await self._live_media(request, send, playback, rung)
+            elif name == "index.m3u8":
                 window = delivery.playback_modifiers(playback, request.query).window
                 await self._manifest(request, send, resolved, ("media", rung, window), _HLS,
                                      lambda: delivery.hls_media(store, playback, rung, window))
             else:
                 key = delivery.media_file_key(playback, rung, name)
+                if playback.live:
+                    await self._live_file(playback, rung, name, key)
                 sent = await self._file(request, send, playback, key, delivery.media_content_type(rung, name))
                 if sent is not None and self.usage is not None:
                     await self._count(playback, rung, name, *sent)
@@ -227,6 +244,77 @@ class StreamDelivery:
             return
         await send_response(send, 200, {**headers, "Content-Type": media_type}, manifest.body,
                             head=request.method == "HEAD")
+
+    # --- live playlists: LL-HLS blocking reloads and delta updates ---------------------------------------------
+    async def _live_media(self, request: EdgeRequest, send: Send, playback: delivery.Playback, rung: str) -> None:
+        """A live rendition's media playlist, read on every request. A low-latency one (parts, blocking reload)
+        answers RFC 8216bis's delivery directives: ``_HLS_msn``/``_HLS_part`` hold the request until the playlist
+        has that segment or part (no thread held: :class:`~kinoray.edge.live_wait.LivePlaylists`), 400 when it
+        is too far ahead, 503 after three target durations; ``_HLS_skip=YES|v2`` answers the delta update.
+        Other live playlists are served as the packager wrote them (the directives are ignored)."""
+        if not delivery.RUNG_PATTERN.fullmatch(rung):
+            raise NotFoundError(f"no rendition {rung[:32]!r}")
+        key = playback.key(rung, "index.m3u8")
+        text = await self.playlists.read(key)
+        try:
+            state: llhls.PlaylistState | None = llhls.PlaylistState.parse(text)
+        except (ValueError, KeyError):  # not one kinoray's LL-HLS packager wrote: served as it is
+            state = None
+        if state is not None and state.low_latency:
+            directives = llhls.BlockingRequest.from_query(request.query)
+            if directives.msn is not None and not state.has(directives.msn, directives.part):
+                msn, part = directives.msn, directives.part
+                if state.too_far(msn, part):
+                    raise InvalidParametersError(
+                        f"_HLS_msn={msn}" + (f"&_HLS_part={part}" if part is not None else "")
+                        + f" is too far ahead of the playlist (last segment {state.last_msn}, last part "
+                          f"{state.last_part})")
+                waited = await self.playlists.wait(key, lambda now: now.has(msn, part),
+                                                   3 * state.target_duration)
+                if waited is None:
+                    raise ServiceUnavailableError("the requested segment or part did not appear in time", 1)
+                state = waited
+            text = llhls.delta_update(state) if directives.skip else "\n".join(state.lines).rstrip("\n") + "\n"
+            body = rewrite_hls_media(text, query=playback.query)
+        else:
+            window = delivery.playback_modifiers(playback, request.query).window
+            try:
+                body = rewrite_hls_media(text, query=playback.query, window=window)
+            except ValueError as error:
+                raise InvalidParametersError(str(error)) from None
+        manifest = self.cache.render(lambda: body)
+        headers = {**delivery.CORS_HEADERS, "ETag": manifest.etag,
+                   "Cache-Control": delivery.cache_control(playback, immutable=False)}
+        if delivery.etag_matches(request.headers.get("if-none-match"), manifest.etag):
+            await send_response(send, 304, headers)
+            return
+        await send_response(send, 200, {**headers, "Content-Type": _HLS}, manifest.body,
+                            head=request.method == "HEAD")
+
+    async def _live_file(self, playback: delivery.Playback, rung: str, name: str, key: str) -> None:
+        """A live part or segment that is not written yet but is next (a player asking for the
+        ``EXT-X-PRELOAD-HINT`` part, or a segment it expects) is waited for, as a blocking reload would be; one
+        that is too far ahead, or of a playlist without parts, is not (the file's own 404 answers)."""
+        position = llhls.media_name(name)
+        if position is None:
+            return
+        store = self.platform.store
+        try:
+            if store.is_local:
+                delivery.stat_object(store, key)
+            else:
+                await asyncio.to_thread(self.cache.stat, store, key)
+            return
+        except NotFoundError:
+            pass
+        playlist = playback.key(rung, "index.m3u8")
+        try:
+            state = llhls.PlaylistState.parse(await self.playlists.read(playlist))
+        except (NotFoundError, ValueError, KeyError):
+            return
+        if not state.low_latency or state.has(*position) or state.too_far(*position):
+            return
+        await self.playlists.wait(playlist, lambda now: now.has(*position), 3 * state.target_duration)
 
     # --- files -------------------------------------------------------------------------------------------
     async def _count(self, playback: delivery.Playback, rung: str, name: str, sent_bytes: int, size: int) -> None:

@@ -6,6 +6,7 @@ up ends the session instead of growing without limit.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 
 from kinoray.media.flv import FlvTag, flv_header
@@ -29,6 +30,11 @@ class TagPipe:
         self.error: str | None = None
         self.overflow = False
         self.tags = 0
+        #: The publisher's clock: the wall time (Unix seconds) its media timestamp 0 was sent, estimated as the
+        #: earliest of every write's arrival less its last tag's FLV timestamp (a write that waited — the
+        #: batches queued while a transcoder actor started — only makes a later estimate, which the minimum
+        #: drops). ``None`` before any media.
+        self.clock: float | None = None
 
     # --- the publisher side (event loop) ---------------------------------------------------------------------
 
@@ -47,6 +53,10 @@ class TagPipe:
                 self._chunks.append(data)
                 self._pending += len(data)
                 self.tags += tags
+                last = _last_timestamp(data)
+                if last is not None:
+                    clock = time.time() - last / 1000
+                    self.clock = clock if self.clock is None else min(self.clock, clock)
             self._ready.notify_all()
 
     def ended(self, error: str | None) -> None:
@@ -78,3 +88,13 @@ class TagPipe:
     def closed(self) -> bool:
         with self._ready:
             return self._closed
+
+
+def _last_timestamp(data: bytes) -> int | None:
+    """The FLV timestamp (ms) of the last whole tag in ``data`` (whole tags, each with its PreviousTagSize)."""
+    position, last = 0, None
+    while position + 15 <= len(data):
+        size = int.from_bytes(data[position + 1:position + 4], "big")
+        last = int.from_bytes(data[position + 4:position + 7], "big") | data[position + 7] << 24
+        position += 11 + size + 4
+    return last

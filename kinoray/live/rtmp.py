@@ -21,7 +21,9 @@ else: other connections go on.
 Why our own code rather than a library: the Python RTMP servers on PyPI (pyrtmp 0.3, rtmplite3) configure the
 root logger at import, parse chunks bit by bit, and have no limits; FFmpeg's listener (``-listen 1`` through
 PyAV) takes one publisher per port and cannot refuse a key before reading media. What a publisher needs of RTMP
-is small and fully specified, and here each limit and refusal is ours to test.
+is small and fully specified, and here each limit and refusal is ours to test. The chunk layer
+(:class:`ChunkReader`, :func:`chunk_message`) also serves the simulcast pusher's client side
+(:mod:`kinoray.live.simulcast`).
 """
 
 from __future__ import annotations
@@ -42,17 +44,35 @@ from kinoray.live.amf import AmfValue, decode_all, encode
 from kinoray.media.flv import AUDIO, SCRIPT, VIDEO, FlvTag, read_tags
 from kinoray.telemetry import LIVE_INGEST_REFUSED
 
-__all__ = ["Publisher", "PublishRequest", "RtmpServer"]
+__all__ = [
+    "MSG_AUDIO",
+    "MSG_COMMAND_AMF0",
+    "MSG_COMMAND_AMF3",
+    "MSG_DATA_AMF0",
+    "MSG_SET_CHUNK_SIZE",
+    "MSG_USER_CONTROL",
+    "MSG_VIDEO",
+    "OUT_CHUNK_SIZE",
+    "HANDSHAKE_SIZE",
+    "RTMP_VERSION",
+    "ChunkReader",
+    "Publisher",
+    "PublishRequest",
+    "RtmpMessage",
+    "RtmpServer",
+    "chunk_message",
+]
 
 log = logging.getLogger(__name__)
 
-_HANDSHAKE_SIZE = 1536
-_VERSION = 3
+HANDSHAKE_SIZE = 1536
+RTMP_VERSION = 3
 # message types
-_SET_CHUNK_SIZE, _ABORT, _ACK, _USER_CONTROL, _WINDOW_ACK, _PEER_BANDWIDTH = 1, 2, 3, 4, 5, 6
-_AUDIO, _VIDEO, _DATA_AMF3, _COMMAND_AMF3, _DATA_AMF0, _COMMAND_AMF0, _AGGREGATE = 8, 9, 15, 17, 18, 20, 22
+MSG_SET_CHUNK_SIZE, MSG_ABORT, MSG_ACK, MSG_USER_CONTROL, MSG_WINDOW_ACK, MSG_PEER_BANDWIDTH = 1, 2, 3, 4, 5, 6
+MSG_AUDIO, MSG_VIDEO, MSG_DATA_AMF3, MSG_COMMAND_AMF3, MSG_DATA_AMF0, MSG_COMMAND_AMF0 = 8, 9, 15, 17, 18, 20
+MSG_AGGREGATE = 22
 _COMMAND_CHUNK_STREAM = 3
-_OUT_CHUNK_SIZE = 4096
+OUT_CHUNK_SIZE = 4096  # what this side's chunks carry (told to the peer with Set Chunk Size)
 _MAX_CHUNK_SIZE = 1 << 24
 _MAX_CHUNK_STREAMS = 64
 _STREAM_ID = 1  # the one message stream a connection gets
@@ -95,42 +115,43 @@ class _ChunkStream:
     payload: bytearray = field(default_factory=bytearray)
 
 
-class _Refused(Exception):
-    """A publish the server refused: the connection closes after telling the publisher."""
+@dataclass(frozen=True)
+class RtmpMessage:
+    """One whole RTMP message: its type (``MSG_*``), timestamp (ms, 32 bits), message stream id and payload."""
+
+    kind: int
+    timestamp: int
+    stream_id: int
+    payload: bytes
 
 
-class _Session:
-    def __init__(self, server: RtmpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.server, self.reader, self.writer = server, reader, writer
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.in_chunk_size = 128
+class ChunkReader:
+    """Reassembles RTMP messages from the chunks a peer sends (either side of a connection: the ingest's
+    publishers, the simulcast pusher's servers): the four chunk header formats, extended timestamps, aborts and
+    the chunk size the peer sets, bounded in message size and in chunk streams. ``read(count)`` returns exactly
+    ``count`` bytes or raises (``EOFError``, ``TimeoutError``)."""
+
+    def __init__(self, read: Callable[[int], Awaitable[bytes]], *, max_message_bytes: int) -> None:
+        self.read, self.max_message_bytes = read, max_message_bytes
+        self.chunk_size = 128
         self.streams: dict[int, _ChunkStream] = {}
-        self.app: str | None = None
-        self.stream_created = False
-        self.publisher: Publisher | None = None
-        self.key: str | None = None
 
-    # --- reading ---------------------------------------------------------------------------------------------
+    def set_chunk_size(self, payload: bytes) -> None:
+        """A Set Chunk Size message from the peer."""
+        if len(payload) < 4:
+            raise IngestProtocolError("a short Set Chunk Size")
+        size = struct.unpack(">I", payload[:4])[0] & 0x7FFFFFFF
+        if not 1 <= size <= _MAX_CHUNK_SIZE:
+            raise IngestProtocolError(f"chunk size {size}")
+        self.chunk_size = size
 
-    async def read(self, count: int, timeout: float | None = None) -> bytes:
-        try:
-            return await asyncio.wait_for(self.reader.readexactly(count), timeout or self.server.idle_seconds)
-        except asyncio.IncompleteReadError:
-            raise EOFError from None
+    def abort(self, payload: bytes) -> None:
+        """An Abort message: the named chunk stream's partial message is dropped."""
+        if len(payload) >= 4 and (aborted := self.streams.get(struct.unpack(">I", payload[:4])[0])):
+            aborted.payload.clear()
 
-    async def handshake(self) -> None:
-        c0c1 = await self.read(1 + _HANDSHAKE_SIZE, self.server.handshake_seconds)
-        if c0c1[0] != _VERSION:
-            raise IngestProtocolError(f"RTMP version {c0c1[0]} (only 3 exists)")
-        s1 = struct.pack(">II", int(time.monotonic() * 1000) & 0xFFFFFFFF, 0) + os.urandom(_HANDSHAKE_SIZE - 8)
-        s2 = c0c1[1:5] + struct.pack(">I", int(time.monotonic() * 1000) & 0xFFFFFFFF) + c0c1[9:]
-        self.writer.write(bytes([_VERSION]) + s1 + s2)
-        await self.writer.drain()
-        await self.read(_HANDSHAKE_SIZE, self.server.handshake_seconds)  # C2: an echo we do not need
-
-    async def next_message(self) -> tuple[_ChunkStream, bytes]:
-        """Read chunks until one message is complete; its header state and payload."""
+    async def next_message(self) -> RtmpMessage:
+        """Read chunks until one message is complete."""
         while True:
             first = (await self.read(1))[0]
             fmt, csid = first >> 6, first & 0x3F
@@ -169,30 +190,75 @@ class _Session:
                     await self.read(4)  # repeated on every chunk of a message with an extended timestamp
                 if starting and state.length:
                     state.timestamp = (state.timestamp + state.delta) & 0xFFFFFFFF
-            if state.length > self.server.max_message_bytes:
-                raise IngestProtocolError(f"a {state.length}-byte message (at most "
-                                          f"{self.server.max_message_bytes})")
-            take = min(self.in_chunk_size, state.length - len(state.payload))
+            if state.length > self.max_message_bytes:
+                raise IngestProtocolError(f"a {state.length}-byte message (at most {self.max_message_bytes})")
+            take = min(self.chunk_size, state.length - len(state.payload))
             state.payload += await self.read(take) if take else b""
             if len(state.payload) >= state.length:
                 payload = bytes(state.payload)
                 state.payload.clear()
-                return state, payload
+                return RtmpMessage(state.kind, state.timestamp, state.stream_id, payload)
+
+
+def chunk_message(kind: int, payload: bytes, *, csid: int, stream_id: int = 0, timestamp: int = 0,
+                  chunk_size: int = OUT_CHUNK_SIZE) -> bytes:
+    """One message as chunks: a type 0 header, then type 3 headers every ``chunk_size`` bytes (a timestamp of
+    2^24 - 1 ms or more goes in the extended field, repeated on each chunk as FFmpeg and the specification do).
+    ``csid`` is 2..63 (a one-byte basic header)."""
+    timestamp &= 0xFFFFFFFF
+    extended = timestamp >= 0xFFFFFF
+    stamp = (0xFFFFFF if extended else timestamp).to_bytes(3, "big")
+    tail = struct.pack(">I", timestamp) if extended else b""
+    out = bytearray([csid])
+    out += stamp + len(payload).to_bytes(3, "big") + bytes([kind]) + struct.pack("<I", stream_id) + tail
+    for start in range(0, max(len(payload), 1), chunk_size):
+        if start:
+            out.append(0xC0 | csid)
+            out += tail
+        out += payload[start:start + chunk_size]
+    return bytes(out)
+
+
+class _Refused(Exception):
+    """A publish the server refused: the connection closes after telling the publisher."""
+
+
+class _Session:
+    def __init__(self, server: RtmpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server, self.reader, self.writer = server, reader, writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.chunks = ChunkReader(self.read, max_message_bytes=server.max_message_bytes)
+        self.app: str | None = None
+        self.stream_created = False
+        self.publisher: Publisher | None = None
+        self.key: str | None = None
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    async def read(self, count: int, timeout: float | None = None) -> bytes:
+        try:
+            return await asyncio.wait_for(self.reader.readexactly(count), timeout or self.server.idle_seconds)
+        except asyncio.IncompleteReadError:
+            raise EOFError from None
+
+    async def handshake(self) -> None:
+        c0c1 = await self.read(1 + HANDSHAKE_SIZE, self.server.handshake_seconds)
+        if c0c1[0] != RTMP_VERSION:
+            raise IngestProtocolError(f"RTMP version {c0c1[0]} (only 3 exists)")
+        s1 = struct.pack(">II", int(time.monotonic() * 1000) & 0xFFFFFFFF, 0) + os.urandom(HANDSHAKE_SIZE - 8)
+        s2 = c0c1[1:5] + struct.pack(">I", int(time.monotonic() * 1000) & 0xFFFFFFFF) + c0c1[9:]
+        self.writer.write(bytes([RTMP_VERSION]) + s1 + s2)
+        await self.writer.drain()
+        await self.read(HANDSHAKE_SIZE, self.server.handshake_seconds)  # C2: an echo we do not need
 
     # --- writing ---------------------------------------------------------------------------------------------
 
     def send(self, kind: int, payload: bytes, *, csid: int = 2, stream_id: int = 0) -> None:
-        header = bytes([csid]) + b"\x00\x00\x00" + len(payload).to_bytes(3, "big") + bytes([kind]) \
-            + struct.pack("<I", stream_id)
-        out = bytearray(header)
-        for start in range(0, max(len(payload), 1), _OUT_CHUNK_SIZE):
-            if start:
-                out.append(0xC0 | csid)
-            out += payload[start:start + _OUT_CHUNK_SIZE]
-        self.writer.write(bytes(out))
+        self.writer.write(chunk_message(kind, payload, csid=csid, stream_id=stream_id))
 
     def command(self, *values: AmfValue, stream_id: int = 0) -> None:
-        self.send(_COMMAND_AMF0, encode(*values), csid=_COMMAND_CHUNK_STREAM, stream_id=stream_id)
+        self.send(MSG_COMMAND_AMF0, encode(*values), csid=_COMMAND_CHUNK_STREAM, stream_id=stream_id)
 
     def status(self, level: str, code: str, description: str) -> None:
         self.command("onStatus", 0.0, None, {"level": level, "code": code, "description": description},
@@ -208,9 +274,9 @@ class _Session:
             settings = values[2] if len(values) > 2 and isinstance(values[2], dict) else {}
             app = settings.get("app")
             self.app = app.strip("/") if isinstance(app, str) else ""
-            self.send(_WINDOW_ACK, struct.pack(">I", 2_500_000))
-            self.send(_PEER_BANDWIDTH, struct.pack(">IB", 2_500_000, 2))
-            self.send(_SET_CHUNK_SIZE, struct.pack(">I", _OUT_CHUNK_SIZE))
+            self.send(MSG_WINDOW_ACK, struct.pack(">I", 2_500_000))
+            self.send(MSG_PEER_BANDWIDTH, struct.pack(">IB", 2_500_000, 2))
+            self.send(MSG_SET_CHUNK_SIZE, struct.pack(">I", OUT_CHUNK_SIZE))
             self.command("_result", transaction, {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0},
                          {"level": "status", "code": "NetConnection.Connect.Success",
                           "description": "Connection succeeded.", "objectEncoding": 0.0})
@@ -241,7 +307,7 @@ class _Session:
             self.refuse("bad_key", "no enabled live stream has this stream key")
         self.publisher, self.key = publisher, key
         self.server._publishing[key] = self
-        self.send(_USER_CONTROL, struct.pack(">HI", 0, _STREAM_ID))  # StreamBegin
+        self.send(MSG_USER_CONTROL, struct.pack(">HI", 0, _STREAM_ID))  # StreamBegin
         self.status("status", "NetStream.Publish.Start", "Publishing.")
         log.info("rtmp publish started", extra={"peer": self.peer, "app": self.app})
 
@@ -271,29 +337,23 @@ class _Session:
     async def run(self) -> None:
         await self.handshake()
         while True:
-            state, payload = await self.next_message()
-            kind = state.kind
-            if kind == _SET_CHUNK_SIZE:
-                if len(payload) < 4:
-                    raise IngestProtocolError("a short Set Chunk Size")
-                size = struct.unpack(">I", payload[:4])[0] & 0x7FFFFFFF
-                if not 1 <= size <= _MAX_CHUNK_SIZE:
-                    raise IngestProtocolError(f"chunk size {size}")
-                self.in_chunk_size = size
-            elif kind == _ABORT:
-                if len(payload) >= 4 and (aborted := self.streams.get(struct.unpack(">I", payload[:4])[0])):
-                    aborted.payload.clear()
-            elif kind in (_AUDIO, _VIDEO):
+            message = await self.chunks.next_message()
+            kind, payload = message.kind, message.payload
+            if kind == MSG_SET_CHUNK_SIZE:
+                self.chunks.set_chunk_size(payload)
+            elif kind == MSG_ABORT:
+                self.chunks.abort(payload)
+            elif kind in (MSG_AUDIO, MSG_VIDEO):
                 if self.publisher is not None and payload:
-                    self.publisher.media(FlvTag(AUDIO if kind == _AUDIO else VIDEO, state.timestamp, payload))
-            elif kind in (_COMMAND_AMF0, _COMMAND_AMF3):
-                await self.on_command(decode_all(payload[1:] if kind == _COMMAND_AMF3 else payload))
+                    self.publisher.media(FlvTag(AUDIO if kind == MSG_AUDIO else VIDEO, message.timestamp, payload))
+            elif kind in (MSG_COMMAND_AMF0, MSG_COMMAND_AMF3):
+                await self.on_command(decode_all(payload[1:] if kind == MSG_COMMAND_AMF3 else payload))
                 if self.key is not None and self.publisher is None:
                     return  # unpublished
-            elif kind in (_DATA_AMF0, _DATA_AMF3):
-                self.on_data(decode_all(payload[1:] if kind == _DATA_AMF3 else payload))
-            elif kind == _AGGREGATE:
-                self.on_aggregate(state.timestamp, payload)
+            elif kind in (MSG_DATA_AMF0, MSG_DATA_AMF3):
+                self.on_data(decode_all(payload[1:] if kind == MSG_DATA_AMF3 else payload))
+            elif kind == MSG_AGGREGATE:
+                self.on_aggregate(message.timestamp, payload)
             # acknowledgements, window sizes, peer bandwidth and user control need no answer from a server
             # that only receives
 

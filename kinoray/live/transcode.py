@@ -10,14 +10,19 @@ Each rung and the audio go to FFmpeg's HLS muxer through PyAV: fMP4 segments (CM
 name and renamed, a sliding playlist of ``window_segments`` with ``EXT-X-PROGRAM-DATE-TIME`` on every segment;
 ``master.m3u8`` is the master. At the publisher's end the playlists get ``EXT-X-ENDLIST``.
 
-Standard and reduced latency only: LL-HLS parts need a packager of our own (the issue's next step).
+Low latency (``part_seconds`` set): the same decode, ladder and forced IDRs, but packaged by kinoray's own LL-HLS
+packager (:mod:`kinoray.live.llhls`, fragments from :mod:`kinoray.live.cmaf`) instead of FFmpeg's HLS muxer,
+which cannot write parts: each encoded packet goes straight into its rung's part, one CMAF fragment per part,
+parts and segments cut on one grid for every rung and the audio.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +33,8 @@ import av
 from kinoray.encoders.base import EncoderSession, EncoderSettings
 from kinoray.encoders.registry import select_encoder
 from kinoray.errors import InvalidMediaError, UnsupportedMediaError
+from kinoray.live import llhls
+from kinoray.live.cmaf import Sample, annexb_to_lengths, init_segment, ticks
 from kinoray.live.pipe import TagPipe
 from kinoray.logs import native_output_to_logging
 from kinoray.media.codecs import codec_string
@@ -49,19 +56,23 @@ _AUDIO = "audio"
 class LiveOptions:
     """How a live stream is packaged. ``segment_seconds``: 2 for reduced latency, 4–6 for standard;
     ``window_segments``: segments kept in the playlists (the DVR window); ``heights``: the ladder's rungs by short
-    side (capped at the source); ``encoder``: a registry name or ``auto``."""
+    side (capped at the source); ``encoder``: a registry name or ``auto``; ``part_seconds``: LL-HLS parts of
+    about this length (low latency; ``None``: plain HLS from FFmpeg's muxer)."""
 
     segment_seconds: float = 2.0
     window_segments: int = 30
     heights: tuple[int, ...] = (720, 480, 360)
     encoder: str = "auto"
     preset: str = "veryfast"
+    part_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.segment_seconds <= 10:
             raise ValueError("segment_seconds must be within 0.5 and 10")
         if self.window_segments < 3:
             raise ValueError("a live playlist needs at least 3 segments")
+        if self.part_seconds is not None and not 0.1 <= self.part_seconds <= self.segment_seconds:
+            raise ValueError("part_seconds must be within 0.1 and segment_seconds")
 
 
 @dataclass
@@ -72,6 +83,7 @@ class LiveResult:
     frames_in: int = 0
     frames_out: dict[str, int] = field(default_factory=dict)
     segments: int = 0
+    parts: int = 0
     encoder: str = ""
     error: str | None = None
 
@@ -110,6 +122,49 @@ class _Rung:
         finally:
             self.session.close()
             self.container.close()
+
+
+class _PartRung:
+    """A rung of the low-latency ladder: its encoder and its LL-HLS track."""
+
+    def __init__(self, rendition: Rendition, session: EncoderSession, track: llhls.PartTrack) -> None:
+        self.rendition, self.session, self.track = rendition, session, track
+        self.frames = 0
+
+    def encode(self, frame: av.VideoFrame, pts: int, force_idr: bool) -> bool:
+        """Whether a part was closed."""
+        scaled = frame.reformat(width=self.rendition.width, height=self.rendition.height, format="yuv420p")
+        scaled.pts, scaled.time_base = pts, _TIME_BASE
+        closed = self._push(self.session.encode(scaled, force_idr))
+        self.frames += 1
+        return closed
+
+    def _push(self, packets: list[av.Packet]) -> bool:
+        closed = False
+        scale = self.track.init.timescale
+        for packet in packets:
+            pts = packet.pts if packet.pts is not None else packet.dts
+            dts = packet.dts if packet.dts is not None else pts
+            if pts is None or dts is None:
+                continue  # nothing an encoder emits for a picture
+            sample = Sample(annexb_to_lengths(bytes(packet)), dts=ticks(dts * _TIME_BASE, scale),
+                            cts=ticks(pts * _TIME_BASE, scale) - ticks(dts * _TIME_BASE, scale),
+                            sync=packet.is_keyframe)
+            closed = self.track.push(sample, pts * _TIME_BASE) or closed
+        return closed
+
+    def close(self) -> None:
+        try:
+            self._push(self.session.flush())
+        finally:
+            self.session.close()
+
+
+def _publish(tracks: list[llhls.PartTrack]) -> None:
+    """Every track's playlist, with the others' rendition reports as they stand now."""
+    reports = [track.report() for track in tracks]
+    for track in tracks:
+        track.write_playlist(reports)
 
 
 def _hls_output(directory: Path, options: LiveOptions, resume: bool = False) -> Any:
@@ -175,13 +230,11 @@ class LiveTranscoder:
             choice = select_encoder("h264", self.options.encoder)
             self.result.encoder, self.result.renditions = choice.name, list(ladder)
             rate = video.guessed_rate or video.average_rate or Fraction(30)
+            if self.options.part_seconds is not None:
+                self._run_parts(source, video, audio, ladder, choice, Fraction(rate))
+                return
             for rendition in ladder:
-                session = choice.backend.open(EncoderSettings(
-                    codec="h264", width=rendition.width, height=rendition.height, frame_rate=Fraction(rate),
-                    time_base=_TIME_BASE, gop_frames=int(rate * self.options.segment_seconds * 10) + 1,
-                    max_bitrate=rendition.max_bitrate, buffer_size=rendition.max_bitrate,
-                    preset=self.options.preset, bframes=0, threads=1,
-                    extra=(("tune", "zerolatency"),) if choice.name == "libx264" else ()))
+                session = self._open_session(choice, rendition, Fraction(rate))
                 rungs.append(_Rung(rendition, session, self.directory / rendition.name, self.options, Fraction(rate),
                                    self.resume))
             if audio is not None:
@@ -202,8 +255,140 @@ class LiveTranscoder:
             if audio_out is not None:
                 audio_out.close()
             source.close()
-            self.result.segments = len(list((self.directory / rungs[0].rendition.name).glob("seg_*.m4s"))) \
-                if rungs else 0
+            if rungs:
+                self.result.segments = len(list((self.directory / rungs[0].rendition.name).glob("seg_*.m4s")))
+
+    def _open_session(self, choice: Any, rendition: Rendition, rate: Fraction) -> EncoderSession:
+        session: EncoderSession = choice.backend.open(EncoderSettings(
+            codec="h264", width=rendition.width, height=rendition.height, frame_rate=rate,
+            time_base=_TIME_BASE, gop_frames=int(rate * self.options.segment_seconds * 10) + 1,
+            max_bitrate=rendition.max_bitrate, buffer_size=rendition.max_bitrate,
+            preset=self.options.preset, bframes=0, threads=1,
+            extra=(("tune", "zerolatency"),) if choice.name == "libx264" else ()))
+        return session
+
+    # --- low latency: LL-HLS parts -----------------------------------------------------------------------------
+
+    def _track(self, name: str, init: Any, grid: llhls.PartGrid, *, part_target: float, target_duration: int,
+               sample: Fraction) -> llhls.PartTrack:
+        directory = self.directory / name
+        previous: list[Any] = []
+        first_msn, discontinuity_sequence = 1, 0
+        playlist = directory / _PLAYLIST
+        if self.resume and playlist.exists():  # a replaced transcoder: go on after what was listed
+            try:
+                previous, first_msn, discontinuity_sequence = llhls.resumed_segments(playlist.read_text())
+            except (ValueError, KeyError) as error:
+                log.warning("live playlist not resumable; starting again", extra={"track": name,
+                                                                                  "error": str(error)})
+        return llhls.PartTrack(name, directory, init, grid, anchor=time.time(), part_target=part_target,
+                               target_duration=target_duration, window_segments=self.options.window_segments,
+                               max_sample_ticks=init.timescale,
+                               default_ticks=max(1, ticks(sample, init.timescale)), first_msn=first_msn,
+                               previous=previous, discontinuity_sequence=discontinuity_sequence)
+
+    def _run_parts(self, source: Any, video: Any, audio: Any, ladder: Sequence[Rendition], choice: Any,
+                   rate: Fraction) -> None:
+        """The low-latency ladder: see the module docstring and :mod:`kinoray.live.llhls`."""
+        assert self.options.part_seconds is not None
+        frame = 1 / rate
+        # parts of a whole number of frames, segments of a whole number of parts: every cut on a frame
+        part = max(1, round(Fraction(self.options.part_seconds).limit_denominator(1000) * rate)) * frame
+        per_segment = max(1, round(Fraction(self.options.segment_seconds).limit_denominator(1000) / part))
+        target_duration = max(1, math.ceil(part * per_segment))
+        rungs: list[_PartRung] = []
+        tracks: list[llhls.PartTrack] = []
+        audio_track: llhls.PartTrack | None = None
+        try:
+            for rendition in ladder:
+                session = self._open_session(choice, rendition, rate)
+                init = init_segment(StreamParameters(codec=session.codec_name, time_base=_TIME_BASE,
+                                                     extradata=session.extradata, width=rendition.width,
+                                                     height=rendition.height))
+                track = self._track(rendition.name, init, llhls.PartGrid(part, per_segment, frame / 2),
+                                    part_target=llhls.part_target_for(part, frame), target_duration=target_duration,
+                                    sample=frame)
+                rungs.append(_PartRung(rendition, session, track))
+                tracks.append(track)
+            if audio is not None:
+                context = audio.codec_context
+                if context.name != "aac":
+                    raise UnsupportedMediaError(f"live audio must be AAC, not {context.name}")
+                audio_frame = Fraction(context.frame_size or 1024, context.sample_rate)
+                init = init_segment(StreamParameters(codec="aac", time_base=Fraction(1, context.sample_rate),
+                                                     extradata=bytes(context.extradata or b""),
+                                                     sample_rate=context.sample_rate, channels=context.channels))
+                audio_track = self._track(_AUDIO, init, llhls.PartGrid(part, per_segment, audio_frame / 2),
+                                          part_target=llhls.part_target_for(part, audio_frame),
+                                          target_duration=target_duration, sample=audio_frame)
+                tracks.append(audio_track)
+            self.result.encoder, self.result.renditions = choice.name, list(ladder)
+            self._write_master(rungs, audio)  # type: ignore[arg-type]  # the same rendition/session fields
+            self.started.set()
+            self._pump_parts(source, video, audio, rungs, audio_track, tracks, llhls.PartGrid(part, per_segment,
+                                                                                              frame / 2))
+        finally:
+            for rung in rungs:
+                try:
+                    rung.close()
+                finally:
+                    self.result.frames_out[rung.rendition.name] = rung.frames
+            for track in tracks:
+                track.finish()
+            _publish(tracks)
+            if rungs:
+                self.result.segments = len(list((self.directory / rungs[0].rendition.name).glob("seg_*.m4s")))
+                self.result.parts = rungs[0].track.parts_written
+
+    def _pump_parts(self, source: Any, video: Any, audio: Any, rungs: list[_PartRung],
+                    audio_track: llhls.PartTrack | None, tracks: list[llhls.PartTrack],
+                    grid: llhls.PartGrid) -> None:
+        origin: Fraction | None = None
+        last_pts = -1
+        audio_next: int | None = None  # the next AAC frame's time in samples, when they follow on
+        for packet in source.demux():
+            if audio is not None and packet.stream is audio:
+                if packet.pts is None or origin is None or audio_track is None:
+                    continue  # the flush packet, or audio before the first picture: nothing to align it to
+                rate = audio.codec_context.sample_rate
+                when = Fraction(packet.pts) * audio.time_base - origin
+                if when < 0:
+                    continue
+                measured = round(when * rate)
+                frame_size = audio.codec_context.frame_size or 1024
+                # AAC frames are exactly frame_size samples: FLV's millisecond stamps only place the first
+                # (and any after a gap of more than two frames)
+                dts = audio_next if audio_next is not None and abs(measured - audio_next) <= 2 * frame_size \
+                    else measured
+                audio_next = dts + frame_size
+                if audio_track.push(Sample(bytes(packet), dts=round(dts * audio_track.init.timescale / rate)),
+                                    Fraction(dts, rate)):
+                    _publish(tracks)
+                continue
+            if packet.stream is not video:
+                continue
+            for frame in packet.decode():
+                if frame.pts is None:
+                    continue
+                when = Fraction(frame.pts) * video.time_base
+                if origin is None:
+                    origin = when
+                    # EXT-X-PROGRAM-DATE-TIME: the publisher's clock when it sent this frame (the pipe's),
+                    # else now
+                    anchor = self.pipe.clock + float(when) if self.pipe.clock is not None else time.time()
+                    for track in tracks:
+                        track.anchor = anchor
+                pts = int((when - origin) / _TIME_BASE)
+                if pts <= last_pts:
+                    continue
+                last_pts = pts
+                force = grid.cut(pts * _TIME_BASE) == 2
+                closed = False
+                for rung in rungs:
+                    closed = rung.encode(frame, pts, force) or closed
+                self.result.frames_in += 1
+                if closed:
+                    _publish(tracks)
 
     def _pump(self, source: Any, video: Any, audio: Any, rungs: list[_Rung], audio_out: Any,
               audio_stream: Any) -> None:

@@ -38,6 +38,18 @@ class FlvTag:
         """A video tag whose frame type is 1 (a keyframe, for H.264 an IDR access unit or its sequence header)."""
         return self.kind == VIDEO and bool(self.body) and self.body[0] >> 4 == 1
 
+    @property
+    def is_header(self) -> bool:
+        """Metadata, or a codec configuration record (AVC / HEVC (enhanced FLV) sequence header, AAC
+        AudioSpecificConfig): what a decoder joining a stream mid-way needs before a keyframe."""
+        if self.kind == SCRIPT:
+            return True
+        if self.kind == VIDEO and len(self.body) > 1:
+            return self.body[0] & 0x0F in (7, 12) and self.body[1] == 0
+        if self.kind == AUDIO and len(self.body) > 1:
+            return self.body[0] >> 4 == 10 and self.body[1] == 0
+        return False
+
     def to_bytes(self) -> bytes:
         """The tag followed by its PreviousTagSize field."""
         timestamp = self.timestamp & 0xFFFFFFFF

@@ -47,6 +47,7 @@ __all__ = [
     "FitMode",
     "FrameReader",
     "FrameSource",
+    "LiveSegment",
     "Resize",
     "SegmentedReader",
     "SegmentedRendition",
@@ -58,6 +59,8 @@ __all__ = [
     "TimedFrame",
     "dash_video_renditions",
     "encode_still",
+    "hls_latest_segment",
+    "hls_top_variant",
     "plan_storyboard",
     "render_animated",
     "render_storyboard",
@@ -372,6 +375,53 @@ def dash_video_renditions(mpd: str) -> list[SegmentedRendition]:
     except (ET.ParseError, KeyError, ValueError, AssertionError) as e:
         raise InvalidMediaError(f"not a DASH manifest of ours: {e}") from e
     return sorted(renditions, key=lambda rendition: -rendition.size.width * rendition.size.height)
+
+
+@dataclass(frozen=True)
+class LiveSegment:
+    """The newest complete segment of a live HLS rendition and its init segment (URIs as the media playlist
+    writes them, relative to it)."""
+
+    init: str
+    segment: str
+
+
+_RESOLUTION = re.compile(r"RESOLUTION=(\d+)x(\d+)")
+_BANDWIDTH = re.compile(r"(?<![-A-Z])BANDWIDTH=(\d+)")
+_MAP_URI = re.compile(r'#EXT-X-MAP:.*?URI="([^"]+)"')
+
+
+def hls_top_variant(master: str) -> str | None:
+    """The URI of the video variant with the most pixels (then the highest bandwidth) in an HLS master
+    playlist; ``None`` when it lists none."""
+    best: tuple[int, int, str] | None = None
+    lines = [line.strip() for line in master.splitlines()]
+    for index, line in enumerate(lines):
+        if not line.startswith("#EXT-X-STREAM-INF:"):
+            continue
+        uri = next((later for later in lines[index + 1:] if later and not later.startswith("#")), None)
+        resolution, bandwidth = _RESOLUTION.search(line), _BANDWIDTH.search(line)
+        if uri is None or resolution is None:
+            continue
+        rank = (int(resolution[1]) * int(resolution[2]), int(bandwidth[1]) if bandwidth else 0, uri)
+        best = rank if best is None or rank[:2] > best[:2] else best
+    return best[2] if best else None
+
+
+def hls_latest_segment(playlist: str) -> LiveSegment | None:
+    """The newest complete segment of an fMP4 HLS media playlist with the init segment (``EXT-X-MAP``) in force
+    for it; ``None`` before the first segment. Partial segments (LL-HLS ``EXT-X-PART``) are tags, not
+    segments, and are passed over."""
+    init: str | None = None
+    latest: LiveSegment | None = None
+    for raw in playlist.splitlines():
+        line = raw.strip()
+        if line.startswith("#EXT-X-MAP:"):
+            found = _MAP_URI.match(line)
+            init = found[1] if found else None
+        elif line and not line.startswith("#") and init is not None:
+            latest = LiveSegment(init, line)
+    return latest
 
 
 class SegmentedReader:

@@ -20,7 +20,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import kinoray
 from kinoray.errors import (
-    AuthenticationError,
     ConfigurationError,
     DatabaseUnavailableError,
     KinorayError,
@@ -31,8 +30,11 @@ from kinoray.serve.asgi import Scope, client_of_scope
 from kinoray.serve.deps import get_platform
 from kinoray.serve.guard import RequestGuard
 from kinoray.serve.routes import (
+    alerts,
     assets,
+    chat,
     data,
+    data_insights,
     downloads,
     live_streams,
     restrictions,
@@ -62,9 +64,7 @@ def error_response(status: int, error_type: str, messages: list[str],
 def _kinoray_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, KinorayError)
     status = http_status(error)
-    headers: dict[str, str] = dict(getattr(error, "headers", None) or {})
-    if isinstance(error, AuthenticationError):
-        headers["WWW-Authenticate"] = 'Basic realm="kinoray"'
+    headers = error.http_headers()  # its typed fields' (Retry-After, WWW-Authenticate, Allow, ...) and the context's
     if status >= 500:
         log.error("request failed", extra={"path": request.url.path, "type": error.type, "error": str(error)})
     return error_response(status, error.type, [str(error)], headers)
@@ -134,9 +134,11 @@ def build_api() -> FastAPI:
                     "Management endpoints take HTTP Basic with an access token id and secret.",
     )
     install_error_handlers(app)
-    for router in (system.router, assets.router, live_streams.router, downloads.router, tracks.router,
+    for router in (system.router, assets.router, live_streams.router, chat.management, downloads.router,
+                   tracks.router,
                    uploads.management, webhooks.router,
-                   webhooks.mux_router, restrictions.router, usage.router, data.queries, metrics.router):
+                   webhooks.mux_router, restrictions.router, usage.router, data.queries, alerts.router,
+                   data_insights.router, data_insights.downloads, metrics.router):
         app.include_router(router)
     for prefix in signing_keys.PREFIXES:
         app.include_router(signing_keys.router, prefix=prefix)

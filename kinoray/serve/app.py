@@ -1,5 +1,6 @@
-"""The Ray Serve application: the management API's ingress (``kinoray-api``) and the job runner
-(``kinoray-runner``).
+"""The Ray Serve application: the management API's ingress (``kinoray-api``), the job runner
+(``kinoray-runner``) and the anomaly detector the runner's alert evaluation calls (``kinoray-anomaly``,
+:mod:`kinoray.serve.anomaly`).
 
 ``kinoray.serve.app:app`` is the import path ``serve run``/``serve deploy`` and the RayService in
 ``ray-cluster.yaml`` use. :func:`kinoray.serve.api.build_api` makes the FastAPI app (Ray-free; tests serve it
@@ -68,6 +69,7 @@ def build_app(api_replicas: int | None = None) -> serve.Application:
     """The Serve application: the API ingress bound to the job runner. ``api_replicas`` fixes the ingress's
     replica count (``kinoray up``: each replica is a process, and more of them use more cores); None leaves it to
     the deployment's configuration (serveConfigV2's autoscaling on KubeRay)."""
+    from kinoray.serve.anomaly import AnomalyDetector
     from kinoray.serve.runner import JobRunner
     from kinoray.settings import get_settings
 
@@ -79,7 +81,8 @@ def build_app(api_replicas: int | None = None) -> serve.Application:
     if api_replicas is not None:
         options["num_replicas"] = api_replicas
     ingress = cast(serve.Deployment, ApiIngress).options(**options)
-    return ingress.bind(cast(serve.Deployment, JobRunner).bind())
+    anomaly = cast(serve.Deployment, AnomalyDetector).bind()
+    return ingress.bind(cast(serve.Deployment, JobRunner).bind(anomaly))
 
 
 app: serve.Application = build_app()

@@ -95,8 +95,7 @@ def _error_body(error_type: str, messages: list[str]) -> bytes:
 async def send_error(send: Send, error: KinorayError, extra_headers: Mapping[str, str] | None = None,
                      *, head: bool = False) -> None:
     """``error`` as kinoray's error body with its status (and the headers it carries)."""
-    headers = {**(extra_headers or {}), **(getattr(error, "headers", None) or {}),
-               "Content-Type": "application/json"}
+    headers = {**(extra_headers or {}), **error.http_headers(), "Content-Type": "application/json"}
     await send_response(send, http_status(error), headers, _error_body(error.type, [str(error)]), head=head)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -24,8 +25,8 @@ from kinoray.control.platform import Platform
 from kinoray.errors import ConfigurationError, RateLimitedError
 from kinoray.store.models import request_fingerprint
 
-__all__ = ["CurrentToken", "IdempotentRoute", "PlatformDep", "client_address", "get_platform", "rate_limit_headers",
-           "set_platform"]
+__all__ = ["MAX_PAGE_SIZE", "CurrentToken", "IdempotentRoute", "PageDep", "Pagination", "PlatformDep", "RankedPageDep",
+           "client_address", "get_platform", "pagination", "rate_limit_headers", "set_platform"]
 
 _platform: Platform | None = None
 
@@ -79,6 +80,52 @@ def current_token(request: Request, response: Response, platform: PlatformDep) -
 
 
 CurrentToken = Annotated[TokenInfo, Depends(current_token)]
+
+
+#: The most rows one page of any list may hold (Mux: 100).
+MAX_PAGE_SIZE = 100
+#: The deepest numbered page (offset pages cost the database the rows skipped; go further with ``cursor``).
+MAX_PAGE = 10_000
+
+
+@dataclass(frozen=True)
+class Pagination:
+    """Which page of a list: ``limit`` rows, Mux's numbered ``page`` (1 = newest) or, where the list answers a
+    ``next_cursor``, the keyset ``cursor`` it gave (which wins over ``page``)."""
+
+    limit: int = 25
+    page: int = 1
+    cursor: str | None = None
+
+
+def _keyset(
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="rows per page")] = 25,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Mux's numbered pages (1 = newest); cursor wins")] = 1,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_-]+$",
+                                        description="next_cursor of the previous page")] = None,
+) -> Pagination:
+    return Pagination(limit=limit, page=page, cursor=cursor)
+
+
+def _numbered(
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="rows per page")] = 100,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Mux's numbered pages (1 = first)")] = 1,
+) -> Pagination:
+    return Pagination(limit=limit, page=page)
+
+
+def pagination(*, cursor: bool = True) -> Callable[..., Pagination]:
+    """The pagination dependency of a list route: Mux's ``limit`` (default 25, at most 100) and numbered ``page``,
+    and kinoray's keyset ``cursor`` (from the previous page's ``next_cursor``, stable while rows are added). A
+    list in another order than newest first (a ranking) takes ``cursor=False``: numbered pages only, Mux's
+    default of 100 rows."""
+    return _keyset if cursor else _numbered
+
+
+#: Every newest-first list: ``limit``, ``page`` and ``cursor``.
+PageDep = Annotated[Pagination, Depends(pagination())]
+#: A ranked list (delivery usage): ``limit`` (default 100) and ``page``.
+RankedPageDep = Annotated[Pagination, Depends(pagination(cursor=False))]
 
 
 class IdempotentRoute(APIRoute):

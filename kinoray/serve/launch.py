@@ -276,8 +276,8 @@ def up(host: str, port: int, data_dir: Path, *, demo: bool = False, console: Con
         signal.signal(signum, lambda *_: stop.set())
     url = settings.public_url
     try:
-        console.print(f"[bold green]kinoray is up[/] at {url}  (API docs: {url}/docs; the API alone: "
-                      f"{settings.edge.api_url})")
+        console.print(f"[bold green]kinoray is up[/] at {url}  (API docs: {url}/docs; the Data dashboard: "
+                      f"{url}/dashboard/; the API alone: {settings.edge.api_url})")
         if settings.live.enabled:
             rtmp_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
             console.print(f"live: publish to rtmp://{rtmp_host}:{settings.live.rtmp_port}/app/<stream key> "

@@ -10,6 +10,10 @@ live control plane (:mod:`kinoray.control.live`) and the transcoder actors (:mod
 - feeds it to a :class:`~kinoray.cluster.live.LiveFeed` (a transcoder actor on the cluster, replaced if it dies)
   writing the live HLS under the stream's live prefix, which the delivery edge serves for the stream's playback
   ids;
+- pushes it on to each of the stream's simulcast targets (:class:`~kinoray.live.simulcast.SimulcastPusher`, one
+  per target on this loop, each with its own bounded queue, so a slow or dead target affects only itself), and
+  stores each target's status changes in order (:func:`~kinoray.control.live.set_simulcast_status`, one report
+  at a time per session, off the loop);
 - reports the first segment (:func:`~kinoray.control.live.publish_active`) and the end
   (:func:`~kinoray.control.live.publish_ended`, after the recording part is in place);
 - every ``poll_seconds`` asks :func:`~kinoray.control.live.publish_should_stop` and drops the publisher of a
@@ -35,6 +39,7 @@ from kinoray.cluster.live import LiveFeed
 from kinoray.control import live as live_control
 from kinoray.control.platform import Platform
 from kinoray.live.rtmp import PublishRequest, RtmpServer
+from kinoray.live.simulcast import SimulcastPusher, SimulcastStatus
 from kinoray.live.transcode import LiveOptions, LiveResult
 from kinoray.media.flv import FlvTag, flv_header
 from kinoray.store.objects import ObjectStore
@@ -79,26 +84,81 @@ class _Recording:
                 shutil.rmtree(self.temporary.parent, ignore_errors=True)
 
 
+class _StatusReports:
+    """Simulcast status changes of one session, stored one at a time in the order they happened (off the loop:
+    database work), so a quick ``starting`` → ``broadcasting`` is never stored the other way round."""
+
+    def __init__(self, ingest: LiveIngest) -> None:
+        self.ingest = ingest
+        self.queue: asyncio.Queue[tuple[str, SimulcastStatus, str | None] | None] = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._run(), name="simulcast-status")
+
+    def __call__(self, target_id: str, status: SimulcastStatus, severity: str | None, error: str | None) -> None:
+        self.queue.put_nowait((target_id, status, severity))
+
+    async def _run(self) -> None:
+        while (report := await self.queue.get()) is not None:
+            try:
+                await asyncio.to_thread(live_control.set_simulcast_status, self.ingest.platform, *report)
+            except Exception as error:  # noqa: BLE001 - logged; the next report still goes
+                log.error("simulcast status not stored", extra={"target": report[0], "status": report[1],
+                                                                "error": str(error)[:300]})
+
+    async def close(self) -> None:
+        """After the last report is stored."""
+        self.queue.put_nowait(None)
+        await self.task
+
+
 class _Session:
-    """The publisher of one accepted publish: every tag to the recording and to the live feed."""
+    """The publisher of one accepted publish: every tag to the recording, the live feed and the simulcast
+    targets."""
 
     def __init__(self, ingest: LiveIngest, publish: live_control.LivePublish, request: PublishRequest) -> None:
         self.ingest, self.publish, self.key = ingest, publish, request.key
         platform, settings = ingest.platform, ingest.platform.settings.live
         options = LiveOptions(segment_seconds=settings.segment_seconds.get(publish.latency_mode, 4.0),
                               window_segments=settings.window_segments, heights=settings.heights,
-                              encoder=settings.encoder, preset=settings.preset)
+                              encoder=settings.encoder, preset=settings.preset,
+                              part_seconds=settings.part_seconds if publish.latency_mode == "low" else None)
         self.recording = _Recording(platform.store, publish.source_key)
         self.feed = LiveFeed(platform.store, publish.live_prefix, options, cpus=settings.cpus_per_stream,
                              max_restarts=settings.max_restarts, on_segment=self._first_segment, on_end=self._end)
+        self.reports = _StatusReports(ingest)
+        self.closing: asyncio.Task[None] | None = None
+        self.pushers = [SimulcastPusher(
+            target.target_id, target.url, target.stream_key, self.reports,
+            max_buffer_bytes=settings.simulcast_buffer_bytes, connect_timeout=settings.simulcast_connect_seconds,
+            write_timeout=settings.simulcast_write_seconds, retry_seconds=settings.simulcast_retry_seconds,
+            max_retry_seconds=settings.simulcast_max_retry_seconds,
+            socket_buffer=settings.simulcast_socket_buffer_bytes) for target in publish.simulcast_targets]
         self.watch = asyncio.get_running_loop().create_task(self._watch(), name="live-watch")
 
     def media(self, tag: FlvTag) -> None:
         self.recording.write(tag)
         self.feed.media(tag)
+        for pusher in self.pushers:
+            pusher.media(tag)
 
     def ended(self, error: str | None) -> None:
         self.feed.ended(error)
+        for pusher in self.pushers:
+            pusher.ended(error)
+        if self.closing is None:
+            self.closing = asyncio.get_running_loop().create_task(self._close_pushers(), name="simulcast-close")
+
+    async def _close_pushers(self) -> None:
+        await asyncio.gather(*(pusher.wait() for pusher in self.pushers), return_exceptions=True)
+        await self.reports.close()  # their last word (idle) stored
+
+    async def wait(self) -> None:
+        """Until the live feed, the pushers and their status reports are done (after :meth:`ended`)."""
+        await asyncio.gather(self.feed.wait(), *([self.closing] if self.closing else []), return_exceptions=True)
+
+    @property
+    def done(self) -> bool:
+        """The feed finished and the pushers have reported their end."""
+        return self.feed.done and (not self.pushers or (self.closing is not None and self.closing.done()))
 
     def _first_segment(self, count: int) -> None:
         self.ingest.background(live_control.publish_active, self.ingest.platform, self.publish.live_stream_id)
@@ -152,7 +212,7 @@ class LiveIngest:
         asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(timeout)
 
         async def drain() -> None:
-            await asyncio.gather(*(session.feed.wait() for session in self.sessions), return_exceptions=True)
+            await asyncio.gather(*(session.wait() for session in self.sessions), return_exceptions=True)
             await asyncio.gather(*self._pending, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(drain(), self.loop).result(timeout)
@@ -179,7 +239,7 @@ class LiveIngest:
         if not publish.continued:  # a new session: the last one's playlists must not be appended to
             await asyncio.to_thread(self.platform.store.delete_prefix, publish.live_prefix)
         session = _Session(self, publish, request)
-        self.sessions = [kept for kept in self.sessions if not kept.feed.done] + [session]
+        self.sessions = [kept for kept in self.sessions if not kept.done] + [session]
         return session
 
 

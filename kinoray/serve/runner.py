@@ -18,7 +18,11 @@ the control plane's other periodic work.
   uploads (:func:`kinoray.control.uploads.expire_uploads`), deletes expired test assets as ``DELETE`` does
   (:func:`kinoray.control.assets.expire_assets`), ends live sessions whose reconnect window is over
   (:func:`kinoray.control.live.expire_live`), prunes expired idempotency keys and deletes analytics events past
-  ``analytics.retention_days`` (:func:`kinoray.control.analytics.sweep_analytics`), every ``serve.sweep_seconds``.
+  ``analytics.retention_days`` (:func:`kinoray.control.analytics.sweep_analytics`) and writes the finished days'
+  view exports (:func:`kinoray.control.analytics.export_views`), every ``serve.sweep_seconds``;
+- evaluates the Data alert rules (:func:`kinoray.control.alerts.evaluate_alerts`) in a thread of its own every
+  ``analytics.alert_seconds``, anomaly rules scored by the ``kinoray-anomaly`` deployment (:mod:`kinoray.serve.anomaly`)
+  when the runner runs under Serve.
 
 Several runners may share a database (leases keep them off each other's jobs); the ``kinoray-runner`` Serve
 deployment runs one replica (:class:`JobRunner`).
@@ -37,7 +41,8 @@ import sqlalchemy as sa
 from ray import serve
 
 from kinoray.control import idempotency
-from kinoray.control.analytics import sweep_analytics
+from kinoray.control.alerts import Scorer, evaluate_alerts, local_scorer
+from kinoray.control.analytics import export_views, sweep_analytics
 from kinoray.control.assets import expire_assets
 from kinoray.control.ingest import fetch_input
 from kinoray.control.jobs import (
@@ -55,6 +60,7 @@ from kinoray.control.static_renditions import RenditionTask, StaticRenditionWork
 from kinoray.control.webhooks import deliver_loop
 from kinoray.errors import InvalidMediaError, JobCancelledError, KinorayError
 from kinoray.priority import yield_cpu
+from kinoray.store import keys
 from kinoray.store.db import is_transient
 from kinoray.store.models import Asset
 from kinoray.store.states import JobRecord
@@ -102,8 +108,10 @@ class Runner:
     """The runner loop over one :class:`~kinoray.control.Platform` (see the module docstring)."""
 
     def __init__(self, platform: Platform, *, max_jobs: int | None = None, poll_seconds: float | None = None,
-                 lifecycle: JobLifecycle | None = None) -> None:
+                 lifecycle: JobLifecycle | None = None, scorer: Scorer | None = None) -> None:
         self.platform = platform
+        #: What anomaly alert rules are scored with: the kinoray-anomaly deployment under Serve, else this process.
+        self.scorer = scorer or local_scorer
         self.settings = platform.settings
         self.max_jobs = max_jobs or self.settings.serve.max_concurrent_jobs
         self.poll_seconds = poll_seconds or self.settings.serve.poll_seconds
@@ -133,6 +141,17 @@ class Runner:
                                     kwargs={"interval": self.poll_seconds}, name="kinoray-webhooks", daemon=True)
         webhooks.start()
         self._threads.append(webhooks)
+        # Alert rules too: an evaluation reads hours of views and may wait on the anomaly detector.
+        alerts = threading.Thread(target=self._alerts_loop, name="kinoray-alerts", daemon=True)
+        alerts.start()
+        self._threads.append(alerts)
+
+    def _alerts_loop(self) -> None:
+        """Evaluate the alert rules (:func:`kinoray.control.alerts.evaluate_alerts`) now and every
+        ``analytics.alert_seconds``."""
+        while not self._stop.is_set():
+            self._periodic("alerts", lambda: evaluate_alerts(self.platform, self.scorer))
+            self._stop.wait(self.settings.analytics.alert_seconds)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop polling, cancel running jobs (they go back to the queue for the next runner) and wait for them."""
@@ -190,6 +209,7 @@ class Runner:
             self._periodic("test assets", lambda: expire_assets(self.platform))
             self._periodic("live sessions", lambda: expire_live(self.platform))
             self._periodic("analytics retention", lambda: sweep_analytics(self.platform))
+            self._periodic("view exports", lambda: export_views(self.platform))
             self._periodic("idempotency", lambda: idempotency.sweep(
                 self.platform.db, timedelta(hours=self.settings.api.idempotency_hours)))
 
@@ -414,7 +434,7 @@ class Runner:
 
     def _remove_files(self, asset_id: str) -> None:
         try:
-            self.platform.store.delete_prefix(f"assets/{asset_id}")
+            self.platform.store.delete_prefix(keys.asset_prefix(asset_id))
         except KinorayError as error:
             log.warning("could not remove a deleted asset's files", extra={"asset": asset_id, "error": str(error)})
 
@@ -436,14 +456,17 @@ def _start_live_ingest(platform: Platform) -> Any:
 class JobRunner:
     """The runner as a Serve deployment (one replica). The ingress calls :meth:`metrics_text` for /metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, anomaly: Any = None) -> None:
         from kinoray.logs import setup_logging
+        from kinoray.serve.anomaly import HandleScorer
 
         setup_logging()
         platform = Platform.from_settings()
         self.live = _start_live_ingest(platform) if platform.settings.live.enabled else None
         yield_cpu(platform.settings.cluster.worker_nice)  # batch work: the API's replicas come first
-        self.runner = Runner(platform)
+        scorer = (HandleScorer(anomaly, platform.settings.analytics.anomaly_timeout_seconds)
+                  if anomaly is not None else None)
+        self.runner = Runner(platform, scorer=scorer)
         self.runner.start()
 
     def metrics_text(self) -> str:

@@ -37,10 +37,15 @@ __all__ = [
     "LATENCY_MODES",
     "SESSION_STATES",
     "SIMULCAST_STATUSES",
+    "ALERT_COMPARISONS",
+    "ALERT_KINDS",
     "AccessToken",
+    "AlertRule",
     "Asset",
     "AssetStatus",
     "Base",
+    "ChatMessage",
+    "DataIncident",
     "DeliveryUsage",
     "Event",
     "IdempotencyKey",
@@ -487,12 +492,38 @@ class SimulcastTarget(Base):
     stream_key: Mapped[str | None] = mapped_column(sa.Text)
     passthrough: Mapped[str | None] = mapped_column(sa.String(255))
     status: Mapped[str] = mapped_column(sa.String(16), default="idle")
+    #: Mux's ``error_severity`` while ``errored``: ``normal`` (retried) or ``fatal`` (not retried this session).
+    error_severity: Mapped[str | None] = mapped_column(sa.String(16))
     created_at: Mapped[datetime] = _created_at()
 
     live_stream: Mapped[LiveStream] = relationship(back_populates="simulcast_targets")
 
     def __repr__(self) -> str:
         return f"SimulcastTarget(id={self.id!r}, live_stream_id={self.live_stream_id!r}, status={self.status!r})"
+
+
+class ChatMessage(Base):
+    """A message in a live stream's chat room (:mod:`kinoray.control.chat`). A moderator's delete blanks the
+    text and sets ``deleted_at``; ``updated_at`` moves on every change, so rooms follow new and deleted messages
+    with one indexed range read."""
+
+    __tablename__ = "chat_messages"
+    __table_args__ = (
+        sa.Index("ix_chat_messages_live_stream_id_updated_at", "live_stream_id", "updated_at"),
+        sa.Index("ix_chat_messages_live_stream_id_created_at", "live_stream_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
+    live_stream_id: Mapped[str] = mapped_column(sa.ForeignKey("live_streams.id", ondelete="CASCADE"))
+    viewer_id: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(64))
+    text: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"ChatMessage(id={self.id!r}, live_stream_id={self.live_stream_id!r})"
 
 
 _DEFAULT_UPLOAD_TIMEOUT = 3600
@@ -907,3 +938,78 @@ class DeliveryUsage(Base):
     def __repr__(self) -> str:
         return (f"DeliveryUsage(asset_id={self.asset_id!r}, hour_start={self.hour_start!r}, tier={self.tier!r}, "
                 f"seconds={self.delivered_seconds})")
+
+
+# --- Mux Data alerts -----------------------------------------------------------------------------------------
+
+#: ``threshold``: a metric over a window compared with a value; ``anomaly``: the anomaly detector's findings.
+ALERT_KINDS = ("threshold", "anomaly")
+ALERT_COMPARISONS = ("gt", "gte", "lt", "lte")
+
+
+class AlertRule(Base):
+    """An alert rule over the analytics (:mod:`kinoray.control.alerts`): what is watched and when it fires."""
+
+    __tablename__ = "alert_rules"
+    __table_args__ = (
+        sa.CheckConstraint(_in("kind", ALERT_KINDS), name="kind"),
+        sa.Index("ix_alert_rules_created_at_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(sa.String(255))
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    metric: Mapped[str] = mapped_column(sa.String(64))
+    measurement: Mapped[str | None] = mapped_column(sa.String(16))
+    #: ``["dimension:value", "!dimension:value"]`` as the Data API's ``filters[]``.
+    filters: Mapped[list[str]] = mapped_column(_json(), default=list)
+    comparison: Mapped[str | None] = mapped_column(sa.String(8))
+    threshold: Mapped[float | None] = mapped_column(sa.Double)
+    window_seconds: Mapped[int] = mapped_column(sa.Integer)
+    min_views: Mapped[int] = mapped_column(sa.Integer)
+    #: The dimensions an anomaly rule searches.
+    dimensions: Mapped[list[str]] = mapped_column(_json(), default=list)
+    severity: Mapped[str] = mapped_column(sa.String(16))
+    enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    last_evaluated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_value: Mapped[float | None] = mapped_column(sa.Double)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+    def __repr__(self) -> str:
+        return f"AlertRule(id={self.id!r}, kind={self.kind!r}, metric={self.metric!r})"
+
+
+class DataIncident(Base):
+    """An incident: a rule firing for one ``incident_key`` (the dimension values it is about), open until the
+    rule recovers. Deleted with its rule."""
+
+    __tablename__ = "data_incidents"
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('open', 'closed')", name="status"),
+        sa.Index("ix_data_incidents_rule_id_status", "rule_id", "status"),
+        sa.Index("ix_data_incidents_started_at_id", "started_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
+    rule_id: Mapped[str] = mapped_column(sa.ForeignKey("alert_rules.id", ondelete="CASCADE"))
+    incident_key: Mapped[str] = mapped_column(sa.String(512))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    severity: Mapped[str] = mapped_column(sa.String(16))
+    metric: Mapped[str] = mapped_column(sa.String(64))
+    measurement: Mapped[str] = mapped_column(sa.String(16))
+    #: ``[[dimension, value], ...]``: what the incident is about.
+    breakdowns: Mapped[list[list[str]]] = mapped_column(_json(), default=list)
+    description: Mapped[str] = mapped_column(sa.Text)
+    threshold: Mapped[float | None] = mapped_column(sa.Double)
+    baseline: Mapped[float | None] = mapped_column(sa.Double)
+    measured_value: Mapped[float | None] = mapped_column(sa.Double)
+    measured_value_on_close: Mapped[float | None] = mapped_column(sa.Double)
+    sample_size: Mapped[int] = mapped_column(sa.Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = _updated_at()
+
+    def __repr__(self) -> str:
+        return f"DataIncident(id={self.id!r}, rule_id={self.rule_id!r}, status={self.status!r})"

@@ -10,8 +10,13 @@
  * URLs follow Mux's shapes under one base (default: where this script was loaded from): HLS
  * /{id}.m3u8?token=, poster /{id}/thumbnail.jpg?token=, seek previews /{id}/storyboard.vtt?token=.
  * Keyboard: space/k play-pause, left/right seek 5 s, j/l 10 s, up/down volume, m mute, f fullscreen,
- * c captions. Properties: .video, .hls, .error ({type, message, status} once playback failed), .viewId,
- * .timings (performance.now() of playerready, play, playing, firstframe). Events: "kinoray-error".
+ * c captions, Home/End start/live edge. Properties: .video, .hls, .error ({type, message, status} once playback
+ * failed), .viewId, .timings (performance.now() of playerready, play, playing, firstframe), .live (see below).
+ * Events: "kinoray-error".
+ * Live playback ids play live: a LIVE button (lit at the live edge; a click returns there), the seek bar spans
+ * the DVR window (the stream's sliding playlist), the time shows how far behind live, and the latency (glass
+ * to glass: now minus the EXT-X-PROGRAM-DATE-TIME of the frame on screen) is shown beside it.
+ * .live = {live, atEdge, behind (s behind the live edge), latency (s, or null), window: [start, end] or null}.
  * Captions are the stream's HLS subtitle tracks, rendered by the browser (hls.js's <track src="data:,WEBVTT">
  * text tracks): a page with a Content-Security-Policy needs media-src blob: data: (MediaSource, caption tracks).
  */
@@ -144,6 +149,9 @@
           <div class="kr-seek-track"><div class="kr-buffered"></div><div class="kr-progress"></div></div>
         </div>
         <span class="kr-time" aria-hidden="true">0:00 / 0:00</span>
+        <button type="button" class="kr-live" aria-label="Go to live" title="Go to live (End)" hidden><span
+                class="kr-live-dot" aria-hidden="true"></span>LIVE</button>
+        <span class="kr-latency" title="Latency: now minus when the frame on screen was captured" hidden></span>
         <button type="button" class="kr-mute" aria-label="Mute" aria-pressed="false" title="Mute (m)">${svg("volume")}</button>
         <input type="range" class="kr-volume" aria-label="Volume" min="0" max="1" step="0.05" value="1">
         <div class="kr-menu-wrap">
@@ -188,6 +196,7 @@
         player_width: Math.round(this.player.clientWidth) || undefined,
         player_height: Math.round(this.player.clientHeight) || undefined,
         page_url: location.href.split(/[?#]/)[0].slice(0, 1024),
+        video_source_is_live: this.player.isLive || undefined,
       }, fields || {});
       const beacon = {};
       for (const key of Object.keys(event)) {
@@ -275,7 +284,8 @@
         seek: $(".kr-seek"), buffered: $(".kr-buffered"), progress: $(".kr-progress"), time: $(".kr-time"),
         mute: $(".kr-mute"), volume: $(".kr-volume"), captionsButton: $(".kr-captions-button"),
         captionsMenu: $("#kr-captions-menu"), qualityButton: $(".kr-quality-button"),
-        qualityMenu: $("#kr-quality-menu"), fullscreen: $(".kr-fullscreen"),
+        qualityMenu: $("#kr-quality-menu"), fullscreen: $(".kr-fullscreen"), live: $(".kr-live"),
+        latency: $(".kr-latency"),
       };
       this.video = $("video");
       this.hls = null;
@@ -334,6 +344,8 @@
       this.firstFrameSeen = false;
       this.playingOnce = false;
       this.rebuffering = false;
+      this.isLive = false;
+      this.renderLive();
       this.beacons = new Beacons(this, this.getAttribute("beacon-url") || `${this.baseUrl}/data/v1/beacons`);
       this.video.muted = this.hasAttribute("muted");
       this.video.autoplay = false;
@@ -380,6 +392,9 @@
           });
         }
         this.renderQualityMenu();
+      });
+      hls.on(E.LEVEL_LOADED, (_, data) => {
+        if (data.details && data.details.live !== this.isLive) this.setLive(data.details.live);
       });
       hls.on(E.SUBTITLE_TRACKS_UPDATED, () => this.renderCaptionsMenu());
       hls.on(E.SUBTITLE_TRACK_SWITCH, () => this.renderCaptionsMenu());
@@ -565,6 +580,7 @@
         this.video.muted = this.video.volume === 0;
       });
       ui.fullscreen.addEventListener("click", () => this.toggleFullscreen());
+      ui.live.addEventListener("click", () => this.goLive());
       ui.captionsButton.addEventListener("click", () => this.toggleMenu(ui.captionsButton, ui.captionsMenu));
       ui.qualityButton.addEventListener("click", () => this.toggleMenu(ui.qualityButton, ui.qualityMenu));
       for (const menu of [ui.captionsMenu, ui.qualityMenu]) menu.addEventListener("keydown", (e) => this.menuKey(e, menu));
@@ -576,7 +592,8 @@
       // seeking: click/drag on the bar, storyboard preview on hover
       const seekTo = (e) => {
         const fraction = this.seekFraction(e);
-        if (isFinite(this.video.duration)) this.video.currentTime = fraction * this.video.duration;
+        const [start, end] = this.timeline();
+        if (end > start) this.video.currentTime = start + fraction * (end - start);
       };
       ui.seek.addEventListener("pointerdown", (e) => {
         ui.seek.setPointerCapture(e.pointerId);
@@ -598,9 +615,52 @@
     }
 
     seekBy(seconds) {
+      const [start, end] = this.timeline();
+      if (end <= start) return;
+      this.video.currentTime = Math.min(end, Math.max(start, this.video.currentTime + seconds));
+    }
+
+    // --- live ----------------------------------------------------------------------------------------------
+
+    // What the seek bar spans: the asset ([0, duration]), or a live stream's DVR window (what is seekable).
+    timeline() {
       const video = this.video;
-      if (!isFinite(video.duration)) return;
-      video.currentTime = Math.min(video.duration, Math.max(0, video.currentTime + seconds));
+      if (this.isLive) {
+        const ranges = video.seekable.length ? video.seekable : video.buffered;
+        return ranges.length ? [ranges.start(0), ranges.end(ranges.length - 1)] : [0, 0];
+      }
+      return isFinite(video.duration) ? [0, video.duration] : [0, 0];
+    }
+
+    // Where playing live means: hls.js's live sync position (a few target durations behind the newest
+    // segment, so playback does not stall), else the end of the window.
+    liveEdge() {
+      const sync = this.hls && this.hls.liveSyncPosition;
+      return typeof sync === "number" && isFinite(sync) ? sync : this.timeline()[1];
+    }
+
+    get live() {
+      if (!this.isLive) return { live: false, atEdge: false, behind: null, latency: null, window: null };
+      const [start, end] = this.timeline();
+      const behind = Math.max(0, this.liveEdge() - (this.video.currentTime || 0));
+      const details = this.hls && this.hls.latestLevelDetails;
+      const slack = Math.max(1, details && details.targetduration ? details.targetduration : 2);
+      const date = this.hls && this.hls.playingDate;
+      const latency = date ? Math.max(0, (Date.now() - date.getTime()) / 1000) : null;
+      return { live: true, atEdge: behind <= slack, behind, latency, window: end > start ? [start, end] : null };
+    }
+
+    setLive(live) {
+      this.isLive = Boolean(live);
+      this.toggleAttribute("live", this.isLive);
+      this.renderLive();
+      this.renderTime();
+    }
+
+    goLive() {
+      if (!this.isLive) return;
+      this.video.currentTime = this.liveEdge();
+      if (this.video.paused) this.play();
     }
 
     hotkey(e) {
@@ -621,8 +681,8 @@
         m: () => { this.video.muted = !this.video.muted; },
         f: () => this.toggleFullscreen(),
         c: () => this.toggleCaptions(),
-        Home: () => { this.video.currentTime = 0; },
-        End: () => { if (isFinite(this.video.duration)) this.video.currentTime = this.video.duration; },
+        Home: () => { this.video.currentTime = this.timeline()[0]; },
+        End: () => { if (this.isLive) this.goLive(); else if (isFinite(this.video.duration)) this.video.currentTime = this.video.duration; },
       };
       const action = actions[key.length === 1 ? key.toLowerCase() : key];
       if (!action) return;
@@ -794,15 +854,35 @@
 
     renderTime() {
       const video = this.video;
-      const duration = isFinite(video.duration) ? video.duration : 0;
-      const now = video.currentTime || 0;
-      this.ui.time.textContent = `${formatTime(now)} / ${formatTime(duration)}`;
-      this.ui.progress.style.width = duration ? `${(now / duration) * 100}%` : "0";
-      const buffered = video.buffered.length ? video.buffered.end(video.buffered.length - 1) : 0;
-      this.ui.buffered.style.width = duration ? `${Math.min(100, (buffered / duration) * 100)}%` : "0";
-      this.ui.seek.setAttribute("aria-valuemax", String(Math.round(duration)));
+      const [start, end] = this.timeline();
+      const span = Math.max(0, end - start);
+      const now = Math.max(0, (video.currentTime || 0) - start);
+      const buffered = video.buffered.length ? video.buffered.end(video.buffered.length - 1) - start : 0;
+      this.ui.progress.style.width = span ? `${Math.min(100, (now / span) * 100)}%` : "0";
+      this.ui.buffered.style.width = span ? `${Math.min(100, Math.max(0, buffered / span) * 100)}%` : "0";
+      this.ui.seek.setAttribute("aria-valuemax", String(Math.round(span)));
       this.ui.seek.setAttribute("aria-valuenow", String(Math.round(now)));
-      this.ui.seek.setAttribute("aria-valuetext", `${spokenTime(now)} of ${spokenTime(duration)}`);
+      if (this.isLive) {
+        const live = this.live;
+        this.ui.time.textContent = live.atEdge ? "" : `-${formatTime(live.behind)}`;
+        this.ui.seek.setAttribute("aria-valuetext", live.atEdge ? "live" : `${spokenTime(live.behind)} behind live`);
+        this.renderLive(live);
+      } else {
+        this.ui.time.textContent = `${formatTime(now)} / ${formatTime(span)}`;
+        this.ui.seek.setAttribute("aria-valuetext", `${spokenTime(now)} of ${spokenTime(span)}`);
+      }
+    }
+
+    renderLive(live = this.live) {
+      const ui = this.ui;
+      ui.live.hidden = !live.live;
+      ui.latency.hidden = !live.live || live.latency === null;
+      ui.time.hidden = live.live && live.atEdge;
+      if (!live.live) return;
+      ui.live.classList.toggle("kr-at-edge", live.atEdge);
+      ui.live.setAttribute("aria-label", live.atEdge ? "Live" : "Go to live");
+      ui.live.setAttribute("aria-pressed", String(live.atEdge));
+      if (live.latency !== null) ui.latency.textContent = `${live.latency.toFixed(1)} s`;
     }
 
     // --- storyboard previews -------------------------------------------------------------------------------

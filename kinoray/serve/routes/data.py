@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kinoray import analytics
-from kinoray.analytics import realtime
+from kinoray.analytics import errors, realtime
 from kinoray.analytics.query import Query as ViewQuery
 from kinoray.analytics.query import Timeframe
 from kinoray.analytics.realtime import BUCKET_SECONDS, REALTIME_DIMENSIONS, REALTIME_METRICS
@@ -90,8 +90,11 @@ class CollectorRoute(APIRoute):
                     return {"type": "http.request", "body": body, "more_body": False}
 
                 response = await handler(Request(request.scope, receive))
-            except (KinorayError, StarletteHTTPException) as error:
-                error.headers = {**(getattr(error, "headers", None) or {}), **_CORS}  # type: ignore[union-attr]
+            except KinorayError as error:
+                error.add_headers(_CORS)
+                raise
+            except StarletteHTTPException as error:
+                error.headers = {**(error.headers or {}), **_CORS}
                 raise
             response.headers.update(_CORS)
             return response
@@ -398,12 +401,14 @@ def list_video_views(token: CurrentToken, data: QueryDep,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 25,
                      page: Annotated[int, Query(ge=1, le=10_000)] = 1) -> VideoViewsEnvelope:
     """Views in the timeframe matching the filters, newest first (``order_direction=asc``: oldest first);
-    ``viewer_id`` matches the viewer user id or the SDK's viewer id; ``error_id=any`` keeps failed views."""
+    ``viewer_id`` matches the viewer user id or the SDK's viewer id; ``error_id=any`` keeps failed views, an
+    ``error_id`` the views with that error (an ``id`` of ``/data/v1/errors``, or a player error code)."""
     views = data.query.views
     if viewer_id is not None:
         views = [v for v in views if viewer_id in (v.dimensions.get("viewer_user_id"), v.dimensions.get("viewer_id"))]
     if error_id is not None:
-        views = [v for v in views if v.playback_failure and (error_id == "any" or v.error_code == error_id)]
+        views = [v for v in views if v.playback_failure and (error_id == "any" or v.error_code == error_id or any(
+            str(errors.error_id(*key)) == error_id for key in errors.view_errors(v)))]
     views = sorted(views, key=lambda view: (view.view_start, view.id), reverse=order_direction == "desc")
     return VideoViewsEnvelope(data=[_abridged(view) for view in views[(page - 1) * limit:page * limit]],
                               total_row_count=len(views), timeframe=data.query.timeframe.epochs)

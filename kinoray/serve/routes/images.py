@@ -11,17 +11,21 @@ new renders per client address (the peer, or the client a proxy in ``api.trusted
 ``429 too_many_requests`` with ``Retry-After``. Answers carry a strong ``ETag`` (304 on ``If-None-Match``),
 ``Cache-Control`` (a week for public ids; for signed ones no longer than the token is valid), ``X-Image-Cache``
 (``hit``; ``miss``: made and stored; ``bypass``: made, not stored) and the CORS headers stream delivery sends.
+A live stream's playback id has ``thumbnail.*`` only: a recent frame of its top rung, reused for
+``LIVE_THUMBNAIL_SECONDS`` (2 s, also its ``max-age``); an idle stream's is ``412`` as a preparing asset's.
 They are left out of the OpenAPI document: they are binary media, not JSON resources, and docs/API.md
 describes them.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
 from kinoray.control.images import (
+    LIVE_THUMBNAIL_SECONDS,
     AnimatedParams,
     ImageCache,
     ImageKind,
@@ -54,6 +58,9 @@ def _cache_control(source: ImageSource, media_type: str) -> str:
     """Public ids: a week anywhere. Signed ids: no longer than the token opens the URL, as stream delivery does
     for segments; a storyboard VTT of a signed id embeds the token, so like a manifest it is never stored."""
     seconds_left = source.playback.seconds_left
+    if source.playback.live:  # the live edge's frame: as long as this process reuses it
+        age = math.ceil(LIVE_THUMBNAIL_SECONDS)
+        return f"public, max-age={age if seconds_left is None else min(age, seconds_left)}"
     if seconds_left is None:
         return f"public, max-age={PUBLIC_MAX_AGE}"
     if media_type.startswith("text/vtt"):

@@ -5,9 +5,7 @@ the delivery edge enforces it on every manifest, segment, file and image that to
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from kinoray.control import restrictions
@@ -17,23 +15,16 @@ from kinoray.control.restrictions import (
     ReferrerRule,
     UserAgentRule,
 )
-from kinoray.serve.deps import CurrentToken, IdempotentRoute, PlatformDep
-from kinoray.serve.schemas import AUTHENTICATED, error_responses
+from kinoray.serve.deps import CurrentToken, IdempotentRoute, PageDep, PlatformDep
+from kinoray.serve.schemas import AUTHENTICATED, CursorListing, error_responses
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/video/v1/playback-restrictions", tags=["playback restrictions"],
                    route_class=IdempotentRoute)
 
-MAX_LIMIT = 100
-
-
 class RestrictionEnvelope(BaseModel):
     data: PlaybackRestrictionView
-
-
-class RestrictionList(BaseModel):
-    data: list[PlaybackRestrictionView]
 
 
 @router.post("", status_code=201, response_model=RestrictionEnvelope, responses=error_responses(*AUTHENTICATED))
@@ -43,13 +34,13 @@ def create(body: CreateRestriction, platform: PlatformDep, token: CurrentToken) 
         return RestrictionEnvelope(data=restrictions.restriction_view(restrictions.create_restriction(session, body)))
 
 
-@router.get("", response_model=RestrictionList, responses=error_responses(*AUTHENTICATED))
-def list_all(platform: PlatformDep, token: CurrentToken, limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 25,
-             page: Annotated[int, Query(ge=1, le=10_000)] = 1) -> RestrictionList:
-    """Newest first, Mux's numbered pages."""
+@router.get("", response_model=CursorListing[PlaybackRestrictionView], responses=error_responses(*AUTHENTICATED))
+def list_all(platform: PlatformDep, token: CurrentToken, pages: PageDep) -> CursorListing[PlaybackRestrictionView]:
+    """Newest first, Mux's numbered pages (or ``cursor``, from ``next_cursor``)."""
     with platform.db.reader() as session:
-        rows = restrictions.list_restrictions(session, limit=limit, page=page)
-        return RestrictionList(data=[restrictions.restriction_view(row) for row in rows])
+        rows, next_cursor = restrictions.list_restrictions(session, limit=pages.limit, page=pages.page,
+                                                           cursor=pages.cursor)
+        return CursorListing(data=[restrictions.restriction_view(row) for row in rows], next_cursor=next_cursor)
 
 
 @router.get("/{restriction_id}", response_model=RestrictionEnvelope,

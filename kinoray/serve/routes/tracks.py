@@ -8,30 +8,23 @@ the HLS master (``SUBTITLES`` group) and the MPD (text adaptation sets): :mod:`k
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
 
 from kinoray.control.tracks import TextTrackCreate, add_text_track, delete_track
+from kinoray.control.views import TrackView
 from kinoray.serve.deps import CurrentToken, IdempotentRoute, PlatformDep
-from kinoray.serve.schemas import AUTHENTICATED, error_responses
+from kinoray.serve.schemas import AUTHENTICATED, Envelope, error_responses
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/video/v1", tags=["assets"], route_class=IdempotentRoute)
 
 
-class TrackEnvelope(BaseModel):
-    data: dict[str, Any] = Field(description="the track (Mux's track object: type text, id, text_type, "
-                                             "text_source, language_code, name, closed_captions, status)")
-
-
-@router.post("/assets/{asset_id}/tracks", status_code=201, response_model=TrackEnvelope,
+@router.post("/assets/{asset_id}/tracks", status_code=201, response_model=Envelope[TrackView],
              responses=error_responses(*AUTHENTICATED, 404, 409, 412, 422))
-def create(asset_id: str, body: TextTrackCreate, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+def create(asset_id: str, body: TextTrackCreate, platform: PlatformDep, token: CurrentToken) -> Envelope[TrackView]:
     """Add a text track from an SRT or WebVTT file at ``url`` (the asset must be ready)."""
-    return {"data": add_text_track(platform, asset_id, body)}
+    return Envelope(data=add_text_track(platform, asset_id, body))
 
 
 @router.delete("/assets/{asset_id}/tracks/{track_id}", status_code=204,

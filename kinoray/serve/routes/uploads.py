@@ -20,28 +20,28 @@ import concurrent.futures
 import re
 from collections.abc import Callable, Coroutine, Iterator
 from functools import partial
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field
 
 from kinoray.control import uploads
 from kinoray.control.platform import Platform
 from kinoray.control.uploads import UploadCreate
+from kinoray.control.views import UploadView
 from kinoray.errors import (
     InvalidParametersError,
     KinorayError,
     UnsupportedContentTypeError,
     UnsupportedVersionError,
 )
-from kinoray.serve.deps import CurrentToken, IdempotentRoute, PlatformDep, get_platform
-from kinoray.serve.schemas import AUTHENTICATED, error_responses
+from kinoray.serve.deps import CurrentToken, IdempotentRoute, PageDep, PlatformDep, get_platform
+from kinoray.serve.schemas import AUTHENTICATED, CursorListing, Envelope, error_responses
 from kinoray.store.models import Upload, UploadStatus
 from kinoray.telemetry import UPLOAD_BYTES
 
@@ -50,7 +50,6 @@ __all__ = ["TUS_EXTENSIONS", "TUS_VERSION", "TusRoute", "management", "tus"]
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,creation-defer-length,termination,checksum"
 OFFSET_STREAM = "application/offset+octet-stream"
-MAX_LIMIT = 100
 #: Bodies being received at once per replica; each holds a worker thread (and, on PostgreSQL, a pooled
 #: connection) for as long as its client takes to send. Further uploads wait for a slot.
 UPLOAD_CONCURRENCY = 64
@@ -74,86 +73,41 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d{1,19})-(\d{1,19})|\*)/(\d{1,19}|\*)
 management = APIRouter(prefix="/video/v1/uploads", tags=["uploads"], route_class=IdempotentRoute)
 
 
-class UploadErrorObject(BaseModel):
-    type: str
-    message: str
-
-
-class UploadObject(BaseModel):
-    id: str
-    status: Literal["waiting", "asset_created", "errored", "cancelled", "timed_out"]
-    url: str = Field(description="where the client sends the file: tus 1.0.0, or PUT with Content-Range")
-    timeout: int = Field(description="seconds the upload may take before it becomes timed_out")
-    cors_origin: str | None = None
-    new_asset_settings: dict[str, Any] = Field(default_factory=dict)
-    asset_id: str | None = Field(default=None, description="the asset made from the upload, once complete")
-    error: UploadErrorObject | None = None
-    test: bool | None = None
-    kinoray_max_resolution_tier: str | None = Field(
-        default=None, description="kinoray's own max_resolution_tier (720p), shown as 1080p in new_asset_settings")
-
-
-class UploadEnvelope(BaseModel):
-    data: UploadObject
-
-
-class UploadList(BaseModel):
-    data: list[UploadObject]
-    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page")
-
-
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Page = Annotated[int, Query(ge=1, le=10_000, description="Mux's numbered pages (1 = newest); cursor wins")]
-Cursor = Annotated[str | None, Query(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_-]+$",
-                                     description="next_cursor of the previous page")]
-
-
-@management.post("", status_code=201, response_model=UploadEnvelope, response_model_exclude_none=True,
+@management.post("", status_code=201, response_model=Envelope[UploadView],
                  responses=error_responses(*AUTHENTICATED, 409, 422))
-def create_upload(body: UploadCreate, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+def create_upload(body: UploadCreate, platform: PlatformDep, token: CurrentToken) -> Envelope[UploadView]:
     """A new direct upload (``waiting``); send the file to its ``url``. The asset is created, with
     ``new_asset_settings``, once the last byte is in."""
     with platform.db.session() as session:
-        return {"data": uploads.upload_view(uploads.create_upload(session, platform.settings, body),
-                                            platform.settings)}
+        return Envelope(data=uploads.upload_view(uploads.create_upload(session, platform.settings, body),
+                                                 platform.settings))
 
 
-@management.get("", response_model=UploadList, response_model_exclude_none=True,
+@management.get("", response_model=CursorListing[UploadView], response_model_exclude_none=True,
                 responses=error_responses(*AUTHENTICATED))
-def list_uploads(platform: PlatformDep, token: CurrentToken, limit: Limit = 25, page: Page = 1,
-                 cursor: Cursor = None) -> dict[str, Any]:
-    """Newest first."""
+def list_uploads(platform: PlatformDep, token: CurrentToken, pages: PageDep) -> CursorListing[UploadView]:
+    """Newest first (``next_cursor`` is left out on the last page)."""
     with platform.db.reader() as session:
-        rows, next_cursor = uploads.list_uploads(session, limit=limit, cursor=cursor, page=page)
-        answer: dict[str, Any] = {"data": [uploads.upload_view(row, platform.settings) for row in rows]}
-    if next_cursor is not None:
-        answer["next_cursor"] = next_cursor
-    return answer
+        rows, next_cursor = uploads.list_uploads(session, limit=pages.limit, cursor=pages.cursor, page=pages.page)
+        return CursorListing(data=[uploads.upload_view(row, platform.settings) for row in rows],
+                             next_cursor=next_cursor)
 
 
-@management.get("/{upload_id}", response_model=UploadEnvelope, response_model_exclude_none=True,
-                responses=error_responses(*AUTHENTICATED, 404))
-def get_upload(upload_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+@management.get("/{upload_id}", response_model=Envelope[UploadView], responses=error_responses(*AUTHENTICATED, 404))
+def get_upload(upload_id: str, platform: PlatformDep, token: CurrentToken) -> Envelope[UploadView]:
     with platform.db.reader() as session:
-        return {"data": uploads.upload_view(uploads.get_upload(session, upload_id), platform.settings)}
+        return Envelope(data=uploads.upload_view(uploads.get_upload(session, upload_id), platform.settings))
 
 
-@management.put("/{upload_id}/cancel", response_model=UploadEnvelope, response_model_exclude_none=True,
+@management.put("/{upload_id}/cancel", response_model=Envelope[UploadView],
                 responses=error_responses(*AUTHENTICATED, 404, 409, 423))
-def cancel_upload(upload_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+def cancel_upload(upload_id: str, platform: PlatformDep, token: CurrentToken) -> Envelope[UploadView]:
     """Stop a ``waiting`` upload: ``cancelled``, received bytes deleted, no asset. Cancelling again returns it;
     an upload that already ended otherwise is a 409."""
-    return {"data": uploads.upload_view(uploads.cancel_upload(platform, upload_id), platform.settings)}
+    return Envelope(data=uploads.upload_view(uploads.cancel_upload(platform, upload_id), platform.settings))
 
 
 # --- the upload URL ----------------------------------------------------------------------------------------
-
-
-def _with_headers(error: KinorayError, headers: dict[str, str]) -> KinorayError:
-    """Add response headers to ``error`` (the app's error handler sends ``error.headers``)."""
-    merged = {**headers, **(getattr(error, "headers", None) or {})}
-    error.headers = merged  # type: ignore[attr-defined]
-    return error
 
 
 def _cors_headers(request: Request, allowed: str | None) -> dict[str, str]:
@@ -185,7 +139,7 @@ class TusRoute(APIRoute):
             try:
                 response = await handler(request)
             except KinorayError as error:
-                _with_headers(error, extra)
+                error.add_headers(extra)
                 raise
             for name, value in extra.items():
                 if name not in response.headers:
@@ -225,7 +179,7 @@ def _require_tus(request: Request) -> None:
     if version != TUS_VERSION:
         error = UnsupportedVersionError(f"Tus-Resumable {version!r} is not supported; this server speaks "
                                         f"{TUS_VERSION}" if version else "the Tus-Resumable header is required")
-        raise _with_headers(error, {"Tus-Version": TUS_VERSION})
+        raise error.add_headers({"Tus-Version": TUS_VERSION})
 
 
 def _int_header(request: Request, name: str) -> int | None:
@@ -440,7 +394,7 @@ def _content_range(header: str) -> tuple[int | None, int | None, int | None]:
 
 
 @tus.put("/{upload_id}", status_code=308, responses={
-    200: {"model": UploadEnvelope, "description": "the last byte is in: the upload with its asset_id"},
+    200: {"model": Envelope[UploadView], "description": "the last byte is in: the upload with its asset_id"},
     308: {"description": "more to come; Range: bytes=0-LAST names the bytes stored"},
     **error_responses(400, 404, 409, 410, 413, 423)}, openapi_extra=_documented(
         _header("Content-Range", "'bytes START-END/TOTAL' (TOTAL may be *), or 'bytes */TOTAL' to ask for the "
@@ -473,7 +427,8 @@ async def put_chunk(upload_id: str, request: Request, platform: PlatformDep) -> 
 
 def _put_answer(upload: Upload, platform: Platform) -> Response:
     if upload.status == UploadStatus.ASSET_CREATED:
-        return JSONResponse({"data": uploads.upload_view(upload, platform.settings)}, status_code=200)
+        return JSONResponse(Envelope(data=uploads.upload_view(upload, platform.settings)).model_dump(mode="json"),
+                            status_code=200)
     headers = {"Range": f"bytes=0-{upload.upload_offset - 1}"} if upload.upload_offset else {}
     return Response(status_code=308, headers=headers)
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from kinoray.control import usage
 from kinoray.control.usage import DeliveryUsageList
-from kinoray.serve.deps import CurrentToken, PlatformDep
+from kinoray.serve.deps import CurrentToken, PlatformDep, RankedPageDep
 from kinoray.serve.schemas import AUTHENTICATED, error_responses
 
 __all__ = ["router"]
@@ -19,15 +19,13 @@ router = APIRouter(prefix="/video/v1/delivery-usage", tags=["delivery usage"])
 
 @router.get("", response_model=DeliveryUsageList, response_model_exclude_none=True,
             responses=error_responses(*AUTHENTICATED))
-def list_usage(platform: PlatformDep, token: CurrentToken,
+def list_usage(platform: PlatformDep, token: CurrentToken, pages: RankedPageDep,
                timeframe: Annotated[list[int] | None, Query(
                    alias="timeframe[]", description="[start, end] in unix seconds; default: the last hour")] = None,
                asset_id: Annotated[str | None, Query(max_length=64)] = None,
-               live_stream_id: Annotated[str | None, Query(max_length=64)] = None,
-               limit: Annotated[int, Query(ge=1, le=100)] = 100,
-               page: Annotated[int, Query(ge=1, le=10_000)] = 1) -> DeliveryUsageList:
+               live_stream_id: Annotated[str | None, Query(max_length=64)] = None) -> DeliveryUsageList:
     """Delivered seconds per asset over the UTC hours overlapping ``timeframe``, most delivered first; assets
     with no delivered seconds are left out."""
     with platform.db.reader() as session:
         return usage.delivery_report(session, timeframe=timeframe, asset_id=asset_id, live_stream_id=live_stream_id,
-                                     page=page, limit=limit)
+                                     page=pages.page, limit=pages.limit)

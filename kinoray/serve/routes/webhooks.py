@@ -10,97 +10,53 @@ keeps it in clear to sign deliveries, and a caller with an access token can alre
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Response
 
 from kinoray.control import webhooks
+from kinoray.control.views import WebhookDeliveryView, WebhookEndpointView, WebhookView
 from kinoray.control.webhooks import EndpointCreate, EndpointUpdate, WebhookCreate, WebhookUpdate
-from kinoray.serve.deps import CurrentToken, IdempotentRoute, PlatformDep
-from kinoray.serve.schemas import AUTHENTICATED, error_responses
+from kinoray.serve.deps import CurrentToken, IdempotentRoute, PageDep, PlatformDep
+from kinoray.serve.schemas import AUTHENTICATED, CursorListing, Envelope, Listing, error_responses
 
 __all__ = ["mux_router", "router"]
 
 router = APIRouter(prefix="/system/v1/webhook-endpoints", tags=["webhooks"], route_class=IdempotentRoute)
 mux_router = APIRouter(prefix="/system/v1/webhooks", tags=["webhooks"], route_class=IdempotentRoute)
 
-MAX_LIMIT = 100
 
-
-class WebhookEndpointObject(BaseModel):
-    id: str
-    url: str
-    enabled: bool
-    secret: str = Field(description="HMAC-SHA256 key of this endpoint's Mux-Signature header")
-    disabled_reason: str | None = Field(default=None, description="why the endpoint was disabled, if it was")
-    created_at: str = Field(description="unix seconds")
-    updated_at: str = Field(description="unix seconds")
-
-
-class WebhookEndpointEnvelope(BaseModel):
-    data: WebhookEndpointObject
-
-
-class WebhookEndpointList(BaseModel):
-    data: list[WebhookEndpointObject]
-    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page")
-
-
-class WebhookDeliveryObject(BaseModel):
-    id: str
-    event_id: str = Field(description="also the Webhook-Id header of every attempt")
-    event_type: str
-    status: str = Field(description="pending | delivered | failed (given up, or stopped by disabling)")
-    attempts: int
-    last_status: int | None = Field(description="HTTP status of the last attempt; null if none came back")
-    last_error: str | None
-    delivered_at: str | None
-    next_attempt_at: str | None
-    created_at: str
-
-
-class WebhookDeliveryList(BaseModel):
-    data: list[WebhookDeliveryObject]
-    next_cursor: str | None = None
-
-
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")]
-
-
-@router.post("", status_code=201, response_model=WebhookEndpointEnvelope,
+@router.post("", status_code=201, response_model=Envelope[WebhookEndpointView],
              responses=error_responses(*AUTHENTICATED, 400, 409, 422))
-def create(body: EndpointCreate, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+def create(body: EndpointCreate, platform: PlatformDep, token: CurrentToken) -> Envelope[WebhookEndpointView]:
     """Add an endpoint; events emitted from now on are queued for it."""
     with platform.db.session() as session:
-        return {"data": webhooks.endpoint_view(webhooks.create_endpoint(session, platform.settings, body.url))}
+        return Envelope(data=webhooks.endpoint_view(webhooks.create_endpoint(session, platform.settings, body.url)))
 
 
-@router.get("", response_model=WebhookEndpointList, responses=error_responses(*AUTHENTICATED))
-def list_endpoints(platform: PlatformDep, token: CurrentToken, limit: Limit = 25,
-                   cursor: Cursor = None) -> dict[str, Any]:
+@router.get("", response_model=CursorListing[WebhookEndpointView], responses=error_responses(*AUTHENTICATED))
+def list_endpoints(platform: PlatformDep, token: CurrentToken, pages: PageDep) -> CursorListing[WebhookEndpointView]:
     """Newest first."""
     with platform.db.reader() as session:
-        rows, next_cursor = webhooks.list_endpoints(session, limit=limit, cursor=cursor)
-        return {"data": [webhooks.endpoint_view(row) for row in rows], "next_cursor": next_cursor}
+        rows, next_cursor = webhooks.list_endpoints(session, limit=pages.limit, cursor=pages.cursor, page=pages.page)
+        return CursorListing(data=[webhooks.endpoint_view(row) for row in rows], next_cursor=next_cursor)
 
 
-@router.get("/{endpoint_id}", response_model=WebhookEndpointEnvelope,
+@router.get("/{endpoint_id}", response_model=Envelope[WebhookEndpointView],
             responses=error_responses(*AUTHENTICATED, 404))
-def get(endpoint_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+def get(endpoint_id: str, platform: PlatformDep, token: CurrentToken) -> Envelope[WebhookEndpointView]:
     with platform.db.reader() as session:
-        return {"data": webhooks.endpoint_view(webhooks.get_endpoint(session, endpoint_id))}
+        return Envelope(data=webhooks.endpoint_view(webhooks.get_endpoint(session, endpoint_id)))
 
 
-@router.patch("/{endpoint_id}", response_model=WebhookEndpointEnvelope,
+@router.patch("/{endpoint_id}", response_model=Envelope[WebhookEndpointView],
               responses=error_responses(*AUTHENTICATED, 400, 404, 409, 422))
-def update(endpoint_id: str, body: EndpointUpdate, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+def update(endpoint_id: str, body: EndpointUpdate, platform: PlatformDep,
+           token: CurrentToken) -> Envelope[WebhookEndpointView]:
     """Change ``url`` and/or ``enabled``. Disabling stops pending deliveries; enabling clears
     ``disabled_reason`` (events from while it was off are not sent)."""
     with platform.db.session() as session:
         endpoint = webhooks.get_endpoint(session, endpoint_id, for_update=True)
-        return {"data": webhooks.endpoint_view(webhooks.update_endpoint(session, platform.settings, endpoint, body))}
+        return Envelope(data=webhooks.endpoint_view(webhooks.update_endpoint(session, platform.settings, endpoint,
+                                                                             body)))
 
 
 @router.delete("/{endpoint_id}", status_code=204, responses=error_responses(*AUTHENTICATED, 404))
@@ -111,82 +67,63 @@ def delete(endpoint_id: str, platform: PlatformDep, token: CurrentToken) -> Resp
     return Response(status_code=204)
 
 
-@router.post("/{endpoint_id}/rotate-secret", response_model=WebhookEndpointEnvelope,
+@router.post("/{endpoint_id}/rotate-secret", response_model=Envelope[WebhookEndpointView],
              responses=error_responses(*AUTHENTICATED, 404, 409, 422))
-def rotate_secret(endpoint_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+def rotate_secret(endpoint_id: str, platform: PlatformDep, token: CurrentToken) -> Envelope[WebhookEndpointView]:
     """Replace the secret; it signs every attempt from now on, retries of older events included."""
     with platform.db.session() as session:
         endpoint = webhooks.get_endpoint(session, endpoint_id, for_update=True)
-        return {"data": webhooks.endpoint_view(webhooks.rotate_secret(session, endpoint))}
+        return Envelope(data=webhooks.endpoint_view(webhooks.rotate_secret(session, endpoint)))
 
 
-@router.get("/{endpoint_id}/deliveries", response_model=WebhookDeliveryList,
+@router.get("/{endpoint_id}/deliveries", response_model=CursorListing[WebhookDeliveryView],
             responses=error_responses(*AUTHENTICATED, 404))
-def list_deliveries(endpoint_id: str, platform: PlatformDep, token: CurrentToken, limit: Limit = 25,
-                    cursor: Cursor = None) -> dict[str, Any]:
+def list_deliveries(endpoint_id: str, platform: PlatformDep, token: CurrentToken,
+                    pages: PageDep) -> CursorListing[WebhookDeliveryView]:
     """The endpoint's deliveries, newest event first: attempts, last HTTP status and error, and when the next
     attempt is due."""
     with platform.db.reader() as session:
         endpoint = webhooks.get_endpoint(session, endpoint_id)
-        rows, next_cursor = webhooks.list_deliveries(session, endpoint, limit=limit, cursor=cursor)
-        return {"data": [webhooks.delivery_view(row) for row in rows], "next_cursor": next_cursor}
+        rows, next_cursor = webhooks.list_deliveries(session, endpoint, limit=pages.limit, cursor=pages.cursor,
+                                                     page=pages.page)
+        return CursorListing(data=[webhooks.delivery_view(row) for row in rows], next_cursor=next_cursor)
 
 
 # --- Mux's shape: /system/v1/webhooks ------------------------------------------------------------------------
 
 
-class WebhookObject(BaseModel):
-    id: str
-    address: str
-    enabled: bool
-    created_at: str = Field(description="ISO 8601, UTC")
-    signing_secret: str | None = Field(default=None, description="only in the answer to create")
-
-
-class WebhookEnvelope(BaseModel):
-    data: WebhookObject
-
-
-class WebhookList(BaseModel):
-    data: list[WebhookObject]
-
-
-Page = Annotated[int, Query(ge=1, le=10_000, description="Mux's numbered pages, 1 = newest")]
-
-
-@mux_router.post("", status_code=201, response_model=WebhookEnvelope, response_model_exclude_none=True,
+@mux_router.post("", status_code=201, response_model=Envelope[WebhookView],
                  responses=error_responses(*AUTHENTICATED, 400, 409, 422))
-def mux_create(body: WebhookCreate, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+def mux_create(body: WebhookCreate, platform: PlatformDep, token: CurrentToken) -> Envelope[WebhookView]:
     """Add a webhook; the answer is the only one that carries its ``signing_secret``."""
     with platform.db.session() as session:
         endpoint = webhooks.create_endpoint(session, platform.settings, body.address)
-        return {"data": webhooks.webhook_view(endpoint, with_secret=True)}
+        return Envelope(data=webhooks.webhook_view(endpoint, with_secret=True))
 
 
-@mux_router.get("", response_model=WebhookList, response_model_exclude_none=True,
-                responses=error_responses(*AUTHENTICATED))
-def mux_list(platform: PlatformDep, token: CurrentToken, limit: Limit = 25, page: Page = 1) -> dict[str, Any]:
-    """Newest first; an empty page ends the list."""
+@mux_router.get("", response_model=Listing[WebhookView], responses=error_responses(*AUTHENTICATED))
+def mux_list(platform: PlatformDep, token: CurrentToken, pages: PageDep) -> Listing[WebhookView]:
+    """Newest first, Mux's numbered pages; an empty page ends the list."""
     with platform.db.reader() as session:
-        rows, _ = webhooks.list_endpoints(session, limit=limit, page=page)
-        return {"data": [webhooks.webhook_view(row) for row in rows]}
+        rows, _ = webhooks.list_endpoints(session, limit=pages.limit, page=pages.page, cursor=pages.cursor)
+        return Listing(data=[webhooks.webhook_view(row) for row in rows])
 
 
-@mux_router.get("/{webhook_id}", response_model=WebhookEnvelope, response_model_exclude_none=True,
-                responses=error_responses(*AUTHENTICATED, 404))
-def mux_get(webhook_id: str, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+@mux_router.get("/{webhook_id}", response_model=Envelope[WebhookView], responses=error_responses(*AUTHENTICATED, 404))
+def mux_get(webhook_id: str, platform: PlatformDep, token: CurrentToken) -> Envelope[WebhookView]:
     with platform.db.reader() as session:
-        return {"data": webhooks.webhook_view(webhooks.get_endpoint(session, webhook_id))}
+        return Envelope(data=webhooks.webhook_view(webhooks.get_endpoint(session, webhook_id)))
 
 
-@mux_router.patch("/{webhook_id}", response_model=WebhookEnvelope, response_model_exclude_none=True,
+@mux_router.patch("/{webhook_id}", response_model=Envelope[WebhookView],
                   responses=error_responses(*AUTHENTICATED, 400, 404, 409, 422))
-def mux_update(webhook_id: str, body: WebhookUpdate, platform: PlatformDep, token: CurrentToken) -> dict[str, Any]:
+def mux_update(webhook_id: str, body: WebhookUpdate, platform: PlatformDep,
+               token: CurrentToken) -> Envelope[WebhookView]:
     """Change ``address`` and/or ``enabled`` (as ``PATCH /system/v1/webhook-endpoints/{id}``)."""
     with platform.db.session() as session:
         endpoint = webhooks.get_endpoint(session, webhook_id, for_update=True)
         endpoint = webhooks.update_endpoint(session, platform.settings, endpoint, body.as_endpoint())
-        return {"data": webhooks.webhook_view(endpoint)}
+        return Envelope(data=webhooks.webhook_view(endpoint))
 
 
 @mux_router.delete("/{webhook_id}", status_code=204, responses=error_responses(*AUTHENTICATED, 404))
