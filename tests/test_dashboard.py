@@ -21,8 +21,6 @@ alerts are not installed). Waits poll ``page.evaluate`` (the page's CSP rightly 
 from __future__ import annotations
 
 import decimal
-import hashlib
-import json
 import re
 import time
 import uuid
@@ -34,12 +32,12 @@ import pytest
 import requests
 
 from kinoray.control.analytics import flush_collector
-from kinoray.dashboard import STATIC_DIR, static_file, static_names, static_url, vendored
-from kinoray.dashboard.assets import OWN_FILES
+from kinoray.dashboard import STATIC_DIR, static_file, static_names, static_url
+from kinoray.dashboard.assets import DASHBOARD
 from tests.browser import chromium as launch_chromium
 from tests.test_analytics import CHROME, Player
+from tests.vendored import assert_vendored_from_the_lock
 
-DASHBOARD_DIR = STATIC_DIR.parent
 IMMUTABLE = "public, max-age=31536000, immutable"
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
 CHART_RGB = (0x1D, 0x4E, 0xD8)  # --kr-chart-color in kinoray-dashboard.css
@@ -60,24 +58,8 @@ def api(api_backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def test_vendored_files_are_the_lockfiles_packages() -> None:
-    lock = json.loads((DASHBOARD_DIR / "package-lock.json").read_text())
-    manifest = json.loads((DASHBOARD_DIR / "package.json").read_text())
-    for package, pinned in manifest["dependencies"].items():
-        assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), f"{package} must be pinned exactly, not {pinned!r}"
-        assert lock["packages"][f"node_modules/{package}"]["version"] == pinned
-        assert lock["packages"][""]["dependencies"][package] == pinned
-    files = vendored()
+    files = assert_vendored_from_the_lock(DASHBOARD, "dashboard")
     assert {"uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE.txt"} <= set(files)
-    for name, record in files.items():
-        assert record["version"] == manifest["dependencies"][record["package"]], name
-        assert hashlib.sha256((STATIC_DIR / name).read_bytes()).hexdigest() == record["sha256"], \
-            f"static/{name} differs from what build.mjs recorded: run make dashboard"
-        installed = DASHBOARD_DIR / "node_modules" / record["package"] / record["path"]
-        if installed.exists():  # after `make dashboard`: byte for byte what npm installed from the lockfile
-            assert installed.read_bytes() == (STATIC_DIR / name).read_bytes(), name
-    on_disk = {path.name for path in STATIC_DIR.iterdir()}
-    assert on_disk == set(static_names()) | {"vendor.json"}, "every file in static/ is on the allow-list"
-    assert set(OWN_FILES) <= on_disk
     # the script's own banner names the version the lockfile pins
     assert f"(v{files['uPlot.iife.min.js']['version']})" in (STATIC_DIR / "uPlot.iife.min.js").read_text()[:200]
 

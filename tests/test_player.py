@@ -16,8 +16,6 @@ Content-Security-Policy rightly refuses to ``eval``).
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import re
 import shutil
 import time
@@ -31,11 +29,11 @@ import pytest
 import requests
 
 from kinoray.player import STATIC_DIR, static_file, static_names, vendored
-from kinoray.player.assets import OWN_FILES
+from kinoray.player.assets import PLAYER
 from kinoray.store.models import Asset, AssetStatus, PlaybackId, PlaybackPolicy, new_id
 from tests.browser import chromium as launch_chromium
+from tests.vendored import assert_vendored_from_the_lock
 
-PLAYER_DIR = STATIC_DIR.parent
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
@@ -56,24 +54,8 @@ def api(api_backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def test_vendored_files_are_the_lockfiles_packages() -> None:
-    lock = json.loads((PLAYER_DIR / "package-lock.json").read_text())
-    manifest = json.loads((PLAYER_DIR / "package.json").read_text())
-    for package, pinned in manifest["dependencies"].items():
-        assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), f"{package} must be pinned exactly, not {pinned!r}"
-        assert lock["packages"][f"node_modules/{package}"]["version"] == pinned
-        assert lock["packages"][""]["dependencies"][package] == pinned
-    files = vendored()
+    files = assert_vendored_from_the_lock(PLAYER, "player")
     assert {"hls.min.js", "dash.all.min.js"} <= set(files)
-    for name, record in files.items():
-        assert record["version"] == manifest["dependencies"][record["package"]], name
-        assert hashlib.sha256((STATIC_DIR / name).read_bytes()).hexdigest() == record["sha256"], \
-            f"static/{name} differs from what build.mjs recorded: run make player"
-        installed = PLAYER_DIR / "node_modules" / record["package"] / record["path"]
-        if installed.exists():  # after `make player`: byte for byte what npm installed from the lockfile
-            assert installed.read_bytes() == (STATIC_DIR / name).read_bytes(), name
-    on_disk = {path.name for path in STATIC_DIR.iterdir()}
-    assert on_disk == set(static_names()) | {"vendor.json"}, "every file in static/ is on the allow-list"
-    assert set(OWN_FILES) <= on_disk
 
 
 def test_vendored_versions_are_the_ones_the_scripts_report() -> None:
@@ -470,10 +452,9 @@ def shown_cues(tab: Tab) -> list[str]:
     return [cue[0] for track in tab.eval(TEXT_TRACKS) if track["mode"] == "showing" for cue in track["cues"] or []]
 
 
-@pytest.mark.browser
-def test_captions_show_from_the_menu_and_the_c_key(browser_api, ready_media, tab: Tab,
-                                                   tmp_path: Path) -> None:
-    api = browser_api
+def _with_captions(api: Any, ready_media: tuple[Path, dict[str, Any]], tmp_path: Path) -> str:
+    """A ready asset with :data:`CAPTIONS_SRT` added as English subtitles (named "English" by kinoray): its
+    public playback id."""
     playback_id = publish(api, ready_media)
     with api.platform.db.session() as session:
         asset_id = session.get(PlaybackId, playback_id).asset_id
@@ -484,6 +465,14 @@ def test_captions_show_from_the_menu_and_the_c_key(browser_api, ready_media, tab
         "closed_captions": False})
     assert added.status_code == 201, added.text
     assert added.json()["data"]["name"] == "English"
+    return playback_id
+
+
+@pytest.mark.browser
+def test_captions_show_from_the_menu_and_the_c_key(browser_api, ready_media, tab: Tab,
+                                                   tmp_path: Path) -> None:
+    api = browser_api
+    playback_id = _with_captions(api, ready_media, tmp_path)
 
     tab.page.goto(f"{api.edge_url}/player/{playback_id}?muted=1")
     tab.wait(f"{P} && {P}.hls && {P}.hls.subtitleTracks.length === 1", what="hls.js to list the subtitle track")
@@ -563,15 +552,7 @@ def test_captions_follow_an_instant_clip(browser_api, ready_media, tab: Tab, tmp
     from tests.js_clients import PageServer
 
     api = browser_api
-    playback_id = publish(api, ready_media)
-    with api.platform.db.session() as session:
-        asset_id = session.get(PlaybackId, playback_id).asset_id
-    srt = tmp_path / "captions.srt"
-    srt.write_text(CAPTIONS_SRT)
-    added = api.client.post(f"{api.edge_url}/video/v1/assets/{asset_id}/tracks", timeout=30, json={
-        "url": srt.as_uri(), "type": "text", "text_type": "subtitles", "language_code": "en",
-        "closed_captions": False})
-    assert added.status_code == 201, added.text
+    playback_id = _with_captions(api, ready_media, tmp_path)
     source = f"{api.edge_url}/{playback_id}.m3u8?asset_start_time=4&asset_end_time=8"
     pages = PageServer({"/hls.js": STATIC_DIR / "hls.min.js"})
     try:
