@@ -115,21 +115,23 @@ def test_cluster_output_identical_to_engine_and_deterministic(cluster, source, r
     assert not list((tmp_path / "data" / "work" / "jobs").iterdir()), "work prefix not cleaned"
 
 
-def _once_running(pid: int, timeout: float = 10.0) -> None:
+def _once_running(pid: int, timeout: float = 10.0) -> bool:
     """Wait until worker ``pid`` is executing its item (Ray titles the process ``ray::EncoderWorker.run`` then).
 
     A fault must land inside the item: a worker killed before Ray has pushed the task to it is restarted and
     runs the queued task itself — not a retry — and an item that has already finished is not affected at all.
     Either would make a fault test pass or fail by timing (both happened at a fixed 20 ms after dispatch).
+    Returns whether it saw the worker in an item (``False``: it never started one within ``timeout``, or is gone).
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::EncoderWorker.run"):
-                return
+                return True
         except OSError:
-            return
+            return False
         time.sleep(0.002)
+    return False
 
 
 def _kill_on(predicate, action):
@@ -174,19 +176,24 @@ def test_worker_killed_mid_chunk_is_retried_and_output_identical(cluster, source
 
 def test_always_dying_chunk_errors_the_asset_without_hanging(cluster, source, tmp_path):
     def kill(event: ChunkEvent) -> None:
-        _once_running(event.worker_pid)
+        if not _once_running(event.worker_pid):
+            idle_kills.append(event.worker_pid)  # chunk 5 was done and no item followed: nothing to kill
         with contextlib.suppress(ProcessLookupError):
             os.kill(event.worker_pid, signal.SIGKILL)
 
     def hook(event: ChunkEvent) -> None:
         events.append(event)
         if event.kind == "dispatched" and event.chunk_index == 5:
-            threading.Thread(target=kill, args=(event,), daemon=True).start()
+            killers.append(threading.Thread(target=kill, args=(event,), daemon=True))
+            killers[-1].start()
 
     # The harness races the chunk (~0.2 s) on a loaded 2-core machine: a kill can land after chunk 5 is done
-    # (it then hits the worker's next item). Such a run proves nothing either way and is run again.
+    # (it then hits the worker's next item, or an idle worker at the end of the job). Such a run proves nothing
+    # either way and is run again.
     for run in range(3):
         events: list[ChunkEvent] = []
+        idle_kills: list[int] = []
+        killers: list[threading.Thread] = []
         out = tmp_path / f"out{run}"
         job = TranscodeJob(str(source), str(out), OPTIONS,
                            settings=settings_for(tmp_path / f"run{run}", chunk_retries=1), on_event=hook)
@@ -199,7 +206,9 @@ def test_always_dying_chunk_errors_the_asset_without_hanging(cluster, source, tm
             missed = error
         else:
             missed = None
-        assert any(e.kind == "retry" and e.chunk_index != 5 for e in events), (
+        for killer in killers:  # what each kill hit is known once it is done
+            killer.join(15)
+        assert idle_kills or any(e.kind == "retry" and e.chunk_index != 5 for e in events), (
             f"chunk 5's kills all landed, yet the job ended with {missed!r}")
     else:
         pytest.fail("every kill of chunk 5 missed in 3 runs")
