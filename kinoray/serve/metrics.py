@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Response
@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kinoray.store.models import JOB_STATES, Asset, AssetStatus, Job, Upload, UploadStatus, WebhookDelivery
 from kinoray.telemetry import API_REGISTRY, HTTP_LATENCY, HTTP_REQUESTS, RUNNER_METRICS_UP
 
-__all__ = ["DB_GAUGES_TTL_SECONDS", "RUNNER_TIMEOUT_SECONDS", "UNMATCHED", "DatabaseGauges", "RequestMetricsMiddleware",
+__all__ = ["DB_GAUGES_TTL_SECONDS", "RUNNER_TIMEOUT_SECONDS", "UNMATCHED", "CachedDatabaseCollector", "DatabaseGauges", "RequestMetricsMiddleware",
            "database_gauges", "install", "router", "set_runner"]
 
 log = logging.getLogger(__name__)
@@ -110,24 +110,33 @@ def _count_by(session: Any, column: Any, known: Iterable[str]) -> dict[str, int]
     return counts
 
 
-class DatabaseGauges(Collector):
-    """Counts read from the platform's database at most once per ``ttl`` seconds. If the database cannot be
-    read, the scrape goes on without these families (and the error is logged)."""
+T = TypeVar("T")
+
+
+class CachedDatabaseCollector(Collector, Generic[T]):
+    """A collector of values :meth:`read` from the platform's database at most once per ``ttl`` seconds (scrapes
+    in between reuse them). If the database cannot be read, the scrape goes on without these families and the
+    error is logged as ``what``."""
+
+    what = "database gauges"
 
     def __init__(self, ttl: float = DB_GAUGES_TTL_SECONDS) -> None:
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._cached: tuple[int, float, dict[str, Any]] | None = None  # (id(platform), monotonic, counts)
+        self._cached: tuple[int, float, T] | None = None  # (id(platform), monotonic, values)
 
     def invalidate(self) -> None:
-        """Forget the cached counts: the next scrape reads the database."""
+        """Forget the cached values: the next scrape reads the database."""
         with self._lock:
             self._cached = None
 
-    def describe(self) -> Iterable[Metric]:
-        return list(_gauge_families().values())
+    def read(self, session: Any) -> T:
+        raise NotImplementedError
 
-    def _counts(self) -> dict[str, Any] | None:
+    def families(self, values: T) -> Iterable[Metric]:
+        raise NotImplementedError
+
+    def _values(self) -> T | None:
         from kinoray.errors import ConfigurationError
         from kinoray.serve.deps import get_platform
 
@@ -141,29 +150,41 @@ class DatabaseGauges(Collector):
                 return self._cached[2]
             try:
                 with platform.db.reader() as session:
-                    counts = {
-                        "jobs": _count_by(session, Job.state, JOB_STATES),
-                        "assets": _count_by(session, Asset.status, [status.value for status in AssetStatus]),
-                        "uploads": _count_by(session, Upload.status, [status.value for status in UploadStatus]),
-                        "pending": session.scalar(sa.select(sa.func.count()).select_from(WebhookDelivery)
-                                                  .where(WebhookDelivery.next_attempt_at.is_not(None))) or 0,
-                    }
-            except Exception as error:
-                log.warning("database gauges unavailable", extra={"error": repr(error)})
+                    values = self.read(session)
+            except Exception as error:  # noqa: BLE001 - a scrape goes on without these families
+                log.warning(f"{self.what} unavailable", extra={"error": repr(error)})
                 return None
-            self._cached = (id(platform), now, counts)
-            return counts
+            self._cached = (id(platform), now, values)
+            return values
 
     def collect(self) -> Iterator[Metric]:
-        counts = self._counts()
-        if counts is None:
-            return
+        values = self._values()
+        if values is not None:
+            yield from self.families(values)
+
+
+class DatabaseGauges(CachedDatabaseCollector[dict[str, Any]]):
+    """Jobs, assets and uploads by state, and pending webhook deliveries."""
+
+    def describe(self) -> Iterable[Metric]:
+        return list(_gauge_families().values())
+
+    def read(self, session: Any) -> dict[str, Any]:
+        return {
+            "jobs": _count_by(session, Job.state, JOB_STATES),
+            "assets": _count_by(session, Asset.status, [status.value for status in AssetStatus]),
+            "uploads": _count_by(session, Upload.status, [status.value for status in UploadStatus]),
+            "pending": session.scalar(sa.select(sa.func.count()).select_from(WebhookDelivery)
+                                      .where(WebhookDelivery.next_attempt_at.is_not(None))) or 0,
+        }
+
+    def families(self, values: dict[str, Any]) -> Iterable[Metric]:
         families = _gauge_families()
         for name in ("jobs", "assets", "uploads"):
-            for value, count in sorted(counts[name].items()):
+            for value, count in sorted(values[name].items()):
                 families[name].add_metric([value], count)
-        families["pending"].add_metric([], counts["pending"])
-        yield from families.values()
+        families["pending"].add_metric([], values["pending"])
+        return families.values()
 
 
 #: The collector registered on :data:`~kinoray.telemetry.API_REGISTRY`.

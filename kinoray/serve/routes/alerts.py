@@ -12,27 +12,23 @@ evaluated the rules.
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import Annotated, Literal
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
 from kinoray.control import alerts
 from kinoray.control.alerts import AlertRuleCreate, AlertRuleUpdate, AlertRuleView, IncidentView
-from kinoray.errors import ConfigurationError
-from kinoray.serve.deps import CurrentToken, PlatformDep, get_platform
+from kinoray.serve.deps import CurrentToken, PlatformDep
+from kinoray.serve.metrics import CachedDatabaseCollector
 from kinoray.serve.schemas import AUTHENTICATED, Envelope, error_responses
 from kinoray.telemetry import API_REGISTRY
 
 __all__ = ["GAUGE_TTL_SECONDS", "IncidentGauge", "router"]
 
-log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["data alerts"], responses=error_responses(*AUTHENTICATED))
 _Limit = Annotated[int, Query(ge=1, le=100)]
@@ -133,54 +129,29 @@ def get_incident(incident_id: str, platform: PlatformDep, token: CurrentToken) -
 GAUGE_TTL_SECONDS = 2.0
 
 
-class IncidentGauge(Collector):
+class IncidentGauge(CachedDatabaseCollector[dict[tuple[str, str], int]]):
     """``kinoray_data_incidents_open{rule_id,rule}``: open incidents per alert rule (every rule listed, zeros
     included), read from the platform's database at most once per ``ttl``; left out when it cannot be read."""
 
-    def __init__(self, ttl: float = GAUGE_TTL_SECONDS) -> None:
-        self.ttl = ttl
-        self._lock = threading.Lock()
-        self._cached: tuple[int, float, dict[tuple[str, str], int]] | None = None
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._cached = None
-
-    def describe(self) -> Iterable[Metric]:
-        return [self._family()]
+    what = "incident gauge"
 
     @staticmethod
     def _family() -> GaugeMetricFamily:
         return GaugeMetricFamily("kinoray_data_incidents_open", "Open Mux Data incidents, by alert rule",
                                  labels=["rule_id", "rule"])
 
-    def _counts(self) -> dict[tuple[str, str], int] | None:
-        try:
-            platform = get_platform()
-        except ConfigurationError:
-            return None
-        with self._lock:
-            now = time.monotonic()
-            if self._cached is not None and self._cached[0] == id(platform) and now - self._cached[1] < self.ttl:
-                return self._cached[2]
-            try:
-                with platform.db.reader() as session:
-                    counts = alerts.open_incident_counts(session)
-            except Exception as error:  # noqa: BLE001 - a scrape goes on without this family
-                log.warning("incident gauge unavailable", extra={"error": repr(error)})
-                return None
-            self._cached = (id(platform), now, counts)
-            return counts
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
 
-    def collect(self) -> Iterator[Metric]:
-        counts = self._counts()
-        if counts is None:
-            return
+    def read(self, session: Any) -> dict[tuple[str, str], int]:
+        return alerts.open_incident_counts(session)
+
+    def families(self, values: dict[tuple[str, str], int]) -> Iterable[Metric]:
         family = self._family()
-        for (rule_id, name), count in sorted(counts.items()):
+        for (rule_id, name), count in sorted(values.items()):
             family.add_metric([rule_id, name], count)
-        yield family
+        return [family]
 
 
-_GAUGE = IncidentGauge()
+_GAUGE = IncidentGauge(GAUGE_TTL_SECONDS)
 API_REGISTRY.register(_GAUGE)
