@@ -89,6 +89,18 @@ class _Manifest:
     etag: str
 
 
+async def _send_manifest(request: EdgeRequest, send: Send, playback: delivery.Playback, manifest: _Manifest,
+                         media_type: str) -> None:
+    """A playlist or MPD: short-lived caching, its ETag, ``304`` when the client has it."""
+    headers = {**delivery.CORS_HEADERS, "ETag": manifest.etag,
+               "Cache-Control": delivery.cache_control(playback, immutable=False)}
+    if delivery.etag_matches(request.headers.get("if-none-match"), manifest.etag):
+        await send_response(send, 304, headers)
+        return
+    await send_response(send, 200, {**headers, "Content-Type": media_type}, manifest.body,
+                        head=request.method == "HEAD")
+
+
 class StreamCache:
     """Per-process caches of rewritten manifests and object metadata (``stat``), bounded in entries."""
 
@@ -237,13 +249,7 @@ class StreamDelivery:
         else:
             cached = self.cache.cached_manifest(key)
             manifest = cached if cached is not None else await asyncio.to_thread(self.cache.manifest, key, render)
-        headers = {**delivery.CORS_HEADERS, "ETag": manifest.etag,
-                   "Cache-Control": delivery.cache_control(playback, immutable=False)}
-        if delivery.etag_matches(request.headers.get("if-none-match"), manifest.etag):
-            await send_response(send, 304, headers)
-            return
-        await send_response(send, 200, {**headers, "Content-Type": media_type}, manifest.body,
-                            head=request.method == "HEAD")
+        await _send_manifest(request, send, playback, manifest, media_type)
 
     # --- live playlists: LL-HLS blocking reloads and delta updates ---------------------------------------------
     async def _live_media(self, request: EdgeRequest, send: Send, playback: delivery.Playback, rung: str) -> None:
@@ -282,14 +288,7 @@ class StreamDelivery:
                 body = rewrite_hls_media(text, query=playback.query, window=window)
             except ValueError as error:
                 raise InvalidParametersError(str(error)) from None
-        manifest = self.cache.render(lambda: body)
-        headers = {**delivery.CORS_HEADERS, "ETag": manifest.etag,
-                   "Cache-Control": delivery.cache_control(playback, immutable=False)}
-        if delivery.etag_matches(request.headers.get("if-none-match"), manifest.etag):
-            await send_response(send, 304, headers)
-            return
-        await send_response(send, 200, {**headers, "Content-Type": _HLS}, manifest.body,
-                            head=request.method == "HEAD")
+        await _send_manifest(request, send, playback, self.cache.render(lambda: body), _HLS)
 
     async def _live_file(self, playback: delivery.Playback, rung: str, name: str, key: str) -> None:
         """A live part or segment that is not written yet but is next (a player asking for the
