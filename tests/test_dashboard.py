@@ -43,17 +43,6 @@ FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.
 CHART_RGB = (0x1D, 0x4E, 0xD8)  # --kr-chart-color in kinoray-dashboard.css
 
 
-@pytest.fixture(scope="module")
-def api(api_backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.api_server import ApiServer
-
-    server = ApiServer(api_backend.new_url(), tmp_path_factory.mktemp("dashboard-api"))
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 # --- vendored uPlot --------------------------------------------------------------------------------------------
 
 
