@@ -91,7 +91,7 @@ def test_static_files_are_an_allow_list_with_long_caching(api) -> None:
     assert "Content-Encoding" not in identity.headers and identity.content == static_file("hls.min.js").body
     head = requests.head(f"{api.edge_url}/player/static/kinoray-player.js", timeout=10)
     assert head.status_code == 200 and head.headers["ETag"] == static_file("kinoray-player.js").etag
-    for name in ("vendor.json", "__init__.py", "..%2F__init__.py", "%2e%2e", "hls.js", "build.mjs",
+    for name in ("vendor.json", "__init__.py", "..%2F__init__.py", "%2e%2e", "hls.js", "build.mjs", "vendor.mjs",
                  "package.json", ".gitignore"):
         answer = requests.get(f"{api.edge_url}/player/static/{name}", timeout=10)
         assert answer.status_code == 404, name

@@ -1,32 +1,12 @@
-// Copies the pinned players' browser builds out of node_modules (installed from package-lock.json by
-// `npm ci`) into static/, byte for byte, and records each file's package, version and sha256 in
-// static/vendor.json. `make player` runs it; tests/test_player.py checks the committed files against that
-// record and the lockfile. kinoray's own files in static/ are written by hand, not by this script.
-import { createHash } from "node:crypto";
-import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
+// The players' browser builds (hls.js, dash.js), vendored into static/ by `make player` (see vendor.mjs);
+// tests/test_player.py checks the committed files against static/vendor.json and the lockfile. kinoray's own
+// files in static/ are written by hand, not by this script.
+import { vendor } from "./vendor.mjs";
 
-const here = (path) => new URL(path, import.meta.url);
-
-// name in static/ -> [npm package, path inside the package]
-const VENDORED = {
+vendor(new URL(".", import.meta.url), {
   "hls.min.js": ["hls.js", "dist/hls.min.js"],
   "hls.js.LICENSE.txt": ["hls.js", "LICENSE"],
   "dash.all.min.js": ["dashjs", "dist/modern/umd/dash.all.min.js"],
   "dash.all.min.js.LICENSE.txt": ["dashjs", "dist/modern/umd/dash.all.min.js.LICENSE.txt"],
   "dashjs.LICENSE.txt": ["dashjs", "LICENSE.md"],
-};
-
-const lock = JSON.parse(readFileSync(here("package-lock.json"), "utf8"));
-const files = {};
-for (const [name, [pkg, path]] of Object.entries(VENDORED)) {
-  const installed = JSON.parse(readFileSync(here(`node_modules/${pkg}/package.json`), "utf8")).version;
-  const locked = lock.packages[`node_modules/${pkg}`].version;
-  if (installed !== locked) {
-    throw new Error(`${pkg} ${installed} is installed but the lockfile pins ${locked}: run npm ci`);
-  }
-  copyFileSync(here(`node_modules/${pkg}/${path}`), here(`static/${name}`));
-  const sha256 = createHash("sha256").update(readFileSync(here(`static/${name}`))).digest("hex");
-  files[name] = { package: pkg, version: locked, path, sha256 };
-}
-writeFileSync(here("static/vendor.json"), JSON.stringify({ files }, null, 2) + "\n");
-console.log(`vendored ${Object.keys(files).length} files into static/`);
+});
