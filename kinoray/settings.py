@@ -192,6 +192,13 @@ class EdgeSettings(BaseModel):
         default=None,
         description="the management API (Serve's proxy) that paths the edge does not serve are forwarded to; "
                     "None = such paths answer 404")
+    body_cache_mb: int = Field(
+        default=128, ge=0,
+        description="MiB of whole small files (segments, parts, init segments, subtitles) each edge process keeps "
+                    "in memory, least recently used out: a hit is sent from memory, which Granian does faster "
+                    "than a file (docs/ARCHITECTURE.md, 'Delivery edge'); 0 = off")
+    body_cache_max_object_mb: float = Field(
+        default=8.0, gt=0, description="larger files are never kept in memory (sent from the file, or streamed)")
     cache_seconds: float = Field(
         default=2.0, ge=0, le=5,
         description="how long a process keeps a playback id's row, a signing key and a verified token; a "

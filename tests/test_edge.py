@@ -15,6 +15,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import requests
@@ -85,6 +86,35 @@ def test_files_are_sent_whole_by_every_worker_and_play(edge) -> None:
     etag = _fresh("HEAD", f"{url}/{playback_id}/480p/seg_00001.m4s").headers["ETag"]
     assert _fresh("GET", f"{url}/{playback_id}/480p/seg_00001.m4s", headers={"If-None-Match": etag}).status_code == 304
     ffmpeg_decodes(f"{url}/{playback_id}.m3u8")  # Debian's ffmpeg plays the ladder through the edge
+
+
+def test_memory_kept_bodies_follow_the_file_and_match_the_file_path(edge) -> None:
+    """Small files go out of each worker's in-memory body cache: a file replaced under its key (new size and
+    time, so a new ETag) is served new by every worker, whole and by range; an edge that keeps nothing in memory
+    (every body through ``pathsend``) sends the same bytes."""
+    server, url, media = edge
+    asset_id, (playback_id,) = publish(server, media)
+    name = "480p/seg_00002.m4s"
+    stored = Path(server.settings.storage_url) / "assets" / asset_id / "media" / name
+    old = stored.read_bytes()
+    seen = _all_workers(f"{url}/{playback_id}/{name}", lambda a: a.content == old)  # every worker keeps it
+    assert all(all(answers) for answers in seen.values()), seen
+    new = old[::-1] + b"\0" * 1000
+    replaced = stored.with_suffix(".tmp")
+    replaced.write_bytes(new)
+    replaced.replace(stored)
+    seen = _all_workers(f"{url}/{playback_id}/{name}", lambda a: a.status_code == 200 and a.content == new)
+    assert all(all(answers) for answers in seen.values()), seen
+    ranged = _all_workers(f"{url}/{playback_id}/{name}", lambda a: a.status_code == 206 and a.content == new[10:5010],
+                          headers={"Range": "bytes=10-5009"})
+    assert all(all(answers) for answers in ranged.values()), ranged
+    process, plain = server.start_granian_edge(workers=1, body_cache_mb=0)
+    try:
+        for file in ("480p/init.mp4", "480p/seg_00001.m4s", "audio/seg_00001.m4s", "highest.mp4"):
+            assert _fresh("GET", f"{plain}/{playback_id}/{file}").content == (media / file).read_bytes()
+            assert _fresh("GET", f"{url}/{playback_id}/{file}").content == (media / file).read_bytes()
+    finally:
+        process.stop()
 
 
 def _assert_refused_everywhere(url: str, status: int, error_type: str, **kwargs) -> float:
