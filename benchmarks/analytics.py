@@ -15,6 +15,8 @@ Last, the anomaly detectors (kinoray.analytics.anomaly) on the viewer-traffic si
 recall and time to detect of every candidate (``--anomaly only`` runs just that section).
 
     python benchmarks/analytics.py --views 2000            # prints a table, writes benchmarks/results/analytics.json
+    python benchmarks/analytics.py --scale only            # 1 M views / ~30 M events: rollup + queries at scale
+                                                           # (benchmarks/analytics_scale.py; analytics_scale.json)
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from analytics_scale import timed  # noqa: E402  (p50/p95, caches emptied for cold runs)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -47,12 +50,11 @@ from kinoray.analytics import (  # noqa: E402
 from kinoray.analytics.cmcd import CMCD_HEADERS, CmcdBuffer  # noqa: E402
 from kinoray.analytics.compare import all_metrics, experiment  # noqa: E402
 from kinoray.analytics.errors import error_groups  # noqa: E402
-from kinoray.analytics.eventlog import FILES  # noqa: E402
 from kinoray.analytics.exports import export_day  # noqa: E402
 from kinoray.analytics.forecast import backtest  # noqa: E402
 from kinoray.analytics.insights import insights  # noqa: E402
 from kinoray.analytics.privacy import erase_viewer  # noqa: E402
-from kinoray.analytics.query import VIEWS, Query, Timeframe  # noqa: E402
+from kinoray.analytics.query import Query, Timeframe  # noqa: E402
 from kinoray.store.objects import ObjectStore  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -180,21 +182,6 @@ def forecast_backtests(seeds: int = 5) -> dict[str, float]:
     return {name: round(statistics.mean(values), 4) for name, values in scores.items()}
 
 
-def timed(call: Any, repeats: int, cold: bool) -> dict[str, float]:
-    """p50/p95 of ``call``; ``cold``: the process's caches (parsed files, built views) emptied before each."""
-    times = []
-    for _ in range(repeats):
-        if cold:
-            FILES.clear()
-            VIEWS.clear()
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    times.sort()
-    return {"p50_ms": round(statistics.median(times), 1),
-            "p95_ms": round(times[min(len(times) - 1, int(0.95 * len(times)))], 1)}
-
-
 def anomaly_detection(seeds: list[int], console: Console, out: Path) -> dict[str, Any]:
     """Every anomaly-detector candidate on the simulator's default scenario (4 days, 60 views/min, four planted
     incidents and a flash crowd) for each seed: precision, recall, time to detect, seconds per run; the chosen
@@ -256,8 +243,25 @@ def main() -> None:
                         help="simulator seeds the anomaly detectors are measured on (results: analytics_anomaly.json)")
     parser.add_argument("--anomaly", choices=("also", "only", "skip"), default="also",
                         help="run the anomaly-detection section too, alone, or not")
+    parser.add_argument("--scale", choices=("also", "only", "skip"), default="skip",
+                        help="run the at-scale section (generated event log, rollup, queries; results: "
+                             "analytics_scale.json) too, alone, or not (default: it takes tens of minutes)")
+    parser.add_argument("--scale-views", type=int, default=1_000_000)
+    parser.add_argument("--scale-days", type=float, default=7.0)
+    parser.add_argument("--scale-rollup-hours", type=float, default=None,
+                        help="roll up only the first hours for real and repeat those view rows up to the end "
+                             "(default: roll up everything)")
     args = parser.parse_args()
     console = Console()
+    if args.scale != "skip":
+        import analytics_scale
+
+        found = analytics_scale.run(args.scale_views, args.scale_days, args.repeats, log=console.log,
+                                    rollup_hours=args.scale_rollup_hours)
+        analytics_scale.report(found, console)
+        (RESULTS / "analytics_scale.json").write_text(json.dumps(found, indent=2, default=str) + "\n")
+        if args.scale == "only":
+            return
     if args.anomaly == "only":
         anomaly_detection([int(seed) for seed in args.anomaly_seeds.split(",")], console,
                           RESULTS / "analytics_anomaly.json")

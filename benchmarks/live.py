@@ -13,7 +13,12 @@ first names it (polled every 10 ms). Reported per mode:
 
 - ``packaging``: listed − when its last frame was sent (median, p95): what kinoray adds;
 - ``viewer``: packaging + 3 target durations, the live edge distance hls.js and Safari keep by default (HLS's
-  hold-back), i.e. the glass-to-glass latency a default player shows, less the network.
+  hold-back), i.e. the glass-to-glass latency a default player shows, less the network;
+- ``glass`` (``--glass``, on by default where Chromium is installed): measured, not added up — the publisher's
+  wall clock is burned into its frames (``tests/live_clock.py``), Chromium plays the output with hls.js
+  (``lowLatencyMode``, catching up at up to 1.5×) from a local server that answers LL-HLS blocking reloads as
+  the edge does, and reads the clock in every frame it presents against the frame's display time (median over
+  60 frames after 8 s of playback); beside it the same from ``EXT-X-PROGRAM-DATE-TIME`` (``hls.playingDate``).
 
 ``low`` is LL-HLS (``kinoray.live.llhls``): the same, per *part* (listed = the part's ``EXT-X-PART`` first seen,
 which is when a blocking reload for it returns, less the edge's 20 ms poll), and ``viewer`` = packaging +
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.server
 import os
 import re
 import statistics
@@ -55,6 +61,7 @@ from _harness import RESULTS, percentile, write_json  # noqa: E402
 from kinoray.live import PublishRequest, RtmpServer  # noqa: E402
 from kinoray.live.pipe import TagPipe  # noqa: E402
 from kinoray.live.transcode import LiveOptions, LiveTranscoder  # noqa: E402
+from tests.live_clock import clock_source, glass_page, glass_to_glass  # noqa: E402
 
 KEY = "benchmark-key"
 MODES = {"low": 2.0, "reduced": 2.0, "standard": 4.0}
@@ -63,12 +70,71 @@ HOLD_BACK_SEGMENTS = 3
 _PART = re.compile(r'#EXT-X-PART:DURATION=([0-9.]+),URI="(part_[0-9.]+m4s)"')
 SOURCE = ["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i",
           "sine=frequency=440:sample_rate=48000"]
+#: the publisher's picture with its wall clock burned in (tests/live_clock.py), for the glass-to-glass column
+CLOCKED = ["-f", "lavfi", "-i", clock_source(1280, 720, 30), "-f", "lavfi", "-i",
+           "sine=frequency=440:sample_rate=48000"]
 X264 = ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "60", "-pix_fmt", "yuv420p",
         "-c:a", "aac", "-b:a", "128k"]
 
 
+class _Viewer(http.server.ThreadingHTTPServer):
+    """The live output directory over HTTP for Chromium, as the edge serves it: a glass page, hls.js, and
+    LL-HLS blocking reloads (``_HLS_msn``/``_HLS_part`` held until the playlist lists that part, a hinted part
+    until it exists; 3 s at most) — a static server would make hls.js poll instead."""
+
+    daemon_threads = True
+
+    def __init__(self, root: Path) -> None:
+        from kinoray.player.assets import STATIC_DIR
+
+        viewer = self
+        self.root, self.measured = root, {}
+        self.files = {"/hls.js": (STATIC_DIR / "hls.min.js").read_bytes(),
+                      "/glass.html": glass_page("/master.m3u8").encode()}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                path, _, query = self.path.partition("?")
+                body = viewer.files.get(path)
+                if body is None:
+                    body = viewer.wait(path, dict(item.split("=", 1) for item in query.split("&") if "=" in item))
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def wait(self, path: str, query: dict[str, str]) -> bytes | None:
+        file = (self.root / path.lstrip("/")).resolve()
+        if self.root.resolve() not in file.parents:
+            return None
+        deadline = time.monotonic() + 3
+        part = f"part_{int(query['_HLS_msn']):05d}.{query.get('_HLS_part', '0')}.m4s" if "_HLS_msn" in query else ""
+        while time.monotonic() < deadline:
+            try:
+                body = file.read_bytes()
+            except OSError:
+                body = None
+            if body is not None and (not part or part.encode() in body or b"#EXT-X-ENDLIST" in body):
+                return body
+            time.sleep(0.02)
+        return body
+
+    def measure(self) -> None:
+        try:
+            self.measured = glass_to_glass(f"http://127.0.0.1:{self.server_address[1]}/glass.html", timeout=60)
+            self.measured.pop("samples")
+        except Exception as error:  # noqa: BLE001 - the column says why it is empty
+            self.measured = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+
+
 def latency(mode: str, segment: float, seconds: int, work: Path,
-            heights: tuple[int, ...] = (720, 480, 360)) -> dict[str, Any]:
+            heights: tuple[int, ...] = (720, 480, 360), glass: bool = False) -> dict[str, Any]:
     out = work / mode
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -87,13 +153,19 @@ def latency(mode: str, segment: float, seconds: int, work: Path,
 
     server = RtmpServer(authorize, host="127.0.0.1", port=0)
     port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
-    publisher = subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", *SOURCE, "-t", str(seconds),
-                                  *X264, "-f", "flv", f"rtmp://127.0.0.1:{port}/live/{KEY}"])
+    publisher = subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", *CLOCKED, "-t",
+                                  str(seconds), *X264, "-f", "flv", f"rtmp://127.0.0.1:{port}/live/{KEY}"])
+    viewer: _Viewer | None = None
+    watching: threading.Thread | None = None
     listed: dict[str, float] = {}
     part_ends: dict[str, float] = {}  # part -> its media end (s), from the playlist's dates and durations
     playlist = out / f"{max(heights)}p" / "index.m3u8"
     first_date: float | None = None
     while publisher.poll() is None:
+        if glass and viewer is None and (out / "master.m3u8").exists():
+            viewer = _Viewer(out)
+            watching = threading.Thread(target=viewer.measure, daemon=True)
+            watching.start()
         if playlist.exists():
             now = time.time()
             text = playlist.read_text()
@@ -103,6 +175,13 @@ def latency(mode: str, segment: float, seconds: int, work: Path,
                 first_date = _part_ends(text, listed, part_ends, now, first_date)
         time.sleep(0.01)
     state["thread"].join(60)
+    seen: dict[str, Any] = {}
+    if viewer is not None and watching is not None:
+        watching.join(90)
+        viewer.shutdown()
+        viewer.server_close()
+        seen = {"glass_clock_median_s": viewer.measured.get("clock"),
+                "glass_dated_median_s": viewer.measured.get("dated"), "glass_error": viewer.measured.get("error")}
     asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     text = playlist.read_text()
@@ -115,7 +194,7 @@ def latency(mode: str, segment: float, seconds: int, work: Path,
                 "parts": len(delays),
                 "error": result.error, "packaging_median_s": statistics.median(delays),
                 "packaging_p95_s": percentile(delays, 95), "part_hold_back_s": hold_back,
-                "viewer_median_s": statistics.median(delays) + hold_back}
+                "viewer_median_s": statistics.median(delays) + hold_back, **seen}
     delays, media_end = [], 0.0
     for duration, name in re.findall(r"#EXTINF:([0-9.]+),\n(?:#EXT-X-PROGRAM-DATE-TIME:[^\n]*\n)?(seg_\d+\.m4s)",
                                      text):
@@ -126,7 +205,7 @@ def latency(mode: str, segment: float, seconds: int, work: Path,
     return {"mode": mode, "segment_seconds": segment, "heights": list(heights), "segments": len(delays),
             "error": result.error,
             "packaging_median_s": statistics.median(delays), "packaging_p95_s": percentile(delays, 95),
-            "viewer_median_s": statistics.median(delays) + HOLD_BACK_SEGMENTS * segment}
+            "viewer_median_s": statistics.median(delays) + HOLD_BACK_SEGMENTS * segment, **seen}
 
 
 def _part_ends(text: str, listed: dict[str, float], ends: dict[str, float], now: float,
@@ -191,6 +270,12 @@ def per_core(seconds: int, work: Path) -> dict[str, Any]:
             "ffmpeg_wall_s": peer, "ffmpeg_realtime_factor": seconds / peer, "ratio_vs_ffmpeg": peer / ours}
 
 
+def _glass(row: dict[str, Any]) -> str:
+    if row.get("glass_clock_median_s") is not None:
+        return f"{row['glass_clock_median_s']:.2f} ({row['glass_dated_median_s']:.2f})"
+    return str(row.get("glass_error") or "—")[:40]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=40, help="publishing time per latency mode")
@@ -199,22 +284,31 @@ def main() -> None:
                         help="latency modes to measure (a subset writes live-<modes>.json, not live.json)")
     parser.add_argument("--heights", type=int, nargs="+", default=[720, 480, 360],
                         help="the ladder of the latency runs (a lighter one measures packaging on a busy machine)")
+    parser.add_argument("--glass", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure glass-to-glass in Chromium (default: where Chromium is installed)")
     args = parser.parse_args()
+    if args.glass is None:
+        from tests.browser import CHROMIUM
+
+        args.glass = Path(CHROMIUM).exists()
     console = Console()
     with tempfile.TemporaryDirectory(prefix="kinoray-live-bench-") as scratch:
         work = Path(scratch)
-        modes = [latency(mode, MODES[mode], args.seconds, work, tuple(args.heights)) for mode in args.modes]
+        modes = [latency(mode, MODES[mode], args.seconds, work, tuple(args.heights), args.glass)
+                 for mode in args.modes]
         core = per_core(args.per_core_seconds, work) if args.per_core_seconds > 0 else None
     ladder = "/".join(f"{height}p" for height in args.heights)
     table = Table(title=f"live: publisher → playlist (loopback, {ladder} ladder, libx264 veryfast)")
     for column in ("mode", "segment s", "packaging median s", "packaging p95 s",
-                   "viewer (+3 segments; low: +PART-HOLD-BACK) s", "Mux documents"):
+                   "viewer (+3 segments; low: +PART-HOLD-BACK) s",
+                   "glass-to-glass s (burned-in clock; PDT)", "Mux documents"):
         table.add_column(column)
     documented = {"low": "~5 s", "reduced": "12–20 s", "standard": "25–30 s"}
     for row in modes:
         name = f"low (LL-HLS, {row['part_seconds']:g} s parts)" if row["mode"] == "low" else row["mode"]
         table.add_row(name, f"{row['segment_seconds']:g}", f"{row['packaging_median_s']:.2f}",
-                      f"{row['packaging_p95_s']:.2f}", f"{row['viewer_median_s']:.1f}", documented[row["mode"]])
+                      f"{row['packaging_p95_s']:.2f}", f"{row['viewer_median_s']:.1f}", _glass(row),
+                      documented[row["mode"]])
     console.print(table)
     if core is not None:
         console.print(f"one core: kinoray {core['kinoray_realtime_factor']:.2f}× real time "

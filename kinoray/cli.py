@@ -1,4 +1,4 @@
-"""``kinoray`` command line: probe, transcode, demo, up, token."""
+"""``kinoray`` command line: probe, transcode, demo, up, token, environment."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -213,35 +213,70 @@ def cmd_edge(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    from kinoray.control.auth import create_token, list_tokens, revoke_token
+def _in_database(action: Callable[[Any], object]) -> int:
+    """Run ``action`` (printing its JSON) in one transaction on the settings' database; a typed error is
+    printed as the API's error body on stderr (exit 1: not found, 2: anything else)."""
     from kinoray.control.platform import Platform
-    from kinoray.errors import InvalidParametersError
 
     platform = Platform.from_settings(get_settings())
     try:
         with platform.db.session() as session:
-            if args.action == "create":
-                try:
-                    token, secret = create_token(session, name=args.name, permissions=args.permission)
-                except InvalidParametersError as error:
-                    print(json.dumps({"error": {"type": error.type, "messages": [str(error)]}}),  # noqa: T201
-                          file=sys.stderr)
-                    return 2
-                print(json.dumps({"id": token.id, "secret": secret, "name": token.name,  # noqa: T201
-                                  "permissions": token.permissions}))
-                return 0
-            if args.action == "list":
-                print(json.dumps({"data": list_tokens(session)}))  # noqa: T201
-                return 0
-            if not revoke_token(session, args.id):
-                print(json.dumps({"error": {"type": "not_found", "messages": [f"no token {args.id!r}"]}}),  # noqa: T201
-                      file=sys.stderr)
-                return 1
-            print(json.dumps({"id": args.id, "revoked": True}))  # noqa: T201
-            return 0
+            print(json.dumps(action(session)))  # noqa: T201
+        return 0
+    except KinorayError as error:
+        print(json.dumps({"error": {"type": error.type, "messages": [str(error)]}}), file=sys.stderr)  # noqa: T201
+        return 1 if error.type == "not_found" else 2
     finally:
         platform.close()
+
+
+def _environment_id(session: Any, name_or_id: str) -> str:
+    """An environment named by id or name (``kinoray token create --environment``)."""
+    import sqlalchemy as sa
+
+    from kinoray.control.environments import get_environment
+    from kinoray.errors import NotFoundError
+    from kinoray.store.models import Environment
+
+    found = session.scalar(sa.select(Environment.id).where(Environment.name == name_or_id))
+    if found is not None:
+        return str(found)
+    try:
+        return get_environment(session, name_or_id).id
+    except NotFoundError:
+        raise NotFoundError(f"no environment named {name_or_id!r}: see kinoray environment list") from None
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """The same control functions as ``/system/v1/access-tokens``, over every environment (no token scopes it)."""
+    from kinoray.control.auth import list_tokens, new_token, revoke_token, token_view
+
+    def action(session: Any) -> object:
+        if args.action == "create":
+            return new_token(session, name=args.name, permissions=args.permission,
+                             environment_id=_environment_id(session, args.environment)).model_dump(mode="json")
+        if args.action == "list":
+            return {"data": [token_view(row).model_dump(mode="json") for row in list_tokens(session)[0]]}
+        revoke_token(session, args.id)
+        return {"id": args.id, "revoked": True}
+
+    return _in_database(action)
+
+
+def cmd_environment(args: argparse.Namespace) -> int:
+    """The same control functions as ``/system/v1/environments``."""
+    from kinoray.control import environments
+
+    def action(session: Any) -> object:
+        if args.action == "create":
+            return environments.new_environment(session, args.name, args.env_key).model_dump(mode="json")
+        if args.action == "list":
+            rows, _ = environments.list_environments(session, limit=10_000)
+            return {"data": [environments.environment_view(row).model_dump(mode="json") for row in rows]}
+        environments.delete_environment(session, _environment_id(session, args.id), caller_environment_id=None)
+        return {"id": args.id, "deleted": True}
+
+    return _in_database(action)
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -311,10 +346,24 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--permission", action="append", default=None, metavar="PRODUCT=LEVEL",
                         help="video|data|system = read|full, repeatable (default: full access to all three); "
                              "a product left out is refused")
-    actions.add_parser("list", help="print every token (id, name, permissions, revoked; never a secret) as JSON")
+    create.add_argument("--environment", default="default", metavar="NAME_OR_ID",
+                        help="the environment whose data the token reads and writes (default: default)")
+    actions.add_parser("list", help="print every token of every environment (id, name, environment_id, "
+                                    "permissions, revoked; never a secret) as JSON")
     revoke = actions.add_parser("revoke", help="revoke a token")
     revoke.add_argument("id")
     k.set_defaults(func=cmd_token)
+
+    v = sub.add_parser("environment", help="environments that isolate data (in the database the settings name)")
+    env_actions = v.add_subparsers(dest="action", required=True)
+    env_create = env_actions.add_parser("create", help="a new environment and its first access token (JSON; the "
+                                                       "secret is shown once)")
+    env_create.add_argument("name")
+    env_create.add_argument("--env-key", default=None, help="its Mux Data env_key (default: a new random one)")
+    env_actions.add_parser("list", help="print every environment (id, name, env_key) as JSON")
+    env_delete = env_actions.add_parser("delete", help="delete an empty environment whose tokens are all revoked")
+    env_delete.add_argument("id", metavar="NAME_OR_ID")
+    v.set_defaults(func=cmd_environment)
     return parser
 
 

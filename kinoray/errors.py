@@ -17,11 +17,13 @@
     ├── JobCancelledError                            the job was cancelled; its temporary outputs are gone
     ├── StorageError
     ├── IngestProtocolError                          a live publisher sent a malformed RTMP stream
+    ├── IngestRefusedError                           a live publish refused for a reason of its stream (has reason)
     ├── SimulcastError                               a simulcast target refused or dropped a live stream's push
     └── ApiError                                     a request the control plane refuses
         ├── InvalidParametersError (also ValueError)  a malformed or out-of-range parameter
         │   └── InputUrlRefusedError                  an input/webhook URL the SSRF policy forbids
         ├── AuthenticationError                      missing, wrong or revoked credentials
+        │   └── StreamKeyRefusedError                 a WHIP publisher's stream key is missing or unknown
         ├── PermissionDeniedError                    the access token's permissions do not cover the request
         ├── DownloadLinkError                        a signed download link that is altered or has expired
         ├── PlaybackForbiddenError                   a signed playback URL without a valid token
@@ -84,6 +86,7 @@ __all__ = [
     "IdempotencyInProgressError",
     "IdempotencyKeyReusedError",
     "IngestProtocolError",
+    "IngestRefusedError",
     "InputUrlRefusedError",
     "InvalidMediaError",
     "InvalidParametersError",
@@ -105,6 +108,7 @@ __all__ = [
     "ServiceUnavailableError",
     "SimulcastError",
     "StorageError",
+    "StreamKeyRefusedError",
     "TranscodeError",
     "UnsupportedContentTypeError",
     "UnsupportedMediaError",
@@ -199,6 +203,18 @@ class IngestProtocolError(KinorayError):
     type = "ingest_protocol_error"
 
 
+class IngestRefusedError(KinorayError):
+    """A live publish refused for a reason of its stream other than a wrong key (a scheduled stream before its
+    start or after its end); ``reason`` labels ``kinoray_live_ingest_refused_total`` and the message is what the
+    publisher is told."""
+
+    type = "ingest_refused"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class SimulcastError(KinorayError):
     """A simulcast target refused or dropped the push (why is the message); ``fatal``: retrying cannot help (an
     unusable URL). Never an API answer: the target's status and ``error_severity`` report it."""
@@ -229,6 +245,14 @@ class AuthenticationError(ApiError):
 
     def typed_headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": self.www_authenticate}
+
+
+class StreamKeyRefusedError(AuthenticationError):
+    """A WHIP publisher (RFC 9725) without a stream key, or with one no live stream has: the challenge is a
+    Bearer token, the key."""
+
+    type = "stream_key_refused"
+    www_authenticate: ClassVar[str] = 'Bearer realm="kinoray-live"'
 
 
 class PlaybackForbiddenError(ApiError):
@@ -403,6 +427,7 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     KinorayError: 500,
     ConfigurationError: 500,
     IngestProtocolError: 400,
+    IngestRefusedError: 403,
     SimulcastError: 502,
     MediaError: 400,
     InvalidMediaError: 400,
@@ -420,6 +445,7 @@ ERROR_TABLE: dict[type[KinorayError], int] = {
     InvalidParametersError: 400,
     InputUrlRefusedError: 400,
     AuthenticationError: 401,
+    StreamKeyRefusedError: 401,
     PlaybackForbiddenError: 403,
     PlaybackRestrictedError: 403,
     PermissionDeniedError: 403,

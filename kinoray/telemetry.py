@@ -59,8 +59,9 @@ JOBS_FINISHED = Counter("kinoray_jobs_finished_total", "Transcode jobs that ende
 CHUNKS_ENCODED = Counter("kinoray_chunks_encoded_total", "Video chunks encoded, by encoder backend",
                          ["backend"])
 LIVE_INGEST_REFUSED = Counter("kinoray_live_ingest_refused_total",
-                              "RTMP connections refused before any media was accepted, by reason (bad_key, "
-                              "no_key, protocol, timeout, too_many_connections)", ["reason"])
+                              "Live publishers (RTMP connections, WHIP offers) refused before any media was "
+                              "accepted, by reason (bad_key, no_key, disabled, busy, protocol, timeout, "
+                              "too_many_connections, ...)", ["reason"])
 WEBHOOK_DELIVERIES = Counter("kinoray_webhook_deliveries_total",
                              "Webhook delivery attempts, by outcome (delivered, failed, gave_up, disabled)",
                              ["outcome"])

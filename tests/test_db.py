@@ -55,6 +55,7 @@ from kinoray.store import (
 )
 from kinoray.store import models as models_module
 from kinoray.store.db import MIGRATIONS_DIR
+from kinoray.store.models import Environment
 from tests.api_server import Backend
 
 
@@ -277,8 +278,10 @@ def test_access_token_secret_is_hashed_and_checked_in_constant_time(
         return compare_digest(a, b)
 
     monkeypatch.setattr(models_module.hmac, "compare_digest", spy)
-    token, secret = AccessToken.issue(name="ci", environment="production")
+    token, secret = AccessToken.issue(name="ci", environment_id="production")
     with db.session() as session:
+        session.add(Environment(id="production", name="production", env_key="prodkey"))
+        session.flush()
         session.add(token)
     with db.session() as session:
         loaded = session.get_one(AccessToken, token.id)
@@ -287,7 +290,7 @@ def test_access_token_secret_is_hashed_and_checked_in_constant_time(
         assert len(compared) == 2
         assert loaded.check_secret(secret) and len(compared) == 3
         assert loaded.check_secret(secret)  # remembered
-        assert not loaded.revoked and loaded.environment == "production"
+        assert not loaded.revoked and loaded.environment_id == "production"
         loaded.revoked_at = loaded.last_used_at = utcnow()
     with db.session() as session:
         assert session.get_one(AccessToken, token.id).revoked

@@ -1,6 +1,7 @@
 """Live streams on Ray (``kinoray.cluster.live``): the ingest feeds a transcoder actor; when that actor is
 killed mid-stream (what a lost node does), another takes over and the playlists go on after a discontinuity
-while the publisher keeps sending. Judged by Debian's ``ffprobe`` on the rung playlists.
+while the publisher keeps sending; the recording (``kinoray.live.recording``) holds both transcoders' segments
+as two sections of one VOD timeline. Judged by Debian's ``ffprobe`` on the rung playlists and the recording.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ray
 
 from kinoray.cluster.live import LiveFeed
 from kinoray.live import PublishRequest
+from kinoray.live.recording import RecordingTarget, publish_recording, recording_sections
 from kinoray.live.transcode import LiveOptions
 from kinoray.store.objects import ObjectStore
 from tests.test_live_rtmp import KEY, Ingest, publisher_command
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.slow
 
 FPS, SEGMENT = 25, 1.0
 PREFIX = "live/stream1"
+RECORDING = "recording000000000001"
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +65,7 @@ def test_a_killed_transcoder_is_replaced_and_the_stream_goes_on(local_ray, store
             return None
         feed = LiveFeed(store, PREFIX, LiveOptions(segment_seconds=SEGMENT, heights=(240,), encoder="libx264",
                                                    preset="ultrafast"), cpus=0.5,
+                        recording=RecordingTarget(RECORDING, 0),
                         on_segment=lambda count: events.append(("segment", count)),
                         on_end=lambda result, error: events.append(("end", error)))
         feeds.append(feed)
@@ -102,3 +106,19 @@ def test_a_killed_transcoder_is_replaced_and_the_stream_goes_on(local_ray, store
     assert done.returncode == 0 and done.stderr == "", done.stderr
     decoded = int(done.stdout.split()[0])  # the stream, also listed under its HLS program
     assert 9 * FPS <= decoded <= 14 * FPS  # all but the few seconds the replacement took to start
+
+    # the recording: both transcoders' segments, the second's after a discontinuity, on one timeline
+    assert [section["section"] for section in recording_sections(store, RECORDING)] == ["0000-00", "0000-01"]
+    published = publish_recording(store, RECORDING, SEGMENT)
+    assert published.sections == 2
+    media = tmp_path / "recording"
+    for stored in store.list(f"assets/{RECORDING}/media"):
+        store.get_file(stored, media / stored.removeprefix(f"assets/{RECORDING}/media/"))
+    assert (media / "240p" / "index.m3u8").read_text().count("#EXT-X-DISCONTINUITY") == 1
+    for target in (media / "master.m3u8", media / "highest.mp4"):
+        done = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                               "stream=nb_read_frames", "-of", "csv=p=0", str(target)], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        # what the live playlists listed, give or take the segment a dying transcoder had not logged
+        assert abs(int(done.stdout.split()[0]) - decoded) <= SEGMENT * FPS, target.name

@@ -1,6 +1,7 @@
 """The live runtime end to end (``kinoray.serve.live_ingest``): a live stream made through the API, Debian's
-``ffmpeg`` publishing to the RTMP ingest with its stream key, the transcoder actor on a local Ray, the job
-runner ending the session after the reconnect window and transcoding the recording.
+``ffmpeg`` publishing to the RTMP ingest with its stream key, the transcoder actor on a local Ray (recording
+the live segments), the job runner ending the session after the reconnect window and the recording published
+from those segments (``tests/test_live_recording.py`` judges the recording itself).
 
 Checked independently: ``ffprobe`` decodes the live playlists while the publisher sends; a publisher that drops
 and returns within the reconnect window continues the same recording (one asset, both parts in it); the
@@ -107,7 +108,9 @@ def test_publish_reconnect_and_the_recording_becomes_an_asset(api, ingest) -> No
     assert requests.get(live_url, timeout=10).status_code in (404, 412)  # the session is over
     asset = api.wait_asset(asset_id, timeout=300)
     assert asset["status"] == "ready", asset
-    assert 9.0 < asset["duration"] < 11.0  # both parts of the recording
+    # both parts of the recording (10 s), and the slate the transcoder showed meanwhile: between them and for the
+    # reconnect window after the last (4 s) — the recording is the live output itself
+    assert 9.0 < asset["duration"] < 10.0 + 4 + 3
     [playback] = asset["playback_ids"]
     probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json",
                             f"{api.edge_url}/{playback['id']}.m3u8"], capture_output=True, text=True, timeout=120)
@@ -125,9 +128,11 @@ def test_publish_reconnect_and_the_recording_becomes_an_asset(api, ingest) -> No
 
 
 def test_recorded_parts_are_the_published_bytes(api, ingest, tmp_path: Path) -> None:
-    """A part of a recording holds what the publisher sent: ffprobe reads every frame of a 3 s publish."""
+    """A recording whose master is kept (``master_access: temporary``) keeps its source: each part holds what
+    the publisher sent; ffprobe reads every frame of a 3 s publish."""
     stream = api.client.post(f"{api.url}/video/v1/live-streams", json={
-        "playback_policies": ["public"], "reconnect_window": 60}, timeout=30).json()["data"]
+        "playback_policies": ["public"], "reconnect_window": 60,
+        "new_asset_settings": {"master_access": "temporary"}}, timeout=30).json()["data"]
     assert _publish(ingest.port, stream["stream_key"], 3).returncode == 0
     asset_id = _stream(api, stream["id"])["active_asset_id"]
     deadline = time.monotonic() + 30

@@ -129,27 +129,16 @@ def test_waiting_requests_hold_no_thread(tmp_path: Path) -> None:
 
 def _transcode(flv: bytes, out: Path, *, resume: bool, speed: float | None = None) -> Any:
     """The low-latency ladder of a recorded FLV: all at once, or its tags paced at ``speed`` × real time."""
-    import io
-
     from kinoray.live.pipe import TagPipe
     from kinoray.live.transcode import LiveOptions, LiveTranscoder
-    from kinoray.media.flv import read_header, read_tags
+    from tests.live_runtime import paced_pipe
 
-    pipe = TagPipe()
     if speed is None:
+        pipe = TagPipe()
         pipe.write(flv[13:])  # the pipe writes its own FLV header
         pipe.ended(None)
     else:
-        def feed() -> None:
-            source = io.BytesIO(flv)
-            read_header(source)
-            started = time.monotonic()
-            for tag in read_tags(source):
-                time.sleep(max(0.0, started + tag.timestamp / 1000 / speed - time.monotonic()))
-                pipe.media(tag)
-            pipe.ended(None)
-
-        threading.Thread(target=feed, name="paced-publisher", daemon=True).start()
+        pipe = paced_pipe(flv, speed)
     return LiveTranscoder(pipe, out, LiveOptions(segment_seconds=SEGMENT, part_seconds=PART, heights=(240,),
                                                  encoder="libx264", preset="ultrafast"), resume=resume).run()
 

@@ -61,7 +61,6 @@ NOT_OFFERED: dict[tuple[str, str], str] = {
     ("LiveStream", "reduced_latency"): "deprecated by Mux: latency_mode says it",
     ("LiveStream", "low_latency"): "deprecated by Mux: latency_mode says it",
     ("LiveStream", "srt_passphrase"): "RTMP ingest only: no SRT",
-    ("LiveStream", "active_ingest_protocol"): "RTMP ingest only",
 }
 
 #: Fields mux-node's types say are always present that kinoray leaves out, and why.

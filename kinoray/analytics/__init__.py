@@ -5,7 +5,10 @@
 - :mod:`~kinoray.analytics.enrich`: browser/OS/device and country/ASN of a request;
 - :mod:`~kinoray.analytics.eventlog`: the event log, partitioned Parquet in the object store;
 - :mod:`~kinoray.analytics.views`: views and their metrics and scores from events;
-- :mod:`~kinoray.analytics.query`: Mux Data's metric and video-view queries (DuckDB over the event log);
+- :mod:`~kinoray.analytics.query`: Mux Data's metric and video-view queries (DuckDB over the event log and the
+  materialized views);
+- :mod:`~kinoray.analytics.rollup`, :mod:`~kinoray.analytics.viewstore`: final views materialized as
+  partitioned view Parquet (watermark, parts, the metrics as SQL over view rows);
 - :mod:`~kinoray.analytics.cmcd`: CMCD (CTA-5004) keys on stream requests at the edge → ``cmcd`` events;
 - :mod:`~kinoray.analytics.realtime`: who is watching now (presences) and Mux's real-time metrics;
 - :mod:`~kinoray.analytics.privacy`: retention and erasure by viewer over the event log;

@@ -14,6 +14,13 @@ the history. Forecasts are floored at 0; the 95 % band is ``±1.96·σ_h`` with
 residual deviation (multiplicative: the relative residual deviation times the forecast — an approximation).
 With under two days of history the model is seasonal naive (the same hour yesterday), with under one the mean.
 
+**Weekly season** (:func:`double_seasonal`, the default through :func:`fit` once the history covers two weeks):
+the same smoothing with a day-of-week season beside the hour-of-day one (Taylor's double seasonal Holt–Winters,
+the weekly season kept per day: 7 values), its δ picked with the others. Rolling backtests (each of the last 7
+days of 4 weeks held out in turn, :func:`rolling_backtest`; ``benchmarks/forecast_seasons.py``, 5 seeds), MAPE
+weekly vs daily: the simulator's views with a weekly pattern 3.7 % vs 8.2 % (concurrent viewers 4.7 % vs 9.1 %),
+without one 3.5 % vs 3.7 % (4.8 % vs 5.0 %), the benchmark's synthetic traffic 6.8 % vs 9.3 % (7.8 % vs 10.7 %).
+
 **Backtest** (:func:`backtest`): the last 24 hours held out, the model fitted on the hours before, its forecast
 of the held-out day scored by MAPE (mean absolute percentage error over the hours with traffic) beside seasonal
 naive's on the same day.
@@ -32,14 +39,16 @@ import numpy as np
 from kinoray.analytics.eventlog import read_events
 from kinoray.store.objects import ObjectStore
 
-__all__ = ["SEASON", "Backtest", "Fit", "Forecast", "backtest", "forecast", "holt_winters", "hourly_traffic",
-           "mape", "seasonal_naive"]
+__all__ = ["SEASON", "WEEK", "Backtest", "Fit", "Forecast", "backtest", "double_seasonal", "fit", "forecast",
+           "holt_winters", "hourly_traffic", "mape", "rolling_backtest", "seasonal_naive"]
 
 SEASON = 24
+WEEK = 7 * SEASON
 _Z95 = 1.959963984540054
 _ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
 _BETAS = (0.0, 0.01, 0.05, 0.1)
 _GAMMAS = (0.05, 0.1, 0.2, 0.3, 0.5)
+_DELTAS = (0.05, 0.1, 0.2, 0.3)
 
 
 def hourly_traffic(store: ObjectStore, start: datetime, end: datetime, window: float = 30.0
@@ -81,6 +90,8 @@ class Fit:
     forecast: np.ndarray
     low: np.ndarray
     high: np.ndarray
+    delta: float | None = None  # the weekly season's smoothing (double seasonal models)
+    season_hours: tuple[int, ...] = (SEASON,)
 
 
 def _run(series: np.ndarray, alpha: float, beta: float, gamma: float, m: int, multiplicative: bool
@@ -156,6 +167,99 @@ def holt_winters(series: np.ndarray, horizon: int, m: int = SEASON) -> Fit:
                sigma, ahead, np.maximum(0.0, ahead - _Z95 * spread), ahead + _Z95 * spread)
 
 
+def _double_grid(series: np.ndarray, multiplicative: bool, params: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Double seasonal Holt–Winters for every row ``(α, β, γ, δ)`` of ``params`` at once (numpy across the
+    grid): an hour-of-day season (``SEASON`` values, smoothed by γ) and a day-of-week one (7 values, smoothed by
+    δ at each of the day's hours) — Taylor's double seasonal method (2003) with the weekly season per day rather
+    than per hour of the week, so 7 values learn from 24 hours a week each instead of 168 from one hour.
+    ``(level, trend, daily, weekly, one-step SSE, one-step relative SSE, steps scored)``. Initialized from the
+    first week: level its mean; trend the second week's mean less the first's, per hour; the hour-of-day profile
+    and the day means, relative to the level."""
+    m, w, days = SEASON, WEEK, WEEK // SEASON
+    alpha, beta, gamma, delta = (params[:, i] for i in range(4))
+    first = series[:w].reshape(days, m)
+    level0 = float(first.mean())
+    profile, day_means = first.mean(axis=0), first.mean(axis=1)
+    daily0 = profile / level0 if multiplicative else profile - level0
+    weekly0 = day_means / level0 if multiplicative else day_means - level0
+    g = params.shape[0]
+    level = np.full(g, level0)
+    trend = np.full(g, float((series[w:2 * w].mean() - level0) / w) if series.size >= 2 * w else 0.0)
+    daily = np.tile(daily0, (g, 1))
+    weekly = np.tile(weekly0, (g, 1))
+    sse, relative = np.zeros(g), np.zeros(g)
+    for t in range(w, series.size):
+        value, d, k = float(series[t]), t % m, (t // m) % days
+        if multiplicative:
+            predicted = (level + trend) * daily[:, d] * weekly[:, k]
+        else:
+            predicted = level + trend + daily[:, d] + weekly[:, k]
+        error = value - predicted
+        sse += error * error
+        relative += np.where(predicted > 0, (error / np.where(predicted > 0, predicted, 1.0)) ** 2, 0.0)
+        previous = level
+        if multiplicative:
+            level = alpha * value / np.maximum(daily[:, d] * weekly[:, k], 1e-9) + (1 - alpha) * (level + trend)
+            new_daily = gamma * value / np.maximum(level * weekly[:, k], 1e-9) + (1 - gamma) * daily[:, d]
+            weekly[:, k] = delta * value / np.maximum(level * daily[:, d], 1e-9) + (1 - delta) * weekly[:, k]
+        else:
+            level = alpha * (value - daily[:, d] - weekly[:, k]) + (1 - alpha) * (level + trend)
+            new_daily = gamma * (value - level - weekly[:, k]) + (1 - gamma) * daily[:, d]
+            weekly[:, k] = delta * (value - level - daily[:, d]) + (1 - delta) * weekly[:, k]
+        daily[:, d] = new_daily
+        trend = beta * (level - previous) + (1 - beta) * trend
+    return level, trend, daily, weekly, sse, relative, np.full(g, series.size - w)
+
+
+def double_seasonal(series: np.ndarray, horizon: int) -> Fit:
+    """Holt–Winters with a daily and a weekly season (Taylor 2003) for ``series`` of at least two weeks: the
+    forecast of the next ``horizon`` hours, parameters (α, β, γ daily, δ weekly) and additive or multiplicative
+    form picked as :func:`holt_winters` picks its own; the band's growth is the daily model's (the weekly term
+    adds ``δ`` once a week)."""
+    series = np.asarray(series, dtype=float)
+    if series.size < 2 * WEEK:
+        raise ValueError(f"double_seasonal needs two weeks of hours ({2 * WEEK}), got {series.size}")
+    grid = np.array(list(itertools.product(_ALPHAS, _BETAS, _GAMMAS, _DELTAS)), dtype=float)
+    kinds = (False, True) if series[:WEEK].min() > 0 and series.min() >= 0 else (False,)
+    best: tuple[float, bool, int, tuple[np.ndarray, ...]] | None = None
+    for multiplicative in kinds:
+        fitted = _double_grid(series, multiplicative, grid)
+        index = int(np.argmin(fitted[4]))
+        if best is None or fitted[4][index] < best[0]:
+            best = (float(fitted[4][index]), multiplicative, index, fitted)
+    assert best is not None
+    _, multiplicative, index, (level_, trend_, daily_, weekly_, sse_, relative_, scored_) = best
+    alpha, beta, gamma, delta = (float(v) for v in grid[index])
+    level, trend, daily, weekly = float(level_[index]), float(trend_[index]), daily_[index], weekly_[index]
+    n, scored = series.size, max(1, int(scored_[index]))
+    growth = np.array([math.sqrt(1 + sum((alpha + j * alpha * beta + (gamma if j % SEASON == 0 else 0.0)
+                                          + (delta if j % WEEK < SEASON else 0.0)) ** 2 for j in range(1, h + 1)))
+                       for h in range(horizon)])
+    steps = np.arange(horizon)
+    if multiplicative:
+        ahead = (level + (steps + 1) * trend) * daily[(n + steps) % SEASON] * weekly[(n + steps) // SEASON % 7]
+        sigma = math.sqrt(float(relative_[index]) / scored)
+        spread = np.abs(ahead) * sigma * growth
+    else:
+        ahead = level + (steps + 1) * trend + daily[(n + steps) % SEASON] + weekly[(n + steps) // SEASON % 7]
+        sigma = math.sqrt(float(sse_[index]) / scored)
+        spread = sigma * growth
+    ahead = np.maximum(0.0, ahead)
+    return Fit("holt_winters_weekly_multiplicative" if multiplicative else "holt_winters_weekly_additive", alpha,
+               beta, gamma, sigma, ahead, np.maximum(0.0, ahead - _Z95 * spread), ahead + _Z95 * spread,
+               delta=delta, season_hours=(SEASON, WEEK))
+
+
+def fit(series: np.ndarray, horizon: int, weekly: bool | None = None) -> Fit:
+    """The default model: :func:`double_seasonal` when ``series`` covers two weeks (``weekly=None``; ``False``
+    never, ``True`` whenever it can), else :func:`holt_winters` (daily season, or its fallbacks)."""
+    series = np.asarray(series, dtype=float)
+    if weekly is not False and series.size >= 2 * WEEK:
+        return double_seasonal(series, horizon)
+    return holt_winters(series, horizon)
+
+
 def mape(actual: np.ndarray, predicted: np.ndarray) -> float | None:
     """Mean absolute percentage error over the hours with traffic (``None`` when none had any)."""
     mask = actual > 0
@@ -171,13 +275,31 @@ class Backtest:
     seasonal_naive_mape: float | None
 
 
-def backtest(series: np.ndarray, m: int = SEASON) -> Backtest | None:
-    """The last ``m`` hours held out, scored (``None`` with under three seasons: two to fit, one to score)."""
+def backtest(series: np.ndarray, m: int = SEASON, weekly: bool | None = None) -> Backtest | None:
+    """The last ``m`` hours held out, scored (``None`` with under three seasons: two to fit, one to score); the
+    model is :func:`fit`'s (``weekly`` as there) for daily seasons, :func:`holt_winters` for another ``m``."""
     series = np.asarray(series, dtype=float)
     if series.size < 3 * m:
         return None
     train, held = series[:-m], series[-m:]
-    return Backtest(m, mape(held, holt_winters(train, m, m).forecast), mape(held, seasonal_naive(train, m, m)))
+    model = fit(train, m, weekly) if m == SEASON else holt_winters(train, m, m)
+    return Backtest(m, mape(held, model.forecast), mape(held, seasonal_naive(train, m, m)))
+
+
+def rolling_backtest(series: np.ndarray, days: int = 7, weekly: bool | None = None) -> Backtest | None:
+    """:func:`backtest` on each of the last ``days`` days in turn (the model fitted on the hours before that day),
+    MAPEs averaged: every day of the week held out once, where one held-out day is only one kind of day.
+    ``None`` when the first of them has too little history."""
+    series = np.asarray(series, dtype=float)
+    model: list[float] = []
+    naive: list[float] = []
+    for k in range(days):
+        run = backtest(series[:series.size - SEASON * k] if k else series, weekly=weekly)
+        if run is None or run.mape is None or run.seasonal_naive_mape is None:
+            return None
+        model.append(run.mape)
+        naive.append(run.seasonal_naive_mape)
+    return Backtest(days * SEASON, float(np.mean(model)), float(np.mean(naive)))
 
 
 @dataclass(frozen=True)
@@ -192,13 +314,13 @@ class Forecast:
     ccv_backtest: Backtest | None
 
 
-def forecast(store: ObjectStore, horizon: int = 24, history_days: int = 14, now: datetime | None = None,
-             window: float = 30.0) -> Forecast:
+def forecast(store: ObjectStore, horizon: int = 24, history_days: int = 28, now: datetime | None = None,
+             window: float = 30.0, weekly: bool | None = None) -> Forecast:
     """Views and concurrent viewers for the ``horizon`` hours after the current one, from the complete hours of
-    the last ``history_days`` days."""
+    the last ``history_days`` days (:func:`fit`: a weekly season too from two weeks of history on)."""
     now = now or datetime.now(UTC)
     end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     first, views, ccv = hourly_traffic(store, end - timedelta(days=history_days), end, window)
     return Forecast(start=end, observed_start=first, observed_views=views, observed_ccv=ccv,
-                    views=holt_winters(views, horizon), ccv=holt_winters(ccv, horizon),
-                    views_backtest=backtest(views), ccv_backtest=backtest(ccv))
+                    views=fit(views, horizon, weekly), ccv=fit(ccv, horizon, weekly),
+                    views_backtest=backtest(views, weekly=weekly), ccv_backtest=backtest(ccv, weekly=weekly))

@@ -3,10 +3,11 @@
 IPs are never stored (the collector keeps only the country/region/ASN derived from them). Two duties here:
 
 - :func:`sweep_retention`: deletes the event partitions (``analytics/events/date=D/``, a prefix delete per day)
-  of days more than ``days`` old, and view-state objects (``analytics/view-state/``) not written for as long.
+  and the materialized views' (``analytics/views/date=D/``) of days more than ``days`` old, and view-state objects (``analytics/view-state/``) not written for as long.
   The job runner calls it every ``serve.sweep_seconds`` with ``analytics.retention_days``.
 - :func:`erase_viewer`: removes every event of every view of one ``viewer_user_id`` from every partition. A
   view's events are all removed, those sent before the viewer id was known included (a view is one viewer).
+  The materialized views' parts (:mod:`kinoray.analytics.viewstore`) holding them are rewritten the same way.
   Each affected file is rewritten without them: the new file is written under a new name first, then the old
   one deleted — a reader sees the old rows or the new file (a moment of both is harmless: readers drop
   duplicate events), never a partition missing other viewers' events. Caches keyed by file name stay valid.
@@ -31,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kinoray.analytics.eventlog import EVENT_SCHEMA, EVENTS_PREFIX
+from kinoray.analytics.viewstore import EnvFilters, erase_views, sweep_views, viewer_rows
 from kinoray.errors import StorageError
 from kinoray.store.objects import ObjectStore
 
@@ -73,6 +75,7 @@ def sweep_retention(store: ObjectStore, days: int, now: datetime | None = None) 
         if day < cutoff:
             store.delete_prefix(prefix)
             removed += 1
+    sweep_views(store, cutoff)
     limit = now - timedelta(days=days)
     for key in store.list(VIEW_STATE_PREFIX):
         try:
@@ -99,20 +102,21 @@ def _read(store: ObjectStore, key: str, columns: list[str] | None = None) -> pa.
 
 
 def erase_viewer(store: ObjectStore, viewer_user_id: str, *, view_ids: Iterable[str] = (),
-                 forget_views: Callable[[set[str]], None] | None = None) -> Erasure:
-    """Remove every event of every view whose ``viewer_user_id`` is this one (and of ``view_ids``: the views an
-    earlier pass found, whose late events may not carry the viewer id), from every partition; then
-    ``forget_views(view_ids)`` drops what caches and state hold of those views."""
+                 forget_views: Callable[[set[str]], None] | None = None, env_filters: EnvFilters = ()) -> Erasure:
+    """Remove every event of every view whose ``viewer_user_id`` is this one inside the environment
+    ``env_filters`` select (:func:`viewer_rows`; and of ``view_ids``: the views an earlier pass found, whose late
+    events may not carry the viewer id), from every partition; then ``forget_views(view_ids)`` drops what caches
+    and state hold of those views."""
     with _ERASING:  # two erasures rewriting one file at once would each put back the other's rows
-        return _erase(store, viewer_user_id, Erasure(view_ids=set(view_ids)), forget_views)
+        return _erase(store, viewer_user_id, Erasure(view_ids=set(view_ids)), forget_views, env_filters)
 
 
 def _erase(store: ObjectStore, viewer_user_id: str, result: Erasure,
-           forget_views: Callable[[set[str]], None] | None) -> Erasure:
+           forget_views: Callable[[set[str]], None] | None, env_filters: EnvFilters) -> Erasure:
     keys = [key for key in store.list(EVENTS_PREFIX) if key.endswith(".parquet")]
-    for key in keys:  # the viewer's views, wherever their id was sent (two columns read per file)
-        table = _read(store, key, columns=["view_id", "viewer_user_id"])
-        mine = table.filter(pc.equal(table["viewer_user_id"], viewer_user_id))
+    for key in keys:  # the viewer's views, wherever their id was sent (three columns read per file)
+        table = _read(store, key, columns=["view_id", "viewer_user_id", "env_key"])
+        mine = table.filter(viewer_rows(table, viewer_user_id, env_filters))
         result.view_ids.update(mine["view_id"].to_pylist())
     if result.view_ids:
         wanted = pa.array(sorted(result.view_ids), pa.string())
@@ -131,6 +135,9 @@ def _erase(store: ObjectStore, viewer_user_id: str, result: Erasure,
             store.delete(key)
             result.rows_removed += count
             result.files_rewritten += 1
+    views, rewritten = erase_views(store, viewer_user_id, result.view_ids, env_filters)  # the stored views too
+    result.view_ids.update(views)
+    result.files_rewritten += rewritten
     if forget_views is not None and result.view_ids:
         forget_views(result.view_ids)
     return result

@@ -21,17 +21,41 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kinoray.analytics.collect import DIMENSIONS
 from kinoray.analytics.eventlog import read_events
 from kinoray.analytics.views import VIEW_FINAL_MS, View, build_views
+from kinoray.analytics.viewstore import (
+    METRIC_SQL,
+    Stored,
+    aggregate_sql,
+    load_stored,
+    us_range,
+    view_rows,
+    views_of,
+)
+from kinoray.analytics.viewstore import aggregate_startup as _aggregate_startup
 from kinoray.errors import InvalidParametersError, NotFoundError
 from kinoray.store.objects import ObjectStore
+from kinoray.store.scoping import current_env_key_filters
 
-__all__ = ["MEASUREMENTS", "METRICS", "VIEWS", "Filter", "Metric", "Query", "Timeframe", "ViewCache", "aggregate",
-           "parse_filters", "parse_timeframe"]
+__all__ = ["MEASUREMENTS", "METRICS", "UNFILTERABLE_METRICS", "VIEWS", "Filter", "Metric", "MetricFilter", "Query",
+           "Timeframe", "ViewCache", "aggregate", "matching", "parse_filters", "parse_metric_filters",
+           "parse_timeframe"]
 
 MEASUREMENTS = ("avg", "median", "95th", "sum", "count")
+#: How far before the rollup's watermark a query reads the event files of the views not yet materialized: a view
+#: still live (its last event within the final hour) is built from its events of this long before the watermark
+#: (the rollup, later, from all of its last event's day and the day before).
+LIVE_LOOKBACK = timedelta(hours=3)
+#: Drops re-sent events (one row per view id and sequence number; without one, per event, viewer time, data).
+DEDUPE_SQL = ("QUALIFY row_number() OVER (PARTITION BY view_id, coalesce(CAST(view_sequence_number AS VARCHAR),"
+              " event || ':' || CAST(viewer_time AS VARCHAR) || ':' || md5(data)) ORDER BY received_at) = 1")
+#: A view's dimensions (grouped by view id): each one's latest non-empty value by sequence number.
+LATEST_SQL = ", ".join(f'arg_max("{name}", coalesce(view_sequence_number, 0)) FILTER (WHERE "{name}" IS NOT NULL)'
+                       f' AS "{name}"' for name in DIMENSIONS)
 _DURATION = re.compile(r"(?P<n>\d{1,6}):(?P<unit>minutes?|hours?|days?)")
 _UNITS = {"minute": 60, "hour": 3600, "day": 86400}
 _GRANULARITY = {"minute": 60, "ten_minutes": 600, "hour": 3600, "day": 86400}
@@ -75,15 +99,6 @@ def _rebuffer_frequency(views: Sequence[View]) -> float | None:
     return sum(view.rebuffer_count for view in views) / (watch / 60_000) if watch else None
 
 
-def _aggregate_startup(view: View) -> float | None:
-    sent = view.fields.get("view_aggregate_startup_time")
-    if isinstance(sent, int | float) and not isinstance(sent, bool):
-        return float(sent)
-    if view.video_startup_time is None:
-        return None
-    return float(view.video_startup_time + (view.player_startup_time or 0))
-
-
 def _started(getter: Callable[[View], float | None]) -> Callable[[View], float | None]:
     return lambda view: getter(view) if view.watch_time > 0 else None
 
@@ -121,6 +136,73 @@ class Filter:
     dimension: str
     value: str
     negated: bool = False
+
+
+#: Metrics ``metric_filters[]`` cannot name (Mux's exceptions: they have no per-view value to compare).
+UNFILTERABLE_METRICS = frozenset({"exits_before_video_start", "unique_viewers", "video_startup_failure_percentage",
+                                  "view_dropped_percentage", "views"})
+_METRIC_FILTER = re.compile(r"(?P<metric>[a-z_0-9]{1,64})(?P<op><=|>=|!=|<|>|=)(?P<value>.{1,64})")
+#: A finite decimal number as ``metric_filters[]`` values are written (what :data:`METRIC_FILTER_PATTERN` allows).
+_NUMBER = r"-?(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})(?:[eE][+-]?[0-9]{1,2})?"
+_COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
+    "=": lambda a, b: a == b, "!=": lambda a, b: a != b}
+
+
+@dataclass(frozen=True)
+class MetricFilter:
+    """One ``metric_filters[]`` clause (``aggregate_startup_time>=1000``): keeps the views whose own value of the
+    metric (its per-view value, in the metric's unit: ms, fractions 0–1, bits/s) compares true; a view without a
+    value (never started, no rendition…) is left out. Used on built views (:meth:`matches`) and, over a table
+    with one column per metric, as SQL (:meth:`sql`) — the one definition both query paths share."""
+
+    metric: str
+    operator: str
+    value: float
+
+    def matches(self, view: View) -> bool:
+        found = METRICS[self.metric].value(view)
+        return found is not None and _COMPARISONS[self.operator](found, self.value)
+
+    def sql(self, column: str | None = None) -> tuple[str, list[float]]:
+        """``('"metric" >= ?', [value])`` over ``column`` (default: a column named as the metric); NULL never
+        matches, as in :meth:`matches`."""
+        operator = "<>" if self.operator == "!=" else self.operator
+        return f'"{column or self.metric}" IS NOT NULL AND "{column or self.metric}" {operator} ?', [self.value]
+
+
+def metric_filter_pattern() -> str:
+    """The JSON-schema ``pattern`` of one ``metric_filters[]`` value: a filterable metric, an operator and a
+    finite number — exactly what :func:`parse_metric_filters` accepts, so the OpenAPI document promises no more."""
+    names = "|".join(sorted(set(METRICS) - UNFILTERABLE_METRICS))
+    return f"^({names})(<=|>=|!=|<|>|=){_NUMBER}$"
+
+
+def parse_metric_filters(raw: Sequence[str]) -> list[MetricFilter]:
+    """``metric_filters[]`` values: ``metric<op>number`` with ``op`` one of ``>= <= > < = !=``; a metric of
+    :data:`METRICS` other than :data:`UNFILTERABLE_METRICS`. Several are ANDed."""
+    out = []
+    for item in raw:
+        match = _METRIC_FILTER.fullmatch(item.strip())
+        if match is None:
+            raise InvalidParametersError(f"metric_filters[]: {item[:100]!r} is not metric<op>value "
+                                         "(op: >=, <=, >, <, =, !=)")
+        if match["metric"] in UNFILTERABLE_METRICS or match["metric"] not in METRICS:
+            raise InvalidParametersError(f"metric_filters[]: {match['metric']!r} cannot be filtered on; one of "
+                                         f"{', '.join(sorted(set(METRICS) - UNFILTERABLE_METRICS))}")
+        try:
+            value = float(match["value"])
+        except ValueError:
+            raise InvalidParametersError(f"metric_filters[]: {match['value'][:64]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise InvalidParametersError("metric_filters[]: the value must be a finite number")
+        out.append(MetricFilter(match["metric"], match["op"], value))
+    return out
+
+
+def matching(views: Sequence[View], metric_filters: Sequence[MetricFilter]) -> list[View]:
+    """The views every clause of ``metric_filters`` keeps (all of them when there is none)."""
+    return [view for view in views if all(item.matches(view) for item in metric_filters)]
 
 
 @dataclass(frozen=True)
@@ -202,6 +284,22 @@ def aggregate(metric: Metric, views: Sequence[View], measurement: str | None = N
     return _percentile(values, 0.5 if measurement == "median" else 0.95)
 
 
+def _measurement(metric: Metric, measurement: str | None) -> str:
+    measurement = measurement or metric.measurement
+    if measurement not in MEASUREMENTS:
+        raise InvalidParametersError(f"measurement: one of {', '.join(MEASUREMENTS)}")
+    return measurement
+
+
+def _ranked(metric: Metric, overall: float, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Breakdown rows (in order of first view) ranked by ``negative_impact``: 1 for the value that costs the
+    most (views × how much worse than overall)."""
+    harmed = [(0.0 if row["value"] is None else (row["value"] - overall) * row["views"] * (
+        1 if metric.worse_when_higher else -1), row) for row in rows]
+    harmed.sort(key=lambda pair: -pair[0])
+    return [{**row, "negative_impact": rank} for rank, (_, row) in enumerate(harmed, start=1)]
+
+
 def metric_of(metric_id: str) -> Metric:
     metric = METRICS.get(metric_id)
     if metric is None:
@@ -250,17 +348,42 @@ class Query:
     """Views of the event log in ``store`` for one timeframe and set of filters (built once per request)."""
 
     def __init__(self, store: ObjectStore, timeframe: Timeframe, filters: Sequence[Filter] = (),
-                 now: datetime | None = None, cache: ViewCache | None = None) -> None:
-        self.store, self.timeframe, self.filters = store, timeframe, list(filters)
+                 now: datetime | None = None, cache: ViewCache | None = None,
+                 metric_filters: Sequence[MetricFilter] = ()) -> None:
+        # the calling token's environment first (kinoray.store.scoping): a Data query sees only its views
+        self.store, self.timeframe = store, timeframe
+        self.filters = [*(Filter("env_key", key, negated) for key, negated in current_env_key_filters()), *filters]
+        self.metric_filters = list(metric_filters)
         self.now = now or datetime.now(UTC)
         self.cache = cache if cache is not None else VIEWS
         self._views: list[View] | None = None
+        self._stored: Stored | None = None  # the materialized views of the timeframe's days (viewstore)
+        self._live: list[View] | None = None  # the views built from events (those not materialized)
 
     def _build(self, view_id: str | None = None) -> list[View]:
         """The views (or the one view) of the query: DuckDB picks them, drops duplicate events and takes each
         view's dimensions (their latest non-empty values) and signature (events, last receipt); views whose
         signature the cache holds are reused, the others built from their events."""
-        events = read_events(self.store, self.timeframe.start, self.timeframe.end)
+        read_from, written_since = self.timeframe.start, None
+        watermark = self.stored.watermark if view_id is None else None
+        if watermark is not None and watermark.start <= int(self.timeframe.start.timestamp() * 1000):
+            # only views past the watermark are built: from the event files written in the LIVE_LOOKBACK before it
+            written_since = datetime.fromtimestamp(watermark.end / 1000, UTC) - LIVE_LOOKBACK
+            read_from = max(read_from, written_since)
+        if written_since is not None and watermark is not None:  # the views with an event past the watermark,
+            since = datetime.fromtimestamp(watermark.end / 1000, UTC)  # not materialized (late events dropped)
+            recent = read_events(self.store, max(read_from, since), self.timeframe.end, written_since=since)
+            live = pc.unique(recent["view_id"].filter(pc.greater_equal(recent["received_at"], pa.scalar(
+                since, recent.schema.field("received_at").type))).combine_chunks())
+            stored = self.stored.table["view_id"]
+            live = pc.filter(live, pc.invert(pc.is_in(live, value_set=stored.filter(
+                pc.is_in(stored, value_set=live)).combine_chunks()))) if len(stored) else live
+            if not len(live):
+                return []
+            events = read_events(self.store, read_from, self.timeframe.end, written_since=written_since)
+            events = events.filter(pc.is_in(events["view_id"], value_set=live))
+        else:
+            events = read_events(self.store, read_from, self.timeframe.end, written_since=written_since)
         where: list[str] = []
         params: list[Any] = []
         if view_id is None:
@@ -270,19 +393,21 @@ class Query:
         else:
             where.append("view_id = ?")
             params.append(view_id)
+        if watermark is not None and written_since is None:  # the timeframe starts before the materialized views: those before too
+            where.append("view_id IN (SELECT view_id FROM events GROUP BY view_id HAVING epoch_ms(max(received_at))"
+                         " >= ? OR epoch_ms(max(received_at)) < ?) AND view_id NOT IN (SELECT view_id FROM stored)")
+            params += [watermark.end, watermark.start]
         for item in self.filters:
             where.append(f"view_id {'NOT IN' if item.negated else 'IN'} "
                          f'(SELECT view_id FROM events WHERE "{item.dimension}" = ?)')
             params.append(item.value)
-        chosen = ("CREATE TEMP TABLE chosen AS SELECT * FROM events WHERE " + " AND ".join(where) +
-                  " QUALIFY row_number() OVER (PARTITION BY view_id, coalesce(CAST(view_sequence_number AS VARCHAR),"
-                  " event || ':' || CAST(viewer_time AS VARCHAR) || ':' || md5(data)) ORDER BY received_at) = 1")
-        latest = ", ".join(f'arg_max("{name}", coalesce(view_sequence_number, 0)) FILTER (WHERE "{name}" IS NOT NULL)'
-                           f' AS "{name}"' for name in DIMENSIONS)
+        chosen = "CREATE TEMP TABLE chosen AS SELECT * FROM events WHERE " + " AND ".join(where) + " " + DEDUPE_SQL
+        latest = LATEST_SQL
         now_ms = int(self.now.timestamp() * 1000)
         store_name = str(getattr(self.store, "url", id(self.store)))
         with duckdb.connect() as connection:
             connection.register("events", events)
+            connection.register("stored", self.stored.table.select(["view_id"]))
             connection.execute(chosen, params)
             summaries = connection.sql(f"SELECT view_id, count(*) AS events, max(received_at) AS last, {latest} "
                                        "FROM chosen GROUP BY view_id").to_arrow_table().to_pylist()
@@ -312,10 +437,90 @@ class Query:
         return sorted(found, key=lambda view: (view.view_start, view.id))
 
     @property
+    def stored(self) -> Stored:
+        """The materialized views of the days the query reads (the timeframe's, and the day after)."""
+        if self._stored is None:
+            first = self.timeframe.start.astimezone(UTC).date()
+            self._stored = load_stored(self.store, first, self.timeframe.end.astimezone(UTC).date()
+                                       + timedelta(days=1))
+        return self._stored
+
+    @property
+    def live(self) -> list[View]:
+        """The query's views not materialized, built from events."""
+        if self._live is None:
+            self._live = self._build()
+        return self._live
+
+    @property
     def views(self) -> list[View]:
         if self._views is None:
-            self._views = self._build()
+            with duckdb.connect() as connection:
+                stored = views_of(self._stored_rows(connection).to_arrow_table())
+            self._views = matching(sorted(stored + self.live, key=lambda view: (view.view_start, view.id)),
+                                   self.metric_filters)
         return self._views
+
+    # --- the same over view rows in DuckDB (materialized views at scale) --------------------------------------
+    def _stored_rows(self, connection: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
+        """The materialized views of the timeframe matching ``filters[]``, as rows."""
+        start, end = us_range(self.timeframe.start, self.timeframe.end)
+        where = ["last_received * 1000 >= ? AND first_received * 1000 <= ?"]
+        params: list[Any] = [start, end]
+        for item in self.filters:
+            where.append(f'"{item.dimension}" IS DISTINCT FROM ?' if item.negated else f'"{item.dimension}" = ?')
+            params.append(item.value)
+        connection.register("stored_views", self.stored.table)
+        return connection.query("SELECT * FROM stored_views WHERE " + " AND ".join(where), params=params)
+
+    def _sql_ready(self, metric_id: str) -> bool:
+        """Whether the metric (and every ``metric_filters[]`` one) has a SQL form: then the query runs over view
+        rows in DuckDB, materialized and live together."""
+        return metric_id in METRIC_SQL and all(item.metric in METRIC_SQL for item in self.metric_filters)
+
+    def _frame(self, connection: duckdb.DuckDBPyConnection) -> str:
+        """Registers the query's views as rows (the table ``q``) on ``connection``; returns ``q``."""
+        self._stored_rows(connection).create_view("stored_q")
+        connection.register("live_q", view_rows(self.live))
+        where, params = ["TRUE"], []
+        for item in self.metric_filters:
+            clause, values = item.sql(f"metric_{item.metric}")
+            where.append(clause.replace(f'"metric_{item.metric}"', f"({METRIC_SQL[item.metric]})"))
+            params += values
+        connection.query("SELECT * FROM (SELECT * FROM stored_q UNION ALL BY NAME SELECT * FROM live_q) WHERE "
+                         + " AND ".join(where), params=params).create_view("q")
+        return "q"
+
+    def video_views(self, viewer_id: str | None = None, failed: bool = False, descending: bool = True,
+                    offset: int = 0, limit: int = 25) -> tuple[list[View], int]:
+        """One page of the query's views by start (newest first unless not ``descending``) and how many there
+        are: those of ``viewer_id`` (the viewer user id or the SDK's viewer id) only, failed ones only. In
+        DuckDB over view rows (the page's views carry their metrics, dimensions and fatal errors)."""
+        if not self._sql_ready("views"):
+            views = [view for view in self.views if (viewer_id is None or viewer_id in (
+                view.dimensions.get("viewer_user_id"), view.dimensions.get("viewer_id"))) and (
+                not failed or view.playback_failure)]
+            views.sort(key=lambda view: (view.view_start, view.id), reverse=descending)
+            return views[offset:offset + limit], len(views)
+        where, params = ["TRUE"], []
+        if viewer_id is not None:
+            where.append("(viewer_user_id = ? OR viewer_id = ?)")
+            params += [viewer_id, viewer_id]
+        if failed:
+            where.append("playback_failure")
+        order = "DESC" if descending else "ASC"
+        with duckdb.connect() as connection:
+            self._frame(connection)
+            found = connection.execute("SELECT count(*) FROM q WHERE " + " AND ".join(where), params).fetchall()
+            page = connection.query(f"SELECT * FROM q WHERE {' AND '.join(where)} ORDER BY view_start {order}, "
+                                    f"view_id {order} LIMIT {int(limit)} OFFSET {int(offset)}", params=params
+                                    ).to_arrow_table()
+        return views_of(page), int(found[0][0])
+
+    def _sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with duckdb.connect() as connection:
+            self._frame(connection)
+            return connection.execute(sql, list(params)).fetchall()
 
     def view(self, view_id: str) -> View:
         views = self._build(view_id)
@@ -328,6 +533,10 @@ class Query:
         are left out)."""
         if dimension not in DIMENSIONS:
             raise InvalidParametersError(f"unknown dimension {dimension[:64]!r}")
+        if all(item.metric in METRIC_SQL for item in self.metric_filters):
+            found = self._sql(f'SELECT "{dimension}", count(*) FROM q WHERE "{dimension}" IS NOT NULL '
+                              f'GROUP BY "{dimension}"')
+            return sorted(((str(value), int(count)) for value, count in found), key=lambda item: (-item[1], item[0]))
         counts: dict[str, int] = {}
         for view in self.views:
             value = view.dimensions.get(dimension)
@@ -338,6 +547,12 @@ class Query:
     # --- metrics ---------------------------------------------------------------------------------------------
     def overall(self, metric_id: str, measurement: str | None = None) -> dict[str, Any]:
         metric = metric_of(metric_id)
+        if self._sql_ready(metric_id):
+            value, count, watch, playing = self._sql(
+                f"SELECT {aggregate_sql(metric_id, _measurement(metric, measurement))}, count(*), "
+                "coalesce(sum(watch_time), 0), coalesce(sum(playing_time), 0) FROM q")[0]
+            return {"value": value, "total_views": int(count), "total_watch_time": int(watch),
+                    "total_playing_time": int(playing), "global_value": None}
         views = self.views
         return {"value": aggregate(metric, views, measurement), "total_views": len(views),
                 "total_watch_time": sum(view.watch_time for view in views),
@@ -349,20 +564,34 @@ class Query:
         metric = metric_of(metric_id)
         if group_by not in DIMENSIONS:
             raise InvalidParametersError(f"group_by: unknown dimension {group_by[:64]!r}")
+        if self._sql_ready(metric_id):
+            value_sql = aggregate_sql(metric_id, _measurement(metric, measurement))
+            with duckdb.connect() as connection:
+                self._frame(connection)
+                found = connection.execute(
+                    f'SELECT grouping("{group_by}") AS total, "{group_by}", {value_sql}, count(*), sum(watch_time), '
+                    f'sum(playing_time), min(view_start) FROM q GROUP BY GROUPING SETS (("{group_by}"), ())'
+                ).fetchall()
+                firsts = [row[6] for row in found if not row[0]]
+                tie_break: dict[Any, str] = {}  # groups whose first views start at the same ms: by view id
+                for row in found:
+                    if not row[0] and firsts.count(row[6]) > 1:
+                        first = connection.execute(f'SELECT min(view_id) FROM q WHERE view_start = ? AND '
+                                                   f'"{group_by}" IS NOT DISTINCT FROM ?', [row[6], row[1]]).fetchall()
+                        tie_break[row[1]] = first[0][0] if first else ""
+            overall = next((row[2] for row in found if row[0]), None) or 0.0
+            ordered = sorted((row for row in found if not row[0]), key=lambda row: (row[6], tie_break.get(row[1], "")))
+            return _ranked(metric, overall, [
+                {"field": value, "value": metric_value, "views": int(views), "total_watch_time": int(watch),
+                 "total_playing_time": int(playing)} for _, value, metric_value, views, watch, playing, _ in ordered])
         groups: dict[str | None, list[View]] = {}
         for view in self.views:
             groups.setdefault(view.dimensions.get(group_by), []).append(view)
         overall = aggregate(metric, self.views, measurement) or 0.0
-        harmed: list[tuple[float, dict[str, Any]]] = []
-        for value, views in groups.items():
-            metric_value = aggregate(metric, views, measurement)
-            harm = 0.0 if metric_value is None else (metric_value - overall) * len(views) * (
-                1 if metric.worse_when_higher else -1)
-            harmed.append((harm, {"field": value, "value": metric_value, "views": len(views),
-                                  "total_watch_time": sum(v.watch_time for v in views),
-                                  "total_playing_time": sum(v.playing_time for v in views)}))
-        harmed.sort(key=lambda pair: -pair[0])
-        return [{**row, "negative_impact": rank} for rank, (_, row) in enumerate(harmed, start=1)]
+        return _ranked(metric, overall, [
+            {"field": value, "value": aggregate(metric, views, measurement), "views": len(views),
+             "total_watch_time": sum(v.watch_time for v in views),
+             "total_playing_time": sum(v.playing_time for v in views)} for value, views in groups.items()])
 
     def timeseries(self, metric_id: str, granularity: str | None = None,
                    measurement: str | None = None) -> tuple[str, list[list[Any]]]:
@@ -378,12 +607,18 @@ class Query:
         step = _GRANULARITY[granularity]
         start = int(self.timeframe.start.timestamp()) // step * step
         end = int(self.timeframe.end.timestamp())
+        if (end - start) // step > 10_000:
+            raise InvalidParametersError("timeframe[]: too many buckets at this granularity (over 10000)")
+        if self._sql_ready(metric_id):
+            found = {int(bucket): (value, int(count)) for bucket, value, count in self._sql(
+                f"SELECT coalesce(last_received, 0) // 1000 // {step} * {step} AS bucket, "
+                f"{aggregate_sql(metric_id, _measurement(metric, measurement))}, count(*) FROM q GROUP BY bucket")}
+            return granularity, [[datetime.fromtimestamp(bucket, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                  *found.get(bucket, (None, 0))] for bucket in range(start, end + 1, step)]
         buckets: dict[int, list[View]] = {}
         for view in self.views:
             at = (view.last_received or 0) // 1000
             buckets.setdefault(at // step * step, []).append(view)
-        if (end - start) // step > 10_000:
-            raise InvalidParametersError("timeframe[]: too many buckets at this granularity (over 10000)")
         rows = []
         for bucket in range(start, end + 1, step):
             views = buckets.get(bucket, [])

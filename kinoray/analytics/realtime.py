@@ -20,7 +20,9 @@ heartbeat every 10 s while playing). Metrics (:data:`REALTIME_METRICS`, Mux's id
 - ``current-average-bitrate``: the mean rendition bitrate (bits/s) of the views playing now.
 
 Timeseries: each presence write also lands in its minute's bucket (kept 24 hours), and a bucket's value is the
-metric over the views seen in that minute.
+metric over the views seen in that minute (per dimension value: :func:`breakdown_timeseries`). The histogram
+metric ``video-startup-time`` (:func:`histogram_timeseries`) counts each view once, in the minute it started:
+its startup time (``play`` → first ``playing`` on the viewer's clock, kept in the presence as ``startup_ms``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-__all__ = ["REALTIME_DIMENSIONS", "REALTIME_METRICS", "MemoryPresences", "Presences", "RedisPresences",
-           "breakdown", "metric_value", "presence_step", "timeseries"]
+import numpy
+
+__all__ = ["HISTOGRAM_METRICS", "REALTIME_DIMENSIONS", "REALTIME_METRICS", "STARTUP_BUCKETS_MS", "MemoryPresences",
+           "Presences", "RedisPresences", "breakdown", "breakdown_timeseries", "histogram_timeseries", "metric_value",
+           "presence_step", "startup_histogram", "timeseries"]
 
 REALTIME_METRICS = ("current-concurrent-viewers", "current-rebuffering-percentage", "exits-before-video-start",
                     "playback-failure-percentage", "current-average-bitrate", "video-startup-failure-percentage")
@@ -50,7 +55,15 @@ def presence_step(previous: Mapping[str, Any] | None, name: str, event: Mapping[
     """A view's presence after one event (``event``: its fields; ``dimensions``: the view's as they stand)."""
     record: dict[str, Any] = dict(previous) if previous else {"state": "starting", "started": False, "first_ms": at_ms}
     state = record["state"]
+    viewer_time = event.get("viewer_time")
+    clock = isinstance(viewer_time, int | float) and not isinstance(viewer_time, bool)
+    if name == "play" and not record["started"] and "play_vt" not in record and clock:
+        record["play_vt"] = viewer_time  # the play instruction, on the viewer's clock (as views.py measures)
     if name == "playing" or name == "rebufferend" and state == "rebuffering" or name == "seeked" and state == "seeking":
+        if not record["started"]:
+            record["started_ms"] = at_ms
+            if name == "playing" and clock and "play_vt" in record:
+                record["startup_ms"] = max(0, int(viewer_time - record["play_vt"]))
         state, record["started"] = "playing", True
     elif name in ("play", "viewstart") and state in ("paused", "ended") and not record["started"]:
         state = "starting"
@@ -258,6 +271,47 @@ def breakdown(metric: str, records: Sequence[Mapping[str, Any]], dimension: str,
                             "starting_up_viewers": sum(r["state"] == "starting" for r in concurrent)}))
     rows.sort(key=lambda pair: (-pair[0], str(pair[1]["value"])))
     return [{**row, "negative_impact": rank} for rank, (_, row) in enumerate(rows, start=1)]
+
+
+#: Histogram metrics (Mux's ``histogram-timeseries``): the video startup time (play → first frame, viewer clock)
+#: of the views that started in each minute, in these buckets (ms, ``end`` exclusive; the last has no end).
+HISTOGRAM_METRICS = ("video-startup-time",)
+STARTUP_BUCKETS_MS: tuple[tuple[int, int | None], ...] = (
+    (0, 500), (500, 1000), (1000, 2000), (2000, 5000), (5000, 10_000), (10_000, None))
+
+
+def startup_histogram(records: Iterable[Mapping[str, Any]], bucket: int) -> dict[str, Any]:
+    """The startup times of the views in ``records`` that started in the minute ``bucket`` (unix s): ``sum``
+    (views), ``average``/``median``/``p95`` (ms, interpolated; ``None`` without views), ``bucket_values``
+    (``{count, percentage}`` per :data:`STARTUP_BUCKETS_MS` bucket, percentages 0–100) and ``max_percentage``."""
+    times = [float(r["startup_ms"]) for r in records
+             if r.get("startup_ms") is not None and _bucket(int(r.get("started_ms", -1))) == bucket]
+    counts = [sum(low <= t and (high is None or t < high) for t in times) for low, high in STARTUP_BUCKETS_MS]
+    percentages = [100.0 * count / len(times) if times else 0.0 for count in counts]
+    return {"sum": len(times), "average": sum(times) / len(times) if times else None,
+            "median": float(numpy.percentile(times, 50)) if times else None,
+            "p95": float(numpy.percentile(times, 95)) if times else None, "max_percentage": max(percentages),
+            "bucket_values": [{"count": c, "percentage": p} for c, p in zip(counts, percentages, strict=True)]}
+
+
+def histogram_timeseries(store: Presences, start: float, now: float,
+                         keep: Callable[[Mapping[str, Any]], bool] = lambda _: True) -> list[dict[str, Any]]:
+    """:func:`startup_histogram` per minute from ``start`` to ``now`` (``timestamp``: the minute, ISO)."""
+    history = store.history(start, now)
+    return [{"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(bucket)),
+             **startup_histogram([r for r in history.get(bucket, []) if keep(r)], bucket)}
+            for bucket in range(int(start) // BUCKET_SECONDS * BUCKET_SECONDS, int(now) + 1, BUCKET_SECONDS)]
+
+
+def breakdown_timeseries(metric: str, store: Presences, start: float, now: float, dimension: str,
+                         keep: Callable[[Mapping[str, Any]], bool] = lambda _: True) -> list[dict[str, Any]]:
+    """One point per minute from ``start`` to ``now``: ``{date, values}``, ``values`` the :func:`breakdown` of
+    the views seen in that minute."""
+    history = store.history(start, now)
+    return [{"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(bucket)),
+             "values": breakdown(metric, [r for r in history.get(bucket, []) if keep(r)], dimension,
+                                 (bucket + BUCKET_SECONDS) * 1000)}
+            for bucket in range(int(start) // BUCKET_SECONDS * BUCKET_SECONDS, int(now) + 1, BUCKET_SECONDS)]
 
 
 def timeseries(metric: str, store: Presences, start: float, now: float,

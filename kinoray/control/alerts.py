@@ -37,11 +37,13 @@ from pydantic import Field, model_validator
 from sqlalchemy.orm import Session
 
 from kinoray.analytics.collect import DIMENSIONS
+from kinoray.control import environments
 from kinoray.control.events import emit, iso_time
 from kinoray.control.lookup import find
 from kinoray.control.requests import RequestModel
 from kinoray.control.views import View
 from kinoray.errors import AnomalyDetectorUnavailableError, InvalidParametersError, KinorayError
+from kinoray.store import scoping
 from kinoray.store.models import AlertRule, DataIncident, new_id, utcnow
 from kinoray.telemetry import ALERT_EVALUATIONS, INCIDENT_TRANSITIONS
 
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["INCIDENT_OPENED", "INCIDENT_CLOSED", "AlertRuleCreate", "AlertRuleUpdate", "AlertRuleView",
            "IncidentBreakdownView", "IncidentNotificationRuleView", "IncidentNotificationView", "IncidentView", "Scorer", "create_rule", "delete_rule", "evaluate_alerts",
            "get_incident", "get_rule", "incident_view", "list_incidents", "list_rules", "local_scorer",
-           "open_incident_counts", "rule_view", "update_rule"]
+           "open_incident_counts", "related_incidents", "rule_view", "update_rule"]
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +227,10 @@ class IncidentView(View):
     breakdowns: list[IncidentBreakdownView]
     notification_rules: list[IncidentNotificationRuleView] = Field(default_factory=list)
     notifications: list[IncidentNotificationView] = Field(default_factory=list)
+    affected_views: int | None = Field(default=None, description="estimate: views per hour integrated over the "
+                                       "incident's life (null for incidents opened before kinoray measured it)")
+    affected_views_per_hour: int | None = Field(default=None, description="at the last evaluation")
+    affected_views_per_hour_on_open: int | None = None
     kinoray_rule_id: str
     kinoray_baseline: float | None = None
 
@@ -266,6 +272,9 @@ def incident_view(incident: DataIncident) -> IncidentView:
         resolved_at=iso_time(incident.resolved_at) if incident.resolved_at is not None else None,
         breakdowns=[IncidentBreakdownView(id=f"{name}:{value}", name=name, value=value)
                     for name, value in incident.breakdowns or ()],
+        affected_views=None if incident.affected_views is None else round(incident.affected_views),
+        affected_views_per_hour=incident.affected_views_per_hour,
+        affected_views_per_hour_on_open=incident.affected_views_per_hour_on_open,
         kinoray_rule_id=incident.rule_id, kinoray_baseline=_finite(incident.baseline))
 
 
@@ -348,6 +357,35 @@ def list_incidents(session: Session, *, limit: int, page: int, status: str | Non
     return list(rows), total
 
 
+#: How far apart in time two incidents may be and still be related (:func:`related_incidents`).
+RELATED_MARGIN = timedelta(minutes=30)
+
+
+def _related(one: DataIncident, other: DataIncident) -> bool:
+    """Two incidents are related when they share a dimension value, or one of them is about all views (so it
+    covers the other's): their causes may be the same."""
+    mine, theirs = ({tuple(pair) for pair in incident.breakdowns or ()} for incident in (one, other))
+    return not mine or not theirs or bool(mine & theirs)
+
+
+def related_incidents(session: Session, incident_id: str, *, limit: int, page: int, order_by: str = "started_at",
+                      descending: bool = True, now: datetime | None = None) -> tuple[list[DataIncident], int]:
+    """The other incidents (any rule) that overlap ``incident_id``'s time (open to resolved, widened by
+    :data:`RELATED_MARGIN`; an open one runs to ``now``) and are :func:`_related` to it: Mux's "related
+    incidents". Ordered like :func:`list_incidents`; ``404`` for an unknown id."""
+    incident = get_incident(session, incident_id)
+    now = now or utcnow()
+    start = incident.started_at - RELATED_MARGIN
+    end = (incident.resolved_at or now) + RELATED_MARGIN
+    column = _ORDER[order_by]
+    candidates = session.scalars(
+        sa.select(DataIncident).where(DataIncident.id != incident.id, DataIncident.started_at <= end,
+                                      sa.or_(DataIncident.resolved_at.is_(None), DataIncident.resolved_at >= start))
+        .order_by(column.desc() if descending else column.asc(), DataIncident.id))
+    found = [other for other in candidates if _related(incident, other)]
+    return found[(page - 1) * limit:page * limit], len(found)
+
+
 def open_incident_counts(session: Session) -> dict[tuple[str, str], int]:
     """Open incidents per (rule id, rule name), every rule listed (zero included)."""
     counts = {(rule_id, name): 0 for rule_id, name in session.execute(sa.select(AlertRule.id, AlertRule.name))}
@@ -369,6 +407,7 @@ class _Firing:
     baseline: float | None
     views: int
     started_at: datetime
+    views_per_hour: float  # the views it covers, per hour (the window's or the alarming buckets' views, scaled)
 
 
 @dataclass(frozen=True)
@@ -407,7 +446,8 @@ def _threshold(platform: Platform, rule: _Rule, now: datetime) -> tuple[float | 
                    f"the last {rule.window_seconds} s on {_filters_label(rule.filters)} ({views} views)")
     breakdowns = tuple((f.removeprefix("!").partition(":")[0], f.partition(":")[2]) for f in rule.filters
                        if not f.startswith("!"))
-    return value, {"all": _Firing(breakdowns, description, value, None, views, now)}
+    return value, {"all": _Firing(breakdowns, description, value, None, views, now,
+                                  views * 3600 / rule.window_seconds)}
 
 
 def _anomaly(platform: Platform, rule: _Rule, now: datetime, scorer: Scorer) -> tuple[float | None, dict[str, _Firing]]:
@@ -429,19 +469,22 @@ def _anomaly(platform: Platform, rule: _Rule, now: datetime, scorer: Scorer) -> 
     firing: dict[str, _Firing] = {}
     for finding in findings:
         if finding.active:
+            hours = max(finding.last_ms - finding.started_ms, BUCKET_SECONDS * 1000) / 3_600_000
             firing[finding.key] = _Firing(
                 tuple(finding.where), finding.describe(), _finite(finding.value), _finite(finding.baseline),
-                finding.views, datetime.fromtimestamp(finding.started_ms / 1000, UTC))
+                finding.views, datetime.fromtimestamp(finding.started_ms / 1000, UTC), finding.views / hours)
     worst = max((f.value for f in firing.values() if f.value is not None), default=None)
     return worst, firing
 
 
-def _open(session: Session, rule: AlertRule, key: str, firing: _Firing) -> DataIncident:
+def _open(session: Session, rule: AlertRule, key: str, firing: _Firing, now: datetime) -> DataIncident:
+    rate = round(firing.views_per_hour)
     incident = DataIncident(
         id=new_id(), rule_id=rule.id, incident_key=key[:512], status="open", severity=rule.severity,
         metric=rule.metric, measurement=rule.measurement or "", breakdowns=[list(pair) for pair in firing.breakdowns],
         description=firing.description, threshold=rule.threshold, baseline=firing.baseline,
-        measured_value=firing.value, sample_size=firing.views, started_at=firing.started_at, updated_at=utcnow())
+        measured_value=firing.value, sample_size=firing.views, started_at=firing.started_at, updated_at=now,
+        affected_views_per_hour_on_open=rate, affected_views_per_hour=rate, affected_views=float(firing.views))
     session.add(incident)
     session.flush()
     emit(session, INCIDENT_OPENED, "incident", incident.id, incident_view(incident))
@@ -472,8 +515,11 @@ def _apply(platform: Platform, rule_id: str, value: float | None, firing: dict[s
         for key, found in firing.items():
             incident = open_.get(key[:512])
             if incident is None:
-                _open(session, rule, key, found)
+                _open(session, rule, key, found, now)
             else:
+                elapsed = max((now - incident.updated_at).total_seconds(), 0.0) / 3600
+                incident.affected_views = (incident.affected_views or 0.0) + found.views_per_hour * elapsed
+                incident.affected_views_per_hour = round(found.views_per_hour)
                 incident.measured_value, incident.sample_size = found.value, found.views
                 incident.description, incident.updated_at = found.description, now
         for key, incident in open_.items():
@@ -497,17 +543,20 @@ def evaluate_alerts(platform: Platform, scorer: Scorer | None = None, now: datet
     now = now or utcnow()
     scorer = scorer or local_scorer
     with platform.db.reader() as session:
-        rules = [_Rule(r.id, r.name, r.kind, r.metric, r.measurement, tuple(r.filters or ()), r.comparison,
-                       r.threshold, r.window_seconds, r.min_views, tuple(r.dimensions or ()))
+        rules = [(_Rule(r.id, r.name, r.kind, r.metric, r.measurement, tuple(r.filters or ()), r.comparison,
+                        r.threshold, r.window_seconds, r.min_views, tuple(r.dimensions or ())), r.environment_id)
                  for r in session.scalars(sa.select(AlertRule).where(AlertRule.enabled.is_(True)))]
+        # each rule watches its own environment's views, and its incidents' events go to that environment's hooks
+        scopes = {env: environments.data_filters(session, env) for env in {env for _, env in rules}}
     outcomes = {"ok": 0, "unavailable": 0, "failed": 0}
-    for rule in rules:
+    for rule, environment_id in rules:
         try:
-            if rule.kind == "threshold":
-                value, firing = _threshold(platform, rule, now)
-            else:
-                value, firing = _anomaly(platform, rule, now, scorer)
-            _apply(platform, rule.id, value, firing, now)
+            with scoping.scoped(environment_id, scopes[environment_id]):
+                if rule.kind == "threshold":
+                    value, firing = _threshold(platform, rule, now)
+                else:
+                    value, firing = _anomaly(platform, rule, now, scorer)
+                _apply(platform, rule.id, value, firing, now)
             outcome = "ok"
         except AnomalyDetectorUnavailableError as error:
             log.warning("anomaly detector unavailable: rule not evaluated", extra={"rule": rule.id, "error": str(error)})

@@ -21,12 +21,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from kinoray.store.db import Database
-from kinoray.store.models import PlaybackId, ViewEvent
+from kinoray.store.models import Asset, Environment, PlaybackId, ViewEvent
+from kinoray.store.scoping import current_env_key_filters
 
 if TYPE_CHECKING:
     from kinoray.analytics import Collector, EventWriter
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["close_collector", "cmcd_of", "collector_of", "erase_viewer", "event_store", "export_views",
-           "flush_collector", "presences_of", "sweep_analytics"]
+           "flush_collector", "presences_of", "roll_up_views", "sweep_analytics"]
 
 # --- the Mux Data collector ---------------------------------------------------------------------------------
 _collectors: dict[int, tuple[Collector, EventWriter]] = {}
@@ -50,22 +52,47 @@ _cmcd: dict[int, CmcdBuffer] = {}
 _states: dict[int, Any] = {}
 
 
-def _asset_lookup(db: Database, ttl: float = 60.0) -> Any:
+def _cached_scalar(db: Database, select: Callable[[str], Any], ttl: float = 60.0,
+                   miss_ttl: float | None = None) -> Callable[[str], str | None]:
+    """``key → one value read by select(key)``, each answer kept ``ttl`` seconds (``miss_ttl`` for ``None``),
+    the cache emptied past 50,000 keys: the collector's lookups, which must not query per beacon."""
     cache: dict[str, tuple[float, str | None]] = {}
 
-    def asset_of(playback_id: str) -> str | None:
+    def lookup(key: str) -> str | None:
         now = time.monotonic()
-        found = cache.get(playback_id)
+        found = cache.get(key)
         if found is not None and found[0] > now:
             return found[1]
         with db.reader() as session:
-            asset_id = session.scalar(sa.select(PlaybackId.asset_id).where(PlaybackId.id == playback_id))
+            value = session.scalar(select(key))
         if len(cache) > 50_000:
             cache.clear()
-        cache[playback_id] = (now + (ttl if asset_id else 5.0), asset_id)
-        return asset_id
+        cache[key] = (now + (ttl if value or miss_ttl is None else miss_ttl), value)
+        return value
 
-    return asset_of
+    return lookup
+
+
+def _asset_lookup(db: Database, ttl: float = 60.0) -> Callable[[str], str | None]:
+    return _cached_scalar(db, lambda playback_id: sa.select(PlaybackId.asset_id).where(PlaybackId.id == playback_id),
+                          ttl, miss_ttl=5.0)
+
+
+def _env_key_filler(db: Database, sink: Callable[[list[dict[str, Any]]], None], ttl: float = 60.0
+                    ) -> Callable[[list[dict[str, Any]]], None]:
+    """``sink`` for rows whose view sent no ``env_key`` (kinoray's own player sends none) with the env key of the
+    environment of the asset they played, so the view counts in that environment (:mod:`kinoray.store.scoping`);
+    a key the beacon sent is kept, as Mux keeps it."""
+    env_key_of = _cached_scalar(db, lambda asset_id: sa.select(Environment.env_key).join(
+        Asset, Asset.environment_id == Environment.id).where(Asset.id == asset_id), ttl)
+
+    def fill(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            if not row.get("env_key") and row.get("asset_id"):
+                row["env_key"] = env_key_of(row["asset_id"])
+        sink(rows)
+
+    return fill
 
 
 def event_store(platform: Platform) -> Any:
@@ -90,15 +117,18 @@ def presences_of(platform: Platform) -> Presences:
 
 def _collector(platform: Platform) -> tuple[Collector, EventWriter]:
     from kinoray.analytics import Collector, EventWriter, RedisViewStates, StoreViewStates
+    from kinoray.analytics.enrich import use_city_db
 
     presences = presences_of(platform)
     with _collectors_lock:
         found = _collectors.get(id(platform))
         if found is None:
+            use_city_db(platform.settings.analytics.geo_city_db)
             writer = EventWriter(event_store(platform)).start()
             states = (RedisViewStates(platform.settings.redis_url) if platform.settings.redis_url
                       else StoreViewStates(platform.store))
-            found = (Collector(states, writer.add, _asset_lookup(platform.db), presences.update), writer)
+            found = (Collector(states, _env_key_filler(platform.db, writer.add), _asset_lookup(platform.db),
+                               presences.update), writer)
             _collectors[id(platform)] = found
             _states[id(platform)] = states
         return found
@@ -178,12 +208,13 @@ def erase_viewer(platform: Platform, viewer_user_id: str) -> Erasure:
                 session.execute(sa.delete(ViewEvent).where(ViewEvent.view_id.in_(sorted(view_ids)[chunk:chunk + 500])))
 
     store = event_store(platform)
-    erased = erase(store, viewer_user_id, forget_views=forget)
+    scope = current_env_key_filters()  # the caller's environment (read here: the timer's thread has no context)
+    erased = erase(store, viewer_user_id, forget_views=forget, env_filters=scope)
     erase_from_exports(store, erased.view_ids)
 
     def again() -> None:  # what other edge processes still had buffered then has been written by now
         try:
-            erase(store, viewer_user_id, view_ids=erased.view_ids, forget_views=forget)
+            erase(store, viewer_user_id, view_ids=erased.view_ids, forget_views=forget, env_filters=scope)
         except Exception:  # noqa: BLE001 - a later call erases what this one could not
             log.warning("the second pass of a viewer erasure failed", exc_info=True)
 
@@ -201,6 +232,17 @@ def sweep_analytics(platform: Platform) -> int:
 
     days = platform.settings.analytics.retention_days
     return sweep_retention(event_store(platform), days) + sweep_exports(event_store(platform), days)
+
+
+def roll_up_views(platform: Platform) -> int:
+    """The view rollup (the job runner's, every sweep): views final since the last run written as view Parquet
+    (:func:`kinoray.analytics.rollup.roll_up`, at most every ``analytics.rollup_window_seconds``); returns the
+    views written."""
+    from kinoray.analytics.rollup import roll_up
+
+    if not platform.settings.analytics.rollup:
+        return 0
+    return roll_up(event_store(platform), min_window_seconds=platform.settings.analytics.rollup_window_seconds).views
 
 
 def export_views(platform: Platform) -> list[str]:

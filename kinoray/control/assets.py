@@ -328,14 +328,16 @@ def _shifted(seconds: float | None, offset: float) -> float | None:
 def create_asset(session: Session, settings: Settings, create: NewAssetSettings, *, input_url: str | None,
                  asset_id: str | None = None, source_key: str | None = None, source_asset_id: str | None = None,
                  clip_start: float | None = None, clip_end: float | None = None,
-                 live_stream_id: str | None = None) -> Asset:
+                 live_stream_id: str | None = None, environment_id: str | None = None) -> Asset:
     """A new ``preparing`` asset with its playback ids, a queued job and the ``video.asset.created`` event.
 
     ``input_url`` is fetched into the store by the runner; ``source_key`` says the input is already stored
     (a finished upload, or the stored source a clip is cut from: then both are given, ``input_url`` being
     the ``mux://assets/{id}`` URL). A test asset expires ``api.test_asset_hours`` after creation.
     ``live_stream_id`` makes a live stream's recording (neither input given): ``progress.state`` ``live`` and
-    no job until the broadcast ends (:func:`queue_transcode`, from :mod:`kinoray.control.live`)."""
+    no job until the broadcast ends (:func:`queue_transcode`, from :mod:`kinoray.control.live`).
+    ``environment_id``: the environment of the upload or live stream it comes from, where the session is not
+    scoped to one (the session's environment otherwise: :mod:`kinoray.store.scoping`)."""
     if live_stream_id is not None:
         if input_url is not None or source_key is not None:
             raise ValueError("a live recording has no input_url or source_key: its publisher writes the input")
@@ -354,7 +356,7 @@ def create_asset(session: Session, settings: Settings, create: NewAssetSettings,
                   expires_at=utcnow() + timedelta(hours=settings.api.test_asset_hours) if create.test else None,
                   progress_state="live" if live_stream_id is not None else
                   "ingesting" if source_key is None else "transcoding",
-                  live_stream_id=live_stream_id)
+                  live_stream_id=live_stream_id, environment_id=environment_id)
     session.add(asset)
     for policy in create.policies():
         session.add(PlaybackId(id=new_id(), asset_id=asset_id, policy=PlaybackPolicy(policy)))
@@ -539,7 +541,7 @@ def delete_asset(session: Session, asset: Asset) -> None:
     view = asset_view(asset)
     session.delete(asset)
     session.flush()
-    emit(session, "video.asset.deleted", "asset", asset.id, view)
+    emit(session, "video.asset.deleted", "asset", asset.id, view, environment_id=asset.environment_id)
 
 
 def remove_asset(platform: Platform, asset_id: str) -> None:
@@ -628,6 +630,8 @@ def _progress_percent(asset: Asset) -> float:
 def _ingest_type(asset: Asset) -> str:
     if asset.live_stream_id is not None:
         return "live_rtmp"
+    if asset.source_asset_id is not None:
+        return "on_demand_clip"
     return "on_demand_direct_upload" if asset.upload is not None else "on_demand_url"
 
 

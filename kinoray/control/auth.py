@@ -25,23 +25,33 @@ import binascii
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from kinoray.control.lookup import find
 from kinoray.control.permissions import FULL_ACCESS, parse_permissions
 from kinoray.control.ratelimit import LocalRateLimiter
-from kinoray.errors import AuthenticationError, RateLimitedError
+from kinoray.control.views import AccessTokenView, NewAccessTokenView
+from kinoray.errors import AuthenticationError, InvalidParametersError, RateLimitedError
 from kinoray.settings import ApiSettings
-from kinoray.store.db import Database
-from kinoray.store.models import AccessToken, is_valid_id, secret_known, utcnow, verify_secret
+from kinoray.store.db import Database, newest_first
+from kinoray.store.models import (
+    DEFAULT_ENVIRONMENT_ID,
+    AccessToken,
+    Environment,
+    is_valid_id,
+    secret_known,
+    utcnow,
+    verify_secret,
+)
 from kinoray.telemetry import AUTH_THROTTLED
 
-__all__ = ["Authenticator", "TokenInfo", "create_token", "list_tokens", "parse_basic", "revoke_token"]
+__all__ = ["Authenticator", "TokenInfo", "create_token", "get_token", "list_tokens", "new_token", "parse_basic",
+           "revoke_token", "token_view"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +65,8 @@ class TokenInfo:
 
     id: str
     name: str | None
-    environment: str
+    #: The environment whose data the token reads and writes (:mod:`kinoray.store.scoping`).
+    environment_id: str
     #: Per-product ``read``/``full`` (:mod:`kinoray.control.permissions`); ``None``: full access to every product.
     permissions: Mapping[str, str] | None = None
 
@@ -83,7 +94,7 @@ class _TokenRow:
 
     id: str
     name: str | None
-    environment: str
+    environment_id: str
     secret_hash: str
     revoked: bool
     last_used_at: datetime | None
@@ -124,7 +135,8 @@ class Authenticator:
             self._clients.refund(client)
             self._tokens.refund(token_id)
         self._touch(token)
-        return TokenInfo(id=token.id, name=token.name, environment=token.environment, permissions=token.permissions)
+        return TokenInfo(id=token.id, name=token.name, environment_id=token.environment_id,
+                         permissions=token.permissions)
 
     def _touch(self, token: _TokenRow) -> None:
         now = utcnow()
@@ -141,7 +153,7 @@ class Authenticator:
             token = session.get(AccessToken, token_id)
             if token is None:
                 return None
-            return _TokenRow(token.id, token.name, token.environment, token.secret_hash, token.revoked,
+            return _TokenRow(token.id, token.name, token.environment_id, token.secret_hash, token.revoked,
                              token.last_used_at, dict(token.permissions) if token.permissions is not None else None)
 
     def _draw(self, buckets: LocalRateLimiter, key: str, who: str) -> None:
@@ -153,31 +165,73 @@ class Authenticator:
                                    decision.limit)
 
 
-def create_token(session: Session, name: str | None = None, environment: str = "default",
-                 permissions: Mapping[str, str] | None = None) -> tuple[TokenInfo, str]:
-    """A new access token and its secret (shown once: only its hash is stored). ``permissions``: per product
-    ``read``/``full`` (:func:`kinoray.control.permissions.parse_permissions`); default full access to all."""
+def _issue(session: Session, name: str | None, environment_id: str,
+           permissions: Iterable[str] | Mapping[str, str] | None) -> tuple[AccessToken, str]:
+    find(session, Environment, environment_id, what="environment")
     granted = dict(parse_permissions(permissions) if permissions is not None else FULL_ACCESS)
-    token, secret = AccessToken.issue(name=name, environment=environment)
+    token, secret = AccessToken.issue(name=name, environment_id=environment_id)
     token.permissions = granted
     session.add(token)
-    return TokenInfo(id=token.id, name=token.name, environment=token.environment, permissions=granted), secret
+    session.flush()
+    return token, secret
 
 
-def list_tokens(session: Session) -> list[dict[str, Any]]:
-    """Every token, oldest first, as ``kinoray token list`` prints them (never a secret or its hash)."""
-    rows = session.scalars(sa.select(AccessToken).order_by(AccessToken.created_at, AccessToken.id))
-    return [{"id": row.id, "name": row.name, "environment": row.environment,
-             "permissions": dict(row.permissions) if row.permissions is not None else dict(FULL_ACCESS),
-             "created_at": str(int(row.created_at.timestamp())), "revoked": row.revoked,
-             "last_used_at": str(int(row.last_used_at.timestamp())) if row.last_used_at else None} for row in rows]
+def create_token(session: Session, name: str | None = None, environment_id: str = DEFAULT_ENVIRONMENT_ID,
+                 permissions: Iterable[str] | Mapping[str, str] | None = None) -> tuple[TokenInfo, str]:
+    """A new access token of ``environment_id`` and its secret (shown once: only its hash is stored).
+    ``permissions``: per product ``read``/``full`` (:func:`kinoray.control.permissions.parse_permissions`);
+    default full access to all.
+
+    Raises:
+        InvalidParametersError: bad permissions.
+        NotFoundError: no environment ``environment_id``.
+    """
+    token, secret = _issue(session, name, environment_id, permissions)
+    return TokenInfo(id=token.id, name=token.name, environment_id=token.environment_id,
+                     permissions=token.permissions), secret
 
 
-def revoke_token(session: Session, token_id: str) -> bool:
-    """Revoke a token (kept for the audit trail); ``False`` when there is no such token."""
-    token = session.get(AccessToken, token_id) if is_valid_id(token_id) else None
-    if token is None:
-        return False
+def new_token(session: Session, name: str | None = None, environment_id: str = DEFAULT_ENVIRONMENT_ID,
+              permissions: Iterable[str] | Mapping[str, str] | None = None) -> NewAccessTokenView:
+    """:func:`create_token` as the API answers it: the token's view with its secret, the only answer that ever
+    holds it."""
+    token, secret = _issue(session, name, environment_id, permissions)
+    return NewAccessTokenView(**token_view(token).model_dump(), secret=secret)
+
+
+def token_view(token: AccessToken) -> AccessTokenView:
+    """The token as the API and ``kinoray token list`` show it (never its secret or the secret's hash)."""
+    return AccessTokenView.model_validate({
+        "id": token.id, "name": token.name, "environment_id": token.environment_id,
+        "permissions": dict(token.permissions) if token.permissions is not None else dict(FULL_ACCESS),
+        "created_at": str(int(token.created_at.timestamp())), "revoked": token.revoked,
+        "revoked_at": str(int(token.revoked_at.timestamp())) if token.revoked_at else None,
+        "last_used_at": str(int(token.last_used_at.timestamp())) if token.last_used_at else None})
+
+
+def list_tokens(session: Session, *, limit: int | None = None, cursor: str | None = None, page: int = 1
+                ) -> tuple[list[AccessToken], str | None]:
+    """Tokens newest first (one page with ``limit``, else every one), in the session's environment (all of
+    them in an unscoped session: the CLI), and the next page's cursor."""
+    if limit is None:
+        return list(session.scalars(sa.select(AccessToken).order_by(AccessToken.created_at.desc(),
+                                                                    AccessToken.id.desc()))), None
+    try:
+        return newest_first(session, AccessToken, limit=limit, cursor=cursor, page=page)
+    except ValueError as error:
+        raise InvalidParametersError(str(error)) from None
+
+
+def get_token(session: Session, token_id: str) -> AccessToken:
+    """The token, or ``NotFoundError`` (also for another environment's token in a scoped session)."""
+    return find(session, AccessToken, token_id, what="access token")
+
+
+def revoke_token(session: Session, token_id: str) -> AccessToken:
+    """Revoke a token (kept for the audit trail; revoking twice keeps the first time). The next request with it
+    is refused: :class:`Authenticator` reads the token's row on every request (only the scrypt check of its
+    secret is remembered), so no cache outlives a revocation. ``NotFoundError`` when there is no such token."""
+    token = get_token(session, token_id)
     if token.revoked_at is None:
         token.revoked_at = utcnow()
-    return True
+    return token

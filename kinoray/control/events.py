@@ -1,8 +1,10 @@
-"""Events and the webhook outbox: one call records an event and queues it for every enabled endpoint, in the
-caller's transaction, so no event is lost or sent for a change that rolled back."""
+"""Events and the webhook outbox: one call records an event and queues it for every enabled endpoint of the
+event's environment, in the caller's transaction, so no event is lost or sent for a change that rolled back,
+and an environment's events go only to its own endpoints."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -10,7 +12,21 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from kinoray.control.views import EventEnvelope, EventEnvironment, EventObject, View
-from kinoray.store.models import Event, WebhookDelivery, WebhookEndpoint, new_id, utcnow
+from kinoray.store import scoping
+from kinoray.store.models import (
+    DEFAULT_ENVIRONMENT_ID,
+    Asset,
+    DataIncident,
+    Environment,
+    Event,
+    LiveStream,
+    SimulcastTarget,
+    Upload,
+    WebhookDelivery,
+    WebhookEndpoint,
+    new_id,
+    utcnow,
+)
 
 __all__ = ["EVENT_TYPES", "emit", "envelope", "iso_time"]
 
@@ -60,27 +76,55 @@ EVENT_TYPES = (
 )
 
 
-def envelope(event: Event, environment: str = "default") -> dict[str, Any]:
+def envelope(event: Event, environment: Environment | None = None) -> dict[str, Any]:
     """The JSON body a webhook POSTs for ``event`` (Mux's envelope, :class:`EventEnvelope`) at its first attempt:
     its ``data`` is the event's payload, the object's view serialized by :func:`emit`. Later attempts list the
     earlier ones in ``attempts`` (:mod:`kinoray.control.webhooks`)."""
+    name, environment_id = ((environment.name, environment.id) if environment is not None
+                            else (DEFAULT_ENVIRONMENT_ID, event.environment_id or DEFAULT_ENVIRONMENT_ID))
     return EventEnvelope(type=event.type, id=event.id, created_at=iso_time(event.created_at),
                          object=EventObject(type=event.object_type, id=event.object_id),
-                         environment=EventEnvironment(name=environment, id=environment),
+                         environment=EventEnvironment(name=name, id=environment_id),
                          data=event.payload).model_dump(mode="json")
 
 
-def emit(session: Session, event_type: str, object_type: str, object_id: str, data: View) -> Event:
+#: Where an unscoped session (the runner) finds the environment of an event's object.
+_OWNERS: dict[str, tuple[type[Any], Callable[[Any], str]]] = {
+    "asset": (Asset, lambda row: row.environment_id),
+    "upload": (Upload, lambda row: row.environment_id),
+    "live_stream": (LiveStream, lambda row: row.environment_id),
+    "simulcast_target": (SimulcastTarget, lambda row: row.live_stream.environment_id),
+    "incident": (DataIncident, lambda row: row.rule.environment_id),
+}
+
+
+def _environment_id(session: Session, object_type: str, object_id: str) -> str:
+    """The environment an event about this object belongs to: the session's, else the object's, else (an object
+    already deleted in an unscoped session) the default environment."""
+    scoped = scoping.environment_of(session)
+    if scoped is not None:
+        return scoped
+    owner = _OWNERS.get(object_type)
+    row = session.get(owner[0], object_id) if owner is not None else None
+    return owner[1](row) if owner is not None and row is not None else DEFAULT_ENVIRONMENT_ID
+
+
+def emit(session: Session, event_type: str, object_type: str, object_id: str, data: View, *,
+         environment_id: str | None = None) -> Event:
     """Record ``event_type`` about an object (``data``: the object's view, as the API shows it now) and add one
-    outbox row per enabled webhook endpoint. Nothing is sent here: the runner's webhook sender does that."""
+    outbox row per enabled webhook endpoint of the object's environment (``environment_id``, else found from the
+    session or the object: :func:`_environment_id`). Nothing is sent here: the runner's webhook sender does
+    that."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
+    environment_id = environment_id or _environment_id(session, object_type, object_id)
     payload = data.dump()
     event = Event(id=new_id(), type=event_type, object_type=object_type, object_id=object_id, payload=payload,
-                  created_at=utcnow())
+                  created_at=utcnow(), environment_id=environment_id)
     session.add(event)
-    body = envelope(event)
-    endpoints = session.scalars(sa.select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True)))
+    body = envelope(event, session.get(Environment, environment_id))
+    endpoints = session.scalars(sa.select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True),
+                                                                    WebhookEndpoint.environment_id == environment_id))
     for endpoint_id in endpoints:
         session.add(WebhookDelivery(endpoint_id=endpoint_id, event_id=event.id, event_type=event_type,
                                     payload=body))

@@ -26,7 +26,7 @@ from kinoray.errors import InvalidMediaError, KinorayError, MediaLimitError
 from kinoray.settings import Settings
 from kinoray.store.objects import ObjectStore, open_url
 
-__all__ = ["fetch_input"]
+__all__ = ["fetch_input", "read_url"]
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +98,32 @@ def fetch_input(url: str, store: ObjectStore, key: str, settings: Settings) -> i
         raise InvalidMediaError("the input URL returned no data")
     log.info("input fetched", extra={"bytes": written, "seconds": round(time.monotonic() - started, 3)})
     return written
+
+
+def read_url(url: str, settings: Settings, *, max_bytes: int) -> bytes:
+    """The body at ``url`` (a small file: a live stream's slate image), fetched as :func:`fetch_input` fetches
+    (the same URL policy, redirect checks and time limit).
+
+    Raises:
+        InputUrlRefusedError: the URL is refused by the policy.
+        InvalidMediaError: the fetch failed or returned nothing.
+        MediaLimitError: the body is larger than ``max_bytes``.
+    """
+    deadline = time.monotonic() + settings.api.ingest_timeout_seconds
+    body = bytearray()
+    with _open(url, settings) as source:
+        while True:
+            try:
+                chunk = source.read(min(_READ_SIZE, max_bytes + 1 - len(body)))
+            except (OSError, ValueError) as error:
+                raise InvalidMediaError(f"reading the URL failed: {error}") from None
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > max_bytes:
+                raise MediaLimitError(f"the file at the URL is larger than {max_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise InvalidMediaError(f"fetching took longer than {settings.api.ingest_timeout_seconds:g} s")
+    if not body:
+        raise InvalidMediaError("the URL returned no data")
+    return bytes(body)

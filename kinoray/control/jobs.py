@@ -76,7 +76,10 @@ __all__ = [
     "JobLifecycle",
     "ReconcileReport",
     "asset_fields",
+    "error_asset",
+    "media_fields",
     "new_owner",
+    "publish_asset",
     "ready_fields",
     "retry_transient",
 ]
@@ -128,21 +131,31 @@ def new_owner() -> str:
 
 def asset_fields(result: TranscodeResult) -> dict[str, Any]:
     """Asset columns from a :class:`~kinoray.media.pipeline.TranscodeResult` (Mux's derived fields)."""
-    fields_: dict[str, Any] = {"duration": round(result.duration_seconds, 6), "encoder_backend": result.encoder}
+    top = max(result.renditions, key=lambda r: r.width * r.height) if result.renditions else None
+    return media_fields(duration=result.duration_seconds, encoder=result.encoder,
+                        top=(top.width, top.height) if top is not None else None,
+                        frame_rate=float(Fraction(result.frame_rate)) if result.frame_rate else None,
+                        audio=(result.audio["channels"], result.audio["duration_seconds"]) if result.audio else None)
+
+
+def media_fields(*, duration: float, encoder: str | None, top: tuple[int, int] | None, frame_rate: float | None,
+                 audio: tuple[int, float] | None) -> dict[str, Any]:
+    """Asset columns (Mux's derived fields) of packaged media: its duration (seconds), the encoder that made
+    it, the top rendition's ``(width, height)`` (``None``: audio only), its frame rate and the audio's
+    ``(channels, duration)``. What a transcode publishes (:func:`asset_fields`) and a live recording too."""
+    fields_: dict[str, Any] = {"duration": round(duration, 6), "encoder_backend": encoder}
     tracks: list[dict[str, Any]] = []
-    if result.renditions:
-        top = max(result.renditions, key=lambda r: r.width * r.height)
-        divisor = math.gcd(top.width, top.height)
-        rate = float(Fraction(result.frame_rate)) if result.frame_rate else None
-        fields_.update(aspect_ratio=f"{top.width // divisor}:{top.height // divisor}",
-                       resolution_tier=resolution_tier(min(top.width, top.height)), max_stored_frame_rate=rate)
-        tracks.append({"type": "video", "id": new_id(), "max_width": top.width, "max_height": top.height,
-                       "max_frame_rate": rate, "duration": round(result.duration_seconds, 6)})
+    if top is not None:
+        width, height = top
+        divisor = math.gcd(width, height)
+        fields_.update(aspect_ratio=f"{width // divisor}:{height // divisor}",
+                       resolution_tier=resolution_tier(min(width, height)), max_stored_frame_rate=frame_rate)
+        tracks.append({"type": "video", "id": new_id(), "max_width": width, "max_height": height,
+                       "max_frame_rate": frame_rate, "duration": round(duration, 6)})
     else:
         fields_.update(resolution_tier="audio-only", max_stored_frame_rate=-1)
-    if result.audio:
-        tracks.append({"type": "audio", "id": new_id(), "max_channels": result.audio["channels"],
-                       "duration": round(result.audio["duration_seconds"], 6)})
+    if audio is not None:
+        tracks.append({"type": "audio", "id": new_id(), "max_channels": audio[0], "duration": round(audio[1], 6)})
     fields_["tracks"] = tracks
     return fields_
 
@@ -320,7 +333,7 @@ class JobLifecycle:
             outcome = self._finish(session, job_id, values, JobState.READY)
             if outcome is FinishOutcome.DONE or outcome is FinishOutcome.ALREADY:
                 job = session.get_one(Job, job_id)
-                if _publish_asset(session, job.asset_id, job.result or published, self.settings):
+                if publish_asset(session, job.asset_id, job.result or published, self.settings):
                     outcome = FinishOutcome.DONE
         log.info("job published", extra={"job": job_id, "outcome": outcome.value})
         return outcome
@@ -336,7 +349,7 @@ class JobLifecycle:
             outcome = self._finish(session, job_id, values, JobState.ERRORED)
             if outcome is FinishOutcome.DONE or outcome is FinishOutcome.ALREADY:
                 job = session.get_one(Job, job_id)
-                if _error_asset(session, job.asset_id, job.error_type or error_type, job.error or message):
+                if error_asset(session, job.asset_id, job.error_type or error_type, job.error or message):
                     outcome = FinishOutcome.DONE
         log.info("job failed", extra={"job": job_id, "outcome": outcome.value, "type": error_type})
         return outcome
@@ -426,7 +439,7 @@ class JobLifecycle:
                 return None
             asset_id = session.scalar(sa.select(Job.asset_id).where(Job.job_id == job_id))
             if asset_id is not None:
-                _error_asset(session, asset_id, "internal_error", message)
+                error_asset(session, asset_id, "internal_error", message)
             return "abandoned"
 
     @staticmethod
@@ -454,10 +467,10 @@ class JobLifecycle:
             job = session.scalars(sa.select(Job).where(Job.asset_id == asset_id)
                                   .order_by(Job.created_at.desc(), Job.job_id.desc()).limit(1)).first()
             if job is not None and job.state == JobState.READY.value and job.result is not None:
-                _publish_asset(session, asset_id, job.result, self.settings)
+                publish_asset(session, asset_id, job.result, self.settings)
                 return "published"
             if job is not None and job.state == JobState.ERRORED.value:
-                _error_asset(session, asset_id, job.error_type or "internal_error",
+                error_asset(session, asset_id, job.error_type or "internal_error",
                              job.error or "the transcode failed")
                 return "errored"
             now = self.clock()
@@ -465,7 +478,7 @@ class JobLifecycle:
                 message = f"the transcode did not finish after {job.attempts} attempts; giving up"
                 job.state, job.error_type, job.error, job.finished_at = (JobState.ERRORED.value, "internal_error",
                                                                           message, now)
-                _error_asset(session, asset_id, "internal_error", message)
+                error_asset(session, asset_id, "internal_error", message)
                 return "errored"
             if job is not None:  # ready without a result, or cancelled: run it again
                 job.state, job.owner, job.lease_expires_at, job.result = JobState.QUEUED.value, None, None, None
@@ -477,7 +490,7 @@ class JobLifecycle:
                 create = NewAssetSettings.model_validate(
                     {key: value for key, value in (asset.create_settings or {}).items() if key != "inputs"})
             except ValueError as error:
-                _error_asset(session, asset_id, "internal_error",
+                error_asset(session, asset_id, "internal_error",
                              f"the asset has no transcode job and its settings cannot make one: {error}")
                 return "errored"
             source, clip = job_source(asset)
@@ -504,7 +517,7 @@ def _record_values(record: JobRecord) -> dict[str, Any]:
     return values
 
 
-def _publish_asset(session: Session, asset_id: str, published: dict[str, Any], settings: Settings) -> bool:
+def publish_asset(session: Session, asset_id: str, published: dict[str, Any], settings: Settings) -> bool:
     """Mark the asset ready with ``published`` and emit ``video.asset.ready``, if it is still preparing; its
     legacy MP4s are requested and a preparing master download opens (their events follow)."""
     asset = session.get(Asset, asset_id, populate_existing=True)
@@ -525,7 +538,7 @@ def _publish_asset(session: Session, asset_id: str, published: dict[str, Any], s
     return True
 
 
-def _error_asset(session: Session, asset_id: str, error_type: str, message: str) -> bool:
+def error_asset(session: Session, asset_id: str, error_type: str, message: str) -> bool:
     """Mark the asset errored and emit ``video.asset.errored``, if it is still preparing."""
     asset = session.get(Asset, asset_id, populate_existing=True)
     if asset is None or asset.status != AssetStatus.PREPARING:

@@ -16,12 +16,15 @@ and compared with :func:`hmac.compare_digest`.
       └──── expire_live (window over, complete, disabled, deleted) ◀──────┘  same recording, next source part
 
 ``status`` is Mux's: ``active`` from the first media (``publish_active``) until the session ends, ``idle``
-between sessions, ``disabled`` while disabled (no key is accepted). Each publisher connection of a session
-writes its source FLV to its own part, ``assets/<asset_id>/input.part-0000``, ``…-0001`` (named in
-:class:`LivePublish`); when the session ends the parts are joined into ``assets/<asset_id>/input``
-(:func:`kinoray.media.flv_join.join_flv`) and the recording's transcode job is queued
-(:func:`kinoray.control.assets.queue_transcode`), so the recording becomes an ordinary asset through the job
-lifecycle; ``video.asset.live_stream_completed`` follows ``video.asset.ready`` (:mod:`kinoray.control.jobs`).
+between sessions, ``disabled`` while disabled (no key is accepted). The recording is the live ladder's own
+segments, copied into the asset as the transcoders write them (:mod:`kinoray.live.recording`); when the session
+ends it is published as a VOD package and the asset made ``ready`` by the transcode's own publish
+(:func:`kinoray.control.jobs.publish_asset`): ``video.asset.ready``, then ``video.asset.live_stream_completed``
+— seconds, no encode (:func:`_finish_recording`). Where the source is kept (:attr:`LivePublish.keep_source`) each
+publisher connection writes its FLV to its own part, ``assets/<asset_id>/input.part-0000``, ``…-0001``, joined
+into ``assets/<asset_id>/input`` (:func:`kinoray.media.flv_join.join_flv`) at the end: the master download, and
+the transcode (:func:`kinoray.control.assets.queue_transcode`) a test recording or one the live output cannot
+make gets instead.
 While a session runs, its recording asset is ``preparing`` with ``progress.state`` ``live`` (``is_live``), and
 the reconciler leaves it alone.
 
@@ -38,8 +41,9 @@ import hmac
 import logging
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import sqlalchemy as sa
@@ -47,6 +51,7 @@ from pydantic import Field, model_validator
 from sqlalchemy.orm import Session, selectinload
 
 from kinoray.control.assets import (
+    TIER_HEIGHTS,
     AdvancedPlaybackPolicy,
     NewAssetSettings,
     Policy,
@@ -57,12 +62,26 @@ from kinoray.control.assets import (
     queue_transcode,
 )
 from kinoray.control.events import emit
+from kinoray.control.jobs import error_asset, media_fields, publish_asset
 from kinoray.control.lookup import find
-from kinoray.control.master import fail_master
 from kinoray.control.requests import RequestModel
-from kinoray.control.static_renditions import fail_static_renditions
+from kinoray.control.restrictions import Viewer
 from kinoray.control.views import LiveStreamView, PlaybackIdView, SimulcastTargetView
-from kinoray.errors import ConflictError, InvalidParametersError, KinorayError, NotFoundError
+from kinoray.errors import (
+    ConflictError,
+    IngestRefusedError,
+    InvalidParametersError,
+    KinorayError,
+    MediaError,
+    NotFoundError,
+)
+from kinoray.live.recording import (
+    PublishedRecording,
+    discard_logs,
+    publish_recording,
+    recording_open,
+    recording_sections,
+)
 from kinoray.media.flv_join import join_flv
 from kinoray.store import keys
 from kinoray.store.db import newest_first
@@ -81,6 +100,7 @@ from kinoray.store.models import (
 
 if TYPE_CHECKING:
     from kinoray.control.platform import Platform
+    from kinoray.store.objects import ObjectStore
 
 __all__ = [
     "LivePublish",
@@ -88,6 +108,7 @@ __all__ = [
     "LiveStreamUpdate",
     "SimulcastPush",
     "SimulcastTargetCreate",
+    "admit_live_viewer",
     "authorize_publish",
     "complete_live_stream",
     "create_live_stream",
@@ -107,13 +128,16 @@ __all__ = [
     "live_stream_view",
     "publish_active",
     "publish_ended",
+    "publish_refusal",
     "publish_should_stop",
+    "recording_ended",
     "reset_stream_key",
     "set_live_stream_enabled",
     "set_simulcast_status",
     "simulcast_target_view",
     "source_part_key",
     "update_live_stream",
+    "uses_slate",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,6 +187,29 @@ class _LiveSettings(RequestModel):
     passthrough: str | None = Field(default=None, max_length=255)
     latency_mode: LatencyMode | None = None
     meta: LiveStreamMeta | None = None
+    kinoray_scheduled_start: datetime | None = Field(
+        default=None, description="kinoray: the stream key is refused before this (unix seconds or ISO 8601); "
+                                  "null: at once")
+    kinoray_scheduled_end: datetime | None = Field(
+        default=None, description="kinoray: the stream key is refused, and a publisher stopped, from this on; "
+                                  "null: no end")
+
+    @model_validator(mode="after")
+    def _aware_schedule(self) -> _LiveSettings:
+        for name in ("kinoray_scheduled_start", "kinoray_scheduled_end"):
+            when = getattr(self, name)
+            if when is not None:
+                try:  # an ISO time without an offset: UTC
+                    setattr(self, name, (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC))
+                except OverflowError:
+                    raise ValueError(f"{name}: out of range") from None
+        _check_schedule(self.kinoray_scheduled_start, self.kinoray_scheduled_end)
+        return self
+
+
+def _check_schedule(start: datetime | None, end: datetime | None) -> None:
+    if start is not None and end is not None and end <= start:
+        raise InvalidParametersError("kinoray_scheduled_end must be after kinoray_scheduled_start")
 
 
 class LiveStreamCreate(_LiveSettings):
@@ -223,6 +270,10 @@ def _unix(when: datetime) -> str:
     return str(int(when.timestamp()))
 
 
+#: Mux's ``active_ingest_protocol`` for each of kinoray's (Mux's enum has no rtmps: RTMPS is RTMP over TLS).
+_MUX_INGEST_PROTOCOLS = {"rtmp": "rtmp", "rtmps": "rtmp", "srt": "srt"}
+
+
 def live_playback_id_view(playback: LiveStreamPlaybackId) -> PlaybackIdView:
     return PlaybackIdView(id=playback.id, policy=playback.policy.value)
 
@@ -264,6 +315,10 @@ def live_stream_view(stream: LiveStream, *, stream_key: str | None = None) -> Li
         "test": stream.test or None,
         "meta": stream.meta or None,
         "kinoray_session": stream.session_state,
+        "active_ingest_protocol": _MUX_INGEST_PROTOCOLS.get(stream.active_ingest_protocol or ""),
+        "kinoray_active_ingest_protocol": stream.active_ingest_protocol,
+        "kinoray_scheduled_start": _unix(stream.scheduled_start) if stream.scheduled_start else None,
+        "kinoray_scheduled_end": _unix(stream.scheduled_end) if stream.scheduled_end else None,
     })
 
 
@@ -318,6 +373,7 @@ def create_live_stream(session: Session, body: LiveStreamCreate) -> tuple[LiveSt
         new_asset_settings=body.new_asset_settings.model_dump(mode="json", exclude_unset=True)
         if body.new_asset_settings is not None else None,
         passthrough=body.passthrough, audio_only=body.audio_only, test=body.test,
+        scheduled_start=body.kinoray_scheduled_start, scheduled_end=body.kinoray_scheduled_end,
         meta=body.meta.model_dump(exclude_none=True) if body.meta else {},
         recent_asset_ids=[], session_state="none", recording_parts=0, complete_requested=False)
     session.add(stream)
@@ -376,6 +432,10 @@ def update_live_stream(session: Session, live_stream_id: str, body: LiveStreamUp
             setattr(stream, name, changes[name])
     if "meta" in changes:
         stream.meta = body.meta.model_dump(exclude_none=True) if body.meta else {}
+    schedule = [getattr(body, f"kinoray_{name}") if f"kinoray_{name}" in changes else getattr(stream, name)
+                for name in ("scheduled_start", "scheduled_end")]
+    _check_schedule(*schedule)
+    stream.scheduled_start, stream.scheduled_end = schedule
     if body.new_asset_settings is not None:
         settings = dict(stream.new_asset_settings or {})
         settings.update(body.new_asset_settings.model_dump(exclude_unset=True))
@@ -563,8 +623,9 @@ class SimulcastPush:
 class LivePublish:
     """An accepted publish: what the runtime needs to run the session.
 
-    ``source_key`` is where the runtime writes this connection's source FLV (a fresh part per connection; the
-    parts are joined when the session ends). ``continued``: this connection resumes a session within its
+    ``source_key`` is where the runtime writes this connection's source FLV when ``keep_source`` (a fresh part
+    per connection; the parts are joined when the session ends); ``part`` also names the connection's section
+    of the recording (:class:`kinoray.live.recording.RecordingTarget`). ``continued``: this connection resumes a session within its
     reconnect window (the same recording asset, a discontinuity in the live output). ``started_at`` is when the
     session began: the runtime stops the publisher ``max_continuous_duration`` seconds after it.
 
@@ -586,17 +647,42 @@ class LivePublish:
     started_at: datetime
     #: The stream's simulcast targets, each pushed the source while this connection lasts.
     simulcast_targets: tuple[SimulcastPush, ...] = ()
+    #: Whether the runtime writes the source FLV part at all: only a recording with ``master_access:
+    #: temporary`` (the master download) or of a ``test`` stream (cut and watermarked: transcoded) needs its
+    #: source; the recording itself is the live segments.
+    keep_source: bool = False
+    #: Whether viewers see a slate while the publisher is away within the reconnect window
+    #: (:func:`uses_slate`), and the image to make it of (``reconnect_slate_url``; ``None``: the default slate).
+    slate: bool = False
+    slate_url: str | None = None
 
 
-def authorize_publish(platform: Platform, key: str, now: datetime | None = None) -> LivePublish | None:
+def uses_slate(latency_mode: str, reconnect_window: float, use_slate_for_standard_latency: bool,
+               audio_only: bool = False) -> bool:
+    """Mux's rule for slates: only within a reconnect window (``reconnect_window`` > 0); always for ``reduced``
+    and ``low`` latency, for ``standard`` only with ``use_slate_for_standard_latency``; never for an audio-only
+    stream (kinoray: there is no picture to show)."""
+    if reconnect_window <= 0 or audio_only:
+        return False
+    return latency_mode != "standard" or use_slate_for_standard_latency
+
+
+def authorize_publish(platform: Platform, key: str, now: datetime | None = None, *,
+                      protocol: str = "rtmp") -> LivePublish | None:
     """The publish a stream key opens, or ``None``: unknown (wrong, reset or deleted) key, disabled stream, or a
-    stream whose publisher is still connected (one ingest per stream). Accepting marks the stream
+    stream whose publisher is still connected (one ingest per stream). ``protocol`` (``rtmp``, ``rtmps``) is
+    shown as the stream's ``active_ingest_protocol`` while the publisher stays. Accepting marks the stream
     ``connected`` (``video.live_stream.connected``) and starts a recording — a new ``preparing`` asset with the
     stream's ``new_asset_settings`` (``video.asset.created``) — or, within the reconnect window after a
     disconnect, continues the session's recording. A window already over ends that session first.
 
     One indexed lookup by the key's hash and a constant-time compare; the row is locked, so two publishers
-    racing with one key get one session."""
+    racing with one key get one session.
+
+    Raises:
+        IngestRefusedError: a scheduled stream outside its schedule (reason ``not_started`` before
+            ``scheduled_start``, ``schedule_ended`` from ``scheduled_end``).
+    """
     now = now or utcnow()
     ended: str | None = None
     with platform.db.session() as session:
@@ -604,6 +690,12 @@ def authorize_publish(platform: Platform, key: str, now: datetime | None = None)
         if stream is None or stream.status == LiveStreamStatus.DISABLED or \
                 stream.session_state in ("connected", "recording"):
             return None
+        if stream.scheduled_start is not None and now < stream.scheduled_start:
+            raise IngestRefusedError(f"the live stream is scheduled to start at {stream.scheduled_start}",
+                                     reason="not_started")
+        if _after_schedule(stream, now):
+            raise IngestRefusedError(f"the live stream's schedule ended at {stream.scheduled_end}",
+                                     reason="schedule_ended")
         continued = stream.session_state == "disconnected" and not _window_over(stream, now) and \
             _recording_open(session, stream.active_asset_id)
         if stream.session_state == "disconnected" and not continued:
@@ -611,12 +703,14 @@ def authorize_publish(platform: Platform, key: str, now: datetime | None = None)
         if not continued:
             create = NewAssetSettings.model_validate({**(stream.new_asset_settings or {}), "test": stream.test}
                                                      if stream.test else (stream.new_asset_settings or {}))
-            asset = create_asset(session, platform.settings, create, input_url=None, live_stream_id=stream.id)
+            asset = create_asset(session, platform.settings, create, input_url=None, live_stream_id=stream.id,
+                                 environment_id=stream.environment_id)
             stream.active_asset_id, stream.recording_parts = asset.id, 0
             stream.session_started_at, stream.complete_requested = now, False
         assert stream.active_asset_id is not None and stream.session_started_at is not None
         part = stream.recording_parts
         stream.recording_parts, stream.session_state, stream.disconnected_at = part + 1, "connected", None
+        stream.active_ingest_protocol = protocol
         stream.updated_at = now
         session.flush()
         emit(session, "video.live_stream.connected", "live_stream", stream.id, live_stream_view(stream))
@@ -627,13 +721,42 @@ def authorize_publish(platform: Platform, key: str, now: datetime | None = None)
             live_prefix=live_prefix(stream.id), audio_only=stream.audio_only, test=stream.test,
             started_at=stream.session_started_at,
             simulcast_targets=tuple(SimulcastPush(target.id, target.url, target.stream_key)
-                                    for target in stream.simulcast_targets))
+                                    for target in stream.simulcast_targets),
+            keep_source=stream.test or (stream.new_asset_settings or {}).get("master_access") == "temporary",
+            slate=uses_slate(stream.latency_mode, stream.reconnect_window, stream.use_slate_for_standard_latency,
+                             stream.audio_only),
+            slate_url=stream.reconnect_slate_url)
     _finish_recording(platform, ended)
     return publish
 
 
+def publish_refusal(platform: Platform, key: str) -> str:
+    """Why :func:`authorize_publish` refused ``key``, for an ingest that answers with more than a closed
+    connection (WHIP's HTTP status): ``bad_key`` (no stream has it: wrong, reset or deleted), ``disabled``, or
+    ``busy`` (its publisher is still connected)."""
+    with platform.db.reader() as session:
+        stream = _stream_by_key(session, key)
+        if stream is None:
+            return "bad_key"
+        return "disabled" if stream.status == LiveStreamStatus.DISABLED else "busy"
+
+
+def admit_live_viewer(platform: Platform, playback_id: str, token: str | None, headers: Mapping[str, str]) -> str:
+    """The live stream a WHEP viewer of ``playback_id`` may watch (its id): the checks of a stream request
+    (a signed id's token for audience ``v``, its playback restriction on the viewer's ``headers``, lower-case
+    names), without the stream's state.
+
+    Raises:
+        NotFoundError: an unknown id, or an asset's. PlaybackForbiddenError, PlaybackRestrictedError.
+    """
+    record, _ = platform.resolver.admit(playback_id, token, "v", Viewer.from_headers(headers))
+    if record.live_stream_id is None:
+        raise NotFoundError(f"playback id {playback_id} is not a live stream's")
+    return record.live_stream_id
+
+
 def publish_active(platform: Platform, live_stream_id: str, now: datetime | None = None) -> bool:
-    """The session's first segment is available: ``connected`` → ``recording``, status ``active`` (unless
+    """The session is playable (its first segment; at low latency its first LL-HLS part): ``connected`` → ``recording``, status ``active`` (unless
     disabled meanwhile), ``video.live_stream.recording`` and ``video.live_stream.active``. ``False`` (nothing
     changed) when the stream is gone or not ``connected``."""
     with platform.db.session() as session:
@@ -665,6 +788,7 @@ def publish_ended(platform: Platform, live_stream_id: str, error: str | None = N
         if error:
             log.info("live publisher ended with an error", extra={"live_stream": live_stream_id, "error": error})
         stream.session_state, stream.disconnected_at, stream.updated_at = "disconnected", now, now
+        stream.active_ingest_protocol = None
         session.flush()
         emit(session, "video.live_stream.disconnected", "live_stream", stream.id, live_stream_view(stream))
         ended = _end_if_disconnected(session, stream, now)
@@ -675,7 +799,8 @@ def publish_ended(platform: Platform, live_stream_id: str, error: str | None = N
 def publish_should_stop(platform: Platform, live_stream_id: str, asset_id: str,
                         now: datetime | None = None) -> str | None:
     """Why the runtime must drop the publisher of the session recording ``asset_id`` now, or ``None`` to go on:
-    ``deleted``, ``disabled``, ``completed`` (``PUT …/complete``), ``max_continuous_duration``, or
+    ``deleted``, ``disabled``, ``completed`` (``PUT …/complete``), ``max_continuous_duration``,
+    ``scheduled_end``, or
     ``superseded`` (the session is not this one any more). Poll it every few seconds; one primary-key read."""
     now = now or utcnow()
     with platform.db.reader() as session:
@@ -690,6 +815,8 @@ def publish_should_stop(platform: Platform, live_stream_id: str, asset_id: str,
             return "completed"
         if _over_duration(stream, now):
             return "max_continuous_duration"
+        if _after_schedule(stream, now):
+            return "scheduled_end"
         return None
 
 
@@ -733,7 +860,7 @@ def expire_live(platform: Platform, now: datetime | None = None) -> int:
     for asset_id in orphans:
         if _claim_orphan(platform, asset_id, now):
             log.warning("finishing a live recording left unfinished", extra={"asset": asset_id})
-            _finish_recording(platform, asset_id)
+            _finish_recording(platform, asset_id, force=True)
     return ended
 
 
@@ -753,7 +880,12 @@ def _claim_orphan(platform: Platform, asset_id: str, now: datetime) -> bool:
 def _window_over(stream: LiveStream, now: datetime) -> bool:
     return stream.disconnected_at is None or stream.complete_requested or \
         stream.status == LiveStreamStatus.DISABLED or \
-        now >= stream.disconnected_at + timedelta(seconds=stream.reconnect_window) or _over_duration(stream, now)
+        now >= stream.disconnected_at + timedelta(seconds=stream.reconnect_window) or _over_duration(stream, now) \
+        or _after_schedule(stream, now)
+
+
+def _after_schedule(stream: LiveStream, now: datetime) -> bool:
+    return stream.scheduled_end is not None and now >= stream.scheduled_end
 
 
 def _over_duration(stream: LiveStream, now: datetime) -> bool:
@@ -781,6 +913,7 @@ def _end_session(session: Session, stream: LiveStream, now: datetime) -> str | N
         stream.recent_asset_ids = [*(stream.recent_asset_ids or []), recording][-10:]
         _mark_recording_done(session, recording)
     stream.active_asset_id, stream.session_state, stream.session_started_at = None, "none", None
+    stream.active_ingest_protocol = None
     stream.disconnected_at, stream.complete_requested, stream.recording_parts = None, False, 0
     if stream.status != LiveStreamStatus.DISABLED:
         stream.status = LiveStreamStatus.IDLE
@@ -835,21 +968,104 @@ def _set_target_status(session: Session, target: SimulcastTarget, status: str, e
 
 
 def _mark_recording_done(session: Session, asset_id: str) -> None:
-    """Touch the recording (its ``updated_at`` starts :data:`ORPHAN_GRACE`); it stays ``live`` until its input
-    is joined and its job queued, so the reconciler never makes a job for an input not yet there."""
+    """Touch the recording (its ``updated_at`` starts :data:`ORPHAN_GRACE`); it stays ``live`` until it is
+    published (or its input joined and its job queued), so the reconciler never makes a job for it."""
     session.execute(sa.update(Asset).where(Asset.id == asset_id).values(updated_at=utcnow())
                     .execution_options(synchronize_session=False))
 
 
-def _finish_recording(platform: Platform, asset_id: str | None) -> None:
-    """Join the recording's source parts into its input and queue its transcode (``progress.state``
-    ``transcoding``); with no media at all, the asset is deleted (``video.asset.deleted``: an encoder that
-    connected and left). A failure to join errors the asset. Idempotent: a recording no longer ``live`` is left
-    alone."""
+def recording_ended(platform: Platform, asset_id: str) -> None:
+    """The runtime's last transcoder of recording ``asset_id`` ended after its session's end was reported (a
+    feed held on the slate): finish the recording now if its session is over (else the session's end does)."""
+    with platform.db.reader() as session:
+        if session.scalar(sa.select(LiveStream.id).where(LiveStream.active_asset_id == asset_id)) is not None:
+            return
+    _finish_recording(platform, asset_id)
+
+
+def _finish_recording(platform: Platform, asset_id: str | None, *, force: bool = False) -> None:
+    """Publish the recording: the live ladder's segments it recorded become a VOD asset (playlists, DASH,
+    ``highest.mp4``; :func:`kinoray.live.recording.publish_recording`), ``ready`` at once through the same
+    publish as a transcode's (``video.asset.ready``, then ``video.asset.live_stream_completed``). A kept source
+    (``master_access: temporary``) is joined into the asset's input first (the master download); a test
+    recording's is transcoded instead (its 10 s cut and watermark are an encode). When the live
+    output cannot make the recording (no segment, a format change between connections) the source, where
+    kept, is transcoded instead (``progress.state`` ``transcoding``), else the asset is ``errored`` with the
+    reason; with no media at all, the asset is deleted (``video.asset.deleted``: an encoder that connected and
+    left). Idempotent: a recording no longer ``live`` is left alone. A recording whose transcoder still runs (a
+    session ended while its feed showed the slate) is left to :func:`recording_ended`, or, ``force``, published
+    as it stands (an orphan whose runtime was lost)."""
     if asset_id is None:
         return
+    with platform.db.reader() as session:
+        asset = session.get(Asset, asset_id)
+        if asset is None or asset.status != AssetStatus.PREPARING or asset.progress_state != "live":
+            return
+        max_short_side = TIER_HEIGHTS.get((asset.create_settings or {}).get("max_resolution_tier", "1080p"))
+        # a test recording is cut and watermarked (an encode): its kept source is transcoded
+        encode = asset.expires_at is not None
     store = platform.store
+    try:
+        if not force and recording_open(store, asset_id):
+            log.info("live recording still being written: published when its transcoder ends",
+                     extra={"asset": asset_id})
+            return
+    except Exception as error:  # noqa: BLE001 - read again below, where a failure errors the asset
+        log.warning("a live recording's logs could not be read", extra={"asset": asset_id, "error": str(error)})
+    parts, has_input = _join_source(store, asset_id)
+    published: PublishedRecording | None = None
+    reason: str | None = None
+    had_media = has_input
+    try:
+        recorded = bool(recording_sections(store, asset_id))
+        had_media = had_media or recorded
+        if recorded and not (encode and has_input):
+            published = publish_recording(store, asset_id, max(platform.settings.live.segment_seconds.values()),
+                                          max_short_side=max_short_side)
+    except Exception as error:  # noqa: BLE001 - whatever went wrong, the asset must not stay preparing
+        had_media = True
+        reason = str(error) if isinstance(error, MediaError) else f"the live recording could not be published: {error}"
+        log.warning("a live recording was not published from its segments", extra={"asset": asset_id,
+                                                                                   "error": reason[:300]})
+    with platform.db.session() as session:
+        asset = session.get(Asset, asset_id, with_for_update=True)
+        if asset is None or asset.status != AssetStatus.PREPARING or asset.progress_state != "live":
+            return
+        if published is not None:
+            # without a kept source there is no master to download, now or later (control/master.py)
+            asset.create_settings = {**(asset.create_settings or {}), "source_kept": has_input}
+            publish_asset(session, asset_id, _recording_fields(published), platform.settings)
+        elif has_input:
+            if reason is not None:
+                log.warning("a live recording falls back to transcoding its source", extra={"asset": asset_id})
+            asset.progress_state, asset.updated_at = "transcoding", utcnow()
+            queue_transcode(session, platform.settings, asset)
+        elif had_media:
+            error_asset(session, asset_id, "invalid_media", reason or "the live recording holds no media")
+        else:
+            stream = session.get(LiveStream, asset.live_stream_id) if asset.live_stream_id else None
+            if stream is not None and asset_id in (stream.recent_asset_ids or []):
+                stream.recent_asset_ids = [item for item in stream.recent_asset_ids if item != asset_id]
+            view = asset_view(asset)
+            session.delete(asset)
+            session.flush()
+            emit(session, "video.asset.deleted", "asset", asset_id, view)
+    for key in parts if len(parts) > 1 else ():
+        try:
+            store.delete(key)
+        except KinorayError:
+            log.warning("could not delete a joined recording part", extra={"key": key})
+    try:
+        discard_logs(store, asset_id)
+    except KinorayError:
+        log.warning("could not delete a recording's segment logs", extra={"asset": asset_id})
+
+
+def _join_source(store: ObjectStore, asset_id: str) -> tuple[list[str], bool]:
+    """Join the source parts the runtime kept (``keep_source``) into the asset's input: ``(parts, whether an
+    input is there)``. A join that fails leaves no input (logged)."""
     part_pattern = re.compile(re.escape(input_key(asset_id)) + r"\.part-\d{4,}")
+    parts: list[str] = []
     try:
         parts = sorted(key for key in store.list(f"assets/{asset_id}") if part_pattern.fullmatch(key))
         if len(parts) == 1:
@@ -861,38 +1077,18 @@ def _finish_recording(platform: Platform, asset_id: str | None) -> None:
             finally:
                 for source in sources:
                     source.close()
-        has_input = store.exists(input_key(asset_id))
-        failure = None
+        return parts, store.exists(input_key(asset_id))
     except KinorayError as error:
-        has_input, failure = False, str(error)
-        log.warning("a live recording's input could not be joined", extra={"asset": asset_id, "error": failure})
-    with platform.db.session() as session:
-        asset = session.get(Asset, asset_id, with_for_update=True)
-        if asset is None or asset.status != AssetStatus.PREPARING or asset.progress_state != "live":
-            return
-        if failure is not None:
-            message = f"the live recording could not be joined: {failure}"
-            asset.status, asset.progress_state = AssetStatus.ERRORED, "errored"
-            asset.errors = {"type": "invalid_media", "messages": [message]}
-            fail_static_renditions(session, asset, message)
-            fail_master(session, asset)
-            asset.updated_at = utcnow()
-            session.flush()
-            emit(session, "video.asset.errored", "asset", asset.id, asset_view(asset))
-        elif not has_input:
-            stream = session.get(LiveStream, asset.live_stream_id) if asset.live_stream_id else None
-            if stream is not None and asset_id in (stream.recent_asset_ids or []):
-                stream.recent_asset_ids = [item for item in stream.recent_asset_ids if item != asset_id]
-            view = asset_view(asset)
-            session.delete(asset)
-            session.flush()
-            emit(session, "video.asset.deleted", "asset", asset_id, view)
-        else:
-            asset.progress_state, asset.updated_at = "transcoding", utcnow()
-            queue_transcode(session, platform.settings, asset)
-    if failure is None:
-        for key in parts if len(parts) > 1 else ():
-            try:
-                store.delete(key)
-            except KinorayError:
-                log.warning("could not delete a joined recording part", extra={"key": key})
+        log.warning("a live recording's source could not be joined", extra={"asset": asset_id, "error": str(error)})
+        return [], False
+
+
+def _recording_fields(published: PublishedRecording) -> dict[str, Any]:
+    """The asset columns of a published recording (as a transcode's: :func:`kinoray.control.jobs.media_fields`)."""
+    top = published.video[0] if published.video else None
+    audio = published.audio
+    return {**media_fields(duration=float(published.duration), encoder=published.encoder,
+                           top=(top.width, top.height) if top is not None else None,
+                           frame_rate=float(top.frame_rate) if top is not None and top.frame_rate else None,
+                           audio=(audio.channels, float(audio.duration)) if audio is not None else None),
+            "video_codec": top.codec if top is not None else None}

@@ -70,7 +70,8 @@ def set_master_access(session: Session, asset: Asset, access: str, settings: Set
     Asking again for a download that is preparing or ready keeps it as it is.
 
     Raises:
-        ConflictError: ``temporary`` on an errored asset (it has no usable master).
+        ConflictError: ``temporary`` on an errored asset (it has no usable master), or on a live recording
+            made of its live segments without its source (``source_kept`` false in its create settings).
     """
     if access == "none":
         _remove(session, asset)
@@ -81,6 +82,9 @@ def set_master_access(session: Session, asset: Asset, access: str, settings: Set
         return
     if asset.status == AssetStatus.ERRORED:
         raise ConflictError("the asset errored: it has no master to download")
+    if (asset.create_settings or {}).get("source_kept") is False:
+        raise ConflictError("this live recording kept no source to download: ask for master_access temporary in "
+                            "the live stream's new_asset_settings before the broadcast")
     token = new_secret()
     asset.master_access, asset.master_token = "temporary", token
     asset.master_url = f"{settings.public_url}/master/{token}"

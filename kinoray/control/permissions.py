@@ -13,8 +13,9 @@ everything; a product left out is refused altogether. A token without permission
 they existed, ``NULL`` in the database) has full access to every product, so existing tokens keep working.
 A refusal is ``403 forbidden`` (:class:`~kinoray.errors.PermissionDeniedError`).
 
-Environments that isolate data are not implemented: one deployment is one environment (tokens carry an
-``environment`` name, unused so far).
+Managing access tokens and environments (``/system/v1/access-tokens``, ``/system/v1/environments``) needs
+``system=full`` for every method, reads included (:func:`require_admin`). What a token reads and writes is
+further bounded by its environment (:mod:`kinoray.store.scoping`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Mapping
 
 from kinoray.errors import InvalidParametersError, PermissionDeniedError
 
-__all__ = ["FULL_ACCESS", "LEVELS", "PRODUCTS", "check", "parse_permissions", "product_of"]
+__all__ = ["FULL_ACCESS", "LEVELS", "PRODUCTS", "check", "parse_permissions", "product_of", "require_admin"]
 
 PRODUCTS = ("video", "data", "system")
 LEVELS = ("read", "full")
@@ -80,3 +81,13 @@ def check(permissions: Mapping[str, str] | None, method: str, path: str) -> None
         raise PermissionDeniedError(f"this access token has no {product} permission")
     raise PermissionDeniedError(f"this access token has read-only {product} permission: {method.upper()} needs "
                                 "full access")
+
+
+def require_admin(permissions: Mapping[str, str] | None) -> None:
+    """Nothing when a token with ``permissions`` may manage access tokens and environments (``system=full``).
+
+    Raises:
+        PermissionDeniedError: it may not.
+    """
+    if permissions is not None and permissions.get("system") != "full":
+        raise PermissionDeniedError("managing access tokens and environments needs system=full permission")

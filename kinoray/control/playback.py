@@ -68,6 +68,7 @@ from kinoray.media.manifest_rewrite import (
 )
 from kinoray.store import keys
 from kinoray.store.models import (
+    DEFAULT_ENVIRONMENT_ID,
     AssetStatus,
     LiveStreamPlaybackId,
     LiveStreamStatus,
@@ -229,6 +230,9 @@ class PlaybackRecord:
     #: sessions), ``status`` is ``ready`` while the stream is ``active`` (else ``preparing``) and
     #: ``storage_prefix`` is the stream's live output (:func:`kinoray.control.live.live_prefix`).
     live_stream_id: str | None = None
+    #: The asset's (or live stream's) environment: its signing keys and playback restrictions are the only ones
+    #: a token for this id may name.
+    environment_id: str = DEFAULT_ENVIRONMENT_ID
 
 
 #: Looks up a signing key's PEM public key by ``kid`` (``None``: no such key).
@@ -250,7 +254,8 @@ def load_record(session: Session, playback_id: str) -> PlaybackRecord:
         return PlaybackRecord(
             playback_id=live.id, asset_id=stream.active_asset_id or "", policy=live.policy,
             status=AssetStatus.READY if stream.status == LiveStreamStatus.ACTIVE else AssetStatus.PREPARING,
-            storage_prefix=live_prefix(stream.id), has_video=not stream.audio_only, live_stream_id=stream.id)
+            storage_prefix=live_prefix(stream.id), has_video=not stream.audio_only, live_stream_id=stream.id,
+            environment_id=stream.environment_id)
     asset = row.asset
     tracks = asset.tracks or []
     return PlaybackRecord(
@@ -258,7 +263,7 @@ def load_record(session: Session, playback_id: str) -> PlaybackRecord:
         storage_prefix=keys.asset_prefix(asset.id, asset.storage_prefix),
         text_tracks=text_renditions(tracks),
         has_video=asset.resolution_tier != "audio-only" and any(track.get("type") == "video" for track in tracks),
-        duration=asset.duration,
+        duration=asset.duration, environment_id=asset.environment_id,
         static_files=frozenset(session.scalars(sa.select(StaticRendition.name).where(
             StaticRendition.asset_id == asset.id, StaticRendition.status == StaticRenditionStatus.READY))))
 

@@ -101,9 +101,10 @@ class PlaybackResolver:
                  max_entries: int = 50_000, clock: Callable[[], float] = time.monotonic) -> None:
         self.db, self.ttl, self.negative_ttl, self.clock = db, ttl, min(negative_ttl, ttl), clock
         self._records: TtlCache[str, PlaybackRecord | _Refusal] = TtlCache(max_entries)
-        self._keys: TtlCache[str, str | None] = TtlCache(1024)
+        # keyed by (id, environment): a signed playback id opens only with its own environment's keys and rules
+        self._keys: TtlCache[tuple[str, str], str | None] = TtlCache(1024)
         self._tokens: TtlCache[tuple[str, str, str], Mapping[str, Any] | _Refusal] = TtlCache(max_entries)
-        self._rules: TtlCache[str, RestrictionRule | None] = TtlCache(1024)
+        self._rules: TtlCache[tuple[str, str], RestrictionRule | None] = TtlCache(1024)
 
     # --- what the caches hold (no I/O; a cached refusal is raised) ------------------------------------------
     def _fresh_record(self, playback_id: str) -> PlaybackRecord | None:
@@ -135,23 +136,23 @@ class PlaybackResolver:
             self._records.put(playback_id, record, now + self.ttl)
         return record
 
-    def _read_through(self, cache: TtlCache[str, V | None], key: str,
-                      load: Callable[[Session, str], V | None]) -> V | None:
+    def _read_through(self, cache: TtlCache[tuple[str, str], V | None], key: tuple[str, str],
+                      load: Callable[[Session, str, str], V | None]) -> V | None:
         """``cache``'s fresh entry for ``key``, else ``load``'s answer (one read), kept for ``ttl`` seconds."""
         now = self.clock()
         found, value = cache.get(key, now)
         if not found:
             with self.db.reader() as session:
-                value = load(session, key)
+                value = load(session, *key)
             if self.ttl > 0:
                 cache.put(key, value, now + self.ttl)
         return value
 
-    def _public_key(self, kid: str) -> str | None:
-        return self._read_through(self._keys, kid, public_key_pem)
+    def _public_key(self, kid: str, environment_id: str) -> str | None:
+        return self._read_through(self._keys, (kid, environment_id), public_key_pem)
 
-    def _rule(self, restriction_id: str) -> RestrictionRule | None:
-        return self._read_through(self._rules, restriction_id, load_rule)
+    def _rule(self, restriction_id: str, environment_id: str) -> RestrictionRule | None:
+        return self._read_through(self._rules, (restriction_id, environment_id), load_rule)
 
     @staticmethod
     def _restrict(rule: RestrictionRule | None, restriction_id: str | None, viewer: Viewer | None) -> None:
@@ -168,7 +169,8 @@ class PlaybackResolver:
             return claims
         now = self.clock()
         try:
-            claims = verify_token(record.playback_id, token, audience, self._public_key)
+            claims = verify_token(record.playback_id, token, audience,
+                                  lambda kid: self._public_key(kid, record.environment_id))
         except PlaybackForbiddenError as error:
             if self.ttl > 0 and token:
                 self._tokens.put(key, _Refusal(PlaybackForbiddenError, str(error)), now + self.ttl)
@@ -207,7 +209,8 @@ class PlaybackResolver:
         if record.policy == PlaybackPolicy.SIGNED:
             claims = self._claims(record, token, audience)
             restriction_id = restriction_id_of(claims)
-            self._restrict(self._rule(restriction_id) if restriction_id else None, restriction_id, viewer)
+            self._restrict(self._rule(restriction_id, record.environment_id) if restriction_id else None,
+                           restriction_id, viewer)
         return record, claims
 
     def cached(self, playback_id: str, token: str | None, audience: str,
@@ -224,7 +227,7 @@ class PlaybackResolver:
             restriction_id = restriction_id_of(claims)
             rule = None
             if restriction_id is not None:
-                found, rule = self._rules.get(restriction_id, self.clock())
+                found, rule = self._rules.get((restriction_id, record.environment_id), self.clock())
                 if not found:
                     return None
             self._restrict(rule, restriction_id, viewer)

@@ -177,10 +177,11 @@ def restriction_id_of(claims: Any) -> str | None:
     return value
 
 
-def load_rule(session: Session, restriction_id: str) -> RestrictionRule | None:
-    """The restriction's rule, or ``None`` when there is no such restriction."""
+def load_rule(session: Session, restriction_id: str, environment_id: str | None = None) -> RestrictionRule | None:
+    """The restriction's rule, or ``None`` when there is no such restriction (in ``environment_id``, if given:
+    a signed playback id's token names a restriction of the playback id's own environment)."""
     row = session.get(PlaybackRestriction, restriction_id) if is_valid_id(restriction_id) else None
-    if row is None:
+    if row is None or (environment_id is not None and row.environment_id != environment_id):
         return None
     return RestrictionRule(id=row.id, allowed_domains=tuple(row.allowed_domains or ()),
                            allow_no_referrer=row.allow_no_referrer, allow_no_user_agent=row.allow_no_user_agent,

@@ -77,11 +77,16 @@ def delete_signing_key(session: Session, key: SigningKey) -> None:
     log.info("signing key deleted", extra={"signing_key_id": key.id})
 
 
-def public_key_pem(session: Session, kid: str) -> str | None:
-    """The PEM public key of signing key ``kid`` (a JWT header's ``kid``), or ``None`` if there is no such key."""
+def public_key_pem(session: Session, kid: str, environment_id: str | None = None) -> str | None:
+    """The PEM public key of signing key ``kid`` (a JWT header's ``kid``), or ``None`` if there is no such key
+    (in ``environment_id``, if given: as in Mux, signing keys are per environment, and a signed playback id
+    opens only with a key of its own environment)."""
     if not is_valid_id(kid):
         return None
-    return session.scalar(sa.select(SigningKey.public_key).where(SigningKey.id == kid))
+    query = sa.select(SigningKey.public_key).where(SigningKey.id == kid)
+    if environment_id is not None:
+        query = query.where(SigningKey.environment_id == environment_id)
+    return session.scalar(query)
 
 
 def signing_key_view(key: SigningKey) -> SigningKeyView:

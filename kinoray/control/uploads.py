@@ -581,7 +581,8 @@ def _record(platform: Platform, locked: Session | None, upload_id: str, pending:
             upload.status = UploadStatus.ASSET_CREATED
             upload.asset_id = asset_id
             create_asset(session, platform.settings, NewAssetSettings.model_validate(upload.new_asset_settings or {}),
-                         input_url=None, asset_id=asset_id, source_key=input_key(asset_id))
+                         input_url=None, asset_id=asset_id, source_key=input_key(asset_id),
+                         environment_id=upload.environment_id)
             event = "video.upload.asset_created"
         else:
             upload.status = UploadStatus.ERRORED

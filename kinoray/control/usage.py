@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 from kinoray.control.assets import asset_view
 from kinoray.errors import InvalidParametersError, StorageError
 from kinoray.store.db import Database
-from kinoray.store.models import Asset, DeliveryUsage, Event
+from kinoray.store.models import DEFAULT_ENVIRONMENT_ID, Asset, DeliveryUsage, Event
 from kinoray.store.objects import ObjectStore
 
 __all__ = [
@@ -191,11 +191,15 @@ class UsageMeter:
 
 def flush_counts(db: Database, counts: Counts) -> None:
     """Add ``counts`` to ``delivery_usage`` in one transaction (rows in key order, so concurrent flushes from
-    other processes lock rows in the same order on PostgreSQL)."""
+    other processes lock rows in the same order on PostgreSQL), each under its asset's environment."""
     if not counts:
         return
+    with db.reader() as session:
+        environments = dict(session.execute(sa.select(Asset.id, Asset.environment_id).where(
+            Asset.id.in_(sorted({asset_id for asset_id, _, _ in counts})))).all())
     rows = [{"asset_id": asset_id, "hour_start": datetime.fromtimestamp(hour, UTC), "tier": tier,
-             "delivered_seconds": float(values[0]), "delivered_bytes": int(values[1])}
+             "delivered_seconds": float(values[0]), "delivered_bytes": int(values[1]),
+             "environment_id": environments.get(asset_id, DEFAULT_ENVIRONMENT_ID)}
             for (asset_id, hour, tier), values in sorted(counts.items())]
     table = DeliveryUsage.__table__
     dialect = postgresql if db.engine.dialect.name == "postgresql" else sqlite
@@ -323,14 +327,14 @@ def delivery_report(session: Session, *, timeframe: Iterable[int] | None = None,
     start, end = _timeframe(timeframe, time.time() if now is None else now)
     if live_stream_id is not None:  # kinoray has no live streams: no asset was made by one
         return DeliveryUsageList(data=[], total_row_count=0, timeframe=[start, end], limit=limit)
-    table = DeliveryUsage.__table__
-    query = (sa.select(table.c.asset_id, table.c.tier, sa.func.sum(table.c.delivered_seconds),
-                       sa.func.sum(table.c.delivered_bytes))
-             .where(table.c.hour_start >= datetime.fromtimestamp(start // HOUR * HOUR, UTC),
-                    table.c.hour_start < datetime.fromtimestamp(end, UTC))
-             .group_by(table.c.asset_id, table.c.tier))
+    # ORM columns, not the table's: the session's environment scope applies (kinoray.store.scoping)
+    query = (sa.select(DeliveryUsage.asset_id, DeliveryUsage.tier, sa.func.sum(DeliveryUsage.delivered_seconds),
+                       sa.func.sum(DeliveryUsage.delivered_bytes))
+             .where(DeliveryUsage.hour_start >= datetime.fromtimestamp(start // HOUR * HOUR, UTC),
+                    DeliveryUsage.hour_start < datetime.fromtimestamp(end, UTC))
+             .group_by(DeliveryUsage.asset_id, DeliveryUsage.tier))
     if asset_id is not None:
-        query = query.where(table.c.asset_id == asset_id)
+        query = query.where(DeliveryUsage.asset_id == asset_id)
     totals: dict[str, dict[str, Any]] = {}
     for row_asset, tier, seconds, sent_bytes in session.execute(query):
         entry = totals.setdefault(row_asset, {"seconds": 0.0, "bytes": 0, "tiers": {}})

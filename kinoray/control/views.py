@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 __all__ = [
+    "AccessTokenView",
     "AdvancedPlaybackPolicyView",
     "AssetErrorsView",
     "AssetMetaView",
@@ -23,10 +24,13 @@ __all__ = [
     "EventEnvelope",
     "EventEnvironment",
     "EventObject",
+    "EnvironmentView",
     "LiveStreamMetaView",
     "LiveStreamView",
     "MasterView",
+    "NewAccessTokenView",
     "NewAssetSettingsView",
+    "NewEnvironmentView",
     "NewSigningKeyView",
     "PlaybackIdTargetView",
     "PlaybackIdView",
@@ -323,6 +327,15 @@ class LiveStreamView(View):
     meta: LiveStreamMetaView | None = None
     kinoray_session: str | None = Field(default=None, description="kinoray: the ingest session's state (none, "
                                                                    "connected, recording, disconnected)")
+    active_ingest_protocol: Literal["rtmp", "srt"] | None = Field(
+        default=None, description="while a publisher is connected: Mux's rtmp (RTMP or RTMPS) or srt")
+    kinoray_active_ingest_protocol: str | None = Field(
+        default=None, description="kinoray: the connected publisher's protocol exactly (rtmp, rtmps, whip)")
+    kinoray_scheduled_start: str | None = Field(
+        default=None, description="kinoray: unix seconds before which the stream key is refused")
+    kinoray_scheduled_end: str | None = Field(
+        default=None, description="kinoray: unix seconds from which the stream key is refused and a publisher "
+                                  "is stopped")
 
 
 # --- signing keys and webhooks -------------------------------------------------------------------------------
@@ -337,6 +350,42 @@ class SigningKeyView(View):
 
 class NewSigningKeyView(SigningKeyView):
     private_key: str = Field(description="base64 of the PEM private key; shown only in this response")
+
+
+class AccessTokenView(View):
+    """kinoray's ``/system/v1/access-tokens`` resource (Mux manages tokens in its dashboard): never the secret."""
+
+    omit_none = False
+
+    id: str = Field(description="the HTTP Basic user name")
+    name: str | None
+    environment_id: str
+    permissions: dict[Literal["video", "data", "system"], Literal["read", "full"]] = Field(
+        description="per product: read (GET/HEAD) or full; a product left out is refused")
+    created_at: str = Field(description="unix seconds")
+    revoked: bool
+    revoked_at: str | None = Field(description="unix seconds")
+    last_used_at: str | None = Field(description="unix seconds, to the minute")
+
+
+class NewAccessTokenView(AccessTokenView):
+    secret: str = Field(description="the HTTP Basic password; shown only in this response")
+
+
+class EnvironmentView(View):
+    """kinoray's ``/system/v1/environments`` resource: a partition of the data (Mux's environments)."""
+
+    omit_none = False
+
+    id: str
+    name: str
+    env_key: str = Field(description="Mux Data's environment key: beacons carrying it count in this environment")
+    created_at: str = Field(description="unix seconds")
+
+
+class NewEnvironmentView(EnvironmentView):
+    access_token: NewAccessTokenView = Field(
+        description="the new environment's first token (full access), its secret shown only in this response")
 
 
 class WebhookEndpointView(View):

@@ -167,6 +167,8 @@ def dashboard_page() -> str:
       <p id="alerts-empty" class="muted" hidden></p>
     </section>
   </main>
+  <footer class="muted">Regions and countries of viewers:
+    <a href="https://db-ip.com" rel="noopener">IP Geolocation by DB-IP</a> (CC BY 4.0)</footer>
 </div>
 </kr-dashboard>
 </body>

@@ -9,6 +9,8 @@ What it serves, by path (and, with ``edge.domain`` set, by host — see :func:`s
   dashboard (``/dashboard/``), live chat rooms (WebSockets under ``/live/v1/chat/``), and the edge's own ``/edge/healthz``, ``/edge/readyz`` and ``/edge/openapi.json``:
   a FastAPI app of kinoray's routers (:func:`build_edge_api`), the same code the management API used to run for
   them;
+- WHIP ingest and WHEP playback (``/live/v1/whip/``, ``/live/v1/whep/``): forwarded to the live ingest's
+  listener (``edge.whip_url``, :mod:`kinoray.live.whip`), where the WebRTC peer that gets the media lives;
 - anything else: forwarded to the management API (``edge.api_url``, :mod:`kinoray.edge.forward`), or a typed
   404 when none is configured.
 
@@ -48,6 +50,8 @@ _APP_PREFIXES = ("/upload/v1/", "/player/", "/edge/", "/dashboard")
 #: Live chat rooms: the only WebSockets the edge takes (:mod:`kinoray.serve.routes.chat`).
 CHAT_PREFIX = "/live/v1/chat/"
 _SURFACES = ("stream", "image", "beacon")
+#: WebRTC signalling (WHIP, WHEP): forwarded to the live ingest's listener when ``edge.whip_url`` is set.
+WEBRTC_PREFIXES = ("/live/v1/whip", "/live/v1/whep")
 
 
 class EdgeHealth(BaseModel):
@@ -107,10 +111,15 @@ class EdgeApp:
         self.stream = StreamDelivery(platform, usage=self.usage, cmcd=cmcd_of(platform))  # CMCD → analytics
         self.api = build_edge_api()
         edge, api = platform.settings.edge, platform.settings.api
-        self.forward = Forwarder(api_url, timeout=edge.forward_timeout_seconds, max_body_bytes=api.max_body_bytes,
-                                 max_in_flight=edge.max_forwarded_in_flight,
-                                 max_in_flight_per_client=api.max_in_flight_per_client,
-                                 client_of=lambda scope: client_of_scope(platform.clients, scope)) if api_url else None
+
+        def forwarder(url: str) -> Forwarder:
+            return Forwarder(url, timeout=edge.forward_timeout_seconds, max_body_bytes=api.max_body_bytes,
+                             max_in_flight=edge.max_forwarded_in_flight,
+                             max_in_flight_per_client=api.max_in_flight_per_client,
+                             client_of=lambda scope: client_of_scope(platform.clients, scope))
+
+        self.forward = forwarder(api_url) if api_url else None
+        self.forward_webrtc = forwarder(edge.whip_url) if edge.whip_url else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -137,6 +146,9 @@ class EdgeApp:
                 or (surface in (None, "beacon") and path in BEACON_PATHS
                     and (path != "/" or scope["method"] in ("POST", "OPTIONS"))):
             await self.api(scope, receive, send)
+            return
+        if surface is None and self.forward_webrtc is not None and path.startswith(WEBRTC_PREFIXES):
+            await self.forward_webrtc(scope, receive, send)
             return
         if surface is None and self.forward is not None:
             await self.forward(scope, receive, send)
@@ -172,6 +184,8 @@ class EdgeApp:
         await asyncio.to_thread(close_collector, self.platform)  # buffered beacons reach the store
         if self.forward is not None:
             await self.forward.close()
+        if self.forward_webrtc is not None:
+            await self.forward_webrtc.close()
         await asyncio.to_thread(self.usage_flusher.close)  # what this process counted since the last flush
         if self.owns_platform:
             self.platform.close()

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import pickle
-import sys
 import tempfile
 import time
 import uuid
@@ -49,6 +48,7 @@ from kinoray.cluster.publish import package_and_publish
 from kinoray.cluster.workers import EncoderWorker
 from kinoray.encoders import select_encoder
 from kinoray.errors import ConfigurationError, KinorayError
+from kinoray.jobs.entry import FAILED, run_job
 from kinoray.logs import setup_logging
 from kinoray.media.pipeline import EncoderUsed, TranscodeOptions, prepare_asset, summarise_asset
 from kinoray.media.transcode import ChunkResult
@@ -291,15 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     setup_logging(settings.log_level, settings.native_log_level)
-    try:
-        rows = run_batch(args.manifest, args.output, defaults=engine_options(args), settings=settings,
-                         concurrency=args.concurrency)
-    except KinorayError as e:
-        print(json.dumps({"error": {"type": e.type, "messages": [str(e)]}}), file=sys.stderr)  # noqa: T201
-        return 2
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
+    rows = run_job(lambda: run_batch(args.manifest, args.output, defaults=engine_options(args), settings=settings,
+                                     concurrency=args.concurrency))
+    if rows is None:
+        return FAILED
     summary = {"videos": len(rows), "ready": sum(r["status"] == "ready" for r in rows),
                "errored": [r["id"] for r in rows if r["status"] != "ready"],
                "results": join_url(args.output, "results.parquet")}

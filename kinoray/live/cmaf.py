@@ -24,7 +24,7 @@ from kinoray.logs import native_output_to_logging
 from kinoray.media.package import add_packet_stream
 from kinoray.media.packets import StreamParameters
 
-__all__ = ["InitSegment", "Sample", "annexb_to_lengths", "fragment", "init_segment", "iter_boxes", "ticks"]
+__all__ = ["InitSegment", "Sample", "annexb_to_lengths", "fragment", "init_segment", "iter_boxes", "nal_units", "ticks"]
 
 _SYNC_FLAGS = 0x02000000  # sample_depends_on = 2 (an I picture), sample_is_non_sync_sample = 0
 _NON_SYNC_FLAGS = 0x01010000  # sample_depends_on = 1, sample_is_non_sync_sample = 1
@@ -152,13 +152,14 @@ def annexb_to_lengths(data: bytes) -> bytes:
     if not (data.startswith(_START_CODE_3) or data.startswith(b"\x00" + _START_CODE_3)):
         return data
     out = bytearray()
-    for unit in _nal_units(data):
+    for unit in nal_units(data):
         if unit and unit[0] & 0x1F != _AUD:
             out += struct.pack(">I", len(unit)) + unit
     return bytes(out)
 
 
-def _nal_units(data: bytes) -> Iterator[bytes]:
+def nal_units(data: bytes) -> Iterator[bytes]:
+    """The NAL units of Annex B data (start codes of 3 or 4 bytes), without their start codes."""
     position = data.find(_START_CODE_3)
     while position >= 0:
         start = position + 3

@@ -12,6 +12,12 @@ messages. Playing over RTMP is not offered: viewers watch over HLS from the deli
 the connection is closed, and :data:`~kinoray.telemetry.LIVE_INGEST_REFUSED` counts why. Nothing the publisher
 sends before that reaches a :class:`Publisher`.
 
+**RTMPS** (``rtmps://host:tls_port/app/KEY``): given an :class:`ssl.SSLContext`, the server also listens on
+``tls_port`` and speaks the same RTMP inside TLS — the same key check, limits and sessions (one count of
+connections, one publisher per key across both ports); the TLS handshake must finish within
+``handshake_seconds`` too, so a stalled one never holds a connection. :attr:`PublishRequest.protocol` says which
+the publisher used.
+
 **Bounded per connection:** a handshake must finish within ``handshake_seconds``; a connection that sends
 nothing for ``idle_seconds`` is closed; one message is at most ``max_message_bytes``; a chunk size, chunk stream
 count and AMF payload are limited. A malformed stream ends that connection with an
@@ -33,13 +39,14 @@ import contextlib
 import io
 import logging
 import os
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kinoray.errors import IngestProtocolError, InvalidMediaError
+from kinoray.errors import IngestProtocolError, IngestRefusedError, InvalidMediaError
 from kinoray.live.amf import AmfValue, decode_all, encode
 from kinoray.media.flv import AUDIO, SCRIPT, VIDEO, FlvTag, read_tags
 from kinoray.telemetry import LIVE_INGEST_REFUSED
@@ -81,11 +88,13 @@ _STREAM_ID = 1  # the one message stream a connection gets
 @dataclass(frozen=True)
 class PublishRequest:
     """A publisher asking to publish: the application (``app`` of the URL), the stream key (the stream name,
-    without any ``?query``) and the peer's address."""
+    without any ``?query``), the peer's address and the protocol it came in by (``rtmp``, ``rtmps``; other
+    ingests name theirs)."""
 
     app: str
     key: str
     peer: str
+    protocol: str = "rtmp"
 
 
 class Publisher(Protocol):
@@ -98,7 +107,8 @@ class Publisher(Protocol):
         """The session is over: the publisher stopped (``None``) or the connection failed (why)."""
 
 
-#: Decides a publish: a :class:`Publisher` to accept it, or ``None`` to refuse the key.
+#: Decides a publish: a :class:`Publisher` to accept it, ``None`` to refuse the key, or raises
+#: :class:`~kinoray.errors.IngestRefusedError` to refuse it for another reason (counted under its ``reason``).
 Authorize = Callable[[PublishRequest], Awaitable[Publisher | None]]
 
 
@@ -224,8 +234,9 @@ class _Refused(Exception):
 
 
 class _Session:
-    def __init__(self, server: RtmpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.server, self.reader, self.writer = server, reader, writer
+    def __init__(self, server: RtmpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 protocol: str = "rtmp") -> None:
+        self.server, self.reader, self.writer, self.protocol = server, reader, writer, protocol
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.chunks = ChunkReader(self.read, max_message_bytes=server.max_message_bytes)
@@ -302,14 +313,18 @@ class _Session:
             raise IngestProtocolError("a second publish on one connection")
         if not key:
             self.refuse("no_key", "the stream name (stream key) is empty")
-        publisher = await self.server.authorize(PublishRequest(app=self.app, key=key, peer=self.peer))
+        try:
+            publisher = await self.server.authorize(PublishRequest(app=self.app, key=key, peer=self.peer,
+                                                                   protocol=self.protocol))
+        except IngestRefusedError as refusal:
+            self.refuse(refusal.reason, str(refusal))
         if publisher is None:
             self.refuse("bad_key", "no enabled live stream has this stream key")
         self.publisher, self.key = publisher, key
         self.server._publishing[key] = self
         self.send(MSG_USER_CONTROL, struct.pack(">HI", 0, _STREAM_ID))  # StreamBegin
         self.status("status", "NetStream.Publish.Start", "Publishing.")
-        log.info("rtmp publish started", extra={"peer": self.peer, "app": self.app})
+        log.info("rtmp publish started", extra={"peer": self.peer, "app": self.app, "protocol": self.protocol})
 
     def refuse(self, reason: str, description: str) -> None:
         LIVE_INGEST_REFUSED.labels(reason=reason).inc()
@@ -368,15 +383,21 @@ class _Session:
 
 class RtmpServer:
     """Listens for publishers on ``host:port`` (port 0: any free port; :attr:`port` says which after
+    :meth:`start`), and with ``tls`` for RTMPS publishers on ``host:tls_port`` as well (:attr:`tls_port` after
     :meth:`start`). ``authorize`` decides each publish; see the module docstring for what is bounded."""
 
+    protocol = "rtmp"  # an ingest protocol of the live runtime (kinoray.live.ingest.IngestServer)
+
     def __init__(self, authorize: Authorize, *, host: str = "0.0.0.0", port: int = 1935,
+                 tls: ssl.SSLContext | None = None, tls_port: int = 1936,
                  handshake_seconds: float = 10.0, idle_seconds: float = 30.0,
                  max_message_bytes: int = 16 << 20, max_connections: int = 256) -> None:
         self.authorize, self.host, self.port = authorize, host, port
+        self.tls, self.tls_port = tls, tls_port
         self.handshake_seconds, self.idle_seconds = handshake_seconds, idle_seconds
         self.max_message_bytes, self.max_connections = max_message_bytes, max_connections
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self._publishing: dict[str, _Session] = {}
 
@@ -384,6 +405,18 @@ class RtmpServer:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("rtmp ingest listening", extra={"host": self.host, "port": self.port})
+        if self.tls is not None:
+            async def serve_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await self._serve(reader, writer, protocol="rtmps")
+
+            try:
+                self._tls_server = await asyncio.start_server(serve_tls, self.host, self.tls_port, ssl=self.tls,
+                                                              ssl_handshake_timeout=self.handshake_seconds)
+            except OSError:
+                await self.close()
+                raise
+            self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+            log.info("rtmps ingest listening", extra={"host": self.host, "port": self.tls_port})
         return self.port
 
     def drop(self, key: str) -> bool:
@@ -404,19 +437,21 @@ class RtmpServer:
 
     async def close(self) -> None:
         """Stop listening and end every session (their publishers see ``ended``)."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
         for task in list(self._sessions):
             task.cancel()
         for task in list(self._sessions):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     protocol: str = "rtmp") -> None:
         task = asyncio.current_task()
         assert task is not None
-        session = _Session(self, reader, writer)
+        session = _Session(self, reader, writer, protocol)
         if len(self._sessions) >= self.max_connections:
             LIVE_INGEST_REFUSED.labels(reason="too_many_connections").inc()
             writer.close()

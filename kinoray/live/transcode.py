@@ -14,6 +14,10 @@ Low latency (``part_seconds`` set): the same decode, ladder and forced IDRs, but
 packager (:mod:`kinoray.live.llhls`, fragments from :mod:`kinoray.live.cmaf`) instead of FFmpeg's HLS muxer,
 which cannot write parts: each encoded packet goes straight into its rung's part, one CMAF fragment per part,
 parts and segments cut on one grid for every rung and the audio.
+
+Audio only (``audio_only``: Mux's ``audio_only`` live streams): no ladder; any video the publisher sends is
+dropped, the AAC is copied into ``audio/`` as above (LL-HLS parts of a whole number of AAC frames at low latency)
+and the master lists that one audio variant (``CODECS="mp4a…"``, no resolution).
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ class LiveOptions:
     """How a live stream is packaged. ``segment_seconds``: 2 for reduced latency, 4–6 for standard;
     ``window_segments``: segments kept in the playlists (the DVR window); ``heights``: the ladder's rungs by short
     side (capped at the source); ``encoder``: a registry name or ``auto``; ``part_seconds``: LL-HLS parts of
-    about this length (low latency; ``None``: plain HLS from FFmpeg's muxer)."""
+    about this length (low latency; ``None``: plain HLS from FFmpeg's muxer); ``audio_only``: no video ladder, the
+    audio alone (video dropped)."""
 
     segment_seconds: float = 2.0
     window_segments: int = 30
@@ -65,6 +70,7 @@ class LiveOptions:
     encoder: str = "auto"
     preset: str = "veryfast"
     part_seconds: float | None = None
+    audio_only: bool = False
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.segment_seconds <= 10:
@@ -86,6 +92,8 @@ class LiveResult:
     parts: int = 0
     encoder: str = ""
     error: str | None = None
+    #: The source's video frame rate, once known (what a slate is made at: :mod:`kinoray.live.slate`).
+    frame_rate: Fraction | None = None
 
 
 class _Rung:
@@ -202,6 +210,14 @@ class LiveTranscoder:
         self.result = LiveResult()
         self.started = threading.Event()  # set once the master playlist is written
 
+    @property
+    def top(self) -> Path | None:
+        """The directory of the top media playlist — the first rung, or the audio of an audio-only stream — once
+        known: its segments are the stream's progress."""
+        if self.options.audio_only:
+            return self.directory / _AUDIO
+        return self.directory / self.result.renditions[0].name if self.result.renditions else None
+
     def run(self) -> LiveResult:
         try:
             with native_output_to_logging():
@@ -215,21 +231,34 @@ class LiveTranscoder:
 
     def _run(self) -> None:
         try:
-            source = av.open(self.pipe, "r", format="flv", options={"probesize": "1000000", "analyzeduration": "0"})
+            # FFmpeg reads the FLV up to probesize before the first packet: 1 MB is a fraction of a second of
+            # video, but minutes of audio alone, whose parameters are all in its first tags
+            probesize = "4096" if self.options.audio_only else "1000000"
+            source = av.open(self.pipe, "r", format="flv", options={"probesize": probesize, "analyzeduration": "0"})
         except av.FFmpegError as error:
             raise InvalidMediaError(f"the published stream is not FLV that FFmpeg can read: {error}") from error
         rungs: list[_Rung] = []
         audio_out: Any = None
         try:
-            if not source.streams.video:
-                raise UnsupportedMediaError("the published stream has no video")
-            video = source.streams.video[0]
-            video.thread_type = "AUTO"
             audio = source.streams.audio[0] if source.streams.audio else None
-            ladder = ladder_for_size(video.codec_context.width, video.codec_context.height, self.options.heights)
-            choice = select_encoder("h264", self.options.encoder)
-            self.result.encoder, self.result.renditions = choice.name, list(ladder)
-            rate = video.guessed_rate or video.average_rate or Fraction(30)
+            if self.options.audio_only:
+                if audio is None:
+                    raise UnsupportedMediaError("the published stream of an audio-only live stream has no audio")
+                ladder: Sequence[Rendition] = ()
+                video, choice = None, None
+                # parts of a whole number of AAC frames
+                rate = Fraction(audio.codec_context.sample_rate, audio.codec_context.frame_size or 1024)
+            else:
+                if not source.streams.video:
+                    raise UnsupportedMediaError("the published stream has no video")
+                video = source.streams.video[0]
+                video.thread_type = "AUTO"
+                ladder = ladder_for_size(video.codec_context.width, video.codec_context.height,
+                                         self.options.heights)
+                choice = select_encoder("h264", self.options.encoder)
+                self.result.encoder, self.result.renditions = choice.name, list(ladder)
+                rate = video.guessed_rate or video.average_rate or Fraction(30)
+                self.result.frame_rate = Fraction(rate)
             if self.options.part_seconds is not None:
                 self._run_parts(source, video, audio, ladder, choice, Fraction(rate))
                 return
@@ -255,8 +284,8 @@ class LiveTranscoder:
             if audio_out is not None:
                 audio_out.close()
             source.close()
-            if rungs:
-                self.result.segments = len(list((self.directory / rungs[0].rendition.name).glob("seg_*.m4s")))
+            if (top := self.top) is not None:
+                self.result.segments = len(list(top.glob("seg_*.m4s")))
 
     def _open_session(self, choice: Any, rendition: Rendition, rate: Fraction) -> EncoderSession:
         session: EncoderSession = choice.backend.open(EncoderSettings(
@@ -322,7 +351,8 @@ class LiveTranscoder:
                                           part_target=llhls.part_target_for(part, audio_frame),
                                           target_duration=target_duration, sample=audio_frame)
                 tracks.append(audio_track)
-            self.result.encoder, self.result.renditions = choice.name, list(ladder)
+            if choice is not None:
+                self.result.encoder, self.result.renditions = choice.name, list(ladder)
             self._write_master(rungs, audio)  # type: ignore[arg-type]  # the same rendition/session fields
             self.started.set()
             self._pump_parts(source, video, audio, rungs, audio_track, tracks, llhls.PartGrid(part, per_segment,
@@ -336,9 +366,9 @@ class LiveTranscoder:
             for track in tracks:
                 track.finish()
             _publish(tracks)
-            if rungs:
-                self.result.segments = len(list((self.directory / rungs[0].rendition.name).glob("seg_*.m4s")))
-                self.result.parts = rungs[0].track.parts_written
+            if tracks:  # the top rung's, or the audio's alone
+                self.result.segments = len(list((self.directory / tracks[0].name).glob("seg_*.m4s")))
+                self.result.parts = tracks[0].parts_written
 
     def _pump_parts(self, source: Any, video: Any, audio: Any, rungs: list[_PartRung],
                     audio_track: llhls.PartTrack | None, tracks: list[llhls.PartTrack],
@@ -348,6 +378,9 @@ class LiveTranscoder:
         audio_next: int | None = None  # the next AAC frame's time in samples, when they follow on
         for packet in source.demux():
             if audio is not None and packet.stream is audio:
+                if video is None and origin is None and packet.pts is not None:
+                    origin = Fraction(packet.pts) * audio.time_base  # audio only: its first frame starts the grid
+                    self._anchor(tracks, origin)
                 if packet.pts is None or origin is None or audio_track is None:
                     continue  # the flush packet, or audio before the first picture: nothing to align it to
                 rate = audio.codec_context.sample_rate
@@ -373,11 +406,7 @@ class LiveTranscoder:
                 when = Fraction(frame.pts) * video.time_base
                 if origin is None:
                     origin = when
-                    # EXT-X-PROGRAM-DATE-TIME: the publisher's clock when it sent this frame (the pipe's),
-                    # else now
-                    anchor = self.pipe.clock + float(when) if self.pipe.clock is not None else time.time()
-                    for track in tracks:
-                        track.anchor = anchor
+                    self._anchor(tracks, when)
                 pts = int((when - origin) / _TIME_BASE)
                 if pts <= last_pts:
                     continue
@@ -389,6 +418,13 @@ class LiveTranscoder:
                 self.result.frames_in += 1
                 if closed:
                     _publish(tracks)
+
+    def _anchor(self, tracks: list[llhls.PartTrack], when: Fraction) -> None:
+        """EXT-X-PROGRAM-DATE-TIME: the publisher's clock when it sent the first frame at ``when`` (the pipe's),
+        else now."""
+        anchor = self.pipe.clock + float(when) if self.pipe.clock is not None else time.time()
+        for track in tracks:
+            track.anchor = anchor
 
     def _pump(self, source: Any, video: Any, audio: Any, rungs: list[_Rung], audio_out: Any,
               audio_stream: Any) -> None:
@@ -437,6 +473,8 @@ class LiveTranscoder:
             if audio is not None:
                 attributes.append('AUDIO="audio"')
             lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), f"{rung.rendition.name}/{_PLAYLIST}"]
+        if not rungs and audio is not None:  # audio only: the audio is the one variant
+            lines[3:] = [f'#EXT-X-STREAM-INF:BANDWIDTH={audio_rate},CODECS="{audio_codec}"', f"{_AUDIO}/{_PLAYLIST}"]
         master = self.directory / MASTER
         temporary = master.with_suffix(".tmp")
         temporary.write_text("\n".join(lines) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Collection
 from fractions import Fraction
 
 from kinoray.media.package import FIRST_SEGMENT_NUMBER, SEGMENT_TEMPLATE, Track
@@ -18,8 +19,10 @@ def _seconds(value: Fraction) -> str:
     return f"{float(value):.6f}"
 
 
-def hls_media_playlist(track: Track) -> str:
-    """A VOD media playlist; EXT-X-TARGETDURATION is the longest segment rounded up."""
+def hls_media_playlist(track: Track, discontinuities: Collection[int] = ()) -> str:
+    """A VOD media playlist; EXT-X-TARGETDURATION is the longest segment rounded up. ``discontinuities``: the
+    positions of segments that start a new encoder run (a live recording's reconnect or failover), each after
+    ``EXT-X-DISCONTINUITY`` and the ``EXT-X-MAP`` again."""
     durations = [s.seconds(track.timescale) for s in track.segments]
     target = max(1, math.ceil(max(durations) - Fraction(1, 1000)))
     lines = [
@@ -31,7 +34,9 @@ def hls_media_playlist(track: Track) -> str:
         "#EXT-X-INDEPENDENT-SEGMENTS",
         f'#EXT-X-MAP:URI="{track.init_uri}"',
     ]
-    for segment, duration in zip(track.segments, durations, strict=True):
+    for position, (segment, duration) in enumerate(zip(track.segments, durations, strict=True)):
+        if position and position in discontinuities:
+            lines += ["#EXT-X-DISCONTINUITY", f'#EXT-X-MAP:URI="{track.init_uri}"']
         lines += [f"#EXTINF:{_seconds(duration)},", segment.uri]
     lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"

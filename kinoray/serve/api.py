@@ -30,11 +30,13 @@ from kinoray.serve.asgi import Scope, client_of_scope
 from kinoray.serve.deps import get_platform
 from kinoray.serve.guard import RequestGuard
 from kinoray.serve.routes import (
+    access,
     alerts,
     assets,
     chat,
     data,
     data_insights,
+    data_monitoring,
     downloads,
     live_streams,
     restrictions,
@@ -138,7 +140,8 @@ def build_api() -> FastAPI:
                    tracks.router,
                    uploads.management, webhooks.router,
                    webhooks.mux_router, restrictions.router, usage.router, data.queries, alerts.router,
-                   data_insights.router, data_insights.downloads, metrics.router):
+                   data_insights.router, data_insights.downloads, data_monitoring.router, metrics.router,
+                   access.tokens_router, access.environments_router):
         app.include_router(router)
     for prefix in signing_keys.PREFIXES:
         app.include_router(signing_keys.router, prefix=prefix)

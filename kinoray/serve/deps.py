@@ -9,7 +9,7 @@ before the response is built.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
@@ -19,14 +19,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from kinoray.control import idempotency, permissions
+from kinoray.control import environments, idempotency, permissions
 from kinoray.control.auth import TokenInfo
 from kinoray.control.platform import Platform
 from kinoray.errors import ConfigurationError, RateLimitedError
+from kinoray.store import scoping
 from kinoray.store.models import request_fingerprint
 
-__all__ = ["MAX_PAGE_SIZE", "CurrentToken", "IdempotentRoute", "PageDep", "Pagination", "PlatformDep", "RankedPageDep",
-           "client_address", "get_platform", "pagination", "rate_limit_headers", "set_platform"]
+__all__ = ["MAX_PAGE_SIZE", "AdminToken", "CurrentToken", "IdempotentRoute", "PageDep", "Pagination", "PlatformDep",
+           "RankedPageDep", "admin_token", "client_address", "get_platform", "pagination", "rate_limit_headers", "set_platform"]
 
 _platform: Platform | None = None
 
@@ -66,9 +67,26 @@ def _authenticate(platform: Platform, request: Request) -> TokenInfo:
     return token
 
 
-def current_token(request: Request, response: Response, platform: PlatformDep) -> TokenInfo:
+async def current_token(request: Request, response: Response, platform: PlatformDep) -> AsyncIterator[TokenInfo]:
     """The caller's access token, once its permissions cover the request (``403 forbidden`` otherwise:
-    :mod:`kinoray.control.permissions`); charges one request to its rate-limit bucket."""
+    :mod:`kinoray.control.permissions`); charges one request to its rate-limit bucket. The rest of the request
+    runs scoped to the token's environment: every database session it opens sees only that environment's rows
+    (:mod:`kinoray.store.scoping`). Async, so the scope is set in the request's own context, which the
+    handler's thread inherits."""
+    token = await run_in_threadpool(_admit, platform, request, response)
+    env_key_filters: tuple[tuple[str, bool], ...] = ()
+    if permissions.product_of(request.url.path) == "data":
+        env_key_filters = await run_in_threadpool(_env_key_filters, platform, token.environment_id)
+    with scoping.scoped(token.environment_id, env_key_filters):
+        yield token
+
+
+def _env_key_filters(platform: Platform, environment_id: str) -> tuple[tuple[str, bool], ...]:
+    with platform.db.reader() as session:
+        return environments.data_filters(session, environment_id)
+
+
+def _admit(platform: Platform, request: Request, response: Response) -> TokenInfo:
     token = _authenticate(platform, request)
     permissions.check(token.permissions, request.method, request.url.path)
     decision = platform.limiter.hit(token.id)
@@ -165,3 +183,13 @@ class IdempotentRoute(APIRoute):
             return response
 
         return route
+
+
+def admin_token(token: CurrentToken) -> TokenInfo:
+    """:data:`CurrentToken` with ``system=full`` (:func:`kinoray.control.permissions.require_admin`)."""
+    permissions.require_admin(token.permissions)
+    return token
+
+
+#: The caller's token, when it may manage access tokens and environments.
+AdminToken = Annotated[TokenInfo, Depends(admin_token)]

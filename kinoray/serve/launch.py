@@ -37,7 +37,7 @@ from kinoray.control.platform import Platform
 from kinoray.edge.server import EdgeProcess, wait_ok
 from kinoray.errors import KinorayError
 from kinoray.priority import SHARED_NODE_EDGE_NICE, ray_env, shared_node_edge_cpus
-from kinoray.settings import Settings, get_settings
+from kinoray.settings import LiveSettings, Settings, get_settings
 from kinoray.store.models import AccessToken, is_valid_id
 
 __all__ = ["Running", "bootstrap_token", "demo_upload", "start", "up"]
@@ -81,6 +81,11 @@ def _settings_env(host: str, port: int, api_port: int, data_dir: Path,
     os.environ.setdefault("KINORAY_LIVE__RTMP_HOST", host)
     if rtmp_port is not None:
         os.environ["KINORAY_LIVE__RTMP_PORT"] = str(rtmp_port)
+    # WHIP/WHEP: the ingest actor runs on this node; the edge forwards the signalling to its listener
+    os.environ.setdefault("KINORAY_LIVE__WHIP_HOST", host)
+    whip_port = os.environ.get("KINORAY_LIVE__WHIP_PORT", str(LiveSettings.model_fields["whip_port"].default))
+    if whip_port.isdigit() and whip_port != "0":
+        os.environ.setdefault("KINORAY_EDGE__WHIP_URL", f"http://{api_host}:{whip_port}")
     os.environ.update({
         "KINORAY_DATA_DIR": str(data_dir), "KINORAY_SERVE__HOST": host, "KINORAY_SERVE__PORT": str(api_port),
         "KINORAY_EDGE__HOST": host, "KINORAY_EDGE__PORT": str(port),
@@ -282,6 +287,10 @@ def up(host: str, port: int, data_dir: Path, *, demo: bool = False, console: Con
             rtmp_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
             console.print(f"live: publish to rtmp://{rtmp_host}:{settings.live.rtmp_port}/app/<stream key> "
                           "(POST /video/v1/live-streams gives a key)")
+            if settings.live.rtmps_port is not None and settings.edge.tls_cert is not None:
+                console.print(f"      or rtmps://{rtmp_host}:{settings.live.rtmps_port}/app/<stream key>")
+            if settings.edge.whip_url:
+                console.print(f"      or WHIP (OBS 30+, a browser): {url}/live/v1/whip with Bearer <stream key>")
         console.print(f"access token id:     {token_id}\naccess token secret: {secret}\n"
                       f"(saved in {Path(settings.data_dir) / CREDENTIALS_FILE}; try: "
                       f"curl -u {token_id}:{secret} {url}/video/v1/assets)")

@@ -19,7 +19,8 @@ the control plane's other periodic work.
   (:func:`kinoray.control.assets.expire_assets`), ends live sessions whose reconnect window is over
   (:func:`kinoray.control.live.expire_live`), prunes expired idempotency keys and deletes analytics events past
   ``analytics.retention_days`` (:func:`kinoray.control.analytics.sweep_analytics`) and writes the finished days'
-  view exports (:func:`kinoray.control.analytics.export_views`), every ``serve.sweep_seconds``;
+  view exports (:func:`kinoray.control.analytics.export_views`) and rolls final views up into view Parquet
+  (:func:`kinoray.control.analytics.roll_up_views`), every ``serve.sweep_seconds``;
 - evaluates the Data alert rules (:func:`kinoray.control.alerts.evaluate_alerts`) in a thread of its own every
   ``analytics.alert_seconds``, anomaly rules scored by the ``kinoray-anomaly`` deployment (:mod:`kinoray.serve.anomaly`)
   when the runner runs under Serve.
@@ -42,7 +43,7 @@ from ray import serve
 
 from kinoray.control import idempotency
 from kinoray.control.alerts import Scorer, evaluate_alerts, local_scorer
-from kinoray.control.analytics import export_views, sweep_analytics
+from kinoray.control.analytics import export_views, roll_up_views, sweep_analytics
 from kinoray.control.assets import expire_assets
 from kinoray.control.ingest import fetch_input
 from kinoray.control.jobs import (
@@ -210,6 +211,7 @@ class Runner:
             self._periodic("live sessions", lambda: expire_live(self.platform))
             self._periodic("analytics retention", lambda: sweep_analytics(self.platform))
             self._periodic("view exports", lambda: export_views(self.platform))
+            self._periodic("view rollup", lambda: roll_up_views(self.platform))
             self._periodic("idempotency", lambda: idempotency.sweep(
                 self.platform.db, timedelta(hours=self.settings.api.idempotency_hours)))
 

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from kinoray.settings import Settings, get_settings
+from kinoray.store import scoping
 from kinoray.store.models import Base
 
 if TYPE_CHECKING:
@@ -95,6 +96,11 @@ def _create_engine(url: str, timeout: float = 15.0, **options: Any) -> Engine:
     return engine
 
 
+def _scope_info(environment_id: str | None) -> dict[str, Any]:
+    environment_id = environment_id or scoping.current_environment()
+    return {} if environment_id is None else {scoping.ENVIRONMENT_KEY: environment_id}
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether ``error`` says the database is unreachable, restarting, timed out or locked (the same statement may
     succeed later), rather than that the statement itself is wrong."""
@@ -131,20 +137,24 @@ class Database:
         return self.engine.dialect.name
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, environment_id: str | None = None) -> Iterator[Session]:
         """A session in one transaction: committed when the block ends, rolled back if it raises.
+
+        Scoped to ``environment_id``, else to the environment in scope (:func:`kinoray.store.scoping.scoped`:
+        the API's calling token), else unscoped (:mod:`kinoray.store.scoping`).
 
         On SQLite the transaction holds the database's write lock from its start (waiting up to the busy timeout
         for it), so keep it short: verify secrets, fetch URLs and encode outside it. Use :meth:`reader` for
         work that only reads."""
-        with self.sessionmaker() as session, session.begin():
+        with self.sessionmaker(info=_scope_info(environment_id)) as session, session.begin():
             yield session
 
     @contextmanager
-    def reader(self) -> Iterator[Session]:
+    def reader(self, environment_id: str | None = None) -> Iterator[Session]:
         """A session for reads only: on SQLite a deferred transaction that never takes the write lock, so readers
-        run beside a writer. A write in it may fail at once with "database is locked": use :meth:`session`."""
-        with self._readers() as session, session.begin():
+        run beside a writer. A write in it may fail at once with "database is locked": use :meth:`session`.
+        Scoped as :meth:`session` is."""
+        with self._readers(info=_scope_info(environment_id)) as session, session.begin():
             yield session
 
     def migrate(self, revision: str = "head") -> None:

@@ -3,7 +3,8 @@
 
     assets/<asset_id>/                       an asset's prefix (``Asset.storage_prefix``); deleting it deletes all
     assets/<asset_id>/input                  the source bytes (a fetched URL, an assembled upload, a live recording)
-    assets/<asset_id>/input.part-NNNN        a live recording's parts until they are joined into ``input``
+    assets/<asset_id>/input.part-NNNN        a live recording's source parts (kept only for master access)
+    assets/<asset_id>/recording/<section>.json  a live recording's segment log per encoder run, until published
     assets/<asset_id>/media/                 the packaged output: master.m3u8, manifest.mpd, <rung>/…, audio/…
     assets/<asset_id>/media/<file>           a static rendition (highest.mp4, 720p.mp4, audio.m4a, …)
     assets/<asset_id>/media/text/<track>.vtt|.m3u8   a text track and its HLS subtitle playlist
@@ -32,6 +33,7 @@ __all__ = [
     "live_prefix",
     "media_key",
     "media_prefix",
+    "recording_prefix",
     "text_track_keys",
     "upload_part_key",
     "upload_prefix",
@@ -79,6 +81,11 @@ def text_track_keys(media: str, track_id: str) -> tuple[str, str]:
     """A text track's WebVTT and its HLS subtitle playlist, under the asset's media prefix ``media``."""
     base = f"{media}/{TEXT_DIR}/{track_id}"
     return f"{base}.vtt", f"{base}.m3u8"
+
+
+def recording_prefix(asset_id: str) -> str:
+    """A live recording's segment logs (one JSON per encoder run), read when the recording is published."""
+    return f"{asset_prefix(asset_id)}/recording"
 
 
 def images_prefix(asset_prefix_: str) -> str:

@@ -45,8 +45,11 @@ __all__ = [
     "AssetStatus",
     "Base",
     "ChatMessage",
+    "DEFAULT_ENVIRONMENT_ID",
     "DataIncident",
     "DeliveryUsage",
+    "Environment",
+    "EnvironmentScoped",
     "Event",
     "IdempotencyKey",
     "Job",
@@ -251,14 +254,56 @@ def _updated_at() -> Mapped[datetime]:
     return mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
+# --- environments --------------------------------------------------------------------------------------------
+
+#: The environment every row and token made before environments existed belongs to (migration 0012), and the
+#: one ``kinoray up`` and ``kinoray token create`` use unless told otherwise.
+DEFAULT_ENVIRONMENT_ID = "default"
+
+
+class Environment(Base):
+    """Mux's environment: a partition of the data. Every API read and write is scoped to the calling token's
+    environment (:mod:`kinoray.store.scoping`); ``env_key`` is what Mux Data SDKs send in their beacons
+    (``env_key``), so views land in the environment whose key they carry."""
+
+    __tablename__ = "environments"
+    __table_args__ = (
+        sa.Index("ix_environments_name", "name", unique=True),
+        sa.Index("ix_environments_env_key", "env_key", unique=True),
+        sa.Index("ix_environments_created_at_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(sa.String(255))
+    #: Mux Data's environment key: 26 lowercase letters and digits, public (it is in every player's page).
+    env_key: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = _created_at()
+
+    def __repr__(self) -> str:
+        return f"Environment(id={self.id!r}, name={self.name!r})"
+
+
+class EnvironmentScoped:
+    """A table whose rows belong to one environment. :mod:`kinoray.store.scoping` adds ``environment_id = :env``
+    to every ORM read, update and delete of such a table in a scoped session, and stamps new rows with the
+    session's environment. No foreign key: like events, rows name their environment by id, and an environment
+    is deleted only once it holds nothing (:mod:`kinoray.control.environments`)."""
+
+    #: Set at flush from the session's environment (:mod:`kinoray.store.scoping`) unless given; an unscoped
+    #: session (the runner, a CLI) that gives none writes the default environment.
+    environment_id: Mapped[str] = mapped_column(sa.String(64), default=DEFAULT_ENVIRONMENT_ID,
+                                                server_default=sa.text(f"'{DEFAULT_ENVIRONMENT_ID}'"))
+
+
 # --- video resources -----------------------------------------------------------------------------------------
 
 
-class Asset(Base):
+class Asset(EnvironmentScoped, Base):
     """A video: its input, what the transcode found and made, and where its files live."""
 
     __tablename__ = "assets"
     __table_args__ = (
+        sa.Index("ix_assets_environment_id_created_at_id", "environment_id", "created_at", "id"),
         sa.Index("ix_assets_created_at_id", "created_at", "id"),
         sa.Index("ix_assets_master_token", "master_token", unique=True),
         sa.Index("ix_assets_master_expires_at", "master_expires_at"),
@@ -402,12 +447,13 @@ SESSION_STATES = ("none", "connected", "recording", "disconnected")
 SIMULCAST_STATUSES = ("idle", "starting", "broadcasting", "errored")
 
 
-class LiveStream(Base):
+class LiveStream(EnvironmentScoped, Base):
     """Mux's live stream: its settings, its stream key (a SHA-256 of it: the key itself is shown once), and the
     state of its ingest session and recording (:mod:`kinoray.control.live`)."""
 
     __tablename__ = "live_streams"
     __table_args__ = (
+        sa.Index("ix_live_streams_environment_id_created_at_id", "environment_id", "created_at", "id"),
         sa.CheckConstraint(_in("latency_mode", LATENCY_MODES), name="latency_mode"),
         sa.CheckConstraint(_in("session_state", SESSION_STATES), name="session_state"),
         sa.Index("ix_live_streams_created_at_id", "created_at", "id"),
@@ -443,6 +489,12 @@ class LiveStream(Base):
     recording_parts: Mapped[int] = mapped_column(sa.Integer, default=0)
     #: ``PUT …/complete`` asked to end the session: no reconnect window.
     complete_requested: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    #: kinoray's scheduled streams: the stream key is accepted only from ``scheduled_start`` (NULL: at once) until
+    #: ``scheduled_end`` (NULL: no end).
+    scheduled_start: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    scheduled_end: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: How the current session's publisher came in (Mux's ``active_ingest_protocol``: rtmp, rtmps); NULL between.
+    active_ingest_protocol: Mapped[str | None] = mapped_column(sa.String(16))
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
 
@@ -534,11 +586,12 @@ def _upload_expiry(context: DefaultExecutionContext) -> datetime:
     return utcnow() + timedelta(seconds=timeout)
 
 
-class Upload(Base):
+class Upload(EnvironmentScoped, Base):
     """A direct upload (Mux's ``/uploads``) and its tus state; the asset is created when the bytes are all in."""
 
     __tablename__ = "uploads"
     __table_args__ = (
+        sa.Index("ix_uploads_environment_id_created_at_id", "environment_id", "created_at", "id"),
         sa.Index("ix_uploads_created_at_id", "created_at", "id"),
         sa.Index("ix_uploads_status_expires_at", "status", "expires_at"),
         sa.Index("ix_uploads_asset_id", "asset_id"),
@@ -677,7 +730,9 @@ class AccessToken(Base):
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
     secret_hash: Mapped[str] = mapped_column(sa.String(255))
     name: Mapped[str | None] = mapped_column(sa.String(255))
-    environment: Mapped[str] = mapped_column(sa.String(64), default="default")
+    #: The environment whose data the token reads and writes (:class:`Environment`).
+    environment_id: Mapped[str] = mapped_column(sa.ForeignKey("environments.id"), default=DEFAULT_ENVIRONMENT_ID,
+                                                server_default=sa.text(f"'{DEFAULT_ENVIRONMENT_ID}'"))
     created_at: Mapped[datetime] = _created_at()
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -690,10 +745,11 @@ class AccessToken(Base):
         back_populates="token", cascade="all, delete-orphan", passive_deletes=True)
 
     @classmethod
-    def issue(cls, *, name: str | None = None, environment: str = "default") -> tuple[AccessToken, str]:
+    def issue(cls, *, name: str | None = None,
+              environment_id: str = DEFAULT_ENVIRONMENT_ID) -> tuple[AccessToken, str]:
         """A new token (id assigned now, not at flush) and its secret, which is not kept anywhere."""
         secret = new_secret()
-        return cls(id=new_id(), secret_hash=hash_secret(secret), name=name, environment=environment), secret
+        return cls(id=new_id(), secret_hash=hash_secret(secret), name=name, environment_id=environment_id), secret
 
     @property
     def revoked(self) -> bool:
@@ -708,12 +764,14 @@ class AccessToken(Base):
         return f"AccessToken(id={self.id!r}, name={self.name!r}, revoked={self.revoked})"
 
 
-class SigningKey(Base):
+class SigningKey(EnvironmentScoped, Base):
     """An RSA public key that verifies signed-playback JWTs (``kid`` = id). The private key is returned once on
     creation and never stored."""
 
     __tablename__ = "signing_keys"
-    __table_args__ = (sa.Index("ix_signing_keys_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        sa.Index("ix_signing_keys_environment_id_created_at_id", "environment_id", "created_at", "id"),
+        sa.Index("ix_signing_keys_created_at_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
     public_key: Mapped[str] = mapped_column(sa.Text)  # PEM
@@ -723,12 +781,14 @@ class SigningKey(Base):
         return f"SigningKey(id={self.id!r})"
 
 
-class PlaybackRestriction(Base):
+class PlaybackRestriction(EnvironmentScoped, Base):
     """Mux's playback restriction: referrer and user-agent rules a signed playback token opts into with its
     ``playback_restriction_id`` claim (:mod:`kinoray.control.restrictions`)."""
 
     __tablename__ = "playback_restrictions"
-    __table_args__ = (sa.Index("ix_playback_restrictions_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        sa.Index("ix_playback_restrictions_environment_id_created_at_id", "environment_id", "created_at", "id"),
+        sa.Index("ix_playback_restrictions_created_at_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
     #: ``[]`` refuses every referrer, ``["*"]`` allows any, else up to 10 host names or ``*.`` wildcards.
@@ -769,7 +829,7 @@ class IdempotencyKey(Base):
 # --- events and webhooks -------------------------------------------------------------------------------------
 
 
-class Event(Base):
+class Event(EnvironmentScoped, Base):
     """Something that happened to a resource (``video.asset.ready``, ...), with a snapshot of the object."""
 
     __tablename__ = "events"
@@ -793,7 +853,7 @@ class Event(Base):
         return f"Event(id={self.id!r}, type={self.type!r}, object_id={self.object_id!r})"
 
 
-class WebhookEndpoint(Base):
+class WebhookEndpoint(EnvironmentScoped, Base):
     """A URL that receives signed event POSTs.
 
     ``secret`` is stored as given, not hashed: the server needs it to compute each delivery's HMAC. Protect it
@@ -801,7 +861,9 @@ class WebhookEndpoint(Base):
     """
 
     __tablename__ = "webhook_endpoints"
-    __table_args__ = (sa.Index("ix_webhook_endpoints_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        sa.Index("ix_webhook_endpoints_environment_id_created_at_id", "environment_id", "created_at", "id"),
+        sa.Index("ix_webhook_endpoints_created_at_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default=new_id)
     url: Mapped[str] = mapped_column(sa.Text)
@@ -917,7 +979,7 @@ class ViewEvent(Base):
 USAGE_TIERS = ("audio-only", "720p", "1080p", "1440p", "2160p")
 
 
-class DeliveryUsage(Base):
+class DeliveryUsage(EnvironmentScoped, Base):
     """Media delivered by the edge: seconds and bytes per asset, per UTC hour, per resolution tier. Edge processes
     add to a row with one upsert per flush (:mod:`kinoray.control.usage`), so many writers sum correctly.
 
@@ -947,7 +1009,7 @@ ALERT_KINDS = ("threshold", "anomaly")
 ALERT_COMPARISONS = ("gt", "gte", "lt", "lte")
 
 
-class AlertRule(Base):
+class AlertRule(EnvironmentScoped, Base):
     """An alert rule over the analytics (:mod:`kinoray.control.alerts`): what is watched and when it fires."""
 
     __tablename__ = "alert_rules"
@@ -1010,6 +1072,11 @@ class DataIncident(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = _updated_at()
+    #: Views per hour the incident covers when it opened / at the last evaluation; the rate integrated over its
+    #: life (an estimate). Null for incidents older than revision 0014.
+    affected_views_per_hour_on_open: Mapped[int | None] = mapped_column(sa.Integer)
+    affected_views_per_hour: Mapped[int | None] = mapped_column(sa.Integer)
+    affected_views: Mapped[float | None] = mapped_column(sa.Double)
 
     def __repr__(self) -> str:
         return f"DataIncident(id={self.id!r}, rule_id={self.rule_id!r}, status={self.status!r})"

@@ -650,6 +650,7 @@
           ["Player", [view.player_name, view.player_software, view.player_software_version].filter(Boolean).join(" · ")],
           ["Browser and OS", [view.viewer_application_name, view.viewer_os_family].filter(Boolean).join(" on ")],
           ["Country", view.country_code],
+          ["Region", view.region],
           ["Started", when(view.view_start)],
           ["Video startup time", dataValue(view.time_to_first_frame, "ms")],
           ["Watch time", dataValue(view.watch_time, "duration")],

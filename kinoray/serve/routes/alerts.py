@@ -2,8 +2,8 @@
 
 - ``POST/GET /data/v1/alerts``, ``GET/PATCH/DELETE /data/v1/alerts/{id}``: alert rules (kinoray's paths: Mux has
   no public API for its alert rules);
-- ``GET /data/v1/incidents``, ``/data/v1/incidents/{id}``: the incidents rules opened, in Mux's ``Incident``
-  shape and paths (mux-python's ``IncidentsApi`` reads them).
+- ``GET /data/v1/incidents``, ``/data/v1/incidents/{id}``, ``/data/v1/incidents/{id}/related``: the incidents
+  rules opened, in Mux's ``Incident`` shape and paths (mux-python's ``IncidentsApi`` reads them).
 
 Beside them, the ``kinoray_data_incidents_open{rule_id,rule}`` gauge on the API's registry (read from the
 database, cached :data:`GAUGE_TTL_SECONDS`), so ``GET /metrics`` shows what is open whichever process
@@ -122,6 +122,24 @@ def get_incident(incident_id: str, platform: PlatformDep, token: CurrentToken) -
         row = alerts.get_incident(session, incident_id)
         return IncidentEnvelope(data=alerts.incident_view(row),
                                 timeframe=[int(row.started_at.timestamp()), int(time.time())])
+
+
+@router.get("/data/v1/incidents/{incident_id}/related", response_model=IncidentListing,
+            responses=error_responses(404))
+def list_related_incidents(incident_id: str, platform: PlatformDep, token: CurrentToken, limit: _Limit = 25,
+                           page: _Page = 1,
+                           order_by: Literal["started_at", "resolved_at", "measured_value",
+                                             "sample_size"] = "started_at",
+                           order_direction: Literal["asc", "desc"] = "desc") -> IncidentListing:
+    """The incidents that seem related to this one (Mux's `IncidentsApi.list_related_incidents`): of any rule,
+    overlapping its time (give or take 30 minutes) and sharing a dimension value with it, or about all views."""
+    with platform.db.reader() as session:
+        incident = alerts.get_incident(session, incident_id)
+        rows, total = alerts.related_incidents(session, incident_id, limit=limit, page=page, order_by=order_by,
+                                               descending=order_direction == "desc")
+        data = [alerts.incident_view(row) for row in rows]
+        started = min([incident.started_at, *(row.started_at for row in rows)])
+    return IncidentListing(data=data, total_row_count=total, timeframe=[int(started.timestamp()), int(time.time())])
 
 
 # --- the open-incidents gauge -------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ allows any origin, on errors too (a player on another site reads the answer), an
 preflights; the SDKs and ``navigator.sendBeacon`` post ``text/plain``, read as JSON like ``application/json``.
 
 **Queries** (:data:`queries`, management API, a token with ``data`` permission): ``GET /data/v1/video-views``,
-``/data/v1/video-views/{id}``, ``/data/v1/metrics/{metric}/overall|breakdown|timeseries`` in Mux's shapes;
+``/data/v1/video-views/{id}``, ``/data/v1/metrics/{metric}/overall|breakdown|timeseries``,
+``/data/v1/dimensions[/{id}]`` and its older name ``/data/v1/filters[/{id}]`` in Mux's shapes, with
+``timeframe[]``, ``filters[]`` and ``metric_filters[]`` (:class:`DataQuery`);
 real time (``/data/v1/realtime/metrics[/{id}/breakdown|timeseries]``, ``/data/v1/realtime/dimensions``,
 :mod:`kinoray.analytics.realtime`); erasure by viewer (``DELETE /data/v1/viewers/{viewer_user_id}``, kinoray's).
 """
@@ -33,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kinoray import analytics
 from kinoray.analytics import errors, realtime
 from kinoray.analytics.query import Query as ViewQuery
-from kinoray.analytics.query import Timeframe
+from kinoray.analytics.query import Timeframe, metric_filter_pattern, parse_metric_filters
 from kinoray.analytics.realtime import BUCKET_SECONDS, REALTIME_DIMENSIONS, REALTIME_METRICS
 from kinoray.analytics.views import View
 from kinoray.control.analytics import collector_of, erase_viewer, event_store, presences_of
@@ -167,6 +169,7 @@ Dimension = Enum("Dimension", {name: name for name in analytics.DIMENSIONS}, typ
 _BROWSER = Dimension("browser")
 _TIMEFRAME = r"^([0-9]{1,12}|[0-9]{1,6}:(minutes?|hours?|days?))$"
 _FILTER = rf"^!?({'|'.join(analytics.DIMENSIONS)}):.*$"
+_METRIC_FILTER = metric_filter_pattern()
 Measurement = Literal["avg", "median", "95th", "sum", "count"]
 
 
@@ -273,6 +276,8 @@ class VideoView(BaseModel):
     viewer_device_manufacturer: str | None = None
     viewer_device_name: str | None = None
     country_code: str | None = None
+    region: str | None = Field(default=None, description="the viewer's country subdivision (English name), from "
+                                                         "the client address; null without the city database")
     asn_name: str | None = None
     time_to_first_frame: int | None = None
     player_startup_time: int | None = None
@@ -332,9 +337,15 @@ class DataQuery:
                  timeframe: Annotated[list[Annotated[str, Field(pattern=_TIMEFRAME)]],
                                       Query(alias="timeframe[]", max_length=2)] = [],  # noqa: B006
                  filters: Annotated[list[Annotated[str, Field(pattern=_FILTER, max_length=512)]],
-                                    Query(alias="filters[]", max_length=32)] = []) -> None:  # noqa: B006
+                                    Query(alias="filters[]", max_length=32)] = [],  # noqa: B006
+                 metric_filters: Annotated[list[Annotated[str, Field(pattern=_METRIC_FILTER, max_length=160)]],
+                                           Query(alias="metric_filters[]", max_length=16, description=(
+                                               "metric<op>value, op one of >= <= > < = !=: the views whose own "
+                                               "value of the metric compares true (ANDed)"))] = []  # noqa: B006
+                 ) -> None:
         self.query = ViewQuery(event_store(platform), analytics.parse_timeframe(timeframe),
-                               analytics.parse_filters(filters))
+                               analytics.parse_filters(filters),
+                               metric_filters=parse_metric_filters(metric_filters))
 
 
 QueryDep = Annotated[DataQuery, Depends()]
@@ -403,6 +414,12 @@ def list_video_views(token: CurrentToken, data: QueryDep,
     """Views in the timeframe matching the filters, newest first (``order_direction=asc``: oldest first);
     ``viewer_id`` matches the viewer user id or the SDK's viewer id; ``error_id=any`` keeps failed views, an
     ``error_id`` the views with that error (an ``id`` of ``/data/v1/errors``, or a player error code)."""
+    if error_id is None or error_id == "any":  # one page read in DuckDB (materialized views at scale)
+        found, total = data.query.video_views(viewer_id, failed=error_id == "any",
+                                              descending=order_direction == "desc", offset=(page - 1) * limit,
+                                              limit=limit)
+        return VideoViewsEnvelope(data=[_abridged(view) for view in found], total_row_count=total,
+                                  timeframe=data.query.timeframe.epochs)
     views = data.query.views
     if viewer_id is not None:
         views = [v for v in views if viewer_id in (v.dimensions.get("viewer_user_id"), v.dimensions.get("viewer_id"))]
@@ -443,7 +460,8 @@ def get_video_view(view_id: Annotated[str, Path(min_length=1, max_length=128)], 
         viewer_os_family=d.get("operating_system"), viewer_os_version=d.get("operating_system_version"),
         viewer_device_category=d.get("viewer_device_category"),
         viewer_device_manufacturer=d.get("viewer_device_manufacturer"),
-        viewer_device_name=d.get("viewer_device_name"), country_code=d.get("country"), asn_name=d.get("asn"),
+        viewer_device_name=d.get("viewer_device_name"), country_code=d.get("country"), region=d.get("region"),
+        asn_name=d.get("asn"),
         time_to_first_frame=view.video_startup_time, player_startup_time=view.player_startup_time,
         exit_before_video_start=view.exit_before_video_start, playback_failure=view.playback_failure,
         video_startup_failure=view.video_startup_failure, player_error_code=view.error_code,
@@ -511,6 +529,22 @@ def list_dimension_values(dimension_id: Dimension, token: CurrentToken, data: Qu
         total_row_count=len(values), timeframe=data.query.timeframe.epochs)
 
 
+@queries.get("/data/v1/filters", response_model=DimensionsEnvelope)
+def list_filters(token: CurrentToken) -> DimensionsEnvelope:
+    """Mux's older name for `/data/v1/dimensions` (mux-python's `FiltersApi.list_filters`): the dimensions
+    `filters[]` takes, basic and advanced."""
+    return list_dimensions(token)
+
+
+@queries.get("/data/v1/filters/{filter_id}", response_model=DimensionValuesEnvelope)
+def list_filter_values(filter_id: Dimension, token: CurrentToken, data: QueryDep,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 25,
+                       page: Annotated[int, Query(ge=1, le=10_000)] = 1) -> DimensionValuesEnvelope:
+    """The values of a filter (a dimension) among the views of the timeframe matching the filters, each with its
+    views (`total_count`), most first (`FiltersApi.list_filter_values`)."""
+    return list_dimension_values(filter_id, token, data, limit, page)
+
+
 # --- real time (Mux's real-time API: /data/v1/realtime/...) -------------------------------------------------
 RealtimeMetricId = Enum("RealtimeMetricId", {name: name for name in REALTIME_METRICS}, type=str)  # type: ignore[misc]
 RealtimeDimension = Enum("RealtimeDimension", {n: n for n in REALTIME_DIMENSIONS}, type=str)  # type: ignore[misc]
@@ -562,7 +596,7 @@ def _display(name: str) -> str:
     return name.replace("_", " ").replace("-", " ").title()
 
 
-def _realtime_filter(filters: list[str]) -> Callable[[Mapping[str, Any]], bool]:
+def realtime_filter(filters: list[str]) -> Callable[[Mapping[str, Any]], bool]:
     parsed = [(item.startswith("!"), *item.removeprefix("!").partition(":")[::2]) for item in filters]
 
     def keep(record: Mapping[str, Any]) -> bool:
@@ -580,6 +614,19 @@ def _display_value(metric: str, value: float | None) -> str | None:
     if metric == "current-average-bitrate":
         return f"{value / 1e6:.2f} Mbps"
     return f"{value * 100:.1f}%"
+
+
+RealtimeOrder = Literal["negative_impact", "value", "views", "field"]
+
+
+def ordered_realtime_rows(rows: list[dict[str, Any]], order_by: RealtimeOrder,
+                          order_direction: Literal["asc", "desc"]) -> list[dict[str, Any]]:
+    """Real-time breakdown rows ordered as asked: ``value`` is the metric, ``views`` the concurrent viewers,
+    ``field`` the dimension value (rows without one last)."""
+    field = {"negative_impact": "negative_impact", "value": "metric_value", "views": "concurrent_viewers",
+             "field": "value"}[order_by]
+    return sorted(rows, key=lambda row: (row[field] is None, row[field] if row[field] is not None else 0),
+                  reverse=order_direction == "desc")
 
 
 @queries.get("/data/v1/realtime/dimensions", response_model=RealtimeNamesEnvelope)
@@ -603,25 +650,22 @@ def realtime_breakdown(realtime_metric_id: RealtimeMetricId, token: CurrentToken
                        dimension: RealtimeDimension = _COUNTRY,
                        timestamp: Annotated[int | None, Query(ge=0, le=2**40)] = None,
                        filters: RealtimeFilters = [],  # noqa: B006
-                       order_by: Literal["negative_impact", "value", "views", "field"] = "negative_impact",
+                       order_by: RealtimeOrder = "negative_impact",
                        order_direction: Literal["asc", "desc"] = "asc") -> RealtimeBreakdownEnvelope:
     """The metric now (or at ``timestamp``: the views seen in that minute) per value of ``dimension``, with the
     concurrent and starting viewers of each; ``order_by`` ``value`` is the metric, ``views`` the concurrent
     viewers, ``field`` the dimension value."""
     store = presences_of(platform)
     now = time.time()
-    keep = _realtime_filter(filters)
+    keep = realtime_filter(filters)
     if timestamp is None or timestamp >= now - store.window:
         at, records = int(now), [r for r in store.current(now) if keep(r)]
     else:
         bucket = timestamp // BUCKET_SECONDS * BUCKET_SECONDS
         at, records = timestamp, [r for r in store.history(bucket, bucket).get(bucket, []) if keep(r)]
     metric = realtime_metric_id.value
-    rows = realtime.breakdown(metric, records, dimension.value, at * 1000)
-    field = {"negative_impact": "negative_impact", "value": "metric_value", "views": "concurrent_viewers",
-             "field": "value"}[order_by]
-    rows.sort(key=lambda row: (row[field] is None, row[field] if row[field] is not None else 0),
-              reverse=order_direction == "desc")
+    rows = ordered_realtime_rows(realtime.breakdown(metric, records, dimension.value, at * 1000), order_by,
+                                 order_direction)
     return RealtimeBreakdownEnvelope(
         data=[RealtimeBreakdownValue(**row, display_value=_display_value(metric, row["metric_value"])) for row in rows],
         total_row_count=len(rows), timeframe=[at, at])
@@ -635,7 +679,7 @@ def realtime_timeseries(realtime_metric_id: RealtimeMetricId, token: CurrentToke
     now = time.time()
     start = max(float(timestamp) if timestamp is not None else now - 1800, now - realtime.HISTORY_SECONDS)
     points = realtime.timeseries(realtime_metric_id.value, presences_of(platform), start, now,
-                                 _realtime_filter(filters))
+                                 realtime_filter(filters))
     return RealtimeTimeseriesEnvelope(data=[RealtimeDatapoint(**point) for point in points],
                                       total_row_count=len(points), timeframe=[int(start), int(now)])
 

@@ -369,12 +369,15 @@ class ObservedPoint(BaseModel):
 
 class ForecastModel(BaseModel):
     series: Literal["views", "concurrent_viewers"]
-    model: str = Field(description="holt_winters_multiplicative, holt_winters_additive, seasonal_naive (under 2 "
-                                   "days of history) or mean (under 1)")
+    model: str = Field(description="holt_winters_weekly_multiplicative, holt_winters_weekly_additive (daily and "
+                                   "day-of-week seasons, from 2 weeks of history), holt_winters_multiplicative, "
+                                   "holt_winters_additive, seasonal_naive (under 2 days) or mean (under 1)")
     alpha: float | None
     beta: float | None
     gamma: float | None
+    delta: float | None = Field(default=None, description="the day-of-week season's smoothing (weekly models)")
     season_hours: int
+    weekly: bool = Field(default=False, description="whether the model has a day-of-week season")
     residual_sigma: float
     backtest_holdout_hours: int | None = None
     backtest_mape: float | None = Field(default=None, description="MAPE of the model on the last day held out")
@@ -396,10 +399,11 @@ class ForecastEnvelope(BaseModel):
 @router.get("/data/v1/forecast/views", response_model=ForecastEnvelope)
 def forecast_views(token: CurrentToken, platform: PlatformDep,
                    horizon: Annotated[int, Query(ge=1, le=24 * 14)] = 24,
-                   history_days: Annotated[int, Query(ge=1, le=90)] = 14) -> ForecastEnvelope:
+                   history_days: Annotated[int, Query(ge=1, le=90)] = 28) -> ForecastEnvelope:
     """kinoray's capacity-planning forecast: views started and average concurrent viewers per hour for the
     ``horizon`` hours from the current one, from the last ``history_days`` days (Holt–Winters with a daily
-    season), with a 95 % band, the hours observed and each model's backtest on the last day."""
+    season, and a day-of-week one from two weeks of history), with a 95 % band, the hours observed and each
+    model's backtest on the last day."""
     result = forecast.forecast(event_store(platform), horizon, history_days,
                                window=platform.settings.analytics.realtime_window_seconds)
     points = [ForecastPoint(time=_hour(result.start + timedelta(hours=h)), views=float(result.views.forecast[h]),
@@ -415,8 +419,8 @@ def forecast_views(token: CurrentToken, platform: PlatformDep,
         ("views", result.views, result.views_backtest), ("concurrent_viewers", result.ccv, result.ccv_backtest))
     for series, fit, test in runs:
         models.append(ForecastModel(
-            series=series, model=fit.model, alpha=fit.alpha, beta=fit.beta, gamma=fit.gamma,
-            season_hours=forecast.SEASON, residual_sigma=fit.sigma,
+            series=series, model=fit.model, alpha=fit.alpha, beta=fit.beta, gamma=fit.gamma, delta=fit.delta,
+            season_hours=forecast.SEASON, weekly=forecast.WEEK in fit.season_hours, residual_sigma=fit.sigma,
             backtest_holdout_hours=None if test is None else test.holdout_hours,
             backtest_mape=None if test is None else test.mape,
             backtest_seasonal_naive_mape=None if test is None else test.seasonal_naive_mape))
