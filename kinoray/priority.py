@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["RAY_WORKER_NICENESS", "SHARED_NODE_EDGE_NICE", "confine", "ray_env", "shared_node_edge_cpus", "yield_cpu"]
+__all__ = ["RAY_WORKER_NICENESS", "SHARED_NODE_EDGE_NICE", "confine", "drop_realtime", "ray_env",
+           "shared_node_edge_cpus", "yield_cpu"]
 
 #: The environment variable Ray's raylet reads for the niceness it starts worker processes at.
 RAY_WORKER_NICENESS = "RAY_worker_niceness"
@@ -58,6 +59,29 @@ def yield_cpu(niceness: int) -> None:
                 os.setpriority(os.PRIO_PROCESS, thread, niceness)
         except OSError:  # the thread ended meanwhile, or a lower value is not ours to set
             continue
+
+
+def drop_realtime() -> int:
+    """Put every thread of this process that runs under a real-time policy (``SCHED_FIFO``/``SCHED_RR``) back to
+    the normal one; returns how many. SVT-AV1 (libsvtav1 through PyAV), when it may (as root, in containers
+    too), gives the thread that opens an encoder and each of its own worker threads ``SCHED_FIFO`` priority 99:
+    an encode then takes a node's CPUs ahead of everything — the API, Ray's raylet, the kernel's own work on
+    behalf of other tasks — and every process that thread starts later inherits the policy (a test suite's
+    browser did, and a kernel livelock with it held both CPUs). Call it after opening such an encoder."""
+    threads = [0]
+    try:
+        threads = [int(name) for name in os.listdir("/proc/self/task")]
+    except OSError:  # no procfs: this thread only
+        pass
+    changed = 0
+    for thread in threads:
+        try:
+            if os.sched_getscheduler(thread) in (os.SCHED_FIFO, os.SCHED_RR):
+                os.sched_setscheduler(thread, os.SCHED_OTHER, os.sched_param(0))
+                changed += 1
+        except OSError:  # the thread ended meanwhile
+            continue
+    return changed
 
 
 def shared_node_edge_cpus(available: int) -> int:

@@ -73,3 +73,33 @@ print(json.dumps({"mine": mine, "child": child, "all": sorted(confine(0))}))
 @pytest.mark.parametrize(("available", "edge"), [(1, 0), (2, 1), (3, 1), (8, 4), (64, 32)])
 def test_a_shared_node_gives_the_edge_half_its_cpus(available: int, edge: int) -> None:
     assert shared_node_edge_cpus(available) == edge
+
+
+def test_an_svt_av1_encoder_leaves_no_thread_real_time() -> None:
+    """As root, opening libsvtav1 makes the opening thread and SVT's ~40 workers SCHED_FIFO 99 (shown on a bare
+    PyAV context when this runs as root); kinoray's encoder session and the muxing stream put them back, so
+    neither the encode nor any process started afterwards (which inherits the policy) runs real-time."""
+    result = _child("""
+import fractions, json, os, subprocess, sys
+import av
+from kinoray.encoders.registry import get_backend
+from kinoray.encoders.base import EncoderSettings
+def real_time():
+    return sum(os.sched_getscheduler(int(t)) in (os.SCHED_FIFO, os.SCHED_RR) for t in os.listdir("/proc/self/task"))
+settings = EncoderSettings(codec="av1", width=320, height=240, frame_rate=fractions.Fraction(25),
+                           time_base=fractions.Fraction(1, 12800), gop_frames=50, max_bitrate=500_000,
+                           buffer_size=1_000_000)
+session = get_backend("av1", "libsvtav1").open(settings)
+ours = real_time()
+child = subprocess.run([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+                       capture_output=True, text=True, check=True).stdout.strip()
+session.close()
+bare = av.CodecContext.create("libsvtav1", "w")
+bare.width, bare.height, bare.pix_fmt = 320, 240, "yuv420p"
+bare.time_base, bare.framerate = fractions.Fraction(1, 25), 25
+bare.open()
+print(json.dumps({"ours": ours, "child": int(child), "bare": real_time()}))
+""")
+    assert result["ours"] == 0 and result["child"] == os.SCHED_OTHER
+    if os.geteuid() == 0:  # the hazard this guards against (an unprivileged SVT-AV1 cannot raise itself)
+        assert result["bare"] > 0

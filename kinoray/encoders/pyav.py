@@ -15,6 +15,7 @@ import av.video.frame
 from kinoray.encoders.base import Capability, EncoderSession, EncoderSettings
 from kinoray.errors import EncoderError, EncoderUnavailableError
 from kinoray.logs import native_output_to_logging
+from kinoray.priority import drop_realtime
 
 __all__ = ["PyAVEncoderBackend", "PyAVEncoderSession"]
 
@@ -56,6 +57,8 @@ class PyAVEncoderSession:
                 ctx.open()
             except av.FFmpegError as e:
                 raise EncoderError(f"{ffmpeg_codec} refused the settings ({e.strerror or e}): {options}") from e
+            finally:
+                drop_realtime()  # SVT-AV1 gives this thread and its own SCHED_FIFO 99 (kinoray.priority)
         self.extradata = bytes(ctx.extradata or b"")
 
     def encode(self, frame: av.VideoFrame, force_idr: bool) -> list[av.Packet]:

@@ -24,6 +24,7 @@ from kinoray.errors import TranscodeError
 from kinoray.logs import native_output_to_logging
 from kinoray.media.codecs import CONFIGURATION_BOXES, codec_string, configuration_record
 from kinoray.media.packets import PacketRecord, PacketStoreReader, StreamParameters
+from kinoray.priority import drop_realtime
 
 __all__ = ["SegmentInfo", "Track", "add_packet_stream", "write_cmaf_track", "write_static_mp4"]
 
@@ -113,6 +114,7 @@ def add_packet_stream(container: av.container.OutputContainer, params: StreamPar
         ctx.time_base = params.time_base
         ctx.flags |= av.codec.context.Flags.global_header
         ctx.open()
+    drop_realtime()  # SVT-AV1 makes the opening thread real-time (kinoray.priority)
     ctx.extradata = params.extradata
     if params.codec == "hevc":
         ctx.codec_tag = "hvc1"  # parameter sets in the sample entry; what Apple players require
