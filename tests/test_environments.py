@@ -384,6 +384,33 @@ def test_erasing_a_viewer_erases_only_in_the_callers_environment(server, world: 
     assert seen(world.a_auth) == {views["a"]}  # the other environment's viewer of the same id is untouched
 
 
+def test_real_time_counts_each_environments_viewers_only(server, world: World) -> None:
+    """Real time (and monitoring, which shares its handlers) sees only the caller's environment: one view
+    playing now in each environment, the same title, is one concurrent viewer to each token, not two."""
+    with server.platform.db.reader() as session:
+        default_key = session.scalar(sa.text("SELECT env_key FROM environments WHERE id = 'default'"))
+    title = f"rt-{uuid.uuid4().hex[:8]}"
+    start = int(time.time() * 1000) - 5_000
+    for name, key in (("a", default_key), ("b", world.b_environment["env_key"])):
+        player = Player(view_id=f"view-rt{name}-{uuid.uuid4().hex[:8]}", start=start, ake=key, vtt=title)
+        player.at(0, "viewstart").at(10, "play").at(600, "playing")  # still playing: a concurrent viewer
+        answer = requests.post(f"{server.edge_url}/", data=player.batch(), timeout=30,
+                               headers={"Content-Type": "text/plain", "User-Agent": CHROME})
+        assert answer.status_code < 300, answer.text
+    flush_collector(server.platform)
+
+    def concurrent(auth: tuple[str, str], path: str) -> int:
+        answer = requests.get(f"{server.url}/data/v1/{path}/metrics/current-concurrent-viewers/breakdown",
+                              auth=auth, timeout=60, params={"dimension": "video_title",
+                                                             "filters[]": f"video_title:{title}"})
+        assert answer.status_code == 200, answer.text
+        return sum(row["concurrent_viewers"] for row in answer.json()["data"])
+
+    for path in ("realtime", "monitoring"):
+        assert concurrent(world.a_auth, path) == 1, path
+        assert concurrent(world.b_auth, path) == 1, path
+
+
 def test_access_token_lifecycle_over_http(server, world: World) -> None:
     tokens = f"{server.url}/system/v1/access-tokens"
     made = _made(server.client.post(tokens, json={"name": "ci", "permissions": {"video": "read"}}, timeout=30))

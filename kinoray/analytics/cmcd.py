@@ -124,8 +124,10 @@ class CmcdBuffer:
                  realtime: Callable[[list[dict[str, Any]]], None] | None = None, *,
                  max_pending: int = 200_000, drain_seconds: float = 1.0,
                  address_of: Callable[[str | None, str | None], str | None] | None = None,
-                 presences: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None) -> None:
+                 presences: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None,
+                 enrich: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self.sink, self.realtime, self.address_of, self.presences = sink, realtime, address_of, presences
+        self.enrich = enrich
         self.max_pending, self.drain_seconds = max_pending, drain_seconds
         self.dropped = 0
         self._pending: list[tuple[Any, ...]] = []
@@ -160,6 +162,8 @@ class CmcdBuffer:
             pending, self._pending = self._pending, []
             rows = [row for row in (self._row(item) for item in pending) if row is not None]
             if rows:
+                if self.enrich is not None:  # before the log and real time read them (Collector's enrich)
+                    self.enrich(rows)
                 self.sink(rows)
                 if self.realtime is not None:
                     self.realtime(self._presences(rows))

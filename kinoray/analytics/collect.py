@@ -314,12 +314,15 @@ class Collector:
     """Turns parsed batches into event rows (``sink``), carrying each view's fields forward in ``states``.
 
     ``asset_of(playback_id)`` names the asset a playback id belongs to (``None``: not one of ours); it is asked
-    once per view until it answers."""
+    once per view until it answers. ``enrich(rows)`` completes rows in place before anything reads them (the
+    event log and the real-time presence alike: the environment of a view that sent no ``env_key``)."""
 
     def __init__(self, states: ViewStates, sink: Callable[[list[dict[str, Any]]], None],
                  asset_of: Callable[[str], str | None] = lambda _: None,
-                 realtime: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                 realtime: Callable[[list[dict[str, Any]]], None] | None = None,
+                 enrich: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self.states, self.sink, self.asset_of, self.realtime = states, sink, asset_of, realtime
+        self.enrich = enrich
 
     def collect(self, events: Iterable[Mapping[str, Any]], *, user_agent: str | None = None,
                 address: str | None = None, received_at: datetime | None = None) -> int:
@@ -344,6 +347,8 @@ class Collector:
                     if asset_id is not None:
                         state["kinoray_playback_id"], state["kinoray_asset_id"] = playback_id, asset_id
                 rows.append(_row(event, state, received))
+                if self.enrich is not None:
+                    self.enrich(rows[-1:])
                 if self.realtime is not None:  # the view's presence now (kinoray.analytics.realtime)
                     state[_PRESENCE] = presence_step(state.get(_PRESENCE), str(event["event"]), event,
                                                      {**rows[-1], "video_source_height": None}, now_ms)

@@ -89,6 +89,7 @@ def presence_step(previous: Mapping[str, Any] | None, name: str, event: Mapping[
             record[target] = value
     record["last_ms"] = max(at_ms, record.get("last_ms", at_ms))
     record["view_id"] = str(event.get("view_id") or dimensions.get("view_id") or record.get("view_id"))
+    record["env_key"] = dimensions.get("env_key") or record.get("env_key")  # whose Data it is (not a dimension)
     dims = {name: dimensions.get(name) for name in REALTIME_DIMENSIONS if dimensions.get(name) is not None}
     if record.get("height"):
         dims["video_source_height"] = str(int(record["height"]))

@@ -78,11 +78,10 @@ def _asset_lookup(db: Database, ttl: float = 60.0) -> Callable[[str], str | None
                           ttl, miss_ttl=5.0)
 
 
-def _env_key_filler(db: Database, sink: Callable[[list[dict[str, Any]]], None], ttl: float = 60.0
-                    ) -> Callable[[list[dict[str, Any]]], None]:
-    """``sink`` for rows whose view sent no ``env_key`` (kinoray's own player sends none) with the env key of the
-    environment of the asset they played, so the view counts in that environment (:mod:`kinoray.store.scoping`);
-    a key the beacon sent is kept, as Mux keeps it."""
+def _env_key_fill(db: Database, ttl: float = 60.0) -> Callable[[list[dict[str, Any]]], None]:
+    """Fills in place the ``env_key`` of rows whose view sent none (kinoray's own player, CMCD) with the env key
+    of the environment of the asset they played, so the view counts in that environment, in the event log and
+    in real time alike (:mod:`kinoray.store.scoping`); a key the beacon sent is kept, as Mux keeps it."""
     env_key_of = _cached_scalar(db, lambda asset_id: sa.select(Environment.env_key).join(
         Asset, Asset.environment_id == Environment.id).where(Asset.id == asset_id), ttl)
 
@@ -90,7 +89,6 @@ def _env_key_filler(db: Database, sink: Callable[[list[dict[str, Any]]], None], 
         for row in rows:
             if not row.get("env_key") and row.get("asset_id"):
                 row["env_key"] = env_key_of(row["asset_id"])
-        sink(rows)
 
     return fill
 
@@ -127,8 +125,8 @@ def _collector(platform: Platform) -> tuple[Collector, EventWriter]:
             writer = EventWriter(event_store(platform)).start()
             states = (RedisViewStates(platform.settings.redis_url) if platform.settings.redis_url
                       else StoreViewStates(platform.store))
-            found = (Collector(states, _env_key_filler(platform.db, writer.add), _asset_lookup(platform.db),
-                               presences.update), writer)
+            found = (Collector(states, writer.add, _asset_lookup(platform.db), presences.update,
+                               enrich=_env_key_fill(platform.db)), writer)
             _collectors[id(platform)] = found
             _states[id(platform)] = states
         return found
@@ -152,7 +150,8 @@ def cmcd_of(platform: Platform) -> CmcdBuffer | None:
         found = _cmcd.get(id(platform))
         if found is None:
             found = _cmcd[id(platform)] = CmcdBuffer(writer.add, presences.update, address_of=platform.clients.client,
-                                                      presences=presences.get_many).start()
+                                                      presences=presences.get_many,
+                                                      enrich=_env_key_fill(platform.db)).start()
         return found
 
 

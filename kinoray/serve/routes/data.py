@@ -42,6 +42,7 @@ from kinoray.control.analytics import collector_of, erase_viewer, event_store, p
 from kinoray.errors import KinorayError, RateLimitedError
 from kinoray.serve.deps import CurrentToken, PlatformDep, client_address, get_platform
 from kinoray.serve.schemas import AUTHENTICATED, error_responses
+from kinoray.store.scoping import current_env_key_filters
 
 __all__ = ["COLLECTOR_PATHS", "BeaconAccepted", "BeaconAcceptedEnvelope", "CollectorRoute", "collector", "queries"]
 
@@ -597,11 +598,15 @@ def _display(name: str) -> str:
 
 
 def realtime_filter(filters: list[str]) -> Callable[[Mapping[str, Any]], bool]:
+    """Which real-time presences ``filters[]`` keep, inside the caller's environment (its ``env_key`` filters,
+    as the other Data queries apply them: :func:`kinoray.store.scoping.current_env_key_filters`)."""
     parsed = [(item.startswith("!"), *item.removeprefix("!").partition(":")[::2]) for item in filters]
+    scope = current_env_key_filters()
 
     def keep(record: Mapping[str, Any]) -> bool:
         dimensions = record.get("dimensions", {})
-        return all((dimensions.get(name) == value) != negated for negated, name, value in parsed)
+        return (all((record.get("env_key") == key) != negated for key, negated in scope)
+                and all((dimensions.get(name) == value) != negated for negated, name, value in parsed))
 
     return keep
 
