@@ -334,7 +334,6 @@ def test_an_anomaly_rule_opens_an_incident_naming_the_dimension_value_from_the_e
     into the platform's event log; the evaluator, with the detector in process, opens an incident on
     browser=Chrome."""
     from kinoray.analytics import EventWriter
-
     from kinoray.analytics.viewstore import VIEWS_PREFIX
 
     if api.runner is not None:
