@@ -26,6 +26,7 @@ import asyncio
 import logging
 import threading
 import time
+from abc import abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -130,11 +131,13 @@ class CachedDatabaseCollector(Collector, Generic[T]):
         with self._lock:
             self._cached = None
 
+    @abstractmethod
     def read(self, session: Any) -> T:
-        raise NotImplementedError
+        """The values, read from ``session`` (a read-only session of the platform's database)."""
 
+    @abstractmethod
     def families(self, values: T) -> Iterable[Metric]:
-        raise NotImplementedError
+        """The metric families ``values`` make."""
 
     def _values(self) -> T | None:
         from kinoray.errors import ConfigurationError
