@@ -16,6 +16,7 @@ import faulthandler
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,3 +105,42 @@ def kill_wedged_browsers(test: str) -> list[int]:
         except ProcessLookupError:
             pass
     return pids
+
+
+class BrowserTab:
+    """One page in a fresh browser context, recording uncaught page errors, console errors, every 4xx/5xx answer
+    and every URL requested; :meth:`wait` polls an expression and fails with what was recorded (and
+    :meth:`state`, which a test module may add to)."""
+
+    def __init__(self, browser: Any, width: int = 960, height: int = 540) -> None:
+        self.context = browser.new_context(viewport={"width": width, "height": height})
+        self.page = self.context.new_page()
+        self.page_errors: list[str] = []
+        self.console_errors: list[str] = []
+        self.bad_answers: list[tuple[int, str]] = []
+        self.urls: list[str] = []
+        self.page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+        self.page.on("console", lambda message: message.type == "error" and self.console_errors.append(message.text))
+        self.page.on("request", lambda request: self.urls.append(request.url))
+        self.page.on("response", lambda r: r.status >= 400 and self.bad_answers.append((r.status, r.url)))
+
+    def eval(self, expression: str, argument: Any = None) -> Any:
+        return self.page.evaluate(expression, argument)
+
+    def state(self) -> str:
+        """What a timed-out :meth:`wait` reports beside the errors (subclasses add the page's own state)."""
+        return ""
+
+    def wait(self, expression: str, argument: Any = None, timeout: float = 30.0, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.page.evaluate(expression, argument)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what or expression}; {self.state()}errors: "
+                                     f"{self.page_errors} {self.console_errors}; answers: {self.bad_answers}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.context.close()

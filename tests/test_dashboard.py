@@ -34,6 +34,7 @@ import requests
 from kinoray.control.analytics import flush_collector
 from kinoray.dashboard import STATIC_DIR, static_file, static_names, static_url
 from kinoray.dashboard.assets import DASHBOARD
+from tests.browser import BrowserTab
 from tests.browser import chromium as launch_chromium
 from tests.test_analytics import CHROME, Player
 from tests.vendored import assert_vendored_from_the_lock
@@ -210,34 +211,11 @@ def chromium() -> Iterator[Any]:
         yield browser
 
 
-class Tab:
-    """One page in a fresh context, recording uncaught errors, console errors, 4xx/5xx answers and every URL."""
+class Tab(BrowserTab):
+    """A dashboard page (1200x900)."""
 
     def __init__(self, browser: Any) -> None:
-        self.context = browser.new_context(viewport={"width": 1200, "height": 900})
-        self.page = self.context.new_page()
-        self.page_errors: list[str] = []
-        self.console_errors: list[str] = []
-        self.bad_answers: list[tuple[int, str]] = []
-        self.urls: list[str] = []
-        self.page.on("pageerror", lambda error: self.page_errors.append(str(error)))
-        self.page.on("console", lambda message: message.type == "error" and self.console_errors.append(message.text))
-        self.page.on("request", lambda request: self.urls.append(request.url))
-        self.page.on("response", lambda r: r.status >= 400 and self.bad_answers.append((r.status, r.url)))
-
-    def eval(self, expression: str, argument: Any = None) -> Any:
-        return self.page.evaluate(expression, argument)
-
-    def wait(self, expression: str, argument: Any = None, timeout: float = 30.0, what: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.page.evaluate(expression, argument)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what or expression}; errors: {self.page_errors} "
-                                     f"{self.console_errors}; answers: {self.bad_answers}")
-            time.sleep(0.05)
+        super().__init__(browser, 1200, 900)
 
     def generation(self) -> int:
         return int(self.eval("document.querySelector('kr-dashboard').dataset.generation || '0'"))
@@ -253,9 +231,6 @@ class Tab:
         self.page.fill("#token-id", token_id)
         self.page.fill("#token-secret", secret)
         self.page.click("#login-form button[type=submit]")
-
-    def close(self) -> None:
-        self.context.close()
 
 
 @pytest.fixture()

@@ -31,6 +31,7 @@ import requests
 from kinoray.player import STATIC_DIR, static_file, static_names, vendored
 from kinoray.player.assets import PLAYER
 from kinoray.store.models import Asset, AssetStatus, PlaybackId, PlaybackPolicy, new_id
+from tests.browser import BrowserTab
 from tests.browser import chromium as launch_chromium
 from tests.vendored import assert_vendored_from_the_lock
 
@@ -195,34 +196,12 @@ def browser_api(api, api_backend) -> Any:
     return api
 
 
-class Tab:
-    """One page in a fresh context, recording page errors, failed requests and every 4xx/5xx answer."""
+class Tab(BrowserTab):
+    """A player page: a timed-out wait also reports the player's state."""
 
-    def __init__(self, browser: Any) -> None:
-        self.context = browser.new_context(viewport={"width": 960, "height": 540})
-        self.page = self.context.new_page()
-        self.page_errors: list[str] = []
-        self.bad_answers: list[tuple[int, str]] = []
-        self.page.on("pageerror", lambda error: self.page_errors.append(str(error)))
-        self.page.on("response", lambda r: r.status >= 400 and self.bad_answers.append((r.status, r.url)))
-
-    def eval(self, expression: str) -> Any:
-        return self.page.evaluate(expression)
-
-    def wait(self, expression: str, timeout: float = 20.0, what: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.page.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                state = self.page.evaluate(PLAYER_STATE) if self.page.query_selector("kinoray-player") else None
-                raise AssertionError(f"timed out waiting for {what or expression}; player: {state}; "
-                                     f"errors: {self.page_errors}; answers: {self.bad_answers}")
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.context.close()
+    def state(self) -> str:
+        found = self.page.evaluate(PLAYER_STATE) if self.page.query_selector("kinoray-player") else None
+        return f"player: {found}; "
 
 
 PLAYER_STATE = """(() => {
