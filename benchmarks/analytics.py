@@ -300,7 +300,7 @@ def main() -> None:
         worst = sorted(built.breakdown("video_startup_time", "browser"), key=lambda row: row["negative_impact"])[0]
         top = insights(built.views, "video_startup_time")[0]
         started = time.perf_counter()
-        exported, _ = export_day(store, now.date(), now)
+        exported = sum(export_day(store, now.date(), now=now).values())
         export_seconds = time.perf_counter() - started
         started = time.perf_counter()
         erased = erase_viewer(store, "user-7")  # one viewer's views out of every partition (files rewritten)

@@ -18,7 +18,7 @@ PUBLIC = {
     "/upload/v1/{upload_id}": "direct-upload URL: the unguessable upload id is the capability",
     "/": "the Mux Data beacon collector (no credentials: browsers send them)",
     "/data/v1/beacons": "the Mux Data beacon collector, by path",
-    "/data/v1/exports/views/{day}/{name}": "a view export's download: its expiring HMAC-signed link is the capability",
+    "/data/v1/exports/views/{environment_id}/{day}/{name}": "a view export's download: its expiring HMAC-signed link is the capability",
 }
 
 

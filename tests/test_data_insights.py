@@ -33,6 +33,7 @@ from kinoray.analytics.insights import insights
 from kinoray.analytics.query import METRICS, Query, Timeframe, aggregate
 from kinoray.analytics.stats import Sample, mann_whitney, student_t_sf, two_proportion_z, welch_t
 from kinoray.errors import InvalidParametersError, NotFoundError
+from kinoray.store.models import DEFAULT_ENVIRONMENT_ID
 from kinoray.store.objects import ObjectStore
 from tests.compat import mux_python_client
 
@@ -403,16 +404,17 @@ def test_daily_exports_match_the_video_views_api_and_links_are_signed(api, sdk) 
     ingest(api.platform.store, views, received_at=noon)
     assert day in export_due(api.platform.store, back_days=3)
     store = api.platform.store
-    assert store.exists(file_key(day, "parquet")) and store.exists(file_key(day, "csv"))
+    key = file_key(DEFAULT_ENVIRONMENT_ID, day, "parquet")  # no environment has the views' env key: the default's
+    assert store.exists(key) and store.exists(file_key(DEFAULT_ENVIRONMENT_ID, day, "csv"))
     assert day not in export_due(api.platform.store, back_days=3)  # written after the day was final: done
     start = int(noon.replace(hour=0).timestamp())
     listed = mux.VideoViewsApi(sdk).list_video_views(timeframe=[str(start), str(start + 86399)], limit=1000,
                                                      order_direction="asc")
     api_rows = {view.id: view for view in listed.data}
     assert len(api_rows) == 12
-    table = pq.read_table(io.BytesIO(store.get_bytes(file_key(day, "parquet"))))
+    table = pq.read_table(io.BytesIO(store.get_bytes(key)))
     assert table.schema.equals(EXPORT_SCHEMA)
-    from_csv = list(csv.DictReader(io.StringIO(store.get_bytes(file_key(day, "csv")).decode())))
+    from_csv = list(csv.DictReader(io.StringIO(store.get_bytes(file_key(DEFAULT_ENVIRONMENT_ID, day, "csv")).decode())))
     assert sorted(row["view_id"] for row in table.to_pylist()) == sorted(row["view_id"] for row in from_csv) \
         == sorted(api_rows)
     for row in from_csv:
@@ -425,17 +427,16 @@ def test_daily_exports_match_the_video_views_api_and_links_are_signed(api, sdk) 
     entry = next(item for item in exported.data if item.export_date == day)
     assert isinstance(entry, mux.ExportDate) and [f.type for f in entry.files] == ["parquet", "csv"]
     assert all(isinstance(f, mux.ExportFile) and f.version == 1 for f in entry.files)
-    urls = mux.ExportsApi(sdk).list_exports().data
-    assert set(urls) >= {f.path for f in entry.files}
+    urls = {url.split("?")[0] for url in mux.ExportsApi(sdk).list_exports().data}
+    assert urls >= {f.path.split("?")[0] for f in entry.files}  # (the expiry may differ by a second)
     parquet_url = entry.files[0].path
     got = requests.get(parquet_url, timeout=30)  # no credentials: the signature is the credential
-    assert got.status_code == 200 and got.content == store.get_bytes(file_key(day, "parquet"))
+    assert got.status_code == 200 and got.content == store.get_bytes(key)
     assert pq.read_table(io.BytesIO(got.content)).num_rows == 12
     base, query = parquet_url.split("?")
     params = dict(item.split("=") for item in query.split("&"))
     tampered = f"{base}?expires={int(params['expires']) + 60}&signature={params['signature']}"
     expires = int(time.time()) - 1
-    key = file_key(day, "parquet")
     expired = f"{base}?expires={expires}&signature={sign_link(api.platform.settings.secret_key, key, expires)}"
     other_day = base.replace(day.isoformat(), (day - timedelta(days=1)).isoformat())
     for url in (tampered, expired, f"{other_day}?{query}", f"{base}?expires={params['expires']}&signature={'0' * 64}"):
@@ -445,24 +446,82 @@ def test_daily_exports_match_the_video_views_api_and_links_are_signed(api, sdk) 
     assert on_demand.status_code == 201 and on_demand.json()["data"]["views"] == 12
     assert api.client.post(f"{api.url}/data/v1/exports/views", timeout=30,
                            params={"date": (date.today() + timedelta(days=2)).isoformat()}).status_code == 400
-    assert any(d == day for d, _ in list_exports(store))
+    assert any(d == day for d, _ in list_exports(store, DEFAULT_ENVIRONMENT_ID))
     # erasing a viewer takes their view out of the exports too
     erased = api.client.delete(f"{api.url}/data/v1/viewers/u3", timeout=60)
     assert erased.status_code == 200 and erased.json()["data"]["views_deleted"] == 1
-    rows = pq.read_table(io.BytesIO(store.get_bytes(file_key(day, "parquet")))).to_pylist()
+    rows = pq.read_table(io.BytesIO(store.get_bytes(key))).to_pylist()
     assert len(rows) == 11 and "u3" not in {row["viewer_user_id"] for row in rows}
-    assert "u3" not in store.get_bytes(file_key(day, "csv")).decode()
+    assert "u3" not in store.get_bytes(file_key(DEFAULT_ENVIRONMENT_ID, day, "csv")).decode()
 
 
-def test_exports_past_retention_are_swept(tmp_path) -> None:
-    from kinoray.analytics.exports import export_day, sweep_exports
+def _export_ids(store: ObjectStore, key: str) -> set[str]:
+    """The view ids of an export file: Parquet read by pyarrow, CSV by the csv module."""
+    if key.endswith(".parquet"):
+        return set(pq.read_table(io.BytesIO(store.get_bytes(key)))["view_id"].to_pylist())
+    return {row["view_id"] for row in csv.DictReader(io.StringIO(store.get_bytes(key).decode()))}
+
+
+def test_exports_split_by_environment_convert_the_old_layout_and_are_swept(tmp_path) -> None:
+    """Two environments (by env key) and views without a key: each environment's export holds its own views
+    only; a day exported before environments (one file for all) is re-exported split by the sweep and its old
+    files deleted; erasure rewrites whichever environment's file holds the view; retention deletes every
+    environment's old days, the old layout's and the day marks alike."""
+    from kinoray.analytics.exports import (
+        EnvironmentKeys,
+        erase_from_exports,
+        export_day,
+        export_files,
+        sweep_exports,
+    )
+    from kinoray.store.keys import view_export_day_mark
 
     store = ObjectStore(str(tmp_path))
     now = datetime.now(UTC)
-    for age in (1, 5):
-        export_day(store, (now - timedelta(days=age)).date(), now)
-    assert sweep_exports(store, 3, now) == 1
-    assert [d for d, _ in list_exports(store)] == [(now - timedelta(days=1)).date()]
+    environments = EnvironmentKeys({"key-a": DEFAULT_ENVIRONMENT_ID, "key-b": "envb"})
+    rng = random.Random(4)
+    truth: dict[date, dict[str, set[str]]] = {}
+    for age in (2, 3, 6):  # days whose views are final (the files' times are the clock's)
+        day = (now - timedelta(days=age)).date()
+        noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        views = []
+        for index, key in enumerate(("key-a", "key-b", "key-b", None, "key-unknown")):
+            events = simulate(rng, f"split-{age}-{index}", int(noon.timestamp() * 1000))
+            events[0].pop("ake")
+            if key:
+                events[0]["ake"] = key
+            views.append((events, CHROME, "8.8.8.8"))
+        ingest(store, views, received_at=noon)
+        truth[day] = {DEFAULT_ENVIRONMENT_ID: {f"split-{age}-{i}" for i in (0, 3, 4)},
+                      "envb": {f"split-{age}-{i}" for i in (1, 2)}}
+    old_day, split_day, swept_day = ((now - timedelta(days=age)).date() for age in (2, 3, 6))
+    # the day 2 ago exported before environments: one file with every environment's views
+    assert export_day(store, old_day, now=now) == {DEFAULT_ENVIRONMENT_ID: 5}
+    for kind in ("parquet", "csv"):
+        store.put_bytes(store.get_bytes(file_key(DEFAULT_ENVIRONMENT_ID, old_day, kind)), file_key(None, old_day, kind))
+    store.delete_prefix(file_key(DEFAULT_ENVIRONMENT_ID, old_day, "csv").rpartition("/")[0])
+    store.delete(view_export_day_mark(old_day))
+    assert list_exports(store, DEFAULT_ENVIRONMENT_ID) == []  # never listed: it may hold another's views
+    assert export_day(store, swept_day, environments, now=now) == {DEFAULT_ENVIRONMENT_ID: 3, "envb": 2}
+    assert export_due(store, environments, now, back_days=1) == [old_day]  # the old layout's, whatever its age
+    assert not [f for f in export_files(store) if f.environment_id is None]  # re-exported, then deleted
+    assert export_due(store, environments, now, back_days=3) == [split_day]
+    assert export_due(store, environments, now, back_days=7) == []
+    for day in (old_day, split_day, swept_day):
+        for environment_id, expected in truth[day].items():
+            for kind in ("parquet", "csv"):
+                assert _export_ids(store, file_key(environment_id, day, kind)) == expected, (day, environment_id)
+    assert [d for d, _ in list_exports(store, "envb")] == [old_day, split_day, swept_day]
+    # erasure rewrites the file of the environment holding the view, in any environment
+    assert erase_from_exports(store, {"split-2-1", "split-3-0"}) == 2
+    assert _export_ids(store, file_key("envb", old_day, "csv")) == {"split-2-2"}
+    assert _export_ids(store, file_key(DEFAULT_ENVIRONMENT_ID, split_day, "parquet")) == {"split-3-3", "split-3-4"}
+    assert _export_ids(store, file_key("envb", split_day, "csv")) == truth[split_day]["envb"]
+    # retention: the day 6 ago, of both environments, and its mark; a stray old-layout file of that day too
+    store.put_bytes(store.get_bytes(file_key("envb", swept_day, "csv")), file_key(None, swept_day, "csv"))
+    assert sweep_exports(store, 4, now) == 1
+    assert all(f.day != swept_day for f in export_files(store)) and not store.exists(view_export_day_mark(swept_day))
+    assert [d for d, _ in list_exports(store, DEFAULT_ENVIRONMENT_ID)] == [old_day, split_day]
 
 
 def test_forecast_endpoint(api) -> None:

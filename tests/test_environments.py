@@ -5,35 +5,41 @@ resource; the other's token must see none of it. The isolation test enumerates t
 OpenAPI document rather than listing them, so a route added later is checked too (and a path parameter it has
 never seen fails the test until it is given a resource): every read and write of a resource of the other
 environment answers ``404`` (never ``403``, which would confirm that it exists), every list leaves them out,
-and afterwards every resource is as it was. Webhooks, Data views (by the beacon's ``env_key``), delivery usage,
-signing keys, uploads and clips each get a test of their own. A test over the models checks that every table
+and afterwards every resource is as it was. Webhooks, Data views (by the beacon's ``env_key``), their daily
+exports, delivery usage, signing keys, uploads and clips each get a test of their own. A test over the models checks that every table
 naming an environment, or hanging off one that does, is in :data:`kinoray.store.scoping.SCOPED_MODELS`; the
 access-token and environment APIs, their ``system=full`` refusals, the CLI and migration 0012 are tested too.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import random
 import re
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
 import mux_python as mux
+import pyarrow.parquet as pq
 import pytest
 import requests
 import sqlalchemy as sa
 
-from kinoray.control.analytics import flush_collector
+from kinoray.analytics.exports import file_key
+from kinoray.control.analytics import export_views, flush_collector
 from kinoray.control.usage import flush_counts
 from kinoray.store import scoping
 from kinoray.store.models import DEFAULT_ENVIRONMENT_ID, Base, WebhookDelivery
 from tests.compat import mux_python_client
 from tests.test_analytics import CHROME, Player
+from tests.test_data_insights import ingest, simulate
 
 S3_INPUT = "s3://media-bucket/in/clip.mp4"  # accepted without DNS; no runner in this module
 HOOK = "http://127.0.0.1:9/hook"  # never called: the outbox rows are what is checked
@@ -112,7 +118,8 @@ def world(server) -> World:
 _PLACEHOLDERS = {name: "x" * 32 for name in ("track_id", "rendition_id", "message_id", "incident_id", "view_id")}
 _NOT_RESOURCES = {"metric_id": "video_startup_time", "realtime_metric_id": "current-concurrent-viewers",
                   "histogram_metric_id": "video-startup-time", "dimension_id": "browser", "filter_id": "browser",
-                  "day": "2026-01-01", "name": "views.jsonl", "viewer_user_id": "nobody"}
+                  "day": "2026-01-01", "name": "views.jsonl", "viewer_user_id": "nobody",
+                  "environment_id": DEFAULT_ENVIRONMENT_ID}  # a view export's link: its signature is the credential
 #: Deployment-level routes, answered alike for every environment's admin (documented in docs/API.md).
 _DEPLOYMENT_WIDE = ("/system/v1/environments", "/healthz", "/readyz", "/metrics", "/system/v1/capabilities")
 
@@ -382,6 +389,89 @@ def test_erasing_a_viewer_erases_only_in_the_callers_environment(server, world: 
     assert erased.json()["data"]["views_deleted"] == 1
     assert seen(world.b_auth) == set()
     assert seen(world.a_auth) == {views["a"]}  # the other environment's viewer of the same id is untouched
+
+
+def test_view_exports_are_split_by_environment(server, world: World) -> None:
+    """One day's views in both environments (and one without a key: the default environment's): each
+    environment's export holds its own views only (the Parquet read by pyarrow, the CSV by the csv module, from
+    storage and through the links), each token lists only its own files, a link moved to the other
+    environment's file is refused, an export on request writes the caller's file only, and erasure through
+    either environment takes its viewer's view out of that environment's export and no other."""
+    with server.platform.db.reader() as session:
+        default_key = session.scalar(sa.text("SELECT env_key FROM environments WHERE id = 'default'"))
+    b_env, b_key = world.b_environment["id"], world.b_environment["env_key"]
+    tag = uuid.uuid4().hex[:8]
+    day = datetime.now(UTC).date() - timedelta(days=2)  # a finished day whose views are final
+    noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+    shared = f"shared-{tag}"  # one viewer id in both environments: two people
+    keys = {f"xa0-{tag}": default_key, f"xa1-{tag}": default_key, f"xn-{tag}": None,
+            f"xb0-{tag}": b_key, f"xb1-{tag}": b_key}
+    rng, traffic = random.Random(15), []
+    for view_id, key in keys.items():
+        viewer = shared if view_id.startswith(("xa0", "xb0")) else f"u-{view_id}"
+        events = simulate(rng, view_id, int(noon.timestamp() * 1000), uusid=viewer)
+        events[0].pop("ake")
+        if key:
+            events[0]["ake"] = key
+        traffic.append((events, CHROME, "8.8.8.8"))
+    ingest(server.platform.store, traffic, received_at=noon)
+    expected = {DEFAULT_ENVIRONMENT_ID: {f"xa0-{tag}", f"xa1-{tag}", f"xn-{tag}"}, b_env: {f"xb0-{tag}", f"xb1-{tag}"}}
+    written: list[str] = []
+    while done := export_views(server.platform):  # the runner's sweep
+        written += done
+    assert day.isoformat() in written
+    store = server.platform.store
+
+    def stored(environment_id: str) -> tuple[set[str], set[str]]:
+        parquet = pq.read_table(io.BytesIO(store.get_bytes(file_key(environment_id, day, "parquet"))))
+        rows = csv.DictReader(io.StringIO(store.get_bytes(file_key(environment_id, day, "csv")).decode()))
+        return set(parquet["view_id"].to_pylist()), {row["view_id"] for row in rows}
+
+    for environment_id, views in expected.items():
+        assert stored(environment_id) == (views, views), environment_id
+
+    def listed(auth: tuple[str, str]) -> list[str]:
+        answer = requests.get(f"{server.url}/data/v1/exports/views", auth=auth, timeout=60)
+        assert answer.status_code == 200, answer.text
+        entry = next(item for item in answer.json()["data"] if item["export_date"] == day.isoformat())
+        assert [f["type"] for f in entry["files"]] == ["parquet", "csv"]
+        return [f["path"] for f in entry["files"]]
+
+    a_links, b_links = listed(world.a_auth), listed(world.b_auth)
+    assert all(f"/exports/views/{DEFAULT_ENVIRONMENT_ID}/" in link for link in a_links)
+    assert all(f"/exports/views/{b_env}/" in link for link in b_links)
+    b_flat = {url.split("?")[0] for url in mux.ExportsApi(mux_python_client(server.url, world.b_auth)).list_exports().data}
+    assert {url.split("?")[0] for url in b_links} <= b_flat  # (the expiry may differ by a second)
+    assert not {url.split("?")[0] for url in a_links} & b_flat
+    for links, environment_id in ((a_links, DEFAULT_ENVIRONMENT_ID), (b_links, b_env)):
+        parquet, csv_file = (requests.get(link, timeout=30) for link in links)  # no token: the link is the credential
+        assert parquet.status_code == csv_file.status_code == 200, (parquet.text, csv_file.text)
+        assert set(pq.read_table(io.BytesIO(parquet.content))["view_id"].to_pylist()) == expected[environment_id]
+        assert {row["view_id"] for row in csv.DictReader(io.StringIO(csv_file.text))} == expected[environment_id]
+    # another environment's file through a link: the environment is inside what is signed
+    b_path, b_query = b_links[0].split("?")
+    a_path, a_query = a_links[0].split("?")
+    for moved in (f"{b_path.replace(f'/{b_env}/', f'/{DEFAULT_ENVIRONMENT_ID}/')}?{b_query}",
+                  f"{a_path.replace(f'/{DEFAULT_ENVIRONMENT_ID}/', f'/{b_env}/')}?{a_query}",
+                  f"{b_path}?{a_query}"):
+        refused = requests.get(moved, timeout=30)
+        assert refused.status_code == 403 and refused.json()["error"]["type"] == "invalid_download_link", moved
+    # an export on request writes the caller's environment's file only
+    before = store.get_bytes(file_key(DEFAULT_ENVIRONMENT_ID, day, "parquet"))
+    made = requests.post(f"{server.url}/data/v1/exports/views", params={"date": day.isoformat()},
+                         auth=world.b_auth, timeout=60)
+    assert made.status_code == 201 and made.json()["data"]["views"] == 2, made.text
+    assert all(f"/exports/views/{b_env}/" in f["path"] for f in made.json()["data"]["files"])
+    assert store.get_bytes(file_key(DEFAULT_ENVIRONMENT_ID, day, "parquet")) == before
+    # erasure, through either environment, reaches its own export and leaves the other's
+    erased = requests.delete(f"{server.url}/data/v1/viewers/{shared}", auth=world.b_auth, timeout=120)
+    assert erased.status_code == 200 and erased.json()["data"]["views_deleted"] == 1, erased.text
+    assert stored(b_env) == ({f"xb1-{tag}"},) * 2
+    assert stored(DEFAULT_ENVIRONMENT_ID) == (expected[DEFAULT_ENVIRONMENT_ID],) * 2
+    erased = requests.delete(f"{server.url}/data/v1/viewers/{shared}", auth=world.a_auth, timeout=120)
+    assert erased.status_code == 200 and erased.json()["data"]["views_deleted"] == 1, erased.text
+    assert stored(DEFAULT_ENVIRONMENT_ID) == ({f"xa1-{tag}", f"xn-{tag}"},) * 2
+    assert stored(b_env) == ({f"xb1-{tag}"},) * 2
 
 
 def test_real_time_counts_each_environments_viewers_only(server, world: World) -> None:

@@ -1,19 +1,29 @@
-"""Daily view exports (Mux's ``/data/v1/exports/views``): one Parquet and one CSV file per UTC day in the
-object store, listed with signed, expiring download links.
+"""Daily view exports (Mux's ``/data/v1/exports/views``): one Parquet and one CSV file per environment and UTC
+day in the object store, listed with signed, expiring download links.
 
-A day's export holds the views the video-views API lists for that day (``timeframe[]`` = the day's first and
-last second: the views with an event received that day — a view across midnight is in both days), one row
-per view, the columns of :data:`EXPORT_SCHEMA` (Mux's export field names where Mux has them). Files:
-``analytics/exports/views/date=YYYY-MM-DD/kinoray-views-v1-YYYY-MM-DD.{parquet,csv}``, each written whole
-(write then rename). :func:`export_due` (the job runner's sweep) exports every finished day of the last
-``back_days`` that has no export, or whose export was written before the day's views were final (an hour
-after midnight: late events); :func:`export_day` exports one day on request (today: what is there so far).
+An environment's day export holds the views the video-views API lists to that environment's tokens for that day
+(``timeframe[]`` = the day's first and last second: the views with an event received that day — a view across
+midnight is in both days), one row per view, the columns of :data:`EXPORT_SCHEMA` (Mux's export field names where
+Mux has them). Which environment a view is in is :class:`EnvironmentKeys`' rule, the Data API's: the environment
+whose env key the view sent (its latest), else the default one. Files (the layout is
+:mod:`kinoray.store.keys`'): ``analytics/exports/views/env=<environment_id>/date=YYYY-MM-DD/
+kinoray-views-v1-YYYY-MM-DD.{parquet,csv}``, each written whole (write then rename). :func:`export_due` (the job
+runner's sweep) exports every finished day of the last ``back_days`` whose export of every environment is not
+written yet, or was written before the day's views were final (an hour after midnight: late events), and marks
+the day done (``…/days/YYYY-MM-DD.json``); :func:`export_day` exports one day, of every environment or of one
+(on request; today: what is there so far). Lists and links name one environment's files only.
 
-**Links.** A download URL is ``…/data/v1/exports/views/{date}/{file}?expires=<unix s>&signature=<hex>``:
+**Exports from before environments** (``analytics/exports/views/date=YYYY-MM-DD/…``: every environment's views
+in one file) are never listed nor downloadable, since they may hold another environment's views: the sweep
+re-exports each such day split by environment (the event log is kept as long as exports are), oldest first and
+whatever its age, then deletes the old files. Erasure and retention treat them like the others meanwhile.
+
+**Links.** A download URL is ``…/data/v1/exports/views/{environment_id}/{date}/{file}?expires=<unix s>&signature=<hex>``:
 HMAC-SHA256, keyed with a key derived from the deployment's ``secret_key``, over ``"{expires}.{storage key}"``
-— the construction of kinoray's webhook signatures (``t.`` + body), with the expiry inside what is signed so
-it cannot be moved. :func:`verify_link` refuses a wrong, altered or expired link with
-:class:`~kinoray.errors.DownloadLinkError` (``403 invalid_download_link``), compared in constant time.
+— the construction of kinoray's webhook signatures (``t.`` + body), with the expiry and the environment inside
+what is signed so neither can be moved. :func:`verify_link` refuses a wrong, altered (another environment's,
+another day's) or expired link with :class:`~kinoray.errors.DownloadLinkError` (``403 invalid_download_link``),
+compared in constant time.
 """
 
 from __future__ import annotations
@@ -21,11 +31,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import json
 import logging
-import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -37,18 +47,26 @@ from kinoray.analytics.eventlog import EVENTS_PREFIX
 from kinoray.analytics.query import Query, Timeframe
 from kinoray.analytics.views import VIEW_FINAL_MS, View
 from kinoray.errors import DownloadLinkError, NotFoundError
+from kinoray.store.keys import (
+    VIEW_EXPORTS,
+    ViewExportKey,
+    view_export_day_mark,
+    view_export_key,
+    view_export_mark_day,
+)
+from kinoray.store.models import DEFAULT_ENVIRONMENT_ID
 from kinoray.store.objects import ObjectStore
 
-__all__ = ["EXPORTS_PREFIX", "EXPORT_FORMATS", "EXPORT_SCHEMA", "EXPORT_VERSION", "ExportFile", "day_timeframe",
-           "erase_from_exports", "export_day", "export_due", "export_rows", "file_key", "list_exports", "sign_link",
-           "sweep_exports", "verify_link"]
+__all__ = ["EXPORT_FORMATS", "EXPORT_SCHEMA", "EXPORT_VERSION", "EnvironmentKeys", "ExportFile", "day_timeframe",
+           "erase_from_exports", "export_day", "export_due", "export_files", "export_rows", "file_key",
+           "list_exports", "sign_link", "sweep_exports", "verify_link"]
 
 log = logging.getLogger(__name__)
 
-EXPORTS_PREFIX = "analytics/exports/views"
 EXPORT_VERSION = 1
 EXPORT_FORMATS = ("parquet", "csv")
-_FILE = re.compile(r"kinoray-views-v(?P<version>\d+)-(?P<day>\d{4}-\d{2}-\d{2})\.(?P<type>parquet|csv)")
+#: One export file: its key, environment (``None``: from before environments), day, version and type.
+ExportFile = ViewExportKey
 
 EXPORT_SCHEMA = pa.schema([
     ("view_id", pa.string()), ("view_start", pa.string()), ("view_end", pa.string()),
@@ -113,11 +131,27 @@ def day_timeframe(day: date) -> Timeframe:
     return Timeframe(start, start + timedelta(days=1) - timedelta(seconds=1))
 
 
-def file_key(day: date, kind: str, version: int = EXPORT_VERSION) -> str:
-    return f"{EXPORTS_PREFIX}/date={day.isoformat()}/kinoray-views-v{version}-{day.isoformat()}.{kind}"
+def file_key(environment_id: str | None, day: date, kind: str, version: int = EXPORT_VERSION) -> str:
+    """The storage key of an environment's export file of ``day`` (``None``: from before environments)."""
+    return view_export_key(environment_id, day, kind, version)
 
 
-def _write(store: ObjectStore, day: date, table: pa.Table) -> list[str]:
+@dataclass(frozen=True)
+class EnvironmentKeys:
+    """Which environment a view's export row goes to, by the view's ``env_key``: ``by_env_key`` (every
+    environment's id by its key: :func:`kinoray.control.environments.environment_keys`); a view with no key, or
+    a key no environment has, is ``default``'s — as the Data API counts it
+    (:func:`kinoray.control.environments.data_filters`)."""
+
+    by_env_key: Mapping[str, str] = field(default_factory=dict)
+    default: str = DEFAULT_ENVIRONMENT_ID
+
+    def of(self, env_key: str | None) -> str:
+        return self.by_env_key.get(env_key, self.default) if env_key else self.default
+
+
+def _write(store: ObjectStore, environment_id: str | None, day: date, table: pa.Table,
+           version: int = EXPORT_VERSION) -> list[str]:
     keys = []
     for kind in EXPORT_FORMATS:
         out = io.BytesIO()
@@ -125,90 +159,118 @@ def _write(store: ObjectStore, day: date, table: pa.Table) -> list[str]:
             pq.write_table(table, out, compression="zstd")
         else:
             pa_csv.write_csv(table, out)
-        key = file_key(day, kind)
+        key = file_key(environment_id, day, kind, version)
         store.put_bytes(out.getvalue(), key)
         keys.append(key)
     return keys
 
 
-def export_day(store: ObjectStore, day: date, now: datetime | None = None) -> tuple[int, list[str]]:
-    """Write ``day``'s export (replacing one there); returns (views, storage keys)."""
+def export_day(store: ObjectStore, day: date, environments: EnvironmentKeys | None = None, *,
+               now: datetime | None = None, only: str | None = None) -> dict[str, int]:
+    """Write ``day``'s export (replacing one there) of the environment ``only``, or of every environment: each
+    with a view that day or an export of it already (a rewrite may empty one), then the day's mark, and the
+    day's export from before environments is deleted. Returns the views written per environment id. Costs one
+    query over the day's views (every environment's at once)."""
+    environments = environments or EnvironmentKeys()
     query = Query(store, day_timeframe(day), now=now)
-    rows = export_rows(query.views)
-    return len(rows), _write(store, day, pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA))
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for view, row in zip(query.views, export_rows(query.views), strict=True):
+        rows.setdefault(environments.of(view.dimensions.get("env_key")), []).append(row)
+    if only is not None:
+        targets = {only}
+    else:
+        targets = set(rows) | {f.environment_id for f in export_files(store)
+                               if f.day == day and f.environment_id is not None}
+    written: dict[str, int] = {}
+    for environment_id in sorted(targets):
+        mine = rows.get(environment_id, [])
+        _write(store, environment_id, day, pa.Table.from_pylist(mine, schema=EXPORT_SCHEMA))
+        written[environment_id] = len(mine)
+    if only is None:
+        store.put_bytes(json.dumps({"date": day.isoformat(), "views": written}).encode(), view_export_day_mark(day))
+        for old in export_files(store):
+            if old.environment_id is None and old.day == day:
+                store.delete(old.key)
+    return written
 
 
 def _final_at(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1, milliseconds=VIEW_FINAL_MS)
 
 
-def export_due(store: ObjectStore, now: datetime | None = None, back_days: int = 7, max_days: int = 2) -> list[date]:
-    """Export the finished days of the last ``back_days`` that need it (none yet, or written before the day's
-    views were final), at most ``max_days`` per call, oldest first; returns the days exported."""
+def export_due(store: ObjectStore, environments: EnvironmentKeys | None = None, now: datetime | None = None,
+               back_days: int = 7, max_days: int = 2) -> list[date]:
+    """Export the finished days that need it — of the last ``back_days``, those not marked done or marked
+    before the day's views were final; of any age, those with an export from before environments — at most
+    ``max_days`` per call, oldest first; returns the days exported."""
     now = now or datetime.now(UTC)
     today = now.astimezone(UTC).date()
+    files = export_files(store)
+    old_layout = {f.day for f in files if f.environment_id is None and f.day < today}
+    exported = {f.day for f in files}
     done: list[date] = []
-    for offset in range(back_days, 0, -1):
-        day = today - timedelta(days=offset)
-        key = file_key(day, "parquet")
-        if store.exists(key) and store.modified(key) >= _final_at(day):
+    for day in sorted({today - timedelta(days=offset) for offset in range(1, back_days + 1)} | old_layout):
+        mark = view_export_day_mark(day)
+        marked = store.exists(mark)
+        if day not in old_layout and marked and store.modified(mark) >= _final_at(day):
             continue
-        if not store.list(f"{EVENTS_PREFIX}/date={day.isoformat()}") and not store.exists(key):
+        if not marked and day not in exported and not store.list(f"{EVENTS_PREFIX}/date={day.isoformat()}"):
             continue  # nothing happened that day
-        export_day(store, day, now)
+        export_day(store, day, environments, now=now)
         done.append(day)
         if len(done) >= max_days:
             break
     return done
 
 
-@dataclass(frozen=True)
-class ExportFile:
-    day: date
-    type: str
-    version: int
-    key: str
+def export_files(store: ObjectStore) -> list[ExportFile]:
+    """Every export file of every environment (and from before environments), by key."""
+    return [found for key in store.list(VIEW_EXPORTS) if (found := ViewExportKey.parse(key)) is not None]
 
 
-def list_exports(store: ObjectStore) -> list[tuple[date, list[ExportFile]]]:
-    """Every day with an export, newest first, and its files (Parquet, then CSV)."""
+def list_exports(store: ObjectStore, environment_id: str) -> list[tuple[date, list[ExportFile]]]:
+    """The environment's days with an export, newest first, and their files (Parquet, then CSV)."""
     days: dict[date, list[ExportFile]] = {}
-    for key in store.list(EXPORTS_PREFIX):
-        match = _FILE.fullmatch(key.rsplit("/", 1)[-1])
-        if match is None:
-            continue
-        day = date.fromisoformat(match["day"])
-        days.setdefault(day, []).append(ExportFile(day, match["type"], int(match["version"]), key))
+    for found in export_files(store):
+        if found.environment_id == environment_id:
+            days.setdefault(found.day, []).append(found)
     return [(day, sorted(days[day], key=lambda f: EXPORT_FORMATS.index(f.type))) for day in sorted(days, reverse=True)]
 
 
 def erase_from_exports(store: ObjectStore, view_ids: set[str]) -> int:
-    """Rewrite every export holding one of ``view_ids`` without those rows (privacy erasure); returns the days
-    rewritten."""
+    """Rewrite every export holding one of ``view_ids`` without those rows (privacy erasure), in every
+    environment (a view id is unique: the caller's environment chose them); returns the exports rewritten."""
     if not view_ids:
         return 0
     rewritten = 0
-    for day, files in list_exports(store):
-        parquet = next((f for f in files if f.type == "parquet"), None)
-        if parquet is None:
+    for found in export_files(store):
+        if found.type != "parquet":
             continue
-        table = pq.read_table(io.BytesIO(store.get_bytes(parquet.key)))
+        table = pq.read_table(io.BytesIO(store.get_bytes(found.key)))
         keep = [row for row in table.to_pylist() if row["view_id"] not in view_ids]
         if len(keep) != table.num_rows:
-            _write(store, day, pa.Table.from_pylist(keep, schema=EXPORT_SCHEMA))
+            _write(store, found.environment_id, found.day, pa.Table.from_pylist(keep, schema=EXPORT_SCHEMA),
+                   found.version)
             rewritten += 1
     return rewritten
 
 
 def sweep_exports(store: ObjectStore, days: int, now: datetime | None = None) -> int:
-    """Delete the exports of days more than ``days`` old (retention); returns the days deleted."""
+    """Delete the exports (of every environment) and day marks of days more than ``days`` old (retention);
+    returns the days deleted."""
     cutoff = (now or datetime.now(UTC)).astimezone(UTC).date() - timedelta(days=days)
-    deleted = 0
-    for day, _ in list_exports(store):
-        if day < cutoff:
-            store.delete_prefix(f"{EXPORTS_PREFIX}/date={day.isoformat()}")
-            deleted += 1
-    return deleted
+    deleted: set[date] = set()
+    for key in store.list(VIEW_EXPORTS):
+        found = ViewExportKey.parse(key)
+        day = found.day if found is not None else view_export_mark_day(key)
+        if day is None or day >= cutoff:
+            continue
+        if found is not None:
+            store.delete_prefix(key.rpartition("/")[0])  # the day's folder of that environment
+        else:
+            store.delete(key)
+        deleted.add(day)
+    return len(deleted)
 
 
 # --- signed links ----------------------------------------------------------------------------------------------
@@ -221,23 +283,23 @@ def sign_link(secret: str, key: str, expires: int) -> str:
     return hmac.new(_link_key(secret), f"{expires}.{key}".encode(), hashlib.sha256).hexdigest()
 
 
-def verify_link(secret: str, day: str, name: str, expires: int, signature: str, store: ObjectStore,
-                now: float | None = None) -> str:
+def verify_link(secret: str, environment_id: str, day: str, name: str, expires: int, signature: str,
+                store: ObjectStore, now: float | None = None) -> str:
     """The storage key a download link opens.
 
     Raises:
-        DownloadLinkError: the signature does not match the file and expiry, or the link has expired.
+        DownloadLinkError: the link names no export file, its signature does not match the file (its
+            environment, day and name) and expiry, or it has expired.
         NotFoundError: a valid link to an export deleted since (retention, erasure rewrote it away).
     """
-    match = _FILE.fullmatch(name)
-    if match is None or match["day"] != day:
+    found = ViewExportKey.parse(f"{VIEW_EXPORTS}/env={environment_id}/date={day}/{name}")
+    if found is None or found.environment_id is None:
         raise DownloadLinkError("this download link does not name an export file")
-    key = f"{EXPORTS_PREFIX}/date={day}/{name}"
-    expected = sign_link(secret, key, expires)
+    expected = sign_link(secret, found.key, expires)
     if not hmac.compare_digest(expected.encode(), signature.encode()):
         raise DownloadLinkError("this download link's signature does not match")
     if expires <= (time.time() if now is None else now):
         raise DownloadLinkError("this download link has expired; list the exports again for a new one")
-    if not store.exists(key):
+    if not store.exists(found.key):
         raise NotFoundError("this export is no longer stored")
-    return key
+    return found.key

@@ -31,16 +31,19 @@ from kinoray.store.models import Asset, Environment, PlaybackId, ViewEvent
 from kinoray.store.scoping import current_env_key_filters
 
 if TYPE_CHECKING:
+    from datetime import date
+
     from kinoray.analytics import Collector, EventWriter
     from kinoray.analytics.cmcd import CmcdBuffer
+    from kinoray.analytics.exports import EnvironmentKeys
     from kinoray.analytics.privacy import Erasure
     from kinoray.analytics.realtime import Presences
     from kinoray.control.platform import Platform
 
 log = logging.getLogger(__name__)
 
-__all__ = ["close_collector", "cmcd_of", "collector_of", "erase_viewer", "event_store", "export_views",
-           "flush_collector", "presences_of", "roll_up_views", "sweep_analytics"]
+__all__ = ["close_collector", "cmcd_of", "collector_of", "erase_viewer", "event_store", "export_environment_day",
+           "export_views", "flush_collector", "presences_of", "roll_up_views", "sweep_analytics"]
 
 # --- the Mux Data collector ---------------------------------------------------------------------------------
 _collectors: dict[int, tuple[Collector, EventWriter]] = {}
@@ -244,14 +247,32 @@ def roll_up_views(platform: Platform) -> int:
     return roll_up(event_store(platform), min_window_seconds=platform.settings.analytics.rollup_window_seconds).views
 
 
+def _environment_keys(platform: Platform) -> EnvironmentKeys:
+    from kinoray.analytics.exports import EnvironmentKeys
+    from kinoray.control.environments import environment_keys
+
+    with platform.db.reader() as session:
+        return EnvironmentKeys(environment_keys(session))
+
+
 def export_views(platform: Platform) -> list[str]:
     """The daily view exports (the job runner's, every sweep): each finished day of the last
-    ``analytics.export_days`` without a final export is written (two days per call at most); returns the days."""
+    ``analytics.export_days`` without a final export of every environment is written, split by environment, and
+    each day exported before environments is re-exported so (two days per call at most); returns the days."""
     from kinoray.analytics.exports import export_due
 
     if not platform.settings.analytics.exports:
         return []
-    days = export_due(event_store(platform), back_days=platform.settings.analytics.export_days)
+    days = export_due(event_store(platform), _environment_keys(platform),
+                      back_days=platform.settings.analytics.export_days)
     if days:
         log.info("view exports written", extra={"days": [day.isoformat() for day in days]})
     return [day.isoformat() for day in days]
+
+
+def export_environment_day(platform: Platform, day: date, environment_id: str) -> int:
+    """``POST /data/v1/exports/views``: write (or rewrite) one environment's export of ``day`` now; returns its
+    views."""
+    from kinoray.analytics.exports import export_day
+
+    return export_day(event_store(platform), day, _environment_keys(platform), only=environment_id)[environment_id]

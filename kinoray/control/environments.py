@@ -11,6 +11,7 @@ never the default one nor the caller's own.
 
 Data views name their environment by the beacon's ``env_key`` (Mux Data's SDKs send it): a Data query is kept
 inside the caller's environment by :func:`data_filters`; a view without a known key counts in the default one.
+The daily view exports split a day's views by the same rule (:func:`environment_keys`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from kinoray.errors import ConflictError, InvalidParametersError
 from kinoray.store.db import newest_first
 from kinoray.store.models import DEFAULT_ENVIRONMENT_ID, AccessToken, Environment, EnvironmentScoped, new_id
 
-__all__ = ["create_environment", "data_filters", "delete_environment", "environment_view",
+__all__ = ["create_environment", "data_filters", "delete_environment", "environment_keys", "environment_view",
            "get_environment", "list_environments", "new_env_key", "new_environment", "rename_environment"]
 
 _ENV_KEY_ALPHABET = string.ascii_lowercase + string.digits
@@ -136,3 +137,10 @@ def data_filters(session: Session, environment_id: str) -> tuple[tuple[str, bool
     others = session.scalars(sa.select(Environment.env_key).where(Environment.id != DEFAULT_ENVIRONMENT_ID)
                              .order_by(Environment.env_key))
     return tuple((key, True) for key in others)
+
+
+def environment_keys(session: Session) -> dict[str, str]:
+    """Every environment's id by its Data env key: which environment a view that sent a key is in (one with no
+    key, or a key not here, is the default environment's, as :func:`data_filters` counts it)."""
+    return {key: environment_id for environment_id, key in session.execute(
+        sa.select(Environment.id, Environment.env_key))}

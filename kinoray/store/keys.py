@@ -11,12 +11,22 @@
     assets/<asset_id>/images/<digest>.<ext>  rendered thumbnails, animations and storyboards (a bounded cache)
     uploads/<upload_id>/parts/<offset>-<nonce>       a direct upload's received parts until it completes
     live/<live_stream_id>/                   a live stream's current output (its playlists and segments)
+    analytics/exports/views/env=<environment_id>/date=<day>/kinoray-views-v<version>-<day>.parquet|.csv
+                                             one environment's view export of one UTC day
+    analytics/exports/views/days/<day>.json  the day's export of every environment is written (the runner's mark)
+    analytics/exports/views/date=<day>/kinoray-views-v<version>-<day>.parquet|.csv
+                                             a day's export from before environments (every environment's views):
+                                             never listed; the runner re-exports the day split, then deletes it
 
 Pure functions of ids: no I/O. A path segment is always an id the API checked (:func:`kinoray.store.models.is_valid_id`)
 or a name from a fixed list, never text a client chose.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
 
 __all__ = [
     "ASSETS",
@@ -26,6 +36,8 @@ __all__ = [
     "MEDIA_DIR",
     "TEXT_DIR",
     "UPLOADS",
+    "VIEW_EXPORTS",
+    "ViewExportKey",
     "asset_prefix",
     "images_prefix",
     "input_key",
@@ -37,6 +49,10 @@ __all__ = [
     "text_track_keys",
     "upload_part_key",
     "upload_prefix",
+    "view_export_day_mark",
+    "view_export_key",
+    "view_export_mark_day",
+    "view_export_name",
 ]
 
 ASSETS = "assets"
@@ -50,6 +66,10 @@ TEXT_DIR = "text"
 MANIFEST_MPD = "manifest.mpd"
 #: The progressive MP4 of the top rung the pipeline always writes (thumbnails are cut from it).
 HIGHEST_MP4 = "highest.mp4"
+#: The daily view exports (:mod:`kinoray.analytics.exports`).
+VIEW_EXPORTS = "analytics/exports/views"
+_VIEW_EXPORT = re.compile(r"(?:env=(?P<environment>[A-Za-z0-9]{1,64})/)?date=(?P<day>\d{4}-\d{2}-\d{2})/"
+                          r"kinoray-views-v(?P<version>\d{1,3})-(?P=day)\.(?P<type>parquet|csv)")
 
 
 def asset_prefix(asset_id: str, storage_prefix: str | None = None) -> str:
@@ -106,3 +126,55 @@ def upload_part_key(upload_id: str, offset: int, nonce: str) -> str:
 def live_prefix(live_stream_id: str) -> str:
     """A live stream's current output."""
     return f"{LIVE}/{live_stream_id}"
+
+
+def view_export_name(day: date, kind: str, version: int) -> str:
+    """A view export file's name (also the download's file name): ``kinoray-views-v1-2026-12-05.parquet``."""
+    return f"kinoray-views-v{version}-{day.isoformat()}.{kind}"
+
+
+def view_export_key(environment_id: str | None, day: date, kind: str, version: int) -> str:
+    """One environment's view export file of ``day`` (``kind``: parquet or csv); ``environment_id=None``: the
+    layout from before environments, one file for every environment's views (read, rewritten and deleted only)."""
+    folder = VIEW_EXPORTS if environment_id is None else f"{VIEW_EXPORTS}/env={environment_id}"
+    return f"{folder}/date={day.isoformat()}/{view_export_name(day, kind, version)}"
+
+
+def view_export_day_mark(day: date) -> str:
+    """Written once ``day``'s export of every environment is (its time says whether the day's views were final)."""
+    return f"{VIEW_EXPORTS}/days/{day.isoformat()}.json"
+
+
+def view_export_mark_day(key: str) -> date | None:
+    """The day a :func:`view_export_day_mark` key marks, or ``None`` for any other key."""
+    prefix = f"{VIEW_EXPORTS}/days/"
+    if not (key.startswith(prefix) and key.endswith(".json")):
+        return None
+    try:
+        return date.fromisoformat(key[len(prefix):-len(".json")])
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class ViewExportKey:
+    """What a view export file's key names (:meth:`parse`)."""
+
+    key: str
+    environment_id: str | None  # None: the layout from before environments
+    day: date
+    version: int
+    type: str
+
+    @classmethod
+    def parse(cls, key: str) -> ViewExportKey | None:
+        """The export file ``key`` is, or ``None`` for any other key (a day mark, a stray object)."""
+        prefix = f"{VIEW_EXPORTS}/"
+        match = _VIEW_EXPORT.fullmatch(key[len(prefix):]) if key.startswith(prefix) else None
+        if match is None:
+            return None
+        try:
+            day = date.fromisoformat(match["day"])
+        except ValueError:
+            return None
+        return cls(key, match["environment"], day, int(match["version"]), match["type"])

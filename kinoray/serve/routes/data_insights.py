@@ -5,9 +5,10 @@
 - ``GET /data/v1/metrics/comparison``: every metric side by side (for ``dimension``/``value`` when given);
 - ``GET /data/v1/metrics/{METRIC_ID}/comparison``: kinoray's A/B test of a metric across a dimension's values;
 - ``GET /data/v1/errors``: fatal player errors grouped by code and message;
-- ``GET /data/v1/exports/views`` (and the older ``/data/v1/exports``): the daily view exports with signed links;
-  ``POST /data/v1/exports/views?date=`` (kinoray's) writes a day's export now; the link itself,
-  ``GET /data/v1/exports/views/{date}/{file}?expires=&signature=``, needs no token (:data:`downloads`);
+- ``GET /data/v1/exports/views`` (and the older ``/data/v1/exports``): the caller's environment's daily view
+  exports with signed links; ``POST /data/v1/exports/views?date=`` (kinoray's) writes its export of a day now; the
+  link itself, ``GET /data/v1/exports/views/{environment_id}/{date}/{file}?expires=&signature=``, needs no token
+  (:data:`downloads`);
 - ``GET /data/v1/forecast/views`` (kinoray's): views and concurrent viewers per hour ahead, with the backtest.
 """
 
@@ -27,7 +28,7 @@ from kinoray.analytics import compare, exports, forecast
 from kinoray.analytics.errors import error_groups
 from kinoray.analytics.insights import insights
 from kinoray.analytics.query import METRICS
-from kinoray.control.analytics import event_store
+from kinoray.control.analytics import event_store, export_environment_day
 from kinoray.control.platform import Platform
 from kinoray.errors import InvalidParametersError
 from kinoray.serve.deps import CurrentToken, PlatformDep
@@ -271,8 +272,9 @@ def _export_dates(platform: Platform, days: list[tuple[date, list[exports.Export
     for day, files in days:
         out.append(ExportDate(export_date=day, files=[ExportFile(
             type=f.type, version=f.version, kinoray_expires_at=expires,
-            path=f"{base}/data/v1/exports/views/{day.isoformat()}/{quote(f.key.rsplit('/', 1)[-1])}"
-                 f"?expires={expires}&signature={exports.sign_link(secret, f.key, expires)}") for f in files]))
+            path=f"{base}/data/v1/exports/views/{f.environment_id}/{day.isoformat()}/"
+                 f"{quote(f.key.rsplit('/', 1)[-1])}?expires={expires}&signature="
+                 f"{exports.sign_link(secret, f.key, expires)}") for f in files]))
     return out
 
 
@@ -285,16 +287,16 @@ def _span(days: list[tuple[date, list[exports.ExportFile]]]) -> list[int]:
 
 @router.get("/data/v1/exports/views", response_model=ExportsEnvelope)
 def list_exports_views(token: CurrentToken, platform: PlatformDep) -> ExportsEnvelope:
-    """The days with a view export, newest first, each with its files (Parquet and CSV) as signed download
-    URLs valid for ``analytics.export_link_seconds``."""
-    days = exports.list_exports(event_store(platform))
+    """The days with a view export of the caller's environment, newest first, each with its files (Parquet and
+    CSV) as signed download URLs valid for ``analytics.export_link_seconds``."""
+    days = exports.list_exports(event_store(platform), token.environment_id)
     return ExportsEnvelope(data=_export_dates(platform, days), total_row_count=len(days), timeframe=_span(days))
 
 
 @router.get("/data/v1/exports", response_model=ExportUrlsEnvelope)
 def list_exports(token: CurrentToken, platform: PlatformDep) -> ExportUrlsEnvelope:
     """Mux's older call: the same files as ``/data/v1/exports/views``, as a flat list of signed URLs."""
-    days = exports.list_exports(event_store(platform))
+    days = exports.list_exports(event_store(platform), token.environment_id)
     urls = [f.path for item in _export_dates(platform, days) for f in item.files]
     return ExportUrlsEnvelope(data=urls, total_row_count=len(urls), timeframe=_span(days))
 
@@ -312,14 +314,14 @@ class ExportWrittenEnvelope(BaseModel):
 @router.post("/data/v1/exports/views", response_model=ExportWrittenEnvelope, status_code=201)
 def create_export(token: CurrentToken, platform: PlatformDep,
                   export_date: Annotated[date, Query(alias="date")]) -> ExportWrittenEnvelope:
-    """kinoray's: write (or rewrite) one UTC day's view export now — today gives what is there so far, and the
-    runner rewrites it once the day is final. Needs ``data`` full permission."""
+    """kinoray's: write (or rewrite) the caller's environment's view export of one UTC day now — today gives what
+    is there so far, and the runner rewrites it once the day is final. Needs ``data`` full permission."""
     today = datetime.now(UTC).date()
     if export_date > today or export_date < today - timedelta(days=platform.settings.analytics.retention_days):
         raise InvalidParametersError("date: a day within the retention period, not in the future")
-    store = event_store(platform)
-    views, _ = exports.export_day(store, export_date)
-    files = next((files for day, files in exports.list_exports(store) if day == export_date), [])
+    views = export_environment_day(platform, export_date, token.environment_id)
+    files = next((files for day, files in exports.list_exports(event_store(platform), token.environment_id)
+                  if day == export_date), [])
     written = _export_dates(platform, [(export_date, files)])[0]
     return ExportWrittenEnvelope(data=ExportWritten(export_date=export_date, views=views, files=written.files))
 
@@ -327,17 +329,20 @@ def create_export(token: CurrentToken, platform: PlatformDep,
 _MEDIA_TYPES = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv; charset=utf-8"}
 
 
-@downloads.get("/data/v1/exports/views/{day}/{name}", responses={
+@downloads.get("/data/v1/exports/views/{environment_id}/{day}/{name}", responses={
     200: {"content": {_MEDIA_TYPES["parquet"]: {}, _MEDIA_TYPES["csv"]: {}}, "description": "the export file"},
     **error_responses(403, 404)}, response_class=StreamingResponse)
-def download_export(platform: PlatformDep, day: Annotated[str, Path(pattern=r"^\d{4}-\d{2}-\d{2}$")],
+def download_export(platform: PlatformDep,
+                    environment_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9]{1,64}$")],
+                    day: Annotated[str, Path(pattern=r"^\d{4}-\d{2}-\d{2}$")],
                     name: Annotated[str, Path(max_length=128)],
                     expires: Annotated[int, Query(ge=0, le=2**40)],
                     signature: Annotated[str, Query(pattern=r"^[0-9a-f]{64}$")]) -> StreamingResponse:
     """A view export file by its signed link (from ``/data/v1/exports/views``); no token. A link whose
-    signature does not match, or that has expired, gets ``403 invalid_download_link``."""
+    signature does not match (another environment's file, another day's), or that has expired, gets
+    ``403 invalid_download_link``; a valid link to a file deleted since, ``404 not_found``."""
     store = event_store(platform)
-    key = exports.verify_link(platform.settings.secret_key, day, name, expires, signature, store)
+    key = exports.verify_link(platform.settings.secret_key, environment_id, day, name, expires, signature, store)
 
     def chunks() -> Iterator[bytes]:
         with store.open(key) as handle:
