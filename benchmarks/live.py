@@ -30,7 +30,9 @@ Mux's published figures for the same modes: standard ~25–30 s, reduced ~12–2
 **Ladders per core:** the same ladder transcoded from a 20 s recorded FLV as fast as one core allows
 (``sched_setaffinity`` to one CPU, every encoder single-threaded); the real-time factor = media seconds per
 wall second = how many such live streams one core carries. FFmpeg's CLI doing the same ladder on the same core
-(one decode, three libx264 encodes with the same settings) is the peer.
+(one decode, three libx264 encodes with the same settings) is the peer. Beside it, the CPU seconds (process time)
+one second of stream costs with every rung encoded and with the top rung passed through
+(``source_passthrough="auto"``: the 720p rung is the source's own H.264, 480p/360p encoded).
 """
 
 from __future__ import annotations
@@ -240,9 +242,18 @@ def per_core(seconds: int, work: Path) -> dict[str, Any]:
         pipe.write(recorded.read_bytes()[13:])  # the pipe writes its own FLV header
         pipe.ended(None)
         transcoder = LiveTranscoder(pipe, work / "per-core", LiveOptions(segment_seconds=2.0, encoder="libx264"))
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         result = transcoder.run()
-        ours = time.monotonic() - started
+        ours, ours_cpu = time.monotonic() - started, time.process_time() - cpu_started
+        # the same source (H.264, an IDR every 2 s) with the top rung passed through: 480p/360p encoded only
+        pipe = TagPipe(max_bytes=1 << 30)
+        pipe.write(recorded.read_bytes()[13:])
+        pipe.ended(None)
+        passed = LiveTranscoder(pipe, work / "per-core-passthrough", LiveOptions(
+            segment_seconds=2.0, encoder="libx264", source_passthrough="auto"))
+        started, cpu_started = time.monotonic(), time.process_time()
+        passed_result = passed.run()
+        ours_passed, passed_cpu = time.monotonic() - started, time.process_time() - cpu_started
         # the same with low latency's own LL-HLS packager instead of FFmpeg's HLS muxer
         pipe = TagPipe(max_bytes=1 << 30)
         pipe.write(recorded.read_bytes()[13:])
@@ -265,6 +276,10 @@ def per_core(seconds: int, work: Path) -> dict[str, Any]:
         os.sched_setaffinity(0, original)
     return {"media_seconds": seconds, "frames": result.frames_in, "error": result.error,
             "kinoray_wall_s": ours, "kinoray_realtime_factor": seconds / ours,
+            "kinoray_cpu_s_per_stream_s": ours_cpu / seconds,
+            "passthrough_rung": passed_result.passthrough, "passthrough_error": passed_result.error,
+            "passthrough_wall_s": ours_passed, "passthrough_realtime_factor": seconds / ours_passed,
+            "passthrough_cpu_s_per_stream_s": passed_cpu / seconds,
             "low_frames": low_result.frames_in, "low_parts": low_result.parts, "low_error": low_result.error,
             "kinoray_low_wall_s": ours_low, "kinoray_low_realtime_factor": seconds / ours_low,
             "ffmpeg_wall_s": peer, "ffmpeg_realtime_factor": seconds / peer, "ratio_vs_ffmpeg": peer / ours}
@@ -316,6 +331,10 @@ def main() -> None:
                       f"per core; FFmpeg CLI, same ladder and core: {core['ffmpeg_realtime_factor']:.2f}× "
                       f"(kinoray/ffmpeg {core['ratio_vs_ffmpeg']:.2f}); low latency (LL-HLS parts): "
                       f"{core['kinoray_low_realtime_factor']:.2f}×")
+        console.print(f"CPU seconds per second of stream: every rung encoded {core['kinoray_cpu_s_per_stream_s']:.2f}, "
+                      f"top rung ({core['passthrough_rung']}) passed through "
+                      f"{core['passthrough_cpu_s_per_stream_s']:.2f} ({core['passthrough_realtime_factor']:.2f}× "
+                      f"real time on the core)")
     whole = args.modes == list(MODES) and core is not None and args.heights == [720, 480, 360]
     name = "live.json" if whole else f"live-{'-'.join(args.modes) or 'per-core'}-{'-'.join(map(str, args.heights))}.json"
     write_json({"when": datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),

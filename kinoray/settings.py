@@ -322,6 +322,16 @@ class LiveSettings(BaseModel):
     encoder: str = Field(default="auto", description="h264 encoder of the live ladder: auto (NVENC, else "
                                                       "libx264), libx264 or nvenc")
     preset: str = Field(default="veryfast", description="libx264 preset of the live ladder")
+    source_passthrough: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: an H.264 source at the ladder's top size whose IDRs are at most source_passthrough_"
+                    "max_gop segments apart is the top rung as it is (repackaged, not encoded: that rung's CPU "
+                    "saved), its segments cut at its IDRs, so segment length and latency follow the publisher's "
+                    "keyframe interval (docs/ARCHITECTURE.md, 'Live'); off: every rung encoded. Streams with a "
+                    "slate are always encoded")
+    source_passthrough_max_gop: float = Field(
+        default=1.5, ge=1, le=10,
+        description="the longest source keyframe interval auto passes through, in target segment durations")
     cpus_per_stream: float = Field(default=1.0, gt=0, description="Ray CPUs each stream's transcoder asks for")
     max_restarts: int = Field(default=3, ge=0, description="transcoders started again for one publisher session")
     segment_seconds: dict[str, float] = Field(

@@ -521,7 +521,10 @@ def test_latency_from_publish_to_the_newest_part(low: LowStream) -> None:
     median, publisher_median = delays[len(delays) // 2], from_publisher[len(from_publisher) // 2]
     log.info("LL-HLS newest part out %.2f s after its date (median of %d; min %.2f, max %.2f); %.2f s after the "
              "publisher's clock", median, len(delays), delays[0], delays[-1], publisher_median)
-    assert 0 <= delays[0] and median <= 3.0, (delays, from_publisher)
+    # the dates are an estimate of the publisher's clock (TagPipe.clock, fixed when the first frame is dated):
+    # the one rung here is the publisher's own H.264 passed through (live.source_passthrough), which adds no
+    # encode, so a part can be listed within that estimate's jitter of when its last frame was "sent"
+    assert -0.1 <= delays[0] and median <= 3.0, (delays, from_publisher)
     assert publisher_median <= 3.0, from_publisher
 
 

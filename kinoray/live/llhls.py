@@ -5,6 +5,9 @@ segments and playlists, and the playlist logic the delivery edge needs (blocking
 decode order; a :class:`PartGrid` cuts them on one time grid shared by all tracks (parts of ``part`` seconds,
 ``parts_per_segment`` parts to a segment, the grid counted from the stream's first frame), so every rung's parts
 and segments start at the same instant and the transcoder forces an IDR on the frame that starts each segment.
+A passed-through source (:mod:`kinoray.live.passthrough`) uses a :class:`KeyframeGrid` instead: segments start
+where the transcoder announces the source's IDRs, parts are cut on the part grid restarted at each segment's
+start, and only a segment's first part needs to start with an IDR.
 A part is one CMAF fragment (:mod:`kinoray.live.cmaf`) in ``part_MMMMM.K.m4s``; when a segment's last part is
 written, the segment ``seg_MMMMM.m4s`` is those parts' bytes, concatenated. Files are written under a
 temporary name and renamed, media before any playlist that lists it. A sample's duration is known when the
@@ -28,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +44,7 @@ from kinoray.live.cmaf import InitSegment, Sample, fragment
 __all__ = [
     "PART_SEGMENTS",
     "BlockingRequest",
+    "KeyframeGrid",
     "PartGrid",
     "PartTrack",
     "PlaylistState",
@@ -137,6 +142,39 @@ class PartGrid:
         return 2 if segment else 1
 
 
+class KeyframeGrid:
+    """Segments that start where the source's IDRs are — announced with :meth:`segment_at` before any sample at
+    or after that time is pushed — and parts every ``part`` seconds from each segment's start (a passed-through
+    top rung: :mod:`kinoray.live.passthrough`). The same questions as :class:`PartGrid`."""
+
+    def __init__(self, part: Fraction, tolerance: Fraction) -> None:
+        if part <= 0:
+            raise ValueError("a part grid needs a positive part")
+        self.part, self.tolerance = part, tolerance
+        self._starts: deque[Fraction] = deque()
+        self._line: Fraction | None = None  # the last grid line crossed
+        self._next: Fraction | None = None  # the next part's line
+
+    def segment_at(self, when: Fraction) -> None:
+        self._starts.append(when)
+
+    def on_line(self, when: Fraction) -> bool:
+        return self._line is not None and when - self._line <= self.tolerance
+
+    def cut(self, when: Fraction) -> int:
+        if self._starts and self._starts[0] - self.tolerance <= when:
+            while len(self._starts) > 1 and self._starts[1] - self.tolerance <= when:
+                self._starts.popleft()  # a track with a gap (audio) skips the segment starts it has no sample in
+            self._line = self._starts.popleft()
+            self._next = self._line + self.part
+            return 2
+        if self._next is None or when < self._next - self.tolerance:
+            return 0
+        while self._next - self.tolerance <= when:
+            self._line, self._next = self._next, self._next + self.part
+        return 1
+
+
 @dataclass
 class _Part:
     index: int
@@ -171,7 +209,8 @@ class PartTrack:
     ``first_msn``: the first segment's number (after a resumed stream's last); ``previous``: segments a resumed
     stream had already listed (:meth:`PlaylistState.parse` of its playlist)."""
 
-    def __init__(self, name: str, directory: Path, init: InitSegment, grid: PartGrid, *, anchor: float,
+    def __init__(self, name: str, directory: Path, init: InitSegment, grid: PartGrid | KeyframeGrid, *,
+                 anchor: float,
                  part_target: float, target_duration: int, window_segments: int,
                  max_sample_ticks: int, default_ticks: int, first_msn: int = 1,
                  previous: Sequence[_Segment] = (), discontinuity_sequence: int = 0) -> None:
@@ -233,8 +272,8 @@ class PartTrack:
         if not self._samples:
             return False
         samples, self._samples = self._samples, []
-        if self._open is None:
-            start = self.anchor + samples[0].dts / self.init.timescale
+        if self._open is None:  # dated by its first picture's presentation (B-frames: its dts is earlier)
+            start = self.anchor + (samples[0].dts + samples[0].cts) / self.init.timescale
             self._open = _Segment(self._msn, start, discontinuity=self._discontinuity_pending)
             self._discontinuity_pending = False
         segment = self._open
@@ -253,6 +292,11 @@ class PartTrack:
     def _complete_segment(self) -> None:
         segment = self._open
         assert segment is not None
+        if round(segment.duration) > self.target_duration:
+            # only a passed-through source's keyframe interval can make a segment longer than planned
+            log.warning("a segment longer than the target duration", extra={"track": self.name,
+                                                                             "seconds": segment.duration})
+            self.target_duration = round(segment.duration)
         _write(self.directory / segment_name(segment.msn), b"".join(part.data for part in segment.parts))
         for part in segment.parts:
             part.data = b""  # written; kept only as durations from here

@@ -143,7 +143,11 @@ class _Session:
                               window_segments=settings.window_segments, heights=settings.heights,
                               encoder=settings.encoder, preset=settings.preset,
                               part_seconds=settings.part_seconds if publish.latency_mode == "low" else None,
-                              audio_only=publish.audio_only)
+                              audio_only=publish.audio_only,
+                              # a slate is encoded H.264 of its own configuration: a passed-through rung cannot
+                              # switch to it (or back to a returning publisher's) within one init segment
+                              source_passthrough="off" if publish.slate else settings.source_passthrough,
+                              passthrough_max_gop=settings.source_passthrough_max_gop)
         self.recording = _Recording(platform.store, publish.source_key) if publish.keep_source else None
         if feed is not None:  # the session's feed, on the slate since the last publisher left
             self.feed = feed
