@@ -253,6 +253,7 @@ def main() -> None:
                              "(default: roll up everything)")
     args = parser.parse_args()
     console = Console()
+    RESULTS.mkdir(exist_ok=True)  # ignored by git: a fresh checkout has none
     if args.scale != "skip":
         import analytics_scale
 

@@ -11,7 +11,9 @@
    view rows are repeated, shifted in time, up to an hour before the end (:func:`replicate`).
 3. **Query** through :class:`kinoray.analytics.query.Query` as the Data API does (a new query per request):
    overall, breakdown and timeseries over the week, p50/p95, cold (caches emptied) and warm — with the last
-   hour's views live (built from events, merged), then again after rolling up the rest (every view final).
+   hour's views live (built from events once and kept between queries by
+   :class:`kinoray.analytics.liveviews.LiveViews`; then, for comparison, built from events for every query),
+   then again after rolling up the rest (every view final).
 
     python benchmarks/analytics.py --scale only --scale-views 1000000
 """
@@ -23,7 +25,7 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,7 +36,8 @@ import pyarrow.parquet as pq
 
 from kinoray.analytics.collect import DIMENSIONS
 from kinoray.analytics.eventlog import EVENT_SCHEMA, EVENTS_PREFIX, FILES
-from kinoray.analytics.query import VIEWS, Query, Timeframe
+from kinoray.analytics.liveviews import LIVE_VIEWS, LiveViews
+from kinoray.analytics.query import VIEWS, Filter, Query, Timeframe, parse_filters
 from kinoray.analytics.rollup import roll_up, split_by_day
 from kinoray.analytics.simulate import Scenario, Simulation
 from kinoray.analytics.viewstore import (
@@ -202,12 +205,12 @@ def generate(store: ObjectStore, views: int, days: float, seed: int = 16,
 
 
 def timed(call: Callable[[], Any], repeats: int, cold: bool) -> dict[str, float]:
-    """p50/p95 of ``call``; ``cold``: the process's caches (parsed event files and view parts, built views)
-    emptied before each."""
+    """p50/p95 of ``call``; ``cold``: the process's caches (parsed event files and view parts, built views, the
+    live views) emptied before each."""
     samples = []
     for _ in range(repeats):
         if cold:
-            for cache in (FILES, VIEWS, STORED):
+            for cache in (FILES, VIEWS, STORED, LIVE_VIEWS):
                 cache.clear()
         started = time.perf_counter()
         call()
@@ -217,15 +220,17 @@ def timed(call: Callable[[], Any], repeats: int, cold: bool) -> dict[str, float]
             "p95_ms": round(samples[min(len(samples) - 1, int(0.95 * len(samples)))], 1)}
 
 
-def queries(store: ObjectStore, timeframe: Timeframe, now: datetime, repeats: int) -> dict[str, Any]:
-    def query() -> Query:
-        return Query(store, timeframe, now=now)
+def queries(store: ObjectStore, timeframe: Timeframe, now: datetime, repeats: int,
+            live_views: LiveViews | None = LIVE_VIEWS) -> dict[str, Any]:
+    """The four queries timed; ``live_views=None``: the views past the watermark built from events for each
+    query (as before :class:`LiveViews`)."""
+    def query(filters: Sequence[Filter] = ()) -> Query:
+        return Query(store, timeframe, filters, now=now, live_views=live_views)
 
     calls = {
         "overall video_startup_time": lambda: query().overall("video_startup_time"),
-        "overall viewer_experience_score, country:US": lambda: Query(
-            store, timeframe, __import__("kinoray.analytics.query", fromlist=["parse_filters"]).parse_filters(
-                ["country:US"]), now=now).overall("viewer_experience_score"),
+        "overall viewer_experience_score, country:US": lambda: query(parse_filters(["country:US"])).overall(
+            "viewer_experience_score"),
         "breakdown rebuffer_percentage by country": lambda: query().breakdown("rebuffer_percentage", "country"),
         "timeseries views (hour)": lambda: query().timeseries("views", "hour"),
     }
@@ -236,11 +241,32 @@ def queries(store: ObjectStore, timeframe: Timeframe, now: datetime, repeats: in
     return out
 
 
+def vary(rows: pa.Table, copy: int) -> pa.Table:
+    """``rows`` with copy ``copy``'s own QoE and dimension mix: startup and rebuffer times scaled (0.7–1.3×,
+    rebuffering within the watch time) and a share of the views (5–25 %) moved to one country, drawn per copy —
+    so the days :func:`replicate` writes are not the same rows again (the scores are left as rolled up)."""
+    rng = np.random.default_rng(copy)
+    startup, stall = 0.7 + 0.6 * rng.random(2)
+    out = rows
+    for name, factor in (("video_startup_time", startup), ("rebuffer_duration", stall)):
+        scaled = pc.cast(pc.round(pc.multiply(pc.cast(rows[name], pa.float64()), float(factor))), pa.int64())
+        if name == "rebuffer_duration":
+            scaled = pc.min_element_wise(scaled, rows["watch_time"])
+        out = out.set_column(out.schema.get_field_index(name), name, scaled)
+    countries = pc.unique(rows["country"].combine_chunks()).drop_null().to_pylist()
+    if countries:
+        moved = rng.random(rows.num_rows) < 0.05 + 0.2 * rng.random()
+        country = pc.if_else(pa.array(moved), pa.scalar(countries[int(rng.integers(len(countries)))]),
+                             rows["country"])
+        out = out.set_column(out.schema.get_field_index("country"), "country", country)
+    return out
+
+
 def replicate(store: ObjectStore, until: int, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Extend the materialized views up to ``until`` (ms) with copies of the rolled-up ones: shifted in time by
-    the span they cover (all four time columns), view ids suffixed; committed like the rollup (parts, then the
-    watermark). Stands in for rolling up every day when the machine has no time for it: the rows are real
-    rollup output, only repeated."""
+    the span they cover (all four time columns), view ids suffixed, each copy's QoE and country mix shifted
+    (:func:`vary`); committed like the rollup (parts, then the watermark). Stands in for rolling up every day
+    when the machine has no time for it: the rows are real rollup output, repeated with a per-copy shift."""
     watermark = read_watermark(store)
     assert watermark is not None
     parts, _ = current_parts(list_parts(store), watermark)
@@ -252,7 +278,7 @@ def replicate(store: ObjectStore, until: int, log: Callable[[str], None] = print
     while watermark.end < until:
         shifted = {name: pc.add(sample[name], copy * span) for name in
                    ("view_start", "view_end", "first_received", "last_received")}
-        rows = sample
+        rows = vary(sample, copy)
         for name, column in shifted.items():
             rows = rows.set_column(rows.schema.get_field_index(name), name, column)
         rows = rows.set_column(0, "view_id", pc.binary_join_element_wise(sample["view_id"], f"~{copy}", ""))
@@ -270,7 +296,7 @@ def replicate(store: ObjectStore, until: int, log: Callable[[str], None] = print
 
 
 def run(views: int, days: float, repeats: int, log: Callable[[str], None] = print, directory: str | None = None,
-        rollup_hours: float | None = None) -> dict[str, Any]:
+        rollup_hours: float | None = None, live_from_events: bool = True) -> dict[str, Any]:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="kinoray-analytics-scale-", dir=directory) as root:
@@ -299,6 +325,9 @@ def run(views: int, days: float, repeats: int, log: Callable[[str], None] = prin
             result["replicated"] = replicate(store, int(end.timestamp() * 1000) - 3_600_000, log)
         result["queries_last_hour_live"] = queries(store, timeframe, end, repeats)
         log("queried with the last hour live")
+        if live_from_events:
+            result["queries_last_hour_live_from_events"] = queries(store, timeframe, end, repeats, live_views=None)
+            log("queried with the last hour live, built from events for each query")
         more, more_seconds = catch_up(end + timedelta(hours=2))  # every view final
         rolled, seconds = rolled + more, seconds + more_seconds
         parts = [key for key in store.list(VIEWS_PREFIX) if key.endswith(".parquet")]
@@ -327,7 +356,9 @@ def report(result: dict[str, Any], console: Any) -> None:
     table.add_row("event Parquet bytes per view", f"{made['event_bytes_per_view']:,}")
     table.add_row("rollup (one process)", f"{rolled['seconds']} s: {rolled['views_per_second']:,} views/s")
     table.add_row("view Parquet bytes per view", f"{rolled['view_bytes_per_view']:,} ({rolled['parts']} parts)")
-    for section, label in (("queries_last_hour_live", "last hour live"), ("queries_all_final", "all final")):
-        for name, timing in result[section].items():
+    for section, label in (("queries_last_hour_live", "last hour live"),
+                           ("queries_last_hour_live_from_events", "last hour live, built per query"),
+                           ("queries_all_final", "all final")):
+        for name, timing in result.get(section, {}).items():
             table.add_row(f"{label}: {name}", f"p50 {timing['p50_ms']} ms, p95 {timing['p95_ms']} ms")
     console.print(table)

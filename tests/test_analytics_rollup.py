@@ -25,11 +25,20 @@ import pytest
 
 from kinoray.analytics import Collector, EventWriter, MemoryViewStates, parse_batch
 from kinoray.analytics.eventlog import FILES
+from kinoray.analytics.liveviews import LiveViews
 from kinoray.analytics.privacy import erase_viewer, sweep_retention
-from kinoray.analytics.query import METRICS, VIEWS, Query, Timeframe, aggregate, parse_filters
+from kinoray.analytics.query import METRICS, VIEWS, Query, Timeframe, ViewCache, aggregate, parse_filters
 from kinoray.analytics.rollup import backfill, roll_up
 from kinoray.analytics.simulate import Scenario, Simulation
-from kinoray.analytics.viewstore import METRIC_SQL, STORED, VIEWS_PREFIX, list_parts, read_watermark
+from kinoray.analytics.views import View
+from kinoray.analytics.viewstore import (
+    METRIC_SQL,
+    STORED,
+    VIEWS_PREFIX,
+    list_parts,
+    read_watermark,
+    view_rows,
+)
 from kinoray.store.objects import ObjectStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,9 +104,9 @@ QUESTIONS = [(metric, None) for metric in METRICS] + [
 
 
 def answers(query_type: type[Query], store: ObjectStore, now: datetime, timeframe: Timeframe = EVERYTHING,
-            filters: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Every question the Data API asks of a query, answered."""
-    built = query_type(store, timeframe, parse_filters(filters), now=now)  # one request's query, asked it all
+            filters: tuple[str, ...] = (), **options: Any) -> dict[str, Any]:
+    """Every question the Data API asks of a query (made with ``options``), answered."""
+    built = query_type(store, timeframe, parse_filters(filters), now=now, **options)  # one request's, asked it all
 
     def query() -> Query:
         return built
@@ -247,3 +256,84 @@ def test_the_ray_data_backfill_job_writes_the_same_views(store, tmp_path) -> Non
     assert query.stored.table.num_rows == len(expected["views"]) and not query.live
     _assert_same(answers(Query, store, now), expected)
     assert date.fromisoformat(summary["from"]) == (START - timedelta(days=1)).date()
+
+
+def _send(store: ObjectStore, batches: list[tuple[list[dict[str, Any]], datetime]]) -> None:
+    """Each batch through a collector, received at its time, written as an event file of its own (as a
+    collector's flushes every 5 s)."""
+    writer = EventWriter(store, flush_rows=100_000)
+    collector = Collector(MemoryViewStates(), writer.add)
+    for events, received in batches:
+        collector.collect(parse_batch(_batch(events)), received_at=received)
+        writer.flush()
+    writer.close()
+
+
+def test_live_views_kept_between_queries_are_the_views_built_from_events(store) -> None:
+    """The views past the watermark kept by LiveViews (updated from the event files added or removed since, the
+    watermark and the clock) answer every question as building them from events for each query does."""
+    roll_up(store, START + timedelta(hours=20), grace_seconds=0)  # the watermark mid-way: ~17 h of views live
+    kept = LiveViews()
+    frames = (Timeframe(START, END + timedelta(hours=2)), Timeframe(END - timedelta(hours=2), END + timedelta(hours=1)))
+
+    def check(now: datetime, every_frame: bool = False) -> list[View]:
+        """Every answer (over both timeframes and with filters too when ``every_frame``) equal to the Python
+        oracle's over views built from events for the query; the kept live views equal to those built from
+        events, metric for metric."""
+        asked = ((frames[0], ()), (frames[1], ()), (frames[0], ("country:US", "!browser:Firefox")))
+        for timeframe, filters in asked if every_frame else asked[:1]:
+            oracle = answers(PythonQuery, store, now, timeframe, filters, live_views=None, cache=ViewCache())
+            _assert_same(answers(Query, store, now, timeframe, filters, live_views=kept), oracle)
+        fast = Query(store, frames[0], now=now, live_views=kept)
+        slow = Query(store, frames[0], now=now, live_views=None, cache=ViewCache())
+        assert fast._live_selected() is not None and slow._live_selected() is None  # the two paths, really
+        assert view_rows(fast.live).equals(view_rows(slow.live))
+        assert [view.final for view in fast.live] == [view.final for view in slow.live]
+        return fast.live
+
+    start = END + timedelta(minutes=1)
+    ms = int(start.timestamp() * 1000)
+    opened = [{"e": "playerready", "xid": "live-1", "uti": ms, "xsqno": 1, "uusid": "live-viewer", "vtt": "Live",
+               "pnm": "kinoray-sim"},
+              {"e": "viewstart", "xid": "live-1", "uti": ms + 10, "xsqno": 2},
+              {"e": "play", "xid": "live-1", "uti": ms + 20, "xsqno": 3},
+              {"e": "playing", "xid": "live-1", "uti": ms + 900, "xsqno": 5, "pphti": 0}]  # 4 comes later
+    _send(store, [(opened, start + timedelta(seconds=1))])
+    live = check(start + timedelta(seconds=20), every_frame=True)
+    assert {"live-1"} < {view.id for view in live} and len(live) > 100
+    assert not next(view for view in live if view.id == "live-1").ended
+    built = kept.built
+
+    # nothing changed: nothing built again
+    check(start + timedelta(seconds=20))
+    assert kept.built == built
+
+    # out of order (sequence 4 after 5), late, and the first batch re-sent (one file each): only live-1 built again
+    later = [{"e": "renditionchange", "xid": "live-1", "uti": ms + 20, "xsqno": 4, "vsobi": 2_500_000,
+              "vsowd": 1280, "vsoht": 720},
+             {"e": "hb", "xid": "live-1", "uti": ms + 10_900, "xsqno": 6, "pphti": 10_000},
+             {"e": "hb", "xid": "live-1", "uti": ms + 20_900, "xsqno": 7, "pphti": 20_000}]
+    _send(store, [(later, start + timedelta(seconds=22)), (opened, start + timedelta(seconds=23))])
+    live = check(start + timedelta(seconds=30))
+    view = next(view for view in live if view.id == "live-1")
+    assert kept.built == built + 1 and not view.ended and view.playing_time == 20_000 and view.rendition_switches == 0
+
+    # the view ends between two queries (idle for over a minute, no new event): built again, ended
+    live = check(start + timedelta(minutes=2))
+    view = next(view for view in live if view.id == "live-1")
+    assert kept.built == built + 2 and view.ended and view.watch_time == 20_880
+
+    # erasure of the viewer: the files holding its rows rewritten, its open view gone from the kept ones too
+    erased = erase_viewer(store, "live-viewer")
+    assert "live-1" in erased.view_ids
+    live = check(start + timedelta(minutes=2), every_frame=True)
+    assert "live-1" not in {view.id for view in live}
+
+    # the rollup moves the watermark: the views it materialized leave the live ones; a late event of one of them
+    # is dropped (the view keeps its final metrics) by both paths
+    roll_up(store, END + timedelta(hours=2), grace_seconds=0)
+    assert not check(END + timedelta(hours=2))
+    late = END + timedelta(hours=2, minutes=5)
+    final = Query(store, frames[1], now=late).views[-1].id
+    _send(store, [([{"e": "hb", "xid": final, "uti": int(late.timestamp() * 1000), "xsqno": 999}], late)])
+    assert not check(late + timedelta(seconds=10))

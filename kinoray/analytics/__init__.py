@@ -9,6 +9,7 @@
   materialized views);
 - :mod:`~kinoray.analytics.rollup`, :mod:`~kinoray.analytics.viewstore`: final views materialized as
   partitioned view Parquet (watermark, parts, the metrics as SQL over view rows);
+  :mod:`~kinoray.analytics.liveviews`: the views past the watermark, built once and kept between queries;
 - :mod:`~kinoray.analytics.cmcd`: CMCD (CTA-5004) keys on stream requests at the edge → ``cmcd`` events;
 - :mod:`~kinoray.analytics.realtime`: who is watching now (presences) and Mux's real-time metrics;
 - :mod:`~kinoray.analytics.privacy`: retention and erasure by viewer over the event log;

@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from kinoray.analytics.collect import DIMENSIONS
 from kinoray.store.objects import ObjectStore
 
-__all__ = ["EVENTS_PREFIX", "EVENT_SCHEMA", "FILES", "EventWriter", "FileCache", "Periodic", "read_events"]
+__all__ = ["DEDUPE_SQL", "EVENTS_PREFIX", "EVENT_SCHEMA", "FILES", "LATEST_SQL", "EventWriter", "FileCache", "Periodic",
+           "event_keys", "read_events"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,13 @@ EVENT_SCHEMA = pa.schema([
     *((name, pa.string()) for name in DIMENSIONS),
     ("data", pa.string()),
 ])
+
+#: Drops re-sent events (one row per view id and sequence number; without one, per event, viewer time, data).
+DEDUPE_SQL = ("QUALIFY row_number() OVER (PARTITION BY view_id, coalesce(CAST(view_sequence_number AS VARCHAR),"
+              " event || ':' || CAST(viewer_time AS VARCHAR) || ':' || md5(data)) ORDER BY received_at) = 1")
+#: A view's dimensions (grouped by view id): each one's latest non-empty value by sequence number.
+LATEST_SQL = ", ".join(f'arg_max("{name}", coalesce(view_sequence_number, 0)) FILTER (WHERE "{name}" IS NOT NULL)'
+                       f' AS "{name}"' for name in DIMENSIONS)
 
 
 class Periodic:
@@ -202,11 +210,11 @@ def _written_before(key: str, since_ms: int) -> bool:
     return stamp.isdigit() and int(stamp) < since_ms
 
 
-def read_events(store: ObjectStore, start: datetime, end: datetime, *, late_days: int = 1,
-                cache: FileCache | None = FILES, written_since: datetime | None = None) -> pa.Table:
-    """Every stored event row received in the UTC days from ``start`` to ``end`` + ``late_days`` (a view's
-    late events land in later days), as one Arrow table (duplicates included); ``written_since``: only the
-    files written since then (by the write time their names start with)."""
+def event_keys(store: ObjectStore, start: datetime, end: datetime, *, late_days: int = 1,
+               written_since: datetime | None = None) -> list[str]:
+    """The event files of the UTC days from ``start`` to ``end`` + ``late_days`` (a view's late events land in
+    later days); ``written_since``: only the files written since then (by the write time their names start
+    with)."""
     last = end + timedelta(days=late_days)
     keys: list[str] = []
     if (last.date() - start.date()).days < _PROBE_DAYS:  # a few days: one listing per day partition
@@ -219,6 +227,14 @@ def read_events(store: ObjectStore, start: datetime, end: datetime, *, late_days
     if written_since is not None:
         since_ms = int(written_since.timestamp() * 1000)
         keys = [key for key in keys if not _written_before(key, since_ms)]
+    return keys
+
+
+def read_events(store: ObjectStore, start: datetime, end: datetime, *, late_days: int = 1,
+                cache: FileCache | None = FILES, written_since: datetime | None = None) -> pa.Table:
+    """Every stored event row of :func:`event_keys` (the same arguments) as one Arrow table (duplicates
+    included)."""
+    keys = event_keys(store, start, end, late_days=late_days, written_since=written_since)
     if not keys:
         return EVENT_SCHEMA.empty_table()
     tables = [cache.get(store, key) if cache is not None

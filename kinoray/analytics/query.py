@@ -7,6 +7,9 @@ DuckDB pick the views it is about — those with an event received in the timefr
 (``avg``, ``median``, ``95th``, ``sum``, ``count``; each metric has Mux's default). Two metrics are ratios of
 totals, as Mux defines them: ``rebuffer_percentage`` (rebuffer time ÷ watch time) and ``rebuffer_frequency``
 (rebuffers per minute of watch time).
+
+Once the rollup has materialized views (:mod:`kinoray.analytics.viewstore`), a query reads those and only the
+views past its watermark from events — kept between queries by :mod:`kinoray.analytics.liveviews`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,10 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kinoray.analytics.collect import DIMENSIONS
-from kinoray.analytics.eventlog import read_events
+from kinoray.analytics.eventlog import DEDUPE_SQL, LATEST_SQL, read_events
+from kinoray.analytics.liveviews import LIVE_LOOKBACK, LIVE_VIEWS, RAW_LAST, LiveViews
 from kinoray.analytics.views import VIEW_FINAL_MS, View, build_views
 from kinoray.analytics.viewstore import (
     METRIC_SQL,
+    VIEW_SCHEMA,
     Stored,
     aggregate_sql,
     load_stored,
@@ -46,16 +51,6 @@ __all__ = ["MEASUREMENTS", "METRICS", "UNFILTERABLE_METRICS", "VIEWS", "Filter",
            "parse_timeframe"]
 
 MEASUREMENTS = ("avg", "median", "95th", "sum", "count")
-#: How far before the rollup's watermark a query reads the event files of the views not yet materialized: a view
-#: still live (its last event within the final hour) is built from its events of this long before the watermark
-#: (the rollup, later, from all of its last event's day and the day before).
-LIVE_LOOKBACK = timedelta(hours=3)
-#: Drops re-sent events (one row per view id and sequence number; without one, per event, viewer time, data).
-DEDUPE_SQL = ("QUALIFY row_number() OVER (PARTITION BY view_id, coalesce(CAST(view_sequence_number AS VARCHAR),"
-              " event || ':' || CAST(viewer_time AS VARCHAR) || ':' || md5(data)) ORDER BY received_at) = 1")
-#: A view's dimensions (grouped by view id): each one's latest non-empty value by sequence number.
-LATEST_SQL = ", ".join(f'arg_max("{name}", coalesce(view_sequence_number, 0)) FILTER (WHERE "{name}" IS NOT NULL)'
-                       f' AS "{name}"' for name in DIMENSIONS)
 _DURATION = re.compile(r"(?P<n>\d{1,6}):(?P<unit>minutes?|hours?|days?)")
 _UNITS = {"minute": 60, "hour": 3600, "day": 86400}
 _GRANULARITY = {"minute": 60, "ten_minutes": 600, "hour": 3600, "day": 86400}
@@ -349,7 +344,7 @@ class Query:
 
     def __init__(self, store: ObjectStore, timeframe: Timeframe, filters: Sequence[Filter] = (),
                  now: datetime | None = None, cache: ViewCache | None = None,
-                 metric_filters: Sequence[MetricFilter] = ()) -> None:
+                 metric_filters: Sequence[MetricFilter] = (), live_views: LiveViews | None = LIVE_VIEWS) -> None:
         # the calling token's environment first (kinoray.store.scoping): a Data query sees only its views
         self.store, self.timeframe = store, timeframe
         self.filters = [*(Filter("env_key", key, negated) for key, negated in current_env_key_filters()), *filters]
@@ -359,6 +354,8 @@ class Query:
         self._views: list[View] | None = None
         self._stored: Stored | None = None  # the materialized views of the timeframe's days (viewstore)
         self._live: list[View] | None = None  # the views built from events (those not materialized)
+        self.live_views = live_views  # None: the views past the watermark built from events for this query alone
+        self._live_rows: tuple[pa.Table, dict[str, View]] | None = None
 
     def _build(self, view_id: str | None = None) -> list[View]:
         """The views (or the one view) of the query: DuckDB picks them, drops duplicate events and takes each
@@ -445,11 +442,53 @@ class Query:
                                        + timedelta(days=1))
         return self._stored
 
+    def _live_selected(self) -> tuple[pa.Table, dict[str, View]] | None:
+        """The query's views past the watermark from the process's :class:`LiveViews` (their rows, and the
+        built views by id), selected as :meth:`_build` selects them: an event received in the timeframe, not
+        materialized, ``filters[]`` matched by an event. ``None`` where :meth:`_build` reads more than the
+        views past the watermark (the timeframe starts before the materialized views; nothing materialized)."""
+        watermark = self.stored.watermark
+        if self.live_views is None or watermark is None or watermark.start > int(
+                self.timeframe.start.timestamp() * 1000):
+            return None
+        if self._live_rows is None:
+            snapshot = self.live_views.snapshot(self.store, watermark, self.now, max(self.timeframe.end, self.now))
+            if snapshot is None:
+                return None
+            rows, events = snapshot.rows, snapshot.events
+            start, end = us_range(self.timeframe.start, self.timeframe.end)
+            keep = pc.and_(pc.greater_equal(pc.multiply(rows[RAW_LAST], 1000), start),
+                           pc.less_equal(pc.multiply(rows["first_received"], 1000), end))
+            stored = self.stored.table["view_id"]
+            if len(stored) and rows.num_rows:
+                materialized = stored.filter(pc.is_in(stored, value_set=rows["view_id"].combine_chunks()))
+                keep = pc.and_(keep, pc.invert(pc.is_in(rows["view_id"], value_set=materialized.combine_chunks())))
+            for item in self.filters:
+                matched = pc.unique(events["view_id"].filter(
+                    pc.fill_null(pc.equal(events[item.dimension], item.value), False)).combine_chunks())
+                found = pc.is_in(rows["view_id"], value_set=matched)
+                keep = pc.and_(keep, pc.invert(found) if item.negated else found)
+            self._live_rows = rows.filter(keep).select(VIEW_SCHEMA.names), snapshot.views
+        return self._live_rows
+
+    def _live_table(self) -> pa.Table:
+        """The query's views not materialized, as :data:`VIEW_SCHEMA` rows."""
+        selected = self._live_selected()
+        return selected[0] if selected is not None else view_rows(self.live)
+
     @property
     def live(self) -> list[View]:
-        """The query's views not materialized, built from events."""
+        """The query's views not materialized, built from events (or kept from earlier queries: :class:`LiveViews`;
+        ``final`` as of the query's ``now``)."""
         if self._live is None:
-            self._live = self._build()
+            selected = self._live_selected()
+            if selected is None:
+                self._live = self._build()
+            else:
+                now_ms = int(self.now.timestamp() * 1000)
+                self._live = sorted((replace(view, final=now_ms - (view.last_received or 0) > VIEW_FINAL_MS)
+                                     for view in map(selected[1].__getitem__, selected[0]["view_id"].to_pylist())),
+                                    key=lambda view: (view.view_start, view.id))
         return self._live
 
     @property
@@ -481,7 +520,7 @@ class Query:
     def _frame(self, connection: duckdb.DuckDBPyConnection) -> str:
         """Registers the query's views as rows (the table ``q``) on ``connection``; returns ``q``."""
         self._stored_rows(connection).create_view("stored_q")
-        connection.register("live_q", view_rows(self.live))
+        connection.register("live_q", self._live_table())
         where, params = ["TRUE"], []
         for item in self.metric_filters:
             clause, values = item.sql(f"metric_{item.metric}")

@@ -30,8 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 import duckdb
 import pyarrow as pa
 
-from kinoray.analytics.eventlog import EVENTS_PREFIX, read_events
-from kinoray.analytics.query import DEDUPE_SQL, LATEST_SQL
+from kinoray.analytics.eventlog import DEDUPE_SQL, EVENTS_PREFIX, LATEST_SQL, read_events
 from kinoray.analytics.views import VIEW_FINAL_MS, View, build_views
 from kinoray.analytics.viewstore import (
     DAY_MS,
