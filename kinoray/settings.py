@@ -87,7 +87,8 @@ class ClusterSettings(BaseModel):
         default=30.0, ge=0,
         description="how long a finished job's encoder actors wait for the next job in the same process "
                     "(it then starts encoding at once instead of after ~1 s of actor start-up); 0: every job "
-                    "starts and kills its own")
+                    "starts and kills its own. A live stream waiting for CPUs takes them back at once "
+                    "(live.reclaim_encoders_seconds)")
     scale_up_workers: int = Field(
         default=0, ge=0,
         description="workers a job asks for beyond the slots the cluster has when it starts (at most one per "
@@ -334,6 +335,12 @@ class LiveSettings(BaseModel):
         description="the longest source keyframe interval auto passes through, in target segment durations")
     cpus_per_stream: float = Field(default=1.0, gt=0, description="Ray CPUs each stream's transcoder asks for")
     max_restarts: int = Field(default=3, ge=0, description="transcoders started again for one publisher session")
+    reclaim_encoders_seconds: float | None = Field(
+        default=1.0, gt=0,
+        description="a stream's transcoder not started this long after it was asked for, on a cluster with fewer "
+                    "free CPUs than it needs, kills the idle encoder actors finished VOD jobs keep "
+                    "(cluster.keep_workers_seconds), anywhere in the cluster, for their CPUs — and again as often "
+                    "while it waits; encoders a job is using are never touched. None: it waits for them")
     segment_seconds: dict[str, float] = Field(
         default={"low": 2.0, "reduced": 2.0, "standard": 4.0},
         description="segment length per latency mode (low: LL-HLS segments of part_seconds parts)")

@@ -323,6 +323,20 @@ def test_workers_are_not_kept_while_another_pool_is_in_use():
     assert kept.count() == 0
 
 
+def test_a_worker_is_claimed_or_given_up_never_both():
+    """A worker's tenure (what lets a live stream take kept workers' CPUs from another process, and a job take
+    them over, without the two ever sharing one): a given-up worker cannot be claimed or kept again, a claimed
+    one cannot be given up; the calls themselves run on one thread of the actor (tests/test_live_cluster.py)."""
+    from kinoray.cluster.workers import EncoderWorker
+
+    worker = EncoderWorker("cpu")
+    assert not worker.give_up()  # in use by the job that started it
+    assert worker.keep() and worker.claim()  # kept, then taken over by the next job
+    assert not worker.give_up() and not worker.claim()  # in use again: neither given up nor claimed twice
+    assert worker.keep() and worker.give_up()  # kept, then given up for a live stream
+    assert not worker.claim() and not worker.keep() and worker.give_up()  # only the kill is left
+
+
 def test_a_clean_job_hands_its_workers_to_the_next_and_they_expire(cluster, source, reference, tmp_path):
     """Back-to-back jobs in one process: the second encodes on the first one's actors (same processes, no
     start-up), with identical output; kept actors are killed when their time is up."""

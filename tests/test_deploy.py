@@ -159,7 +159,7 @@ def _schema_errors(doc: Manifest) -> list[str]:
 def test_manifest_is_the_ray_tiers_and_the_edge_tier() -> None:
     assert sorted((doc["apiVersion"], doc["kind"]) for doc in _documents()) == [
         ("apps/v1", "Deployment"), ("autoscaling/v2", "HorizontalPodAutoscaler"), ("ray.io/v1", "RayCluster"),
-        ("ray.io/v1", "RayService"), ("v1", "Service"), ("v1", "Service")]
+        ("ray.io/v1", "RayService"), ("v1", "Service"), ("v1", "Service"), ("v1", "Service")]
     # docs/DEPLOY.md applies one or the other with `kubectl apply -l app.kubernetes.io/component=...`
     assert _document("RayCluster")["metadata"]["labels"]["app.kubernetes.io/component"] == "jobs"
     assert _document("RayService")["metadata"]["labels"]["app.kubernetes.io/component"] == "api"
@@ -320,9 +320,47 @@ def test_rtmp_reaches_the_one_ingest_actor(monkeypatch: pytest.MonkeyPatch) -> N
     assert rtmp["spec"]["selector"].items() <= group["template"]["metadata"]["labels"].items()
     edge_pods = _document("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert not rtmp["spec"]["selector"].items() <= edge_pods.items()  # the edge's pods are not publishers' target
-    (port,) = rtmp["spec"]["ports"]
+    ports = {port["name"]: port for port in rtmp["spec"]["ports"]}
+    assert set(ports) == {"rtmp", "rtmps"}
+    for port in ports.values():
+        (target,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+        assert port["port"] == target["containerPort"] and port["protocol"] == target["protocol"] == "TCP"
+    assert ports["rtmp"]["port"] == Settings().live.rtmp_port == 1935
+    assert ports["rtmps"]["port"] == Settings().live.rtmps_port == 1936
+
+
+def test_rtmps_and_webrtc_reach_the_ingest_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RTMPS: the ingest pod mounts the certificate where the settings it runs with say it is. WHIP/WHEP: the edge
+    forwards the signalling to a Service on the ingest pod's whip port, and the pod is on its node's network, the
+    one way the UDP media aiortc sends on ephemeral ports can reach it (docs/DEPLOY.md)."""
+    group = dict(_groups(_document("RayService")["spec"]["rayClusterConfig"]))["ingest"]
+    pod = group["template"]["spec"]
+    (container,) = pod["containers"]
+    for name, entry in _env(container).items():
+        if name.startswith("KINORAY_"):
+            monkeypatch.setenv(name, entry.get("value", "value-from-a-kubernetes-secret"))
+    settings = Settings()
+    assert settings.edge.tls_cert is not None and settings.edge.tls_key is not None
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert mount["readOnly"] and volume["secret"]["secretName"] == "kinoray-tls"
+    # a Secret of type kubernetes.io/tls holds tls.crt and tls.key
+    assert {settings.edge.tls_cert, settings.edge.tls_key} == {Path(mount["mountPath"]) / "tls.crt",
+                                                              Path(mount["mountPath"]) / "tls.key"}
+    for other, spec in _groups(_document("RayService")["spec"]["rayClusterConfig"]):
+        if other != "ingest":  # the certificate stays on the one pod that serves RTMPS
+            assert "tls" not in {v["name"] for v in spec["template"]["spec"].get("volumes", [])}, other
+
+    whip = _document("Service", "kinoray-whip")
+    assert not _kubernetes_errors(whip), _kubernetes_errors(whip)
+    assert whip["spec"]["selector"].items() <= group["template"]["metadata"]["labels"].items()
+    (port,) = whip["spec"]["ports"]
     (target,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
-    assert port["port"] == target["containerPort"] == Settings().live.rtmp_port == 1935
+    assert port["port"] == target["containerPort"] == settings.live.whip_port == 8189
+    edge_env = _env(_edge_container(_document("Deployment", "kinoray-edge")))
+    assert edge_env["KINORAY_EDGE__WHIP_URL"]["value"] == f"http://{whip['metadata']['name']}:{port['port']}"
+    # the pod's own addresses are the ICE candidates; it still resolves the cluster's names (the head, Redis)
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
 
 
 # --- (b) the manifest and the image against the code -----------------------------------------------------

@@ -322,9 +322,10 @@ def test_make_run_demo_uploads_and_serves_a_playable_stream(tmp_path: Path) -> N
         # RTMP ingest the runner started, the live ladder on the local Ray, the stream played through the edge
         stream = running.client.post(f"{running.url}/video/v1/live-streams",
                                      json={"playback_policies": ["public"]}, timeout=30).json()["data"]
-        # long enough to outlast the demo job's kept encoder actors (cluster.keep_workers_seconds, 30 s), which
-        # hold this 2-CPU node's CPUs the live transcoder asks for until they are let go
-        publisher = subprocess.Popen(publisher_command(running.rtmp_port, stream["stream_key"], seconds=90,
+        # the demo job's kept encoder actors hold this 2-CPU node's CPUs (cluster.keep_workers_seconds, 30 s): the
+        # live transcoder, started by the ingest actor, releases them (live.reclaim_encoders_seconds) rather than
+        # wait, so the stream is playable long before this publisher ends
+        publisher = subprocess.Popen(publisher_command(running.rtmp_port, stream["stream_key"], seconds=30,
                                                        app="app", size="426x240"), stderr=subprocess.PIPE, text=True)
         try:
             live_url = f"{running.url}/{stream['playback_ids'][0]['id']}.m3u8"

@@ -10,6 +10,11 @@ encoders that yield the CPU (:mod:`kinoray.priority`).
 ``resume=True`` and sends it the stream's header tags (metadata, the AVC and AAC sequence headers) and the
 stream from the next keyframe on. Viewers see a discontinuity in the playlists, not an end. What the publisher
 sends meanwhile is held up to ``max_pending_bytes``; past that the session ends with an error.
+
+A transcoder that has not started ``reclaim_after`` seconds after it was asked for, on a cluster with fewer free
+CPUs than it needs, takes the CPUs of the encoder actors finished VOD jobs keep for their next job
+(:func:`~kinoray.cluster.pool.release_kept_workers`, anywhere in the cluster; never one a job is using), and
+again as often while it waits: a live stream cannot wait ``cluster.keep_workers_seconds`` to start.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 import ray
 
+from kinoray.cluster.pool import release_kept_workers
 from kinoray.live.mirror import DirectoryMirror, fetch_playlists
 from kinoray.live.pipe import TagPipe
 from kinoray.live.recording import RecordingTarget, SegmentRecorder
@@ -74,6 +80,7 @@ class LiveTranscodeWorker:
         settings = get_settings()
         setup_logging(settings.log_level, settings.native_log_level)
         self.mirror: DirectoryMirror | None = None
+        self._mirror_thread: threading.Thread | None = None
         self._stop_mirror = threading.Event()
         if store.is_local:
             directory = Path(store.path(prefix))
@@ -82,8 +89,9 @@ class LiveTranscodeWorker:
             if resume:
                 fetch_playlists(store, prefix, directory)
             self.mirror = DirectoryMirror(directory, store, prefix)
-            threading.Thread(target=self.mirror.run, args=(self._stop_mirror,), name="live-mirror",
-                             daemon=True).start()
+            self._mirror_thread = threading.Thread(target=self.mirror.run, args=(self._stop_mirror,),
+                                                   name="live-mirror", daemon=True)
+            self._mirror_thread.start()
         # the recording's section: made before the transcoder writes, so what is in the directory already is
         # an earlier section's
         self.recorder = SegmentRecorder(directory, store, recording, section) if recording is not None else None
@@ -120,9 +128,11 @@ class LiveTranscodeWorker:
             self._stop_recorder.set()
             self.recorder.close(encoder=result.encoder or None, error=result.error or self.pipe.error,
                                 frames=result.frames_in)
-        if self.mirror is not None:
+        if self._mirror_thread is not None:
+            # its last pass, done before the directory goes: a pass over a half-deleted directory would delete
+            # from the store what is no longer there (seen under load: playlists and segments gone from S3)
             self._stop_mirror.set()
-            self.mirror.sync_once()
+            self._mirror_thread.join(timeout)
             shutil.rmtree(self.transcoder.directory, ignore_errors=True)
         return self.transcoder.result
 
@@ -138,17 +148,23 @@ def _is_header(tag: FlvTag) -> bool:
 class LiveFeed:
     """Feeds one publisher's stream to a transcoder actor from the ingest's event loop (see the module
     docstring); the actor writes the live HLS under ``store``/``prefix`` and, given ``recording``, records its
-    segments as the recording asset's (:mod:`kinoray.live.recording`). ``on_segment(count)`` is called (on the loop) when the stream is playable — its first segment, at low latency its first LL-HLS part; ``on_end(result,
-    error)`` once the session is over, with the last actor's result."""
+    segments as the recording asset's (:mod:`kinoray.live.recording`). ``on_segment(count)`` is called (on the
+    loop) when the stream is playable — its first segment, at low latency its first LL-HLS part; ``on_end(result,
+    error)`` once the session is over, with the last actor's result. ``reclaim_after``: seconds a transcoder may
+    wait to start before kept encoder actors are released for its CPUs (module docstring); ``None``: it waits."""
 
     def __init__(self, store: ObjectStore, prefix: str, options: LiveOptions, *, cpus: float = 1.0,
                  max_restarts: int = 3, recording: RecordingTarget | None = None,
                  batch_seconds: float = 0.1, max_pending_bytes: int = 64 << 20,
                  on_segment: Callable[[int], None] | None = None,
                  on_end: Callable[[LiveResult | None, str | None], None] | None = None,
-                 actor_options: dict[str, Any] | None = None) -> None:
+                 actor_options: dict[str, Any] | None = None, reclaim_after: float | None = 1.0) -> None:
         self.store, self.prefix, self.options = store, prefix, options
         self.cpus, self.max_restarts, self.recording = cpus, max_restarts, recording
+        self.reclaim_after = reclaim_after
+        #: kept encoder actors released for this session's transcoders (their CPUs)
+        self.encoders_released = 0
+        self._reclaim: asyncio.Task[None] | None = None
         self.batch_seconds, self.max_pending_bytes = batch_seconds, max_pending_bytes
         self.on_segment, self.on_end = on_segment, on_end
         self.actor_options = actor_options or {}
@@ -257,8 +273,27 @@ class LiveFeed:
     def _start(self, *, resume: bool) -> Any:
         options = {"num_cpus": self.cpus, "max_restarts": 0, "max_task_retries": 0, **self.actor_options}
         section = self.recording.section(self.restarts) if self.recording is not None else ""
-        return _RemoteWorker.options(**options).remote(self.store, self.prefix, self.options, resume,
-                                                       self.recording, section)
+        actor = _RemoteWorker.options(**options).remote(self.store, self.prefix, self.options, resume,
+                                                        self.recording, section)
+        if self.reclaim_after is not None:
+            if self._reclaim is not None:
+                self._reclaim.cancel()
+            self._reclaim = asyncio.get_running_loop().create_task(self._make_room(actor), name="live-reclaim")
+        return actor
+
+    async def _make_room(self, actor: Any) -> None:
+        """Until ``actor`` has started: every ``reclaim_after`` seconds, if the cluster has fewer free CPUs than it
+        asks for, release the kept encoder actors (see the module docstring)."""
+        assert self.reclaim_after is not None
+        started = actor.__ray_ready__.remote()  # done once it runs (or died: _send finds out and replaces it)
+        while not (await asyncio.to_thread(ray.wait, [started], timeout=self.reclaim_after))[0]:
+            free = (await asyncio.to_thread(ray.available_resources)).get("CPU", 0.0)
+            if free >= self.cpus:
+                continue  # not waiting for CPUs: starting (a new process imports for a while)
+            released = await asyncio.to_thread(release_kept_workers)
+            self.encoders_released += released
+            log.info("live transcoder waits for CPUs", extra={"prefix": self.prefix, "free_cpus": free,
+                                                              "encoders_released": released})
 
     def _replace(self, reason: str) -> bool:
         """A new actor after the old one died; ``False`` once the restarts are spent."""
@@ -319,6 +354,8 @@ class LiveFeed:
             except ray.exceptions.RayActorError as error:
                 self.error = self.error or f"the live transcoder died while finishing: {error}"[:300]
         finally:
+            if self._reclaim is not None:
+                self._reclaim.cancel()
             if self.on_end is not None:
                 self.on_end(result, self.error)
 

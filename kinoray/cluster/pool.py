@@ -6,6 +6,13 @@ the same layout takes them over instead of starting new processes; otherwise —
 they are killed. Kept actors hold their Ray CPUs, which is why the wait is short and why a job that starts
 while another runs never leaves its actors behind (they could keep that job's pending actors waiting).
 
+Which actors are kept is known in the process that ran the job (the job runner's replica under Serve, or a
+``ray job`` driver), but a live stream's transcoder is started by another (the ingest actor) and cannot wait
+for those CPUs. So every encoder actor is named (``kinoray-encoder-…`` in the ``kinoray`` namespace) and keeps
+its own tenure (:class:`~kinoray.cluster.workers.EncoderWorker`: in use, kept, given up):
+:func:`release_kept_workers`, from any process, kills the kept ones cluster-wide and never one a job uses. A job
+claims each kept actor before using it; one given up meanwhile is replaced by a new actor.
+
 A pool also grows while its job runs:
 
 - **Scale-up demand** (``scale_up_workers``): besides one worker per slot the cluster has, a job may ask for a
@@ -24,22 +31,33 @@ import logging
 import math
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from kinoray.cluster.workers import EncoderWorker, WorkerCapabilities, worker_options
+from kinoray.cluster.workers import CONTROL_GROUP, EncoderWorker, WorkerCapabilities, worker_options
 from kinoray.encoders import Capability
 from kinoray.errors import ClusterError
 from kinoray.settings import ClusterSettings
 
-__all__ = ["NodeResources", "PoolLayout", "WorkerPool", "kept_workers"]
+__all__ = ["ENCODER_NAMESPACE", "ENCODER_PREFIX", "NodeResources", "PoolLayout", "WorkerPool", "kept_workers",
+           "release_kept_workers"]
 
 log = logging.getLogger(__name__)
 
-_RemoteWorker = ray.remote(EncoderWorker)
+#: Where encoder actors are named (``ENCODER_PREFIX`` + a random id), whichever namespace their job runs in.
+ENCODER_NAMESPACE = "kinoray"
+ENCODER_PREFIX = "kinoray-encoder-"
+#: How long an actor may take to answer a tenure call (an idle one: milliseconds) before it counts as a no: when it
+#: is kept or claimed, and when a live stream asks every encoder (one still starting cannot answer).
+_TENURE_SECONDS = 10.0
+_GIVE_UP_SECONDS = 2.0
+
+# (Ray's typed overloads of remote() leave concurrency_groups out; it is a documented actor option.)
+_RemoteWorker = ray.remote(concurrency_groups={CONTROL_GROUP: 1})(EncoderWorker)  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,7 @@ class WorkerPool:
         self.capabilities: list[WorkerCapabilities | None] = []
         self.slots: list[Slot] = []
         try:
+            kept = _claim(kept)
             for position, slot in enumerate(slots):
                 if position in kept:
                     self._add(slot, kept[position].actor, kept[position].capabilities)
@@ -141,7 +160,8 @@ class WorkerPool:
         # Placed on its node, softly: a worker whose node is gone restarts wherever there is room.
         strategy = NodeAffinitySchedulingStrategy(node_id, soft=True) if node_id else "DEFAULT"
         options = worker_options(kind, 1.0 / self.settings.gpu_sessions_per_gpu, self.settings.chunk_retries)
-        return _RemoteWorker.options(**options, scheduling_strategy=strategy).remote(kind)
+        return _RemoteWorker.options(**options, scheduling_strategy=strategy, name=ENCODER_PREFIX + uuid.uuid4().hex,
+                                     namespace=ENCODER_NAMESPACE).remote(kind)
 
     def _add(self, slot: Slot, actor: Any, capabilities: WorkerCapabilities | None) -> int:
         self.slots.append(slot)
@@ -220,9 +240,11 @@ class WorkerPool:
             kept = [_Kept((capabilities.node_id, kind), self.session, self.options, actor, capabilities)
                     for (_, kind), actor, capabilities in zip(self.slots, self.actors, self.capabilities, strict=True)
                     if capabilities is not None]
+            # Each told first: a job claiming one later (and a live stream giving one up) must find it kept.
+            kept = [worker for worker, ok in zip(kept, _ask([k.actor for k in kept], "keep"), strict=True) if ok]
             if _KEPT.keep(kept, self.settings.keep_workers_seconds):
-                _kill([actor for actor, capabilities in zip(self.actors, self.capabilities, strict=True)
-                       if capabilities is None])  # never started: nothing to keep
+                listed = {id(worker.actor) for worker in kept}
+                _kill([actor for actor in self.actors if id(actor) not in listed])  # never started, or gone
                 return
         _kill(self.actors)
 
@@ -254,6 +276,60 @@ def _kill(actors: list[Any]) -> None:
             ray.kill(actor, no_restart=True)
         except Exception:  # noqa: BLE001 - already dead, or its Ray session is gone
             pass
+
+
+def _ask(actors: list[Any], method: str, timeout: float = _TENURE_SECONDS) -> list[bool]:
+    """Call a tenure method (``keep``/``claim``/``give_up``) on each actor at once; its answer, ``False`` for one
+    that is dead or did not answer within ``timeout`` seconds."""
+    refs = []
+    for actor in actors:
+        try:
+            refs.append(getattr(actor, method).options(concurrency_group=CONTROL_GROUP).remote())
+        except Exception:  # noqa: BLE001 - its Ray session is gone
+            refs.append(None)
+    pending = [ref for ref in refs if ref is not None]
+    if pending:
+        ray.wait(pending, num_returns=len(pending), timeout=timeout)
+    answers = []
+    for ref in refs:
+        try:
+            answers.append(ref is not None and bool(ray.get(ref, timeout=0)))
+        except Exception:  # noqa: BLE001 - dead (killed by a live stream, say), or still busy
+            answers.append(False)
+    return answers
+
+
+def _claim(kept: dict[int, _Kept]) -> dict[int, _Kept]:
+    """The kept actors that are still this process's to use: those given up meanwhile (a live stream took their
+    CPUs back, :func:`release_kept_workers`) are killed, and the pool starts new ones in their slots."""
+    positions = sorted(kept)
+    answers = _ask([kept[p].actor for p in positions], "claim")
+    lost = [kept.pop(p).actor for p, ok in zip(positions, answers, strict=True) if not ok]
+    if lost:
+        _kill(lost)
+        log.info("kept encoder workers were given up meanwhile: starting others", extra={"workers": len(lost)})
+    return kept
+
+
+def release_kept_workers() -> int:
+    """Kill the encoder actors that are kept between jobs (idle), in every process of the cluster, so that their
+    CPUs go to whoever waits for them (a live stream's transcoder: :class:`~kinoray.cluster.live.LiveFeed`);
+    how many. An actor a job is using says no and is left alone; a job about to take a kept one finds it given
+    up and starts another. One that answers too late (``_GIVE_UP_SECONDS``) stays given up, and the next call or
+    its own job's expiry kills it."""
+    named = [entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)
+             if entry["namespace"] == ENCODER_NAMESPACE and entry["name"].startswith(ENCODER_PREFIX)]
+    actors = []
+    for name in named:
+        try:
+            actors.append(ray.get_actor(name, namespace=ENCODER_NAMESPACE))
+        except ValueError:  # gone since it was listed
+            continue
+    idle = [actor for actor, ok in zip(actors, _ask(actors, "give_up", _GIVE_UP_SECONDS), strict=True) if ok]
+    _kill(idle)
+    if idle:
+        log.info("kept encoder workers released for their CPUs", extra={"workers": len(idle), "named": len(named)})
+    return len(idle)
 
 
 def _start_options(settings: ClusterSettings) -> tuple[int, int]:

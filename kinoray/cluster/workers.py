@@ -40,11 +40,14 @@ from kinoray.priority import yield_cpu
 from kinoray.settings import StorageSettings
 from kinoray.store import ObjectStore
 
-__all__ = ["EncoderWorker", "JobSpec", "WorkItem", "WorkerCapabilities", "probe_worker"]
+__all__ = ["CONTROL_GROUP", "EncoderWorker", "JobSpec", "WorkItem", "WorkerCapabilities", "probe_worker"]
 
 log = logging.getLogger(__name__)
 
 AUDIO_KEY = "audio/audio"
+#: The Ray concurrency group (one thread) of a worker's tenure calls (:meth:`EncoderWorker.keep` and friends), so
+#: they are answered while a chunk runs on the actor's main thread.
+CONTROL_GROUP = "control"
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,14 @@ def probe_worker(kind: str) -> WorkerCapabilities:
 
 
 class EncoderWorker:
-    """The actor body (wrapped with ``ray.remote`` by the pool, which sets its resources)."""
+    """The actor body (wrapped with ``ray.remote`` by the pool, which sets its resources).
+
+    It knows its own tenure, so that any process of the cluster can ask it (:mod:`kinoray.cluster.pool`): in use
+    by the job that started or took it, *kept* (idle, between jobs: :meth:`keep`), or *given up* (a live stream
+    took its CPU back: :meth:`give_up`, after which only a kill follows). The job that would reuse a kept worker
+    first claims it (:meth:`claim`); of a claim and a give-up arriving together exactly one wins, because both run on
+    the one thread of :data:`CONTROL_GROUP`.
+    """
 
     def __init__(self, kind: str = "cpu") -> None:
         from kinoray.logs import setup_logging
@@ -135,11 +145,27 @@ class EncoderWorker:
             log.warning("encoder worker without a fixed heap fill: a retried chunk may differ in bytes")
         self.capabilities_ = probe_worker(kind)
         self.scratch = Path(tempfile.mkdtemp(prefix="kinoray-worker-"))
+        self.kept = self.given_up = False
         log.info("encoder worker ready", extra={"kind": kind, "pid": self.capabilities_.pid,
                                                 "encoders": self.capabilities_.encoders})
 
     def capabilities(self) -> WorkerCapabilities:
         return self.capabilities_
+
+    def keep(self) -> bool:
+        """Its job ended cleanly and its pool keeps it for the next job; ``False`` if it was given up."""
+        self.kept = not self.given_up
+        return self.kept
+
+    def claim(self) -> bool:
+        """A job takes this kept worker; ``False`` if it was given up meanwhile (the job starts another)."""
+        claimed, self.kept = self.kept, False
+        return claimed
+
+    def give_up(self) -> bool:
+        """Give up this worker if it is kept (idle), for its CPU; ``False`` (nothing changes) if a job uses it."""
+        self.given_up, self.kept = self.given_up or self.kept, False
+        return self.given_up
 
     def _scaler(self) -> Callable[[VideoStreamInfo, tuple[Rendition, ...]], Scaler]:
         if self.capabilities_.scaler == "torch-cuda":

@@ -155,7 +155,8 @@ class _Session:
         else:
             self.feed = LiveFeed(platform.store, publish.live_prefix, options, cpus=settings.cpus_per_stream,
                                  max_restarts=settings.max_restarts, on_segment=self._first_segment,
-                                 on_end=self._end, recording=RecordingTarget(publish.asset_id, publish.part))
+                                 on_end=self._end, recording=RecordingTarget(publish.asset_id, publish.part),
+                                 reclaim_after=settings.reclaim_encoders_seconds)
             if publish.slate:
                 asyncio.get_running_loop().create_task(self._make_slate(), name="live-slate-image")
         self.reports = _StatusReports(ingest)
