@@ -122,6 +122,11 @@ class ServeSettings(BaseModel):
                     "ray[serve]) in front of replicas that serve HTTP themselves (Ray's throughput-optimized "
                     "mode); python = Serve's Python proxy actor. A cluster kinoray up joins (RAY_ADDRESS) keeps "
                     "its own")
+    ingress_drain_seconds: float = Field(
+        default=2.0, ge=0,
+        description="how long a stopping API replica stays reachable behind HAProxy, so the proxy stops routing "
+                    "to it before it refuses connections (Ray's default, 30 s, suits a fleet of load balancers; "
+                    "one node's HAProxy is told at once), on a cluster kinoray up starts")
     api_replicas: int = Field(
         default=2, ge=1,
         description="API replicas kinoray up runs (each a process, and more of them use more cores: 2 replicas "

@@ -49,8 +49,9 @@ def _pids_under(marker: str) -> list[int]:
 
 def stop_head(process: subprocess.Popen[bytes], temp_dir: str) -> None:
     """Stop the head ``ray start --block`` started: its process group, then any process of its temp dir that
-    left the group: only processes this fixture started, never every Ray on the machine."""
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+    left the group: only processes this fixture started, never every Ray on the machine. Some of Ray's
+    processes outlive a SIGTERM by far (the whole 30 s once waited): they get 10 s, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
         for pid in _pids_under(temp_dir):
