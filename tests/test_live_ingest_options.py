@@ -45,11 +45,10 @@ from kinoray.control.live import (
 from kinoray.control.platform import Platform
 from kinoray.errors import IngestRefusedError, InvalidParametersError
 from kinoray.live import PublishRequest
-from kinoray.live.pipe import TagPipe
-from kinoray.live.transcode import MASTER, LiveOptions, LiveTranscoder
+from kinoray.live.transcode import MASTER, LiveOptions
 from kinoray.settings import Settings
 from tests.api_server import self_signed
-from tests.test_live_rtmp import KEY, Ingest, probe, publisher_command, refused
+from tests.test_live_rtmp import KEY, Ingest, TranscodingIngest, probe, publisher_command, refused
 from tests.test_live_thumbnails import _eventually
 
 
@@ -198,19 +197,8 @@ def _ffprobe(target: str | Path) -> dict[str, Any]:
 def test_an_audio_only_stream_is_one_audio_variant(tmp_path: Path, part_seconds: float | None,
                                                    with_video: bool) -> None:
     seconds, out = 5, tmp_path / "live"
-    transcoders: list[LiveTranscoder] = []
-    threads: list[threading.Thread] = []
-    ingest = Ingest()
-
-    async def authorize(request: PublishRequest) -> TagPipe | None:
-        pipe = TagPipe()
-        transcoders.append(LiveTranscoder(pipe, out, LiveOptions(segment_seconds=1.0, part_seconds=part_seconds,
-                                                                 audio_only=True)))
-        threads.append(threading.Thread(target=transcoders[-1].run, daemon=True))
-        threads[-1].start()
-        return pipe
-
-    ingest.server.authorize = authorize
+    ingest = TranscodingIngest(out, LiveOptions(segment_seconds=1.0, part_seconds=part_seconds, audio_only=True),
+                               any_key=True)
     try:
         publisher = subprocess.Popen(_audio_publisher(ingest.port, seconds, with_video=with_video),
                                      stderr=subprocess.PIPE, text=True)
@@ -220,13 +208,13 @@ def test_an_audio_only_stream_is_one_audio_variant(tmp_path: Path, part_seconds:
                     30, "no segment listed while live")
         assert publisher.poll() is None, "the publisher ended before any segment was listed"
         assert publisher.wait(60) == 0, publisher.stderr.read() if publisher.stderr else ""
-        threads[0].join(60)
+        transcoder = ingest.finished()
     finally:
         ingest.close()
-    result = transcoders[0].result
+    result = transcoder.result
     assert result.error is None and result.renditions == [] and result.frames_in == 0
     assert result.segments >= seconds - 1 and (result.parts > result.segments if part_seconds else True)
-    assert transcoders[0].top == out / "audio"
+    assert transcoder.top == out / "audio"
 
     master = (out / MASTER).read_text()
     assert master.count("#EXT-X-STREAM-INF") == 1 and 'CODECS="mp4a.40.2"' in master

@@ -14,14 +14,12 @@ import hashlib
 import json
 import re
 import subprocess
-import threading
 from fractions import Fraction
 from pathlib import Path
 
 import m3u8
 import pytest
 
-from kinoray.live import PublishRequest
 from kinoray.live.cmaf import Sample
 from kinoray.live.llhls import KeyframeGrid, PartTrack
 from kinoray.live.passthrough import BitrateMeter, SegmentCuts, is_idr, length_size
@@ -173,40 +171,23 @@ def test_keyframe_grid_cuts_parts_inside_segments_that_start_at_keyframes(tmp_pa
 @pytest.mark.slow
 def test_an_rtmp_published_h264_stream_with_b_frames_is_passed_through(tmp_path: Path) -> None:
     """8 s published in real time over RTMP, keyframes every 2 s, two B-frames: the plain HLS ladder."""
-    from tests.test_live_rtmp import KEY, Ingest
+    from tests.test_live_rtmp import KEY, TranscodingIngest
 
     seconds = 8
     source = _source(tmp_path / "published.flv", seconds=seconds, bframes=2)
     out = tmp_path / "live"
-    transcoders: list[LiveTranscoder] = []
-    threads: list[threading.Thread] = []
-    ingest = Ingest()
-
-    async def authorize(request: PublishRequest) -> TagPipe | None:
-        if request.key != KEY:
-            return None
-        pipe = TagPipe()
-        transcoder = LiveTranscoder(pipe, out, LiveOptions(segment_seconds=SEGMENT, heights=(360, 240),
-                                                           encoder="libx264", preset="ultrafast",
-                                                           source_passthrough="auto"))
-        thread = threading.Thread(target=transcoder.run, name="live-transcode", daemon=True)
-        thread.start()
-        transcoders.append(transcoder)
-        threads.append(thread)
-        return pipe
-
-    ingest.server.authorize = authorize
+    ingest = TranscodingIngest(out, LiveOptions(segment_seconds=SEGMENT, heights=(360, 240), encoder="libx264",
+                                                preset="ultrafast", source_passthrough="auto"))
     try:
         done = subprocess.run(["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
                                f"rtmp://127.0.0.1:{ingest.port}/live/{KEY}"], capture_output=True, text=True,
                               timeout=60 + seconds)
         assert done.returncode == 0, done.stderr
-        threads[0].join(60)
-        assert not threads[0].is_alive()
+        transcoder = ingest.finished()
     finally:
         ingest.close()
 
-    result = transcoders[0].result
+    result = transcoder.result
     assert result.error is None and result.passthrough == "360p" and result.source_gop == 2
     assert result.encoder == "libx264" and [r.name for r in result.renditions] == ["360p", "240p"]
     assert result.frames_out == {"360p": seconds * FPS, "240p": seconds * FPS}

@@ -24,6 +24,8 @@ from prometheus_client import REGISTRY
 from kinoray.errors import IngestProtocolError
 from kinoray.live import FlvTag, PublishRequest, RtmpServer, flv_header
 from kinoray.live.amf import decode_all, encode
+from kinoray.live.pipe import TagPipe
+from kinoray.live.transcode import LiveOptions, LiveTranscoder
 from kinoray.media.flv import AUDIO, SCRIPT, VIDEO
 
 KEY = "k3y-Of-a-live-stream"
@@ -72,6 +74,34 @@ class Ingest:
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class TranscodingIngest(Ingest):
+    """An :class:`Ingest` whose publishers (with :data:`KEY`, or any key with ``any_key``) each feed a
+    :class:`~kinoray.live.transcode.LiveTranscoder` writing ``out`` with ``options``, run on a thread."""
+
+    def __init__(self, out: Path, options: LiveOptions, *, any_key: bool = False) -> None:
+        super().__init__()
+        self.transcoders: list[LiveTranscoder] = []
+        self.threads: list[threading.Thread] = []
+
+        async def authorize(request: PublishRequest) -> TagPipe | None:
+            if not any_key and request.key != KEY:
+                return None
+            pipe = TagPipe()
+            self.transcoders.append(LiveTranscoder(pipe, out, options))
+            self.threads.append(threading.Thread(target=self.transcoders[-1].run, name="live-transcode",
+                                                 daemon=True))
+            self.threads[-1].start()
+            return pipe
+
+        self.server.authorize = authorize
+
+    def finished(self, timeout: float = 60) -> LiveTranscoder:
+        """The first publisher's transcoder, once it has ended."""
+        self.threads[0].join(timeout)
+        assert not self.threads[0].is_alive(), "the transcoder did not end"
+        return self.transcoders[0]
 
 
 @pytest.fixture()

@@ -9,16 +9,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from kinoray.live import PublishRequest
-from kinoray.live.pipe import TagPipe
-from kinoray.live.transcode import LiveOptions, LiveTranscoder
-from tests.test_live_rtmp import KEY, Ingest, publisher_command
+from kinoray.live.transcode import LiveOptions
+from tests.test_live_rtmp import KEY, TranscodingIngest, publisher_command
 
 pytestmark = pytest.mark.slow
 
@@ -34,26 +31,8 @@ def _probe(url: Path, *entries: str) -> dict:
 
 def test_a_published_stream_becomes_a_live_aligned_ladder(tmp_path: Path) -> None:
     out = tmp_path / "live"
-    pipes: list[TagPipe] = []
-    transcoders: list[LiveTranscoder] = []
-    threads: list[threading.Thread] = []
-
-    ingest = Ingest()
-
-    async def authorize(request: PublishRequest) -> TagPipe | None:
-        if request.key != KEY:
-            return None
-        pipe = TagPipe()
-        transcoder = LiveTranscoder(pipe, out, LiveOptions(segment_seconds=SEGMENT, heights=(360, 240),
-                                                           encoder="libx264", preset="ultrafast"))
-        thread = threading.Thread(target=transcoder.run, name="live-transcode", daemon=True)
-        thread.start()
-        pipes.append(pipe)
-        transcoders.append(transcoder)
-        threads.append(thread)
-        return pipe
-
-    ingest.server.authorize = authorize
+    ingest = TranscodingIngest(out, LiveOptions(segment_seconds=SEGMENT, heights=(360, 240), encoder="libx264",
+                                                preset="ultrafast"))
     try:
         # the publisher's own keyframes every 3 s: the ladder's IDRs every 2 s come from kinoray, not the source
         publisher = subprocess.Popen(publisher_command(ingest.port, KEY, seconds=SECONDS, size="640x360", fps=FPS,
@@ -67,12 +46,11 @@ def test_a_published_stream_becomes_a_live_aligned_ladder(tmp_path: Path) -> Non
             time.sleep(0.1)
         assert "#EXT-X-ENDLIST" not in playlist.read_text() and (out / "master.m3u8").exists()
         assert publisher.wait(60) == 0, publisher.stderr.read() if publisher.stderr else ""
-        threads[0].join(60)
-        assert not threads[0].is_alive()
+        transcoder = ingest.finished()
     finally:
         ingest.close()
 
-    result = transcoders[0].result
+    result = transcoder.result
     assert result.error is None and result.encoder == "libx264"
     assert [r.name for r in result.renditions] == ["360p", "240p"]
     assert result.frames_in == SECONDS * FPS and set(result.frames_out.values()) == {SECONDS * FPS}
