@@ -14,9 +14,15 @@ Last, the anomaly detectors (kinoray.analytics.anomaly) on the viewer-traffic si
 (kinoray.analytics.simulate: four days, four planted incidents, a flash crowd) for each of a few seeds: precision,
 recall and time to detect of every candidate (``--anomaly only`` runs just that section).
 
+First, unless ``--realtime skip``: the real-time lag under load — 5,000 concurrent views' beacons through the
+production edge into Redis, a probe view's changes awaited in ``/data/v1/realtime/...`` (servers, unlike the
+rest: :mod:`analytics_realtime`, ~1.5 min; skipped without an empty Redis database of its own).
+
     python benchmarks/analytics.py --views 2000            # prints a table, writes benchmarks/results/analytics.json
     python benchmarks/analytics.py --scale only            # 1 M views / ~30 M events: rollup + queries at scale
                                                            # (benchmarks/analytics_scale.py; analytics_scale.json)
+    python benchmarks/analytics.py --realtime only         # real-time lag under 5,000 concurrent views (~2 min)
+                                                           # (benchmarks/analytics_realtime.py; analytics_realtime.json)
 """
 
 from __future__ import annotations
@@ -251,14 +257,38 @@ def main() -> None:
     parser.add_argument("--scale-rollup-hours", type=float, default=None,
                         help="roll up only the first hours for real and repeat those view rows up to the end "
                              "(default: roll up everything)")
+    parser.add_argument("--scale-skip-from-events", action="store_true",
+                        help="leave out the queries that build the live views from events for every query")
+    parser.add_argument("--realtime", choices=("also", "only", "skip"), default="also",
+                        help="run the real-time lag section (the edge under --realtime-views views, a probe view "
+                             "polled in /data/v1/realtime; results: analytics_realtime.json) too, alone, or not")
+    parser.add_argument("--realtime-views", type=int, default=5000, help="concurrent views (heartbeats every 10 s)")
+    parser.add_argument("--realtime-seconds", type=float, default=60.0, help="how long the load runs")
+    parser.add_argument("--realtime-redis", default="redis://127.0.0.1:6379/11",
+                        help="an empty Redis database of the benchmark's own (its kinoray:* keys deleted after)")
+    parser.add_argument("--realtime-edge-workers", type=int, default=2)
     args = parser.parse_args()
     console = Console()
     RESULTS.mkdir(exist_ok=True)  # ignored by git: a fresh checkout has none
+    if args.realtime != "skip":
+        import analytics_realtime
+
+        try:
+            lagged = analytics_realtime.run(args.realtime_views, args.realtime_seconds, args.realtime_redis,
+                                            args.realtime_edge_workers, log=console.log)
+        except analytics_realtime.Unavailable as error:
+            console.print(f"real time: skipped ({error})")
+        else:
+            analytics_realtime.report(lagged, console)
+            (RESULTS / "analytics_realtime.json").write_text(json.dumps(lagged, indent=2) + "\n")
+        if args.realtime == "only":
+            return
     if args.scale != "skip":
         import analytics_scale
 
         found = analytics_scale.run(args.scale_views, args.scale_days, args.repeats, log=console.log,
-                                    rollup_hours=args.scale_rollup_hours)
+                                    rollup_hours=args.scale_rollup_hours,
+                                    live_from_events=not args.scale_skip_from_events)
         analytics_scale.report(found, console)
         (RESULTS / "analytics_scale.json").write_text(json.dumps(found, indent=2, default=str) + "\n")
         if args.scale == "only":

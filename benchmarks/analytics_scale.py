@@ -13,7 +13,9 @@
    overall, breakdown and timeseries over the week, p50/p95, cold (caches emptied) and warm — with the last
    hour's views live (built from events once and kept between queries by
    :class:`kinoray.analytics.liveviews.LiveViews`; then, for comparison, built from events for every query),
-   then again after rolling up the rest (every view final).
+   then again after rolling up the rest (every view final). Cold again with the job runner's saved live views
+   (:meth:`kinoray.analytics.liveviews.LiveViews.save`, what its rollup tick writes): a fresh process seeds
+   from them instead of building every live view from events.
 
     python benchmarks/analytics.py --scale only --scale-views 1000000
 """
@@ -36,7 +38,7 @@ import pyarrow.parquet as pq
 
 from kinoray.analytics.collect import DIMENSIONS
 from kinoray.analytics.eventlog import EVENT_SCHEMA, EVENTS_PREFIX, FILES
-from kinoray.analytics.liveviews import LIVE_VIEWS, LiveViews
+from kinoray.analytics.liveviews import LIVE_VIEWS, SNAPSHOT_KEY, LiveViews
 from kinoray.analytics.query import VIEWS, Filter, Query, Timeframe, parse_filters
 from kinoray.analytics.rollup import roll_up, split_by_day
 from kinoray.analytics.simulate import Scenario, Simulation
@@ -221,9 +223,9 @@ def timed(call: Callable[[], Any], repeats: int, cold: bool) -> dict[str, float]
 
 
 def queries(store: ObjectStore, timeframe: Timeframe, now: datetime, repeats: int,
-            live_views: LiveViews | None = LIVE_VIEWS) -> dict[str, Any]:
-    """The four queries timed; ``live_views=None``: the views past the watermark built from events for each
-    query (as before :class:`LiveViews`)."""
+            live_views: LiveViews | None = LIVE_VIEWS, warm: bool = True) -> dict[str, Any]:
+    """The four queries timed, cold (and ``warm``); ``live_views=None``: the views past the watermark built
+    from events for each query (as before :class:`LiveViews`)."""
     def query(filters: Sequence[Filter] = ()) -> Query:
         return Query(store, timeframe, filters, now=now, live_views=live_views)
 
@@ -237,8 +239,23 @@ def queries(store: ObjectStore, timeframe: Timeframe, now: datetime, repeats: in
     out = {}
     for name, call in calls.items():
         out[f"{name}, cold"] = timed(call, max(2, repeats // 4), cold=True)
-        out[f"{name}, warm"] = timed(call, repeats, cold=False)
+        if warm:
+            out[f"{name}, warm"] = timed(call, repeats, cold=False)
     return out
+
+
+def save_live(store: ObjectStore, now: datetime) -> dict[str, Any]:
+    """The job runner's live-view snapshot saved twice at ``now`` (its first tick builds every live view, the
+    next reuses them), timed."""
+    runner, seconds = LiveViews(), []
+    watermark = read_watermark(store)
+    assert watermark is not None
+    for _ in range(2):
+        started = time.perf_counter()
+        assert runner.save(store, watermark, now)
+        seconds.append(round(time.perf_counter() - started, 2))
+    return {"first_save_s": seconds[0], "next_save_s": seconds[1], "bytes": store.size(SNAPSHOT_KEY),
+            "views": pq.read_metadata(store.path(SNAPSHOT_KEY)).num_rows}
 
 
 def vary(rows: pa.Table, copy: int) -> pa.Table:
@@ -325,6 +342,11 @@ def run(views: int, days: float, repeats: int, log: Callable[[str], None] = prin
             result["replicated"] = replicate(store, int(end.timestamp() * 1000) - 3_600_000, log)
         result["queries_last_hour_live"] = queries(store, timeframe, end, repeats)
         log("queried with the last hour live")
+        result["live_snapshot"] = save_live(store, end)
+        log(f"runner saved the live views: {result['live_snapshot']}")
+        result["queries_last_hour_live_seeded"] = queries(store, timeframe, end, repeats, warm=False)
+        log("queried cold with the last hour live, seeded from the runner's snapshot")
+        store.delete(SNAPSHOT_KEY)
         if live_from_events:
             result["queries_last_hour_live_from_events"] = queries(store, timeframe, end, repeats, live_views=None)
             log("queried with the last hour live, built from events for each query")
@@ -356,7 +378,13 @@ def report(result: dict[str, Any], console: Any) -> None:
     table.add_row("event Parquet bytes per view", f"{made['event_bytes_per_view']:,}")
     table.add_row("rollup (one process)", f"{rolled['seconds']} s: {rolled['views_per_second']:,} views/s")
     table.add_row("view Parquet bytes per view", f"{rolled['view_bytes_per_view']:,} ({rolled['parts']} parts)")
+    if "live_snapshot" in result:
+        saved = result["live_snapshot"]
+        table.add_row("runner's live-view snapshot: first / next save",
+                      f"{saved['first_save_s']} s / {saved['next_save_s']} s ({saved['views']:,} views, "
+                      f"{saved['bytes']:,} bytes)")
     for section, label in (("queries_last_hour_live", "last hour live"),
+                           ("queries_last_hour_live_seeded", "last hour live, seeded from the snapshot"),
                            ("queries_last_hour_live_from_events", "last hour live, built per query"),
                            ("queries_all_final", "all final")):
         for name, timing in result.get(section, {}).items():

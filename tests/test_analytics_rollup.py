@@ -25,7 +25,7 @@ import pytest
 
 from kinoray.analytics import Collector, EventWriter, MemoryViewStates, parse_batch
 from kinoray.analytics.eventlog import FILES
-from kinoray.analytics.liveviews import LiveViews
+from kinoray.analytics.liveviews import SNAPSHOT_KEY, LiveViews
 from kinoray.analytics.privacy import erase_viewer, sweep_retention
 from kinoray.analytics.query import METRICS, VIEWS, Query, Timeframe, ViewCache, aggregate, parse_filters
 from kinoray.analytics.rollup import backfill, roll_up
@@ -271,12 +271,14 @@ def _send(store: ObjectStore, batches: list[tuple[list[dict[str, Any]], datetime
 
 def test_live_views_kept_between_queries_are_the_views_built_from_events(store) -> None:
     """The views past the watermark kept by LiveViews (updated from the event files added or removed since, the
-    watermark and the clock) answer every question as building them from events for each query does."""
+    watermark and the clock) answer every question as building them from events for each query does — and so
+    do those of a fresh process seeded from the snapshot the runner saved earlier (then updated the same way)."""
     roll_up(store, START + timedelta(hours=20), grace_seconds=0)  # the watermark mid-way: ~17 h of views live
     kept = LiveViews()
+    runner = LiveViews()  # the job runner's, saving its snapshot for starting processes
     frames = (Timeframe(START, END + timedelta(hours=2)), Timeframe(END - timedelta(hours=2), END + timedelta(hours=1)))
 
-    def check(now: datetime, every_frame: bool = False) -> list[View]:
+    def check(now: datetime, every_frame: bool = False, kept: LiveViews = kept) -> list[View]:
         """Every answer (over both timeframes and with filters too when ``every_frame``) equal to the Python
         oracle's over views built from events for the query; the kept live views equal to those built from
         events, metric for metric."""
@@ -308,6 +310,20 @@ def test_live_views_kept_between_queries_are_the_views_built_from_events(store) 
     check(start + timedelta(seconds=20))
     assert kept.built == built
 
+    # the runner saves its snapshot; a fresh process seeded from it builds nothing and answers the same
+    assert runner.save(store, read_watermark(store), start + timedelta(seconds=20))
+    saved = store.get_bytes(SNAPSHOT_KEY)
+    assert pq.read_table(store.path(SNAPSHOT_KEY)).num_rows == len(live)
+
+    def fresh() -> LiveViews:
+        """A new process's LiveViews, the runner's snapshot from ``start`` + 20 s in the store."""
+        store.put_bytes(saved, SNAPSHOT_KEY)
+        return LiveViews()
+
+    seeded = fresh()
+    check(start + timedelta(seconds=20), every_frame=True, kept=seeded)
+    assert seeded.built == 0
+
     # out of order (sequence 4 after 5), late, and the first batch re-sent (one file each): only live-1 built again
     later = [{"e": "renditionchange", "xid": "live-1", "uti": ms + 20, "xsqno": 4, "vsobi": 2_500_000,
               "vsowd": 1280, "vsoht": 720},
@@ -317,23 +333,46 @@ def test_live_views_kept_between_queries_are_the_views_built_from_events(store) 
     live = check(start + timedelta(seconds=30))
     view = next(view for view in live if view.id == "live-1")
     assert kept.built == built + 1 and not view.ended and view.playing_time == 20_000 and view.rendition_switches == 0
+    seeded = fresh()  # from the snapshot before those files: only live-1 built
+    check(start + timedelta(seconds=30), every_frame=True, kept=seeded)
+    assert seeded.built == 1
 
     # the view ends between two queries (idle for over a minute, no new event): built again, ended
     live = check(start + timedelta(minutes=2))
     view = next(view for view in live if view.id == "live-1")
     assert kept.built == built + 2 and view.ended and view.watch_time == 20_880
+    seeded = fresh()  # live-1 built again (files added since the snapshot), ended
+    check(start + timedelta(minutes=2), kept=seeded)
+    assert seeded.built == 1
+    assert runner.save(store, read_watermark(store), start + timedelta(minutes=2))
+    saved = store.get_bytes(SNAPSHOT_KEY)
 
-    # erasure of the viewer: the files holding its rows rewritten, its open view gone from the kept ones too
+    # erasure of the viewer: the files holding its rows rewritten, its open view gone from the kept ones too; the
+    # saved snapshot deleted; one saved before the erasure (a runner's save racing it) is not used — files it was
+    # built from are gone — and the runner's next save leaves the viewer out
     erased = erase_viewer(store, "live-viewer")
-    assert "live-1" in erased.view_ids
+    assert "live-1" in erased.view_ids and not store.exists(SNAPSHOT_KEY)
     live = check(start + timedelta(minutes=2), every_frame=True)
     assert "live-1" not in {view.id for view in live}
+    FILES.clear()  # a new process: the files rewritten are gone for it
+    seeded = fresh()
+    assert "live-1" not in {view.id for view in check(start + timedelta(minutes=2), every_frame=True, kept=seeded)}
+    assert seeded.built == len(live)  # built from events: the stale snapshot was not used
+    assert runner.save(store, read_watermark(store), start + timedelta(minutes=2))
+    rows = pq.read_table(store.path(SNAPSHOT_KEY))
+    assert "live-1" not in rows["view_id"].to_pylist() and "live-viewer" not in rows["viewer_user_id"].to_pylist()
+    saved = store.get_bytes(SNAPSHOT_KEY)
+    seeded = fresh()
+    check(start + timedelta(minutes=2), kept=seeded)
+    assert seeded.built == 0
 
     # the rollup moves the watermark: the views it materialized leave the live ones; a late event of one of them
     # is dropped (the view keeps its final metrics) by both paths
     roll_up(store, END + timedelta(hours=2), grace_seconds=0)
     assert not check(END + timedelta(hours=2))
+    assert not check(END + timedelta(hours=2), kept=fresh())  # seeded before the watermark moved
     late = END + timedelta(hours=2, minutes=5)
     final = Query(store, frames[1], now=late).views[-1].id
     _send(store, [([{"e": "hb", "xid": final, "uti": int(late.timestamp() * 1000), "xsqno": 999}], late)])
     assert not check(late + timedelta(seconds=10))
+    assert not check(late + timedelta(seconds=10), kept=fresh())

@@ -6,6 +6,7 @@ from every query, other viewers' untouched)."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import urllib.parse
@@ -276,6 +277,7 @@ def test_the_job_runner_sweep_deletes_events_past_retention(api) -> None:
     from datetime import UTC, datetime, timedelta
 
     from kinoray.analytics import EventWriter
+    from kinoray.analytics.liveviews import SNAPSHOT_KEY
     from kinoray.serve.runner import Runner
     from tests.test_analytics import collect
 
@@ -290,6 +292,9 @@ def test_the_job_runner_sweep_deletes_events_past_retention(api) -> None:
     assert api.platform.store.list(old_prefix) == []
     assert any("date=" + datetime.now(UTC).date().isoformat() in key
                for key in api.platform.store.list("analytics/events"))
+    # its rollup saved the open views for a starting process to seed from (kinoray.analytics.liveviews)
+    saved = pq.read_table(io.BytesIO(api.platform.store.get_bytes(SNAPSHOT_KEY)))
+    assert "recent" in saved["view_id"].to_pylist() and "ancient" not in saved["view_id"].to_pylist()
 
 
 def test_real_time_through_redis_is_shared_and_forgets_erased_viewers(api_backend, tmp_path_factory) -> None:

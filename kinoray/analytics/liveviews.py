@@ -22,10 +22,23 @@ equal through late, out-of-order and duplicated events, a view ending between qu
 query selects its views from the snapshot (timeframe, ``filters[]``, view ids already materialized) in Arrow.
 Files not under the watermark's lookback are never read here; past ``max_events`` rows (the rollup stopped, say)
 :meth:`LiveViews.snapshot` answers ``None`` and the query builds its views from events as before.
+
+**Across processes.** The job runner's rollup tick saves its snapshot (:meth:`LiveViews.save`) next to the
+materialized views (:data:`SNAPSHOT_KEY`): the rows, and in the Parquet metadata the watermark end, the clock it
+was taken at and the event files it was built from with their row counts. A process without a snapshot of a
+store yet (a start, a restart) seeds its state from that file instead of building every view from events: it
+reads the same event files (an event file never changes once written), and the state is then exactly the
+runner's, so the update above — files added or removed since, the watermark, the clock — brings it to the
+query's as it would a state kept in this process. A file it lists that is gone or holds another row count makes
+the seed unusable (the views are built from events as without one). An erasure deletes the saved snapshot
+(:mod:`kinoray.analytics.privacy`); the next tick writes it again without the viewer.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -35,13 +48,18 @@ from datetime import UTC, date, datetime, timedelta
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from kinoray.analytics.eventlog import DEDUPE_SQL, EVENT_SCHEMA, FILES, LATEST_SQL, FileCache, event_keys
 from kinoray.analytics.views import VIEW_IDLE_MS, View, build_views
-from kinoray.analytics.viewstore import VIEW_SCHEMA, Watermark, view_rows
+from kinoray.analytics.viewstore import VIEW_SCHEMA, VIEWS_PREFIX, Watermark, view_rows, views_of
+from kinoray.errors import StorageError
 from kinoray.store.objects import ObjectStore
 
-__all__ = ["LIVE_LOOKBACK", "LIVE_SCHEMA", "LIVE_VIEWS", "RAW_LAST", "LiveSnapshot", "LiveViews", "build_events"]
+__all__ = ["LIVE_LOOKBACK", "LIVE_SCHEMA", "LIVE_VIEWS", "RAW_LAST", "SNAPSHOT_KEY", "LiveSnapshot", "LiveViews",
+           "build_events", "forget_snapshot"]
+
+log = logging.getLogger(__name__)
 
 #: How far before the rollup's watermark the views not yet materialized are read from: a view still live (its
 #: last event within the final hour) is built from its events in the files written this long before the
@@ -51,6 +69,14 @@ LIVE_LOOKBACK = timedelta(hours=3)
 #: query's timeframe selects views by (as it does over events).
 RAW_LAST = "raw_last_received"
 LIVE_SCHEMA = VIEW_SCHEMA.append(pa.field(RAW_LAST, pa.int64()))
+#: Where the job runner saves its live views for a fresh process to start from (:meth:`LiveViews.save`).
+SNAPSHOT_KEY = f"{VIEWS_PREFIX}/_live.parquet"
+_META = b"kinoray.live"
+
+
+def forget_snapshot(store: ObjectStore) -> None:
+    """Delete the saved snapshot (an erasure: it holds the viewer's open views); the next save writes it again."""
+    store.delete(SNAPSHOT_KEY)
 
 
 def build_events(events: pa.Table, now_ms: int) -> tuple[list[View], dict[str, int]]:
@@ -117,12 +143,36 @@ class LiveViews:
     def snapshot(self, store: ObjectStore, watermark: Watermark, now: datetime, until: datetime) -> LiveSnapshot | None:
         """The views past ``watermark`` at ``now`` from the event files written since its end −
         :data:`LIVE_LOOKBACK`, in the day partitions up to ``until`` + 1 day (and any later ones read before);
-        ``None`` when they hold over ``max_events`` rows."""
+        ``None`` when they hold over ``max_events`` rows. The first call for a store seeds from its saved
+        snapshot when there is a usable one (module docstring)."""
+        state = self._current(store, watermark, now, until)
+        return state.snapshot if state is not None else None
+
+    def save(self, store: ObjectStore, watermark: Watermark, now: datetime) -> bool:
+        """Bring the views of ``store`` up to ``now`` (:meth:`snapshot`) and save them at :data:`SNAPSHOT_KEY`
+        for other processes to seed from (the job runner's, after each rollup tick: a tick reuses the last
+        one's views as a query does). Over ``max_events`` rows: the saved one deleted, ``False``."""
+        state = self._current(store, watermark, now, now)
+        if state is None:
+            forget_snapshot(store)
+            return False
+        now_ms = int(now.timestamp() * 1000)
+        meta = {"watermark_end": state.watermark_end, "last_day": state.last_day.isoformat(), "now_ms": now_ms,
+                "files": {key: table.num_rows for key, table in state.files.items()}}
+        rows = state.snapshot.rows.cast(LIVE_SCHEMA)
+        out = io.BytesIO()
+        pq.write_table(rows.replace_schema_metadata({_META: json.dumps(meta).encode()}), out, compression="zstd")
+        store.put_bytes(out.getvalue(), SNAPSHOT_KEY)
+        return True
+
+    def _current(self, store: ObjectStore, watermark: Watermark, now: datetime, until: datetime) -> _State | None:
         name = str(getattr(store, "url", id(store)))
         now_ms = int(now.timestamp() * 1000)
         since = datetime.fromtimestamp(watermark.end / 1000, UTC) - LIVE_LOOKBACK
         with self._lock:
             state = self._states.get(name)
+            if state is None:
+                state = self._seed(store, watermark)
             last_day = (until + timedelta(days=1)).astimezone(UTC).date()
             if state is not None:
                 last_day = max(last_day, state.last_day)
@@ -140,7 +190,33 @@ class LiveViews:
             self._states.move_to_end(name)
             while len(self._states) > self.max_stores:
                 self._states.popitem(last=False)
-            return updated.snapshot
+            return updated
+
+    def _seed(self, store: ObjectStore, watermark: Watermark) -> _State | None:
+        """The state saved at :data:`SNAPSHOT_KEY` (the views, the event files they were built from, read
+        again), or ``None``: none saved, one older than the lookback, a file gone or not as it was."""
+        try:
+            if not store.exists(SNAPSHOT_KEY):
+                return None
+            saved = pq.read_table(io.BytesIO(store.get_bytes(SNAPSHOT_KEY)))
+            meta = json.loads((saved.schema.metadata or {})[_META])
+            if meta["watermark_end"] < watermark.end - LIVE_LOOKBACK.total_seconds() * 1000:
+                return None  # none of its files are read now: nothing to reuse
+            if sum(meta["files"].values()) > self.max_events:
+                return None
+            files = {key: self.files.get(store, key) for key in sorted(meta["files"])}
+        except (StorageError, FileNotFoundError, OSError, KeyError, ValueError, pa.ArrowException) as error:
+            log.info("live views not seeded from the saved snapshot", extra={"error": str(error)[:300]})
+            return None
+        if any(table.num_rows != meta["files"][key] for key, table in files.items()):
+            log.info("live views not seeded: an event file changed since the snapshot")
+            return None
+        rows = saved.replace_schema_metadata(None).cast(LIVE_SCHEMA)
+        views = {view.id: view for view in views_of(rows)}
+        events = pa.concat_tables(files.values()) if files else EVENT_SCHEMA.empty_table()
+        snapshot = LiveSnapshot(meta["watermark_end"], rows, views, events)
+        return _State(meta["watermark_end"], date.fromisoformat(meta["last_day"]), files, snapshot,
+                      {view_id: _idle(view, meta["now_ms"]) for view_id, view in views.items()})
 
     def _update(self, store: ObjectStore, state: _State | None, watermark_end: int, keys: list[str],
                 last_day: date, now_ms: int) -> _State | None:

@@ -7,7 +7,8 @@ IPs are never stored (the collector keeps only the country/region/ASN derived fr
   The job runner calls it every ``serve.sweep_seconds`` with ``analytics.retention_days``.
 - :func:`erase_viewer`: removes every event of every view of one ``viewer_user_id`` from every partition. A
   view's events are all removed, those sent before the viewer id was known included (a view is one viewer).
-  The materialized views' parts (:mod:`kinoray.analytics.viewstore`) holding them are rewritten the same way.
+  The materialized views' parts (:mod:`kinoray.analytics.viewstore`) holding them are rewritten the same way,
+  and the open views' saved snapshot (:data:`kinoray.analytics.liveviews.SNAPSHOT_KEY`) is deleted.
   Each affected file is rewritten without them: the new file is written under a new name first, then the old
   one deleted — a reader sees the old rows or the new file (a moment of both is harmless: readers drop
   duplicate events), never a partition missing other viewers' events. Caches keyed by file name stay valid.
@@ -32,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kinoray.analytics.eventlog import EVENT_SCHEMA, EVENTS_PREFIX
+from kinoray.analytics.liveviews import forget_snapshot
 from kinoray.analytics.viewstore import EnvFilters, erase_views, sweep_views, viewer_rows
 from kinoray.errors import StorageError
 from kinoray.store.objects import ObjectStore
@@ -136,6 +138,7 @@ def _erase(store: ObjectStore, viewer_user_id: str, result: Erasure,
             result.rows_removed += count
             result.files_rewritten += 1
     views, rewritten = erase_views(store, viewer_user_id, result.view_ids, env_filters)  # the stored views too
+    forget_snapshot(store)  # the open views saved for starting processes (the runner's next tick saves them again)
     result.view_ids.update(views)
     result.files_rewritten += rewritten
     if forget_views is not None and result.view_ids:

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -238,13 +239,21 @@ def sweep_analytics(platform: Platform) -> int:
 
 def roll_up_views(platform: Platform) -> int:
     """The view rollup (the job runner's, every sweep): views final since the last run written as view Parquet
-    (:func:`kinoray.analytics.rollup.roll_up`, at most every ``analytics.rollup_window_seconds``); returns the
-    views written."""
+    (:func:`kinoray.analytics.rollup.roll_up`, at most every ``analytics.rollup_window_seconds``), then the
+    views still open saved for a starting process to seed from (:meth:`kinoray.analytics.liveviews.LiveViews.save`,
+    every sweep: kept in this process between sweeps, so each rebuilds only the views new event files touched);
+    returns the views written."""
+    from kinoray.analytics.liveviews import LIVE_VIEWS, forget_snapshot
     from kinoray.analytics.rollup import roll_up
 
+    store = event_store(platform)
     if not platform.settings.analytics.rollup:
+        forget_snapshot(store)  # one saved while it was on would keep viewers' rows past their retention
         return 0
-    return roll_up(event_store(platform), min_window_seconds=platform.settings.analytics.rollup_window_seconds).views
+    done = roll_up(store, min_window_seconds=platform.settings.analytics.rollup_window_seconds)
+    if done.watermark is not None:
+        LIVE_VIEWS.save(store, done.watermark, datetime.now(UTC))
+    return done.views
 
 
 def _environment_keys(platform: Platform) -> EnvironmentKeys:

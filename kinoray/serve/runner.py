@@ -19,8 +19,9 @@ the control plane's other periodic work.
   (:func:`kinoray.control.assets.expire_assets`), ends live sessions whose reconnect window is over
   (:func:`kinoray.control.live.expire_live`), prunes expired idempotency keys and deletes analytics events past
   ``analytics.retention_days`` (:func:`kinoray.control.analytics.sweep_analytics`) and writes the finished days'
-  view exports (:func:`kinoray.control.analytics.export_views`) and rolls final views up into view Parquet
-  (:func:`kinoray.control.analytics.roll_up_views`), every ``serve.sweep_seconds``;
+  view exports (:func:`kinoray.control.analytics.export_views`) and rolls final views up into view Parquet, saving
+  the open ones for starting API processes (:func:`kinoray.control.analytics.roll_up_views`), every
+  ``serve.sweep_seconds``;
 - evaluates the Data alert rules (:func:`kinoray.control.alerts.evaluate_alerts`) in a thread of its own every
   ``analytics.alert_seconds``, anomaly rules scored by the ``kinoray-anomaly`` deployment (:mod:`kinoray.serve.anomaly`)
   when the runner runs under Serve.
