@@ -39,14 +39,14 @@ def clock_source(width: int, height: int, fps: int) -> str:
 
 
 def clock_publisher_command(port: int, key: str, *, seconds: int, app: str = "app", size: str = "426x240",
-                            fps: int = 25) -> list[str]:
+                            fps: int = 25, gop: int | None = None) -> list[str]:
     """Debian's ffmpeg publishing ``seconds`` of the clocked ``testsrc2`` + a sine in real time, H.264 + AAC over
-    RTMP (one keyframe a second, as :func:`tests.test_live_rtmp.publisher_command`)."""
+    RTMP (a keyframe every ``gop`` frames, default one a second, as :func:`tests.test_live_rtmp.publisher_command`)."""
     width, height = (int(side) for side in size.split("x"))
     return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re",
             "-f", "lavfi", "-i", clock_source(width, height, fps),
             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-            "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(fps),
+            "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(gop or fps),
             "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv", f"rtmp://127.0.0.1:{port}/{app}/{key}"]
 
 

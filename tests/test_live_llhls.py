@@ -96,6 +96,33 @@ def test_a_delta_update_skips_what_is_older_than_can_skip_until() -> None:
     assert delta_update(PlaylistState.parse(_playlist(3, 0))) == _playlist(3, 0), "nothing old enough to skip"
 
 
+def test_a_replaced_transcoders_init_has_a_name_of_its_own_that_the_edge_serves() -> None:
+    from kinoray.control.playback import MEDIA_FILE_PATTERN
+    from kinoray.live.llhls import next_init_name
+
+    assert next_init_name(["init.mp4"]) == "init-1.mp4"
+    assert next_init_name(["init.mp4", "init-1.mp4", "init-3.mp4"]) == "init-4.mp4"
+    assert next_init_name(["init-2.mp4"]) == "init-3.mp4" and next_init_name(["other.mp4"]) == "init-1.mp4"
+    assert all(MEDIA_FILE_PATTERN.fullmatch(name) for name in ("init.mp4", "init-1.mp4", "init-123456.mp4"))
+    assert not any(MEDIA_FILE_PATTERN.fullmatch(name) for name in ("init-.mp4", "init-1.mp4.m3u8", "init-x.mp4",
+                                                                   "../init-1.mp4", "init-1234567.mp4"))
+
+
+def test_a_delta_update_past_a_replaced_transcoders_init_names_that_init() -> None:
+    """A replaced transcoder's segments (from 7 on) decode with its ``init-1.mp4``: a delta update that skips
+    the map change carries the map in force after the skip, and the full playlist parses with each segment's."""
+    full = _playlist(10, 1).replace("#EXT-X-PROGRAM-DATE-TIME:2026-01-01T00:00:07",
+                                    '#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI="init-1.mp4"\n'
+                                    "#EXT-X-PROGRAM-DATE-TIME:2026-01-01T00:00:07")
+    state = PlaylistState.parse(full)
+    assert [s.map_uri for s in state.segments] == ["init.mp4"] * 2 + ["init-1.mp4"] * 8
+    parsed = m3u8.loads(delta_update(state))
+    assert parsed.skip.skipped_segments == 4
+    assert {s.init_section.uri for s in parsed.segments if s.uri} == {"init-1.mp4"}, delta_update(state)
+    assert [s.init_section.uri for s in m3u8.loads(full).segments if s.uri] == \
+        ["init.mp4"] * 2 + ["init-1.mp4"] * 8
+
+
 def test_waiting_requests_hold_no_thread(tmp_path: Path) -> None:
     """500 blocked reloads on one playlist: one watcher task, no thread each; all answered once the part
     appears, and a wait that is never met ends at its timeout."""
@@ -127,7 +154,8 @@ def test_waiting_requests_hold_no_thread(tmp_path: Path) -> None:
     assert 0.25 < time.monotonic() - started < 2
 
 
-def _transcode(flv: bytes, out: Path, *, resume: bool, speed: float | None = None) -> Any:
+def _transcode(flv: bytes, out: Path, *, resume: bool, speed: float | None = None, part: float | None = PART,
+               passthrough: str = "off") -> Any:
     """The low-latency ladder of a recorded FLV: all at once, or its tags paced at ``speed`` × real time."""
     from kinoray.live.pipe import TagPipe
     from kinoray.live.transcode import LiveOptions, LiveTranscoder
@@ -139,24 +167,30 @@ def _transcode(flv: bytes, out: Path, *, resume: bool, speed: float | None = Non
         pipe.ended(None)
     else:
         pipe = paced_pipe(flv, speed)
-    return LiveTranscoder(pipe, out, LiveOptions(segment_seconds=SEGMENT, part_seconds=PART, heights=(240,),
-                                                 encoder="libx264", preset="ultrafast"), resume=resume).run()
+    return LiveTranscoder(pipe, out, LiveOptions(segment_seconds=SEGMENT, part_seconds=part, heights=(240,),
+                                                 encoder="libx264", preset="ultrafast",
+                                                 source_passthrough=passthrough), resume=resume).run()
 
 
 @pytest.mark.slow
-def test_a_replaced_transcoder_continues_the_low_latency_playlists(tmp_path: Path) -> None:
-    """What a transcoder actor started again (``resume``) does: the playlists go on after the last segment with
-    ``EXT-X-DISCONTINUITY``, and the whole thing still decodes."""
+@pytest.mark.parametrize("part", [PART, None], ids=["low", "plain"])
+def test_a_replaced_transcoder_continues_the_playlists(tmp_path: Path, part: float | None) -> None:
+    """What a transcoder actor started again (``resume``) does, LL-HLS or FFmpeg's HLS muxer: the playlists go on
+    after the last segment with ``EXT-X-DISCONTINUITY``. The replacement decides differently (it passes the
+    source's H.264 through where the first encoded it: another init segment), so it writes its init under a new
+    name and its segments get an ``EXT-X-MAP`` of their own: each side decodes, every frame, with the init the
+    playlist names for it, and the first side's init is untouched."""
     source = tmp_path / "source.flv"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate={FPS}", "-f", "lavfi",
                     "-i", "sine=frequency=440:sample_rate=48000", "-t", "3", "-c:v", "libx264", "-g", str(FPS),
                     "-c:a", "aac", "-f", "flv", str(source)], check=True, timeout=120)
     out = tmp_path / "live"
-    first = _transcode(source.read_bytes(), out, resume=False)
-    assert first.error is None and first.frames_in == 3 * FPS
+    first = _transcode(source.read_bytes(), out, resume=False, part=part)
+    assert first.error is None and first.frames_in == 3 * FPS and first.passthrough is None
     before = m3u8.loads((out / "240p" / "index.m3u8").read_text())
-    second = _transcode(source.read_bytes(), out, resume=True)
-    assert second.error is None
+    first_init = (out / "240p" / "init.mp4").read_bytes()
+    second = _transcode(source.read_bytes(), out, resume=True, part=part, passthrough="auto")
+    assert second.error is None and second.passthrough == "240p"
     text = (out / "240p" / "index.m3u8").read_text()
     after = m3u8.loads(text)
     old = [s.uri for s in before.segments]
@@ -164,10 +198,18 @@ def test_a_replaced_transcoder_continues_the_low_latency_playlists(tmp_path: Pat
     assert new[:len(old)] == old and len(new) > len(old) and after.media_sequence == before.media_sequence
     assert after.segments[len(old)].discontinuity and not any(s.discontinuity for s in after.segments[:len(old)])
     assert text.rstrip().endswith("#EXT-X-ENDLIST") and text.count("#EXT-X-PROGRAM-DATE-TIME") == len(new)
-    init = (out / "240p" / "init.mp4").read_bytes()
-    for side in (new[:len(old)], new[len(old):]):  # each transcoder's segments: its 3 s, every frame
+    assert (out / "240p" / "init.mp4").read_bytes() == first_init
+    maps = [segment.init_section.uri for segment in after.segments]
+    assert maps == ["init.mp4"] * len(old) + ["init-1.mp4"] * (len(new) - len(old)), maps
+    assert (out / "240p" / "init-1.mp4").read_bytes() != first_init
+    # the audio's replacement too (its init the same bytes: a new name all the same, one per transcoder)
+    audio = m3u8.loads((out / "audio" / "index.m3u8").read_text())
+    assert {segment.init_section.uri for segment in audio.segments} == {"init.mp4", "init-1.mp4"}
+    for side, init_name in ((new[:len(old)], "init.mp4"), (new[len(old):], "init-1.mp4")):
+        # each transcoder's segments, with the init the playlist names for them: its 3 s, every frame
         joined = tmp_path / "side.mp4"
-        joined.write_bytes(init + b"".join((out / "240p" / name).read_bytes() for name in side))
+        joined.write_bytes((out / "240p" / init_name).read_bytes() +
+                           b"".join((out / "240p" / name).read_bytes() for name in side))
         probe = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v", "-show_entries",
                                 "stream=nb_read_frames", "-of", "csv=p=0", str(joined)],
                                capture_output=True, text=True, timeout=120)

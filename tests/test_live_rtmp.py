@@ -78,9 +78,10 @@ class Ingest:
 
 class TranscodingIngest(Ingest):
     """An :class:`Ingest` whose publishers (with :data:`KEY`, or any key with ``any_key``) each feed a
-    :class:`~kinoray.live.transcode.LiveTranscoder` writing ``out`` with ``options``, run on a thread."""
+    :class:`~kinoray.live.transcode.LiveTranscoder` writing ``out`` with ``options``, run on a thread (started
+    ``start_after`` seconds after the publisher connects)."""
 
-    def __init__(self, out: Path, options: LiveOptions, *, any_key: bool = False) -> None:
+    def __init__(self, out: Path, options: LiveOptions, *, any_key: bool = False, start_after: float = 0.0) -> None:
         super().__init__()
         self.transcoders: list[LiveTranscoder] = []
         self.threads: list[threading.Thread] = []
@@ -90,9 +91,10 @@ class TranscodingIngest(Ingest):
                 return None
             pipe = TagPipe()
             self.transcoders.append(LiveTranscoder(pipe, out, options))
-            self.threads.append(threading.Thread(target=self.transcoders[-1].run, name="live-transcode",
-                                                 daemon=True))
-            self.threads[-1].start()
+            thread = threading.Timer(start_after, self.transcoders[-1].run)
+            thread.name, thread.daemon = "live-transcode", True
+            thread.start()
+            self.threads.append(thread)
             return pipe
 
         self.server.authorize = authorize

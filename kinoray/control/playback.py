@@ -154,7 +154,8 @@ _SECONDS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,12})?")
 #: Rendition folders the packager writes (``240p`` ... ``2160p``, ``audio``) and the files inside them.
 RUNG_PATTERN = re.compile(r"[1-9][0-9]{1,3}p|audio")
 #: ``part_<msn>.<part>.m4s``: a low-latency live stream's LL-HLS parts (:mod:`kinoray.live.llhls`).
-MEDIA_FILE_PATTERN = re.compile(r"init\.mp4|seg_[0-9]{5,9}\.m4s|part_[0-9]{5,9}\.[0-9]{1,3}\.m4s")
+#: ``init-<n>.mp4``: the init segment of a live transcoder that replaced one (:func:`kinoray.live.llhls.next_init_name`).
+MEDIA_FILE_PATTERN = re.compile(r"init(?:-[0-9]{1,6})?\.mp4|seg_[0-9]{5,9}\.m4s|part_[0-9]{5,9}\.[0-9]{1,3}\.m4s")
 STATIC_RENDITIONS = STATIC_NAMES
 #: Folder of text tracks under an asset's media prefix (:mod:`kinoray.store.keys`), and the files in it:
 #: ``<track_id>.vtt``/``.m3u8``.

@@ -32,7 +32,7 @@ import logging
 import math
 import re
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -42,6 +42,7 @@ from kinoray.errors import InvalidParametersError
 from kinoray.live.cmaf import InitSegment, Sample, fragment
 
 __all__ = [
+    "INIT_PATTERN",
     "PART_SEGMENTS",
     "BlockingRequest",
     "KeyframeGrid",
@@ -49,17 +50,22 @@ __all__ = [
     "PartTrack",
     "PlaylistState",
     "delta_update",
+    "format_date_time",
     "media_name",
+    "next_init_name",
     "part_target_for",
     "part_name",
     "resumed_segments",
     "segment_name",
+    "write_atomically",
 ]
 
 log = logging.getLogger(__name__)
 
 PLAYLIST = "index.m3u8"
 INIT = "init.mp4"
+#: An init segment's name: the first transcoder's ``init.mp4``, a replacement's ``init-<n>.mp4``.
+INIT_PATTERN = re.compile(r"init(?:-(?P<run>[0-9]{1,6}))?\.mp4")
 #: Parts are listed for the segments of this many target durations before the open one (RFC 8216bis: at least
 #: the last three target durations).
 PART_SEGMENTS = 3
@@ -90,7 +96,15 @@ def media_name(name: str) -> tuple[int, int | None] | None:
     return int(match["msn"]), int(match["part"])
 
 
-def _write(path: Path, data: bytes | str) -> None:
+def next_init_name(listed: Iterable[str]) -> str:
+    """The init segment name of a transcoder that takes over a stream whose playlist names the inits
+    ``listed``: one that none of them has (``init-<n>.mp4``, ``n`` one past the highest), so a replacement whose
+    encoder configuration differs never overwrites the init that segments still in the window decode with."""
+    runs = [int(match["run"] or 0) for name in listed if (match := INIT_PATTERN.fullmatch(name))]
+    return f"init-{max(runs, default=0) + 1}.mp4"
+
+
+def write_atomically(path: Path, data: bytes | str) -> None:
     temporary = path.with_name(path.name + ".tmp")
     if isinstance(data, str):
         temporary.write_text(data)
@@ -106,7 +120,7 @@ def _remove(path: Path) -> None:
         pass
 
 
-def _program_date_time(when: float) -> str:
+def format_date_time(when: float) -> str:
     moment = datetime.fromtimestamp(when, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
@@ -190,6 +204,7 @@ class _Segment:
     parts: list[_Part] = field(default_factory=list)
     duration: float = 0.0
     discontinuity: bool = False
+    init: str = INIT  # the EXT-X-MAP it decodes with
 
 
 @dataclass(frozen=True)
@@ -207,19 +222,22 @@ class PartTrack:
     ``anchor``: the wall clock (Unix seconds) of media time 0; ``part_target``: the longest part this track
     writes (the grid's part plus one sample), ``target_duration``: the playlist's ``EXT-X-TARGETDURATION``;
     ``first_msn``: the first segment's number (after a resumed stream's last); ``previous``: segments a resumed
-    stream had already listed (:meth:`PlaylistState.parse` of its playlist)."""
+    stream had already listed (:meth:`PlaylistState.parse` of its playlist); ``init_name``: the file its init
+    segment is written to (a resumed stream's: :func:`next_init_name`), named by ``EXT-X-MAP`` for its segments."""
 
     def __init__(self, name: str, directory: Path, init: InitSegment, grid: PartGrid | KeyframeGrid, *,
                  anchor: float,
                  part_target: float, target_duration: int, window_segments: int,
                  max_sample_ticks: int, default_ticks: int, first_msn: int = 1,
-                 previous: Sequence[_Segment] = (), discontinuity_sequence: int = 0) -> None:
+                 previous: Sequence[_Segment] = (), discontinuity_sequence: int = 0,
+                 init_name: str = INIT) -> None:
         self.name, self.directory, self.init, self.grid = name, Path(directory), init, grid
+        self.init_name = init_name
         self.anchor, self.part_target, self.target_duration = anchor, part_target, target_duration
         self.window_segments = window_segments
         self.max_sample_ticks, self.default_ticks = max_sample_ticks, default_ticks
         self.directory.mkdir(parents=True, exist_ok=True)
-        _write(self.directory / INIT, init.data)
+        write_atomically(self.directory / init_name, init.data)
         self.segments: list[_Segment] = list(previous)
         self.discontinuity_sequence = discontinuity_sequence
         self._msn = first_msn
@@ -274,14 +292,14 @@ class PartTrack:
         samples, self._samples = self._samples, []
         if self._open is None:  # dated by its first picture's presentation (B-frames: its dts is earlier)
             start = self.anchor + (samples[0].dts + samples[0].cts) / self.init.timescale
-            self._open = _Segment(self._msn, start, discontinuity=self._discontinuity_pending)
+            self._open = _Segment(self._msn, start, discontinuity=self._discontinuity_pending, init=self.init_name)
             self._discontinuity_pending = False
         segment = self._open
         self._fragments += 1
         data = fragment(self._fragments, self.init.track_id, samples)
         duration = sum(sample.duration for sample in samples) / self.init.timescale
         part = _Part(len(segment.parts), duration, samples[0].sync, data)
-        _write(self.directory / part_name(segment.msn, part.index), data)
+        write_atomically(self.directory / part_name(segment.msn, part.index), data)
         segment.parts.append(part)
         segment.duration += duration
         self.parts_written += 1
@@ -297,7 +315,7 @@ class PartTrack:
             log.warning("a segment longer than the target duration", extra={"track": self.name,
                                                                              "seconds": segment.duration})
             self.target_duration = round(segment.duration)
-        _write(self.directory / segment_name(segment.msn), b"".join(part.data for part in segment.parts))
+        write_atomically(self.directory / segment_name(segment.msn), b"".join(part.data for part in segment.parts))
         for part in segment.parts:
             part.data = b""  # written; kept only as durations from here
         self.segments.append(segment)
@@ -346,13 +364,17 @@ class PartTrack:
                  f"#EXT-X-MEDIA-SEQUENCE:{first}"]
         if self.discontinuity_sequence:
             lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{self.discontinuity_sequence}")
-        lines.append(f'#EXT-X-MAP:URI="{INIT}"')
+        listed = [*self.segments, *([self._open] if self._open is not None and self._open.parts else [])]
+        in_force = listed[0].init if listed else self.init_name
+        lines.append(f'#EXT-X-MAP:URI="{in_force}"')
         with_parts = self._msn - PART_SEGMENTS
-        for segment in self.segments:
-            lines += self._segment_lines(segment, parts=segment.msn >= with_parts)
-            lines += [f"#EXTINF:{segment.duration:.5f},", segment_name(segment.msn)]
-        if self._open is not None and self._open.parts:
-            lines += self._segment_lines(self._open, parts=True)
+        for segment in listed:
+            # a replaced transcoder's segments decode with its own init: a new EXT-X-MAP after the discontinuity
+            lines += self._segment_lines(segment, parts=segment is self._open or segment.msn >= with_parts,
+                                         new_map=segment.init != in_force)
+            in_force = segment.init
+            if segment is not self._open:
+                lines += [f"#EXTINF:{segment.duration:.5f},", segment_name(segment.msn)]
         if not self.ended:
             msn, part = self.next_part()
             lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{part_name(msn, part)}"')
@@ -367,9 +389,11 @@ class PartTrack:
             lines.append("#EXT-X-ENDLIST")
         return "\n".join(lines) + "\n"
 
-    def _segment_lines(self, segment: _Segment, *, parts: bool) -> list[str]:
+    def _segment_lines(self, segment: _Segment, *, parts: bool, new_map: bool = False) -> list[str]:
         lines = ["#EXT-X-DISCONTINUITY"] if segment.discontinuity else []
-        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_program_date_time(segment.start)}")
+        if new_map:
+            lines.append(f'#EXT-X-MAP:URI="{segment.init}"')
+        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{format_date_time(segment.start)}")
         if parts:
             for part in segment.parts:
                 independent = ",INDEPENDENT=YES" if part.independent else ""
@@ -378,7 +402,7 @@ class PartTrack:
         return lines
 
     def write_playlist(self, reports: Sequence[TrackReport]) -> None:
-        _write(self.directory / PLAYLIST, self.playlist(reports))
+        write_atomically(self.directory / PLAYLIST, self.playlist(reports))
 
 
 # --- serving: what a playlist holds, blocking requests, delta updates ---------------------------------------------
@@ -412,6 +436,7 @@ class ListedSegment:
     discontinuity: bool
     first_line: int  # index of its first tag line
     uri_line: int
+    map_uri: str = INIT  # the EXT-X-MAP in force for it
 
 
 @dataclass(frozen=True)
@@ -446,6 +471,7 @@ class PlaylistState:
         duration: float | None = None
         date: str | None = None
         discontinuity = False
+        map_uri = INIT
         for index, line in enumerate(lines):
             if not line:
                 continue
@@ -477,11 +503,13 @@ class PlaylistState:
                     date = value
                 elif name == "#EXT-X-DISCONTINUITY":
                     discontinuity = True
+                elif name == "#EXT-X-MAP":
+                    map_uri = _attributes(value).get("URI", map_uri)
                 continue
             if duration is None:
                 raise ValueError(f"a segment URI without EXTINF at line {index + 1}")
             segments.append(ListedSegment(media_sequence + len(segments), duration, tuple(parts), date,
-                                          discontinuity, index if first_line is None else first_line, index))
+                                          discontinuity, index if first_line is None else first_line, index, map_uri))
             parts, duration, date, discontinuity, first_line = [], None, None, False, None
         return cls(lines, float(target), media_sequence, discontinuity_sequence, tuple(segments), tuple(parts),
                    ended, part_target, can_block, can_skip, len(lines) if body_start is None else body_start)
@@ -593,6 +621,9 @@ def delta_update(state: PlaylistState) -> str:
         return text
     head = [line for line in state.lines[:state.body_start] if line]
     head = [f"#EXT-X-VERSION:{_VERSION}" if line.startswith("#EXT-X-VERSION:") else line for line in head]
+    if skipped < len(state.segments):  # the init in force after the skip, when a replaced transcoder changed it
+        head = [f'#EXT-X-MAP:URI="{state.segments[skipped].map_uri}"' if line.startswith("#EXT-X-MAP:") else line
+                for line in head]
     rest = [line for line in state.lines[state.segments[skipped].first_line if skipped < len(state.segments)
                                          else state.segments[-1].uri_line + 1:] if line]
     return "\n".join([*head, f"#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}", *rest]) + "\n"
@@ -608,7 +639,7 @@ def resumed_segments(text: str) -> tuple[list[_Segment], int, int]:
             if listed.program_date_time else 0.0
         segments.append(_Segment(listed.msn, start, [_Part(index, part.duration, part.independent)
                                                      for index, part in enumerate(listed.parts)],
-                                 listed.duration, listed.discontinuity))
+                                 listed.duration, listed.discontinuity, listed.map_uri))
     return segments, state.last_msn + 1, state.discontinuity_sequence
 
 

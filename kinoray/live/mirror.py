@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from kinoray.errors import StorageError
+from kinoray.live.hlsmux import MUXER_PLAYLIST
 from kinoray.store.objects import ObjectStore
 
 __all__ = ["DirectoryMirror", "fetch_playlists"]
@@ -47,6 +48,8 @@ class DirectoryMirror:
         present: dict[str, tuple[int, int]] = {}
         snapshots: dict[str, bytes] = {}
         for path in sorted(self.directory.rglob("*.m3u8")):
+            if path.name == MUXER_PLAYLIST:
+                continue  # FFmpeg's own, never served: kinoray's index.m3u8 is written from it
             name = path.relative_to(self.directory).as_posix()
             try:
                 stat = path.stat()

@@ -36,6 +36,7 @@ from typing import Any
 
 from kinoray.errors import InvalidMediaError, KinorayError, StorageError, UnsupportedMediaError
 from kinoray.live.fragments import read_init, segment_timing, shift_segment
+from kinoray.live.llhls import INIT_PATTERN, PlaylistState
 from kinoray.media.manifest import dash_mpd, hls_master_playlist, hls_media_playlist
 from kinoray.media.package import INIT_NAME, SegmentInfo, Track, segment_file_name
 from kinoray.store import keys
@@ -129,14 +130,15 @@ class SegmentRecorder:
         stat = path.stat()
         return f"{path.parent.name}/{path.name}", stat.st_ino, stat.st_mtime_ns
 
-    def _listed(self, track_dir: Path) -> list[str]:
+    def _listed(self, track_dir: Path) -> list[tuple[str, str]]:
+        """The segments ``track_dir``'s playlist lists, each with the init its ``EXT-X-MAP`` names (a replaced
+        transcoder's: ``init-<n>.mp4``)."""
         try:
-            text = (track_dir / _PLAYLIST).read_text()
-        except (FileNotFoundError, UnicodeDecodeError):
+            state = PlaylistState.parse((track_dir / _PLAYLIST).read_text())
+        except (FileNotFoundError, UnicodeDecodeError, ValueError):
             return []
-        names = [line.strip().split("?")[0] for line in text.splitlines() if line.strip() and
-                 not line.startswith("#")]
-        return [name for name in names if _SEGMENT.fullmatch(name)]
+        names = [(state.lines[segment.uri_line].split("?")[0], segment.map_uri) for segment in state.segments]
+        return [(name, init) for name, init in names if _SEGMENT.fullmatch(name) and INIT_PATTERN.fullmatch(init)]
 
     def sync_once(self) -> int:
         """Record the segments listed since the last pass; how many (none once closed)."""
@@ -148,7 +150,7 @@ class SegmentRecorder:
         if not self.directory.is_dir():
             return 0  # the transcoder has not written yet
         for track_dir in sorted(path for path in self.directory.iterdir() if path.is_dir()):
-            for name in self._listed(track_dir):
+            for name, init_name in self._listed(track_dir):
                 path = track_dir / name
                 try:
                     identity = self._identity(path)
@@ -157,7 +159,7 @@ class SegmentRecorder:
                 if identity in self._baseline or identity in self._recorded:
                     continue
                 try:
-                    self._record(track_dir, path)
+                    self._record(track_dir, path, init_name)
                 except (KinorayError, OSError) as error:
                     self.failures += 1
                     log.warning("a live segment was not recorded", extra={"key": self.log_key, "segment": str(path),
@@ -169,12 +171,12 @@ class SegmentRecorder:
             self._write_log()
         return recorded
 
-    def _record(self, track_dir: Path, path: Path) -> None:
+    def _record(self, track_dir: Path, path: Path, init_name: str) -> None:
         name = track_dir.name
         data = path.read_bytes()
         track = self.tracks.get(name)
-        if track is None:
-            init = (track_dir / INIT_NAME).read_bytes()
+        if track is None:  # this run's first segment: its init, compared with the earlier sections'
+            init = (track_dir / init_name).read_bytes()
             header = read_init(init)
             digest = header.identity
             known = self._digests.get(name)

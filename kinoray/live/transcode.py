@@ -7,8 +7,10 @@ is scaled and encoded through the encoder registry (libx264 tuned for zero laten
 switches rungs at any boundary. Audio (AAC, what RTMP publishers send) is copied.
 
 Each rung and the audio go to FFmpeg's HLS muxer through PyAV: fMP4 segments (CMAF), written to a temporary
-name and renamed, a sliding playlist of ``window_segments`` with ``EXT-X-PROGRAM-DATE-TIME`` on every segment;
-``master.m3u8`` is the master. At the publisher's end the playlists get ``EXT-X-ENDLIST``.
+name and renamed, a sliding playlist of ``window_segments``, republished by :mod:`kinoray.live.hlsmux` with
+``EXT-X-PROGRAM-DATE-TIME`` on every segment (the publisher's clock at its first frame) and, after a replaced
+transcoder's discontinuity, an ``EXT-X-MAP`` of its own init; ``master.m3u8`` is the master. At the publisher's
+end the playlists get ``EXT-X-ENDLIST``.
 
 Low latency (``part_seconds`` set): the same decode, ladder and forced IDRs, but packaged by kinoray's own LL-HLS
 packager (:mod:`kinoray.live.llhls`, fragments from :mod:`kinoray.live.cmaf`) instead of FFmpeg's HLS muxer,
@@ -34,7 +36,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -47,6 +49,7 @@ from kinoray.encoders.registry import select_encoder
 from kinoray.errors import InvalidMediaError, UnsupportedMediaError
 from kinoray.live import llhls
 from kinoray.live.cmaf import Sample, annexb_to_lengths, init_segment, ticks
+from kinoray.live.hlsmux import HlsOutput
 from kinoray.live.passthrough import BitrateMeter, SegmentCuts, is_idr, length_size, measure_gop
 from kinoray.live.pipe import TagPipe
 from kinoray.logs import native_output_to_logging
@@ -119,19 +122,12 @@ class LiveResult:
     source_gop: Fraction | None = None
 
 
-class _Rung:
-    def __init__(self, rendition: Rendition, session: EncoderSession, directory: Path, options: LiveOptions,
-                 rate: Fraction, resume: bool, segment: Fraction | None = None) -> None:
+class _EncodedRung:
+    """What every encoded rung shares: its rendition, its encoder session and the pictures it was given."""
+
+    def __init__(self, rendition: Rendition, session: EncoderSession) -> None:
         self.rendition, self.session = rendition, session
-        directory.mkdir(parents=True, exist_ok=True)
-        self.container = _hls_output(directory, options, resume, segment)
-        self.stream = add_packet_stream(self.container, StreamParameters(
-            codec=session.codec_name, time_base=_TIME_BASE, extradata=session.extradata,
-            width=rendition.width, height=rendition.height))
-        self.stream.codec_context.bit_rate = rendition.max_bitrate
         self.frames = 0
-        # encoders leave durations 0; the muxer needs one for each segment's last frame (EXTINF)
-        self.frame_ticks = max(1, round(1 / (rate * _TIME_BASE)))
 
     @property
     def extradata(self) -> bytes:
@@ -141,11 +137,32 @@ class _Rung:
     def bandwidth(self) -> int:
         return self.rendition.max_bitrate
 
-    def encode(self, frame: av.VideoFrame, pts: int, force_idr: bool) -> None:
+    def _encode(self, frame: av.VideoFrame, pts: int, force_idr: bool) -> list[av.Packet]:
+        """``frame`` scaled to the rung, encoded (an IDR when ``force_idr``): the packets the encoder gave."""
         scaled = frame.reformat(width=self.rendition.width, height=self.rendition.height, format="yuv420p")
         scaled.pts, scaled.time_base = pts, _TIME_BASE
-        self._mux(self.session.encode(scaled, force_idr))
         self.frames += 1
+        return self.session.encode(scaled, force_idr)
+
+
+class _Rung(_EncodedRung):
+    """A rung of the plain HLS ladder: its encoder and FFmpeg's HLS muxer."""
+
+    def __init__(self, rendition: Rendition, session: EncoderSession, directory: Path, options: LiveOptions,
+                 rate: Fraction, resume: bool, anchor: Callable[[], float | None],
+                 segment: Fraction | None = None) -> None:
+        super().__init__(rendition, session)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.output = _hls_output(directory, options, resume, segment, anchor=anchor)
+        self.stream = add_packet_stream(self.output.container, StreamParameters(
+            codec=session.codec_name, time_base=_TIME_BASE, extradata=session.extradata,
+            width=rendition.width, height=rendition.height))
+        self.stream.codec_context.bit_rate = rendition.max_bitrate
+        # encoders leave durations 0; the muxer needs one for each segment's last frame (EXTINF)
+        self.frame_ticks = max(1, round(1 / (rate * _TIME_BASE)))
+
+    def encode(self, frame: av.VideoFrame, pts: int, force_idr: bool) -> None:
+        self._mux(self._encode(frame, pts, force_idr))
 
     def _mux(self, packets: list[av.Packet]) -> None:
         for packet in packets:
@@ -153,38 +170,26 @@ class _Rung:
             packet.time_base = _TIME_BASE
             if not packet.duration:
                 packet.duration = self.frame_ticks
-            self.container.mux(packet)
+            self.output.mux(packet)
 
     def close(self) -> None:
         try:
             self._mux(self.session.flush())
         finally:
             self.session.close()
-            self.container.close()
+            self.output.close()
 
 
-class _PartRung:
+class _PartRung(_EncodedRung):
     """A rung of the low-latency ladder: its encoder and its LL-HLS track."""
 
     def __init__(self, rendition: Rendition, session: EncoderSession, track: llhls.PartTrack) -> None:
-        self.rendition, self.session, self.track = rendition, session, track
-        self.frames = 0
-
-    @property
-    def extradata(self) -> bytes:
-        return self.session.extradata
-
-    @property
-    def bandwidth(self) -> int:
-        return self.rendition.max_bitrate
+        super().__init__(rendition, session)
+        self.track = track
 
     def encode(self, frame: av.VideoFrame, pts: int, force_idr: bool) -> bool:
         """Whether a part was closed."""
-        scaled = frame.reformat(width=self.rendition.width, height=self.rendition.height, format="yuv420p")
-        scaled.pts, scaled.time_base = pts, _TIME_BASE
-        closed = self._push(self.session.encode(scaled, force_idr))
-        self.frames += 1
-        return closed
+        return self._push(self._encode(frame, pts, force_idr))
 
     def _push(self, packets: list[av.Packet]) -> bool:
         closed = False
@@ -293,11 +298,11 @@ class _CopyRung:
     the keyframe flag only on the IDRs that start segments (the muxer cuts at every flagged packet)."""
 
     def __init__(self, plan: _Passthrough, directory: Path, options: LiveOptions, rate: Fraction, resume: bool,
-                 segment: Fraction) -> None:
+                 anchor: Callable[[], float | None], segment: Fraction) -> None:
         self.rendition, self.extradata, self.plan = plan.rendition, plan.extradata, plan
         directory.mkdir(parents=True, exist_ok=True)
-        self.container = _hls_output(directory, options, resume, segment)
-        self.stream = add_packet_stream(self.container, StreamParameters(
+        self.output = _hls_output(directory, options, resume, segment, anchor=anchor)
+        self.stream = add_packet_stream(self.output.container, StreamParameters(
             codec="h264", time_base=_TIME_BASE, extradata=plan.extradata, width=plan.rendition.width,
             height=plan.rendition.height))
         self.stream.codec_context.bit_rate = plan.rendition.max_bitrate
@@ -313,11 +318,11 @@ class _CopyRung:
         packet.time_base = _TIME_BASE
         packet.dts, packet.pts, packet.duration = at.dts, at.pts, self.frame_ticks
         packet.is_keyframe = at.cut
-        self.container.mux(packet)
+        self.output.mux(packet)
         self.frames += 1
 
     def close(self) -> None:
-        self.container.close()
+        self.output.close()
 
 
 class _CopyPartRung:
@@ -352,33 +357,29 @@ def _publish(tracks: list[llhls.PartTrack]) -> None:
         track.write_playlist(reports)
 
 
-def _hls_output(directory: Path, options: LiveOptions, resume: bool = False, segment: Fraction | None = None, *,
-                audio: bool = False) -> Any:
+def _hls_output(directory: Path, options: LiveOptions, resume: bool, segment: Fraction | None = None, *,
+                anchor: Callable[[], float | None], audio: bool = False) -> HlsOutput:
     # Resuming (a replaced transcoder, same publisher): the segment list goes on where it stopped, after an
-    # EXT-X-DISCONTINUITY (the new encoder's timestamps start again at 0).
-    flags = "program_date_time+independent_segments+temp_file+delete_segments"
-    if resume and (directory / _PLAYLIST).exists():
-        flags += "+append_list+discont_start"
-    return av.open(str(directory / _PLAYLIST), "w", format="hls", options={
+    # EXT-X-DISCONTINUITY (the new encoder's timestamps start again at 0) and with an init of its own.
+    # EXT-X-PROGRAM-DATE-TIME is kinoray's (HlsOutput), not the muxer's.
+    return HlsOutput(directory, {
         # video: cut at each IDR (forced every segment_seconds, or the passed-through source's segment starts), a
         # hair under so timestamp rounding never skips one; audio (any packet may start a segment): on the grid
         # itself, which the muxer counts from the first packet (n × hls_time), so its segments follow the video's
         "hls_time": f"{float(segment or options.segment_seconds) * (1 if audio else 0.9):.3f}",
         "hls_list_size": str(options.window_segments),
         "hls_segment_type": "fmp4",
-        "hls_fmp4_init_filename": "init.mp4",
         "hls_segment_filename": str(directory / "seg_%05d.m4s"),
-        "hls_flags": flags,
         "hls_delete_threshold": "2",
         "start_number": "1",
-    })
+    }, "independent_segments+temp_file+delete_segments", resume=resume, anchor=anchor)
 
 
 class LiveTranscoder:
     """Reads ``pipe`` (one publisher's FLV) and writes the live HLS ladder under ``directory``:
     ``master.m3u8``, ``<rung>/index.m3u8`` + ``init.mp4`` + ``seg_NNNNN.m4s``, ``audio/…`` — the layout of a
     VOD asset's media, so the delivery edge serves both the same way. ``resume``: a transcoder taking over from
-    one that died continues the playlists after a discontinuity.
+    one that died continues the playlists after a discontinuity, with its own ``init-<n>.mp4``.
 
     :meth:`run` blocks until the publisher ends (or fails) and returns the :class:`LiveResult`; run it on a
     thread of its own. A source kinoray cannot read ends the session with ``result.error`` set."""
@@ -389,6 +390,8 @@ class LiveTranscoder:
         self.options = options or LiveOptions()
         self.result = LiveResult()
         self.started = threading.Event()  # set once the master playlist is written
+        self._origin: Fraction | None = None  # the source's time (s) of the ladder's media time 0
+        self._clock: float | None = None  # the publisher's clock, fixed for plain HLS's dates (_source_anchor)
 
     @property
     def top(self) -> Path | None:
@@ -454,17 +457,19 @@ class LiveTranscoder:
             segment = plan.cuts.segment if plan is not None else None
             if plan is not None:
                 rungs.append(_CopyRung(plan, self.directory / plan.rendition.name, self.options, Fraction(rate),
-                                       self.resume, plan.cuts.segment))
+                                       self.resume, self._ladder_anchor, plan.cuts.segment))
             for rendition in ladder:
                 session = self._open_session(choice, rendition, Fraction(rate))
                 rungs.append(_Rung(rendition, session, self.directory / rendition.name, self.options, Fraction(rate),
-                                   self.resume, segment))
+                                   self.resume, self._ladder_anchor, segment))
             if audio is not None:
                 if audio.codec_context.name != "aac":
                     raise UnsupportedMediaError(f"live audio must be AAC, not {audio.codec_context.name}")
                 (self.directory / _AUDIO).mkdir(parents=True, exist_ok=True)
-                audio_out = _hls_output(self.directory / _AUDIO, self.options, self.resume, segment, audio=True)
-                audio_stream = audio_out.add_stream_from_template(audio)
+                # the audio is copied on the source's own clock, whose 0 is the pipe's
+                audio_out = _hls_output(self.directory / _AUDIO, self.options, self.resume, segment,
+                                        anchor=self._source_anchor, audio=True)
+                audio_stream = audio_out.container.add_stream_from_template(audio)
             self._write_master(rungs, audio)
             self.started.set()
             self._pump(packets, video, audio, rungs, audio_out, audio_stream if audio is not None else None, plan)
@@ -529,10 +534,13 @@ class LiveTranscoder:
         directory = self.directory / name
         previous: list[Any] = []
         first_msn, discontinuity_sequence = 1, 0
+        init_name = llhls.INIT
         playlist = directory / _PLAYLIST
         if self.resume and playlist.exists():  # a replaced transcoder: go on after what was listed
             try:
                 previous, first_msn, discontinuity_sequence = llhls.resumed_segments(playlist.read_text())
+                # its own init: its encoder (or a passthrough decided anew) may make another one than the listed's
+                init_name = llhls.next_init_name([llhls.INIT, *(segment.init for segment in previous)])
             except (ValueError, KeyError) as error:
                 log.warning("live playlist not resumable; starting again", extra={"track": name,
                                                                                   "error": str(error)})
@@ -540,7 +548,7 @@ class LiveTranscoder:
                                target_duration=target_duration, window_segments=self.options.window_segments,
                                max_sample_ticks=init.timescale,
                                default_ticks=max(1, ticks(sample, init.timescale)), first_msn=first_msn,
-                               previous=previous, discontinuity_sequence=discontinuity_sequence)
+                               previous=previous, discontinuity_sequence=discontinuity_sequence, init_name=init_name)
 
     def _run_parts(self, packets: Iterable[Any], video: Any, audio: Any, ladder: Sequence[Rendition], choice: Any,
                    rate: Fraction, plan: _Passthrough | None) -> None:
@@ -708,6 +716,18 @@ class LiveTranscoder:
         if audio_track is not None:
             push_audio(None)
 
+    def _source_anchor(self) -> float | None:
+        """EXT-X-PROGRAM-DATE-TIME of plain HLS: the publisher's clock (the wall time of the source's time 0) as
+        the pipe estimated it when the first output asked, one value for every rung and the audio."""
+        if self._clock is None:
+            self._clock = self.pipe.clock
+        return self._clock
+
+    def _ladder_anchor(self) -> float | None:
+        """The publisher's clock of the ladder's media time 0 (the source's ``origin``)."""
+        clock = self._source_anchor()
+        return clock + float(self._origin) if clock is not None and self._origin is not None else None
+
     def _anchor(self, tracks: list[llhls.PartTrack], when: Fraction) -> None:
         """EXT-X-PROGRAM-DATE-TIME: the publisher's clock when it sent the first frame at ``when`` (the pipe's),
         else now."""
@@ -737,7 +757,7 @@ class LiveTranscoder:
                 at = clock.take(packet)
                 if at is None:
                     continue
-                origin = clock.origin
+                origin = self._origin = clock.origin
                 if not encoded:
                     copy.copy(packet, at)
                     self.result.frames_in += 1
@@ -757,7 +777,7 @@ class LiveTranscoder:
                 if frame.pts is None:
                     continue
                 when = Fraction(frame.pts) * video.time_base
-                origin = when if origin is None else origin
+                origin = self._origin = when if origin is None else origin
                 offset = when - origin
                 pts = int(offset / _TIME_BASE)
                 if pts <= last_pts or pts < 0:
