@@ -58,6 +58,18 @@ def media_dir() -> Path:
     return default_cache_dir()
 
 
+_START_PRIORITY = (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))
+
+
+@pytest.fixture(autouse=True)
+def _process_priority_kept():
+    """A test that lowers the test process's own priority (kinoray's ``yield_cpu`` run in-process, an encoder
+    that makes its caller real-time) fails here: every later test, and every server it starts, would inherit it."""
+    yield
+    now = (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))
+    assert now == _START_PRIORITY, f"the test process's (niceness, policy) went from {_START_PRIORITY} to {now}"
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings():
     from kinoray.settings import get_settings

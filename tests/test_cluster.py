@@ -326,10 +326,11 @@ def test_workers_are_not_kept_while_another_pool_is_in_use():
 def test_a_worker_is_claimed_or_given_up_never_both():
     """A worker's tenure (what lets a live stream take kept workers' CPUs from another process, and a job take
     them over, without the two ever sharing one): a given-up worker cannot be claimed or kept again, a claimed
-    one cannot be given up; the calls themselves run on one thread of the actor (tests/test_live_cluster.py)."""
-    from kinoray.cluster.workers import EncoderWorker
+    one cannot be given up; the calls themselves run on one thread of the actor (tests/test_live_cluster.py).
+    (The rules alone: an ``EncoderWorker`` built here would lower this test process's priority for good.)"""
+    from kinoray.cluster.workers import Tenure
 
-    worker = EncoderWorker("cpu")
+    worker = Tenure()
     assert not worker.give_up()  # in use by the job that started it
     assert worker.keep() and worker.claim()  # kept, then taken over by the next job
     assert not worker.give_up() and not worker.claim()  # in use again: neither given up nor claimed twice

@@ -40,7 +40,7 @@ from kinoray.priority import yield_cpu
 from kinoray.settings import StorageSettings
 from kinoray.store import ObjectStore
 
-__all__ = ["CONTROL_GROUP", "EncoderWorker", "JobSpec", "WorkItem", "WorkerCapabilities", "probe_worker"]
+__all__ = ["CONTROL_GROUP", "EncoderWorker", "JobSpec", "Tenure", "WorkItem", "WorkerCapabilities", "probe_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,31 @@ def probe_worker(kind: str) -> WorkerCapabilities:
     )
 
 
+@dataclass
+class Tenure:
+    """Whose an encoder worker is: in use by the job that started or took it, *kept* (idle, between jobs), or
+    *given up* (a live stream took its CPU back; only a kill follows). Of a claim and a give-up, exactly one
+    wins when they are called one at a time (the worker runs both on one thread)."""
+
+    kept: bool = False
+    given_up: bool = False
+
+    def keep(self) -> bool:
+        """Its job ended cleanly and its pool keeps it for the next job; ``False`` if it was given up."""
+        self.kept = not self.given_up
+        return self.kept
+
+    def claim(self) -> bool:
+        """A job takes this kept worker; ``False`` if it was given up meanwhile (the job starts another)."""
+        claimed, self.kept = self.kept, False
+        return claimed
+
+    def give_up(self) -> bool:
+        """Give up this worker if it is kept (idle), for its CPU; ``False`` (nothing changes) if a job uses it."""
+        self.given_up, self.kept = self.given_up or self.kept, False
+        return self.given_up
+
+
 class EncoderWorker:
     """The actor body (wrapped with ``ray.remote`` by the pool, which sets its resources).
 
@@ -145,7 +170,7 @@ class EncoderWorker:
             log.warning("encoder worker without a fixed heap fill: a retried chunk may differ in bytes")
         self.capabilities_ = probe_worker(kind)
         self.scratch = Path(tempfile.mkdtemp(prefix="kinoray-worker-"))
-        self.kept = self.given_up = False
+        self.tenure = Tenure()
         log.info("encoder worker ready", extra={"kind": kind, "pid": self.capabilities_.pid,
                                                 "encoders": self.capabilities_.encoders})
 
@@ -153,19 +178,16 @@ class EncoderWorker:
         return self.capabilities_
 
     def keep(self) -> bool:
-        """Its job ended cleanly and its pool keeps it for the next job; ``False`` if it was given up."""
-        self.kept = not self.given_up
-        return self.kept
+        """:meth:`Tenure.keep`."""
+        return self.tenure.keep()
 
     def claim(self) -> bool:
-        """A job takes this kept worker; ``False`` if it was given up meanwhile (the job starts another)."""
-        claimed, self.kept = self.kept, False
-        return claimed
+        """:meth:`Tenure.claim`."""
+        return self.tenure.claim()
 
     def give_up(self) -> bool:
-        """Give up this worker if it is kept (idle), for its CPU; ``False`` (nothing changes) if a job uses it."""
-        self.given_up, self.kept = self.given_up or self.kept, False
-        return self.given_up
+        """:meth:`Tenure.give_up`."""
+        return self.tenure.give_up()
 
     def _scaler(self) -> Callable[[VideoStreamInfo, tuple[Rendition, ...]], Scaler]:
         if self.capabilities_.scaler == "torch-cuda":
