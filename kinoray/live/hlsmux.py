@@ -95,8 +95,10 @@ class HlsOutput:
             self._anchor = anchor if anchor is not None else time.time() - float(when)
         if self._open_start is None:
             self._open_start = when
+        # the muxer cuts a segment (and rewrites its playlist) only at a packet flagged key: look only then
+        cuts = packet.is_keyframe
         self.container.mux(packet)
-        if self._stat() != self._version and self._publish() and when is not None:
+        if cuts and self._stat() != self._version and self._publish() and when is not None:
             self._open_start = when  # this packet started the segment the muxer opened
 
     def close(self) -> None:
