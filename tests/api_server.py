@@ -197,7 +197,7 @@ class ApiServer:
         process = EdgeProcess(env, log_path=Path(self.settings.data_dir) / f"edge-{port}.log").start()
         try:
             if scheme == "http":
-                process.wait_ready(url)
+                process.wait_ready(url, workers=workers)
             else:
                 _wait_tls(process, url, edge["tls_cert"])
         except BaseException:

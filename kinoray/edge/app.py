@@ -35,7 +35,7 @@ from kinoray.edge.stream import STREAM_PATH, StreamDelivery
 from kinoray.errors import NotFoundError
 from kinoray.serve import readiness
 from kinoray.serve.api import install_error_handlers
-from kinoray.serve.asgi import Receive, Scope, Send, client_of_scope, identify_worker, send_error
+from kinoray.serve.asgi import Receive, Scope, Send, client_of_scope, identify_worker, send_error, served_by
 from kinoray.serve.deps import PlatformDep
 from kinoray.serve.readiness import Readiness
 from kinoray.serve.routes import chat, dashboard, data, images, player, uploads
@@ -58,6 +58,7 @@ class EdgeHealth(BaseModel):
     status: str
     version: str
     role: str = "edge"
+    worker: str  # the answering worker process, as in ``X-Served-By``
 
 
 def build_edge_api() -> FastAPI:
@@ -75,7 +76,7 @@ def build_edge_api() -> FastAPI:
     @app.get("/edge/healthz", tags=["system"])
     def healthz() -> EdgeHealth:
         """Liveness of this edge process (it does not ask the database or the API)."""
-        return EdgeHealth(status="ok", version=kinoray.__version__)
+        return EdgeHealth(status="ok", version=kinoray.__version__, worker=served_by())
 
     @app.get("/edge/readyz", tags=["system"], responses=readiness.UNREADY)
     async def readyz(platform: PlatformDep, response: Response) -> Readiness:

@@ -8,6 +8,7 @@ sends segment files from Rust, which no Python server on this list matched.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -34,10 +35,18 @@ def worker_count(settings: EdgeSettings) -> int:
 
 
 def serve(settings: EdgeSettings, *, log_level: str = "warning") -> None:
-    """Serve the edge on ``settings.host:port`` until SIGINT/SIGTERM (blocking)."""
+    """Serve the edge on ``settings.host:port`` until SIGINT/SIGTERM (blocking).
+
+    Workers are started by ``spawn``, not ``fork``: Granian's main process runs threads (its Rust IPC
+    receivers when metrics are on, a watcher per worker, always when it respawns one), and a worker forked
+    while one of them held a lock hung for good with its listener open (its connections accepted, never
+    answered): 2 starts in 80 with metrics on, measured; 0 in 80 spawned."""
+    import multiprocessing
+
     from granian.constants import Interfaces, RuntimeModes
     from granian.server import Server
 
+    multiprocessing.set_start_method("spawn", force=True)  # this process is the edge's alone
     confine(settings.cpus)  # the worker processes Granian starts inherit both
     yield_cpu(settings.nice)
     Server(
@@ -109,16 +118,32 @@ class EdgeProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def wait_ready(self, url: str, timeout: float = 60.0) -> None:
-        """Wait until ``url``/edge/healthz answers 200; raises ``KinorayError`` if the process exits or the
-        time runs out (with the log's last lines)."""
+    def wait_ready(self, url: str, timeout: float = 60.0, *, workers: int = 1) -> None:
+        """Wait until ``url``/edge/healthz answers 200, from ``workers`` distinct worker processes (each
+        request on a new connection, which the kernel hands to any worker); raises ``KinorayError`` if the
+        process exits or the time runs out (with the log's last lines)."""
 
         def exited() -> str | None:
             if self.alive:
                 return None
             return f"the edge exited with {self.process.returncode if self.process else None}: {self._log_tail()}"
 
+        deadline = time.monotonic() + timeout
         wait_ok(f"{url}/edge/healthz", timeout, what="the edge", failed=exited)
+        seen: set[str] = set()
+        while len(seen) < workers:
+            reason = exited()
+            if reason is not None:
+                raise KinorayError(reason)
+            try:
+                with urllib.request.urlopen(f"{url}/edge/healthz", timeout=5) as answer:  # noqa: S310 - ours
+                    seen.add(json.loads(answer.read())["worker"])
+            except (OSError, ValueError, KeyError):
+                pass
+            if len(seen) < workers and time.monotonic() > deadline:
+                raise KinorayError(f"{len(seen)} of the edge's {workers} workers answered on {url} within "
+                                   f"{timeout:.0f} s: {self._log_tail()}")
+            time.sleep(0.05)
 
     def _log_tail(self) -> str:
         if self.log_path is None or not self.log_path.exists():

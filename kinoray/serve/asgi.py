@@ -28,6 +28,7 @@ __all__ = [
     "send_error",
     "send_response",
     "send_start",
+    "served_by",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -47,6 +48,11 @@ def identify_worker() -> None:
 
 
 identify_worker()
+
+
+def served_by() -> str:
+    """This process's name in ``X-Served-By``."""
+    return _served_by.decode()
 
 
 @dataclass(frozen=True)
