@@ -139,11 +139,13 @@ def test_a_cached_verification_is_not_used_past_the_tokens_exp(world) -> None:
     db, _, _, resolver = world
     _, playback_id = _asset(db, AssetStatus.READY, PlaybackPolicy.SIGNED)
     kid, private = _key(db)
-    # exp in the past but within the 5 s leeway: valid now, expired after the leeway (real time)
-    token = jwt.encode({"sub": playback_id, "aud": "v", "exp": int(time.time()) - 4}, private,
-                       algorithm="RS256", headers={"kid": kid})
+    # exp in the past but within the 5 s leeway: valid now (for 2 s at least: a loaded machine may take a while to
+    # get here), expired once the leeway has passed (real time), while the cache entry (2 s) may still be fresh
+    exp = int(time.time()) - 3
+    token = jwt.encode({"sub": playback_id, "aud": "v", "exp": exp}, private, algorithm="RS256",
+                       headers={"kid": kid})
     assert resolver.resolve(playback_id, token, "v").playback.claims is not None
-    time.sleep(2.1)
+    time.sleep(max(0.0, exp + 5.2 - time.time()))
     assert resolver.cached(playback_id, token, "v") is None  # expired since, though the cache entry is fresh
     with pytest.raises(PlaybackForbiddenError, match="expired"):
         resolver.resolve(playback_id, token, "v")
