@@ -112,10 +112,15 @@ def open_target(args: argparse.Namespace, temp: Path, console: Console,
 
 def start_server(data_dir: Path, console: Console, timeout: float = 240.0,
                  env: Mapping[str, str] | None = None) -> Target:
-    """``kinoray up`` in ``data_dir`` (edge and Serve on two free ports) with rate limits out of the way."""
+    """``kinoray up`` in ``data_dir`` (edge and Serve on two free ports) with rate limits out of the way. It runs
+    in ``data_dir``, not in this directory: ``python -m`` puts its working directory first on ``sys.path`` (and
+    Ray hands the driver's path to its workers), so started in a checkout it would serve that checkout's code
+    whatever ``PYTHONPATH`` says. The code served is ``PYTHONPATH``'s, else this benchmark's checkout."""
+    data_dir = data_dir.resolve()
     port, api_port = free_port(), free_port()
     environment = {key: value for key, value in os.environ.items() if not key.startswith("KINORAY_")}
     environment.pop("RAY_ADDRESS", None)  # a local Ray of its own, not whatever cluster this shell points at
+    environment.setdefault("PYTHONPATH", str(ROOT))
     environment.update(KINORAY_API__RATE_LIMIT_PER_SECOND="1000000", KINORAY_API__RATE_LIMIT_BURST="1000000",
                        KINORAY_API__ALLOW_PRIVATE_INPUTS="true", KINORAY_LOG_LEVEL="WARNING", **(env or {}))
     log = (data_dir / "kinoray-up.log").open("wb")
@@ -124,7 +129,7 @@ def start_server(data_dir: Path, console: Console, timeout: float = 240.0,
     console.print(f"starting: {' '.join(command)} (log: {log.name})")
     # Its own process group, so that stop_server can end the Ray processes it started if it exits uncleanly.
     process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+                               start_new_session=True, cwd=data_dir)
     credentials = data_dir / "credentials.json"
     deadline = time.monotonic() + timeout
     url = f"http://127.0.0.1:{port}"

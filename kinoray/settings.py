@@ -278,6 +278,11 @@ class ApiSettings(BaseModel):
         description="failed authentications a client address, and a token id, may have per second (bucket "
                     "refill) before its unverified credentials are refused with 429 without checking them")
     auth_failure_burst: int = Field(default=10, ge=1, description="failed authentications a client may burst")
+    token_cache_seconds: float = Field(
+        default=2.0, ge=0, le=5,
+        description="how long an API process answers from memory with an access token's row (its revocation, "
+                    "permissions, environment) before reading it again; a token revoked by another process is "
+                    "refused within this bound (at once in the process that revoked it); 0 = read on every request")
     max_body_bytes: int = Field(
         default=1024**2, gt=0,
         description="largest JSON request body of the management API; longer ones are refused (413) before "

@@ -15,7 +15,14 @@ a flood of wrong secrets can cost:
   flood on its own token id; other addresses are throttled only on the token id under attack, and only for
   secrets not verified yet;
 - the secret is checked outside any database transaction, and ``last_used_at`` is written at most once a minute
-  per token in a short transaction of its own, so an authenticated read never holds a write lock.
+  per token (and API process) in a short transaction of its own, so an authenticated read never holds a write lock.
+
+A token's row (revoked or not, permissions, environment, secret hash) is kept in memory for
+``api.token_cache_seconds`` (2 s) per process, so a request whose secret was verified before costs no database
+read at all (:meth:`Authenticator.remembered`, which the API calls on its event loop). Revoking a token
+(:func:`revoke_token`) drops it from every authenticator of the revoking process once its transaction commits,
+so there the next request is refused; another process (another API replica, ``kinoray token revoke``) refuses
+it within ``api.token_cache_seconds``.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ import base64
 import binascii
 import logging
 import math
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -90,7 +99,8 @@ def parse_basic(authorization: str | None) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class _TokenRow:
-    """What authentication reads of a token: read in one short read-only transaction."""
+    """What authentication reads of a token: read in one short read-only transaction, kept
+    ``api.token_cache_seconds``."""
 
     id: str
     name: str | None
@@ -100,17 +110,54 @@ class _TokenRow:
     last_used_at: datetime | None
     permissions: Mapping[str, str] | None
 
+    def info(self) -> TokenInfo:
+        return TokenInfo(id=self.id, name=self.name, environment_id=self.environment_id,
+                         permissions=self.permissions)
+
+
+#: Token rows kept per authenticator at most (the oldest read is dropped first); only ids that name a token are
+#: kept, so a flood of made-up ids cannot fill it.
+TOKEN_CACHE_SIZE = 10_000
+#: Every authenticator of this process, which :func:`revoke_token` tells (on commit) to forget a token.
+_authenticators: weakref.WeakSet[Authenticator] = weakref.WeakSet()
+
 
 class Authenticator:
     """Basic credentials → :class:`TokenInfo`, at a bounded cost under a flood (see the module docstring).
 
-    One per process (``Platform.authenticator``); the failure buckets are in-process, like the secret cache."""
+    One per process (``Platform.authenticator``); the failure buckets are in-process, like the secret cache and
+    the token rows (kept ``settings.token_cache_seconds``, read with ``clock``)."""
 
     def __init__(self, db: Database, settings: ApiSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.db = db
         rate, burst = settings.auth_failures_per_second, settings.auth_failure_burst
         self._clients = LocalRateLimiter(rate, burst, clock)  # failed attempts per client address
         self._tokens = LocalRateLimiter(rate, burst, clock)  # failed attempts per token id
+        self._clock = clock
+        self._ttl = settings.token_cache_seconds
+        self._rows: dict[str, tuple[float, _TokenRow]] = {}  # token id -> (when read, row); oldest read first
+        self._forgotten = 0  # forget() calls so far: a row read before one of them is not kept
+        self._lock = threading.Lock()
+        _authenticators.add(self)
+
+    def remembered(self, authorization: str | None) -> TokenInfo | None:
+        """The token ``authorization`` proves, from memory alone (no database, no scrypt): its row read within
+        ``token_cache_seconds``, not revoked, the secret verified before, ``last_used_at`` not due. ``None``
+        whenever anything else is the case, right credentials or wrong: :meth:`authenticate` then decides."""
+        try:
+            token_id, secret = parse_basic(authorization)
+        except AuthenticationError:
+            return None
+        token = self._remembered_row(token_id)
+        if token is None or token.revoked or not secret_known(token.secret_hash, secret) or self._touch_due(token):
+            return None
+        return token.info()
+
+    def forget(self, token_id: str) -> None:
+        """Read ``token_id``'s row from the database on its next request."""
+        with self._lock:
+            self._rows.pop(token_id, None)
+            self._forgotten += 1
 
     def authenticate(self, authorization: str | None, client: str) -> TokenInfo:
         """The token ``authorization`` proves for a request from ``client`` (an address); ``AuthenticationError``
@@ -135,26 +182,54 @@ class Authenticator:
             self._clients.refund(client)
             self._tokens.refund(token_id)
         self._touch(token)
-        return TokenInfo(id=token.id, name=token.name, environment_id=token.environment_id,
-                         permissions=token.permissions)
+        return token.info()
+
+    @staticmethod
+    def _touch_due(token: _TokenRow) -> bool:
+        return token.last_used_at is None or utcnow() - token.last_used_at >= LAST_USED_RESOLUTION
 
     def _touch(self, token: _TokenRow) -> None:
-        now = utcnow()
-        if token.last_used_at is not None and now - token.last_used_at < LAST_USED_RESOLUTION:
+        if not self._touch_due(token):
             return
+        now = utcnow()
         try:
             with self.db.session() as session:
                 session.execute(sa.update(AccessToken).where(AccessToken.id == token.id).values(last_used_at=now))
         except sa.exc.OperationalError as error:  # bookkeeping: never the reason a request fails
             log.warning("last_used_at not recorded", extra={"token_id": token.id, "error": str(error)})
+            return
+        with self._lock:  # the remembered row says so too, or every request would write it until the row expires
+            if kept := self._rows.get(token.id):
+                self._rows[token.id] = (kept[0], replace(kept[1], last_used_at=now))
+
+    def _remembered_row(self, token_id: str) -> _TokenRow | None:
+        with self._lock:
+            kept = self._rows.get(token_id)
+        if kept is None or self._clock() - kept[0] >= self._ttl:
+            return None
+        return kept[1]
 
     def _row(self, token_id: str) -> _TokenRow | None:
+        kept = self._remembered_row(token_id)
+        if kept is not None:
+            return kept
+        with self._lock:
+            read_at, forgotten = self._clock(), self._forgotten
         with self.db.reader() as session:
             token = session.get(AccessToken, token_id)
             if token is None:
                 return None
-            return _TokenRow(token.id, token.name, token.environment_id, token.secret_hash, token.revoked,
-                             token.last_used_at, dict(token.permissions) if token.permissions is not None else None)
+            row = _TokenRow(token.id, token.name, token.environment_id, token.secret_hash, token.revoked,
+                            token.last_used_at, dict(token.permissions) if token.permissions is not None else None)
+        if self._ttl > 0:
+            with self._lock:
+                if self._forgotten != forgotten:  # a revocation committed while this row was read: maybe before
+                    return row
+                self._rows.pop(token_id, None)  # re-inserted last: the dict stays in order of reading
+                self._rows[token_id] = (read_at, row)
+                if len(self._rows) > TOKEN_CACHE_SIZE:
+                    del self._rows[next(iter(self._rows))]
+        return row
 
     def _draw(self, buckets: LocalRateLimiter, key: str, who: str) -> None:
         decision = buckets.hit(key)
@@ -228,10 +303,17 @@ def get_token(session: Session, token_id: str) -> AccessToken:
 
 
 def revoke_token(session: Session, token_id: str) -> AccessToken:
-    """Revoke a token (kept for the audit trail; revoking twice keeps the first time). The next request with it
-    is refused: :class:`Authenticator` reads the token's row on every request (only the scrypt check of its
-    secret is remembered), so no cache outlives a revocation. ``NotFoundError`` when there is no such token."""
+    """Revoke a token (kept for the audit trail; revoking twice keeps the first time). Once ``session`` commits,
+    every :class:`Authenticator` of this process forgets the token's row, so the next request with it is
+    refused; other processes refuse it within ``api.token_cache_seconds``. ``NotFoundError`` when there is no
+    such token."""
     token = get_token(session, token_id)
     if token.revoked_at is None:
         token.revoked_at = utcnow()
+    sa.event.listen(session, "after_commit", lambda _session: _forget_everywhere(token_id), once=True)
     return token
+
+
+def _forget_everywhere(token_id: str) -> None:
+    for authenticator in list(_authenticators):
+        authenticator.forget(token_id)

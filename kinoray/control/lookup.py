@@ -26,7 +26,7 @@ def find(session: Session, model: type[M], row_id: str, *, what: str, for_update
     query = sa.select(model).where(model.__table__.c.id == row_id).options(*options)
     if for_update:
         query = query.with_for_update()
-    row = session.scalars(query).one_or_none()
+    row = session.scalars(query).unique().one_or_none()  # unique(): options may join a collection
     if row is None:
         raise NotFoundError(f"no {what} {row_id!r}")
     return row

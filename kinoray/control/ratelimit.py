@@ -50,6 +50,9 @@ def _decision(allowed: bool, tokens: float, rate: float, burst: int) -> Decision
 class RateLimiter(abc.ABC):
     """The protocol: ``hit(key)`` takes one token from ``key``'s bucket."""
 
+    #: Whether :meth:`hit` only touches this process's memory (never blocks on I/O: callable on an event loop).
+    in_process: bool = False
+
     @abc.abstractmethod
     def hit(self, key: str) -> Decision:
         """Charge one request to ``key``'s bucket."""
@@ -70,6 +73,8 @@ class RateLimiter(abc.ABC):
 
 class LocalRateLimiter(RateLimiter):
     """Buckets in this process's memory (one API replica)."""
+
+    in_process = True
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.burst, self.clock = rate, burst, clock

@@ -22,7 +22,11 @@ __all__ = ["ApiIngress", "api", "app", "build_api", "build_app"]
 api = build_api()
 
 
-@serve.deployment(name="kinoray-api", ray_actor_options={"num_cpus": 0})
+# Serve's own logger in the replica at WARNING and no access log: at INFO a replica formats and writes a line for
+# every request (what serve.start's logging_config turns off is the proxy's and the controller's, not this);
+# kinoray's metrics and logs cover requests.
+@serve.deployment(name="kinoray-api", ray_actor_options={"num_cpus": 0},
+                  logging_config={"enable_access_log": False, "log_level": "WARNING"})
 @serve.ingress(api)
 class ApiIngress:
     """The HTTP ingress. Each replica holds one :class:`~kinoray.control.Platform` (database pool, storage,
@@ -31,9 +35,11 @@ class ApiIngress:
     def __init__(self, runner: Any = None) -> None:
         from kinoray.control.platform import Platform
         from kinoray.logs import setup_logging
+        from kinoray.serve.asgi import keep_worker_threads
         from kinoray.serve.deps import set_platform
 
         setup_logging()
+        keep_worker_threads()  # Serve runs the constructor on the loop that serves the app
         set_platform(Platform.from_settings())
         metrics.set_runner(runner)
         if runner is not None:

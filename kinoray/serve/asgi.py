@@ -3,12 +3,15 @@ the API's :mod:`~kinoray.serve.guard`): a parsed request, whole-body and error r
 
 The edge answers each stream request with two or three ASGI messages, framework-free, to keep the Python per
 request small: on this path it is what separates the edge from a bare ASGI app on Granian (docs/ARCHITECTURE.md,
-"Delivery edge", has both numbers).
+"Delivery edge", has both numbers). :func:`keep_worker_threads` is for a server whose event loop is not
+``asyncio.run``'s (a Ray Serve replica).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -25,11 +28,14 @@ __all__ = [
     "EdgeRequest",
     "client_of_scope",
     "identify_worker",
+    "keep_worker_threads",
     "send_error",
     "send_response",
     "send_start",
     "served_by",
 ]
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -111,3 +117,40 @@ def client_of_scope(clients: ClientAddresses, scope: Scope) -> str:
     peer = (scope.get("client") or (None, 0))[0]
     forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"]
     return clients.client(peer, b", ".join(forwarded).decode("latin-1") if forwarded else None)
+
+
+#: The tasks :func:`keep_worker_threads` started (the loop keeps only weak references to its tasks).
+_root_tasks: set[asyncio.Task[Any]] = set()
+
+
+def keep_worker_threads() -> bool:
+    """Have anyio keep its worker threads between requests on the running event loop; ``False`` when this anyio
+    offers no way to (logged). Call on the loop, before it serves.
+
+    Starlette and FastAPI run every sync route, sync dependency and a sync route's answer validation in
+    ``anyio.to_thread.run_sync``, whose worker threads live as long as the loop's "root task". Under
+    ``asyncio.run`` (uvicorn, Granian) that is the server's main task. A Ray Serve replica's loop runs with
+    ``run_forever`` and has none, so anyio took each request's own task: every request started a thread and
+    stopped it when it ended (docs/ARCHITECTURE.md, "Measured: the management API on Serve"). A task that
+    lives as long as the loop, registered as anyio's root task, gives the loop one pool of threads for its life
+    (idle ones still leave after anyio's 10 s). anyio has no public call for this: the run variable is its
+    private ``_root_task`` (``tests/test_api_cost.py`` fails if that stops working).
+    """
+    try:
+        from anyio._backends._asyncio import _root_task
+    except ImportError:
+        log.warning("anyio has no _root_task: each request may start a worker thread of its own")
+        return False
+    try:
+        loop = asyncio.get_running_loop()
+        current = _root_task.get(None)
+    except RuntimeError:  # no loop running here (sniffio's "no async library" is a RuntimeError too)
+        log.warning("keep_worker_threads called off an event loop: each request may start a worker thread")
+        return False
+    if current is not None and not current.done():
+        return True
+    task = loop.create_task(asyncio.Event().wait(), name="kinoray-anyio-root")
+    _root_tasks.add(task)
+    task.add_done_callback(_root_tasks.discard)
+    _root_task.set(task)
+    return True

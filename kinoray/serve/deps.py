@@ -72,8 +72,12 @@ async def current_token(request: Request, response: Response, platform: Platform
     :mod:`kinoray.control.permissions`); charges one request to its rate-limit bucket. The rest of the request
     runs scoped to the token's environment: every database session it opens sees only that environment's rows
     (:mod:`kinoray.store.scoping`). Async, so the scope is set in the request's own context, which the
-    handler's thread inherits."""
-    token = await run_in_threadpool(_admit, platform, request, response)
+    handler's thread inherits. A token the process remembers (:meth:`Authenticator.remembered`) charged to an
+    in-process rate limiter is admitted here on the event loop; anything needing the database, an scrypt or
+    Redis in a worker thread."""
+    token = _admit_remembered(platform, request, response)
+    if token is None:
+        token = await run_in_threadpool(_admit, platform, request, response)
     env_key_filters: tuple[tuple[str, bool], ...] = ()
     if permissions.product_of(request.url.path) == "data":
         env_key_filters = await run_in_threadpool(_env_key_filters, platform, token.environment_id)
@@ -86,8 +90,21 @@ def _env_key_filters(platform: Platform, environment_id: str) -> tuple[tuple[str
         return environments.data_filters(session, environment_id)
 
 
+def _admit_remembered(platform: Platform, request: Request, response: Response) -> TokenInfo | None:
+    if not platform.limiter.in_process:
+        return None
+    token = platform.authenticator.remembered(request.headers.get("authorization"))
+    if token is None:
+        return None
+    request.state.token = token
+    return _charge(platform, request, response, token)
+
+
 def _admit(platform: Platform, request: Request, response: Response) -> TokenInfo:
-    token = _authenticate(platform, request)
+    return _charge(platform, request, response, _authenticate(platform, request))
+
+
+def _charge(platform: Platform, request: Request, response: Response, token: TokenInfo) -> TokenInfo:
     permissions.check(token.permissions, request.method, request.url.path)
     decision = platform.limiter.hit(token.id)
     if not decision.allowed:

@@ -188,7 +188,8 @@ def start(host: str, port: int, data_dir: Path, api_port: int | None = None,
     from ray.serve.schema import LoggingConfig
 
     # Per-request access log lines cost more CPU than a small API request itself; kinoray's own metrics and
-    # logs cover requests.
+    # logs cover requests. This is the proxy's and the controller's; the API replicas' is their deployment's
+    # (kinoray/serve/app.py).
     serve.start(http_options={"host": host, "port": api_port},
                 logging_config=LoggingConfig(enable_access_log=False, log_level="WARNING"))
     from kinoray.serve.app import build_app

@@ -267,7 +267,7 @@ def newest_first(session: Session, model: type[M], *, limit: int, cursor: str | 
         query = query.where(sa.or_(created < after_time, sa.and_(created == after_time, row_id < after_id)))
     else:
         query = query.offset((page - 1) * limit)
-    rows = list(session.scalars(query))
+    rows = list(session.scalars(query).unique())  # unique(): options may join a collection
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]

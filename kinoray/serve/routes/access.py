@@ -4,7 +4,8 @@ dashboard (:mod:`kinoray.control.auth`, :mod:`kinoray.control.environments`). Ev
 
 Access tokens are those of the caller's environment (another environment's token is ``404``); a new token's
 secret is in the create response only, so creates do not take ``Idempotency-Key`` (a replay could not return
-the secret). Revoking is immediate: the next request with the token is ``401``.
+the secret). A revoked token is ``401`` from its next request in this API process, and in every other within
+``api.token_cache_seconds`` (:mod:`kinoray.control.auth`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def get_token(token_id: str, platform: PlatformDep, token: AdminToken) -> Envelo
 
 @tokens_router.delete("/{token_id}", status_code=204, responses=error_responses(*AUTHENTICATED, 404))
 def revoke_token(token_id: str, platform: PlatformDep, token: AdminToken) -> Response:
-    """Revoke the token (it stays listed, ``revoked: true``); the next request with it is ``401``."""
+    """Revoke the token (it stays listed, ``revoked: true``): ``401`` from its next request in this process, in
+    every process within ``api.token_cache_seconds``."""
     with platform.db.session() as session:
         auth.revoke_token(session, token_id)
     return Response(status_code=204)
