@@ -150,6 +150,30 @@ def test_rebuffering_count_duration_percentage_frequency() -> None:
     assert view.smoothness_score == pytest.approx(smoothness_score(2, 4000 / 61_000))
 
 
+def test_rebuffers_mux_embed_sends_late_count_from_when_they_happened() -> None:
+    """mux-embed stamps ``rebufferstart`` with the last time the playhead moved and sends it once the playhead has
+    stood still for 1 s (``sustainedRebufferThreshold``), after any event of that second; a shorter stall it sends
+    as ``rebufferstart`` + ``rebufferend`` once playback has resumed, after the ``playing`` (both as captured from
+    mux-embed 5.19 in Chromium). The stall is when its events say, not when they were sent."""
+    player = Player().at(0, "play").at(500, "playing", pphti=0)
+    stall = player.at(2000, "waiting", pphti=2000).now
+    player.at(1011, "requestcompleted", pphti=2000)  # the segment that ends the stall, before the 1 s threshold
+    player.at(4, "rebufferstart", uti=stall, pphti=2000).at(11, "rebufferend", pphti=2001).at(1, "playing")
+    short = player.at(3000, "waiting", pphti=5000).now
+    player.at(600, "requestcompleted", pphti=5000).at(100, "playing", pphti=5000)
+    player.at(30, "rebufferstart", uti=short, pphti=5030).at(0, "rebufferend", uti=short + 690, pphti=5030)
+    player.at(2000, "viewend", pphti=7000)
+    view = one_view(player)
+    assert view.rebuffer_count == 2 and view.rebuffer_duration == 1026 + 690
+    assert view.watch_time == 500 + 2000 + 1027 + 3000 + 730 + 2000
+    assert view.playing_time == view.watch_time - 500 - view.rebuffer_duration
+    assert [event["event"] for event in view.events][2:7] == ["waiting", "rebufferstart", "requestcompleted",
+                                                            "rebufferend", "playing"]
+    batches = [player.batch([event]) for event in player.events]  # one batch per event, the last first
+    late = build_views(collect(*batches[::-1]))[0]
+    assert (late.rebuffer_count, late.rebuffer_duration, late.watch_time) == (2, 1026 + 690, view.watch_time)
+
+
 def test_seek_latency_and_rendition_switches_and_bitrate_weighting() -> None:
     player = Player().at(0, "play").at(0, "renditionchange", vsobi=1_000_000, vsowd=640, vsoht=360)
     player.at(1000, "playing").at(10_000, "renditionchange", vsobi=3_000_000, vsowd=1920, vsoht=1080)

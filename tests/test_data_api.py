@@ -171,6 +171,11 @@ PAGE = """<!doctype html><html><body>
   const hls = new Hls(HLS_CONFIG);
   window.measured = {};
   const initTime = mux.utils.now();
+  window.sent = [];  // the events mux-embed posted (short keys), as it built them
+  const post = window.fetch.bind(window), beacon = navigator.sendBeacon.bind(navigator);
+  window.fetch = (url, options) => { if (options && options.method === 'POST')
+    window.sent.push(...JSON.parse(options.body).events); return post(url, options); };
+  navigator.sendBeacon = (url, body) => { window.sent.push(...JSON.parse(body).events); return beacon(url, body); };
   mux.monitor(video, {hlsjs: hls, Hls, beaconCollectionDomain: 'localhost:EDGE_PORT', data: {
     env_key: 'kinoray-test', player_name: 'mux-embed test page', player_init_time: initTime,
     video_title: 'Startup check', viewer_user_id: 'VIEWER'}});
@@ -286,8 +291,16 @@ def test_mux_embed_reports_a_failed_playback(api, api_backend, chromium, sdk) ->
 def test_rebuffering_under_network_throttling_matches_the_page(api, api_backend, ready_media, chromium,  # noqa: F811
                                                                sdk) -> None:
     """Chromium's own network throttling (DevTools protocol: 3 s of added latency per request, for a while)
-    starves hls.js — kept to one segment of buffer — mid-playback: the view's rebuffer count and duration in
-    kinoray's API match the stalls the page measured itself (``waiting`` → ``playing``)."""
+    starves hls.js — kept to one segment of buffer — mid-playback, twice: the view's rebuffer count and duration
+    in kinoray's API are the totals mux-embed computed itself (sent in its beacons), and they hold the stalls the
+    page measured itself (``waiting`` → ``playing``).
+
+    mux-embed tells a rebuffer by the playhead standing still, and sends it late, stamped with when it began: a
+    stall under 1 s as ``rebufferstart`` + ``rebufferend`` after playback resumed (after its ``playing``), a longer
+    one as ``rebufferstart`` 1 s in (after whatever else that second sent). The first stall is lifted at 0.5 s,
+    the second at 1 s: a view built in send order rather than by the viewer's clock misses the first (0 ms) and,
+    when the segment that ends the second lands just before 1 s, most of it. On a loaded machine the playhead may
+    also lag the clock without a ``waiting`` (frames late, not data): a rebuffer to mux-embed, not to the page."""
     if api_backend.kind != "sqlite":
         pytest.skip("browser tests run on one backend (SQLite); the ingest tests above cover both")
     playback_id = publish(api, ready_media)
@@ -298,23 +311,32 @@ def test_rebuffering_under_network_throttling_matches_the_page(api, api_backend,
     try:
         page.wait("document.getElementById('v').currentTime >= 0.5")
         network.send("Network.enable")
-        network.send("Network.emulateNetworkConditions", {
-            "offline": False, "latency": 3000, "downloadThroughput": -1, "uploadThroughput": -1})
-        # until the player has been stalled for a second (shorter stalls at segment edges may come first)
-        page.wait("window.stalls.some(s => (s.to || Date.now()) - s.from >= 1000)", timeout=30)
-        network.send("Network.emulateNetworkConditions", {
-            "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+        for held in (500, 1000):  # until the player has been stalled that long, then the network is well again
+            network.send("Network.emulateNetworkConditions", {
+                "offline": False, "latency": 3000, "downloadThroughput": -1, "uploadThroughput": -1})
+            page.wait(f"window.stalls.some(s => s.to === null && Date.now() - s.from >= {held})", timeout=30)
+            network.send("Network.emulateNetworkConditions", {
+                "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+            page.wait("window.stalls.every(s => s.to !== null)", timeout=30)
         page.wait("document.getElementById('v').ended", timeout=60)
         stalls = page.page.evaluate("window.stalls")
         page.page.evaluate("document.getElementById('v').mux.destroy()")
+        sent = page.wait("window.sent.some(e => e.e === 'viewend') && window.sent")
         view = page.view(sdk, "viewend")
     finally:
         page.close()
     measured = [stall["to"] - stall["from"] for stall in stalls if stall["to"] is not None]
-    assert measured and len(measured) == len(stalls), stalls
-    assert view.buffering_count == len(measured), (view.buffering_count, stalls)
-    assert abs(view.buffering_duration - sum(measured)) <= max(300, 0.2 * sum(measured)), (
-        view.buffering_duration, measured)
+    assert len(measured) >= 2 and len(measured) == len(stalls), stalls
+    # mux-embed's own totals: view_rebuffer_count / _duration, as last sent
+    own_count, own_duration = (max((e for e in sent if key in e), key=lambda e: e["xsqno"])[key]
+                               for key in ("xreco", "xredu"))
+    assert view.buffering_count == own_count >= len(measured), (view.buffering_count, own_count, stalls)
+    # kinoray also ends a rebuffer at the `playing` that may come a heartbeat before mux-embed's rebufferend
+    assert 0 <= own_duration - view.buffering_duration <= 100, (view.buffering_duration, own_duration)
+    tolerance = max(300, 0.2 * sum(measured))
+    assert view.buffering_duration >= sum(measured) - tolerance, (view.buffering_duration, measured)
+    if own_count == len(measured):  # no rebuffer the page could not see
+        assert view.buffering_duration <= sum(measured) + tolerance, (view.buffering_duration, measured)
     assert float(view.rebuffer_percentage) == pytest.approx(view.buffering_duration / view.watch_time, rel=1e-3)
     assert float(view.rebuffering_score) < 1.0
 

@@ -12,7 +12,8 @@ collector process sees it (:class:`RedisViewStates` when Redis is configured, el
 the object store) for :data:`VIEW_STATE_SECONDS` — and writes each row with the view's dimensions as they stand
 at that event (browser/OS/device/country from the request, the kinoray playback id and asset from ``video_id``
 or the source URL). The raw event is kept beside them (``data``), so views are rebuilt from the events alone
-(:mod:`kinoray.analytics.views`), in sequence order, whatever order batches arrived in.
+(:mod:`kinoray.analytics.views`: fields in sequence order, the timeline in viewer-clock order), whatever order
+batches arrived in.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Views and their metrics: pure functions over event rows (no I/O).
 
 A *view* is one viewer watching one video: the events sharing a view id (``xid``). :func:`build_views` groups
-rows by view id, drops duplicates (a re-sent batch: same view id and sequence number), orders them by sequence
-number (then viewer clock), carries each view's fields forward in that order (the SDK sends most fields once),
-and walks the timeline once (:func:`view_of`). A view *ends* at ``viewend`` or 60 s without events
+rows by view id, drops duplicates (a re-sent batch: same view id and sequence number), carries each view's
+fields forward in sequence-number order (the SDK sends most fields once, as they change), and walks the
+timeline once in viewer-clock order (:func:`view_of`; the sequence number breaks ties): an SDK may send an event
+after others that happened later (mux-embed's ``rebufferstart`` carries the time the stall began, ≥ 1 s
+before it is sent). A view *ends* at ``viewend`` or 60 s without events
 (:data:`VIEW_IDLE_MS`: it stops counting as watching now) and is *final* 60 minutes after its last event
 (:data:`VIEW_FINAL_MS`: later events are not expected; final views may be cached).
 
@@ -233,9 +235,15 @@ def view_of(view_id: str, rows: list[Mapping[str, Any]], now_ms: int | None = No
                        "view_sequence_number": row.get("view_sequence_number"), "details": sent,
                        "event_time": int(received.timestamp() * 1000) if isinstance(received, datetime) else None})
     dimensions = dict(dimensions) if dimensions is not None else view_dimensions(ordered)
+    # fields are carried in the order the SDK sent them (above), the timeline is walked in the order things
+    # happened: the viewer's clock, sequence number breaking ties (a stable sort). The two differ: mux-embed
+    # stamps a rebufferstart with the last time the playhead moved, ≥ 1 s before it sends it (after events
+    # of that second, such as the segment request whose answer ends the stall), and a stall shorter than that
+    # as rebufferstart + rebufferend once playback has resumed (after its ``playing``).
+    events.sort(key=lambda e: e["viewer_time"])
     cmcd_only = bool(events) and all(e["event"] == CMCD_EVENT for e in events)
     if cmcd_only:  # a viewer seen by its CMCD requests only: the player events they stand for
-        events = cmcd_timeline(sorted(events, key=lambda e: e["viewer_time"]))
+        events = cmcd_timeline(events)
 
     state = _IDLE
     last_time: int | None = None
