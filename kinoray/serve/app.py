@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from ray import serve
+from ray.serve.config import BackpressureConfig
 
 from kinoray.serve import metrics, readiness
 from kinoray.serve.api import build_api
@@ -80,10 +81,14 @@ def build_app(api_replicas: int | None = None) -> serve.Application:
     from kinoray.settings import get_settings
 
     # Load shedding is the replica's (kinoray.serve.guard: a typed 503 past api.max_in_flight), so Serve must hand
-    # a replica more than that at once, and its proxy may hold only a short queue besides (Serve answers a plain
-    # 503 past it) rather than an unbounded one that turns overload into timeouts.
+    # the app every request it gets: a replica behind HAProxy (direct ingress) answers a plain-text 503 ("Request
+    # dropped due to backpressure") past max_ongoing_requests, or past max_queued_requests counting the requests
+    # between their arrival and their slot (a burst fills that count even with slots free), before the guard sees
+    # them. The guard refuses in microseconds, so the requests it refuses never pile up; Serve's own bounds stay
+    # as the last resort (with Retry-After), far above anything a replica serves.
     in_flight = get_settings().api.max_in_flight
-    options: dict[str, Any] = {"max_ongoing_requests": 2 * in_flight, "max_queued_requests": in_flight}
+    options: dict[str, Any] = {"max_ongoing_requests": 32 * in_flight, "max_queued_requests": 32 * in_flight,
+                               "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=1)}
     if api_replicas is not None:
         options["num_replicas"] = api_replicas
     ingress = cast(serve.Deployment, ApiIngress).options(**options)
