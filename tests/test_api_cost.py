@@ -82,8 +82,11 @@ def test_a_token_revoked_by_another_process_is_refused_within_the_bound(api) -> 
         other.dispose()
     revoked = time.monotonic()
     bound = api.settings.api.token_cache_seconds
-    while requests.get(url, auth=token, timeout=5).status_code != 401:
-        assert time.monotonic() - revoked < bound + 1.0, "a revoked token still worked past the bound"
+    while True:  # judged by when each request was sent: on a loaded machine an answer may come late
+        sent = time.monotonic()
+        if requests.get(url, auth=token, timeout=30).status_code == 401:
+            break
+        assert sent - revoked < bound + 0.5, "a revoked token still worked past the bound"
         time.sleep(0.05)
 
 
