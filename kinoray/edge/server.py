@@ -129,21 +129,21 @@ class EdgeProcess:
             return f"the edge exited with {self.process.returncode if self.process else None}: {self._log_tail()}"
 
         deadline = time.monotonic() + timeout
-        wait_ok(f"{url}/edge/healthz", timeout, what="the edge", failed=exited)
         seen: set[str] = set()
         while len(seen) < workers:
             reason = exited()
             if reason is not None:
                 raise KinorayError(reason)
-            try:
+            try:  # urllib raises on any answer but a 2xx
                 with urllib.request.urlopen(f"{url}/edge/healthz", timeout=5) as answer:  # noqa: S310 - ours
                     seen.add(json.loads(answer.read())["worker"])
             except (OSError, ValueError, KeyError):
                 pass
-            if len(seen) < workers and time.monotonic() > deadline:
-                raise KinorayError(f"{len(seen)} of the edge's {workers} workers answered on {url} within "
-                                   f"{timeout:.0f} s: {self._log_tail()}")
-            time.sleep(0.05)
+            if len(seen) < workers:
+                if time.monotonic() > deadline:
+                    raise KinorayError(f"{len(seen)} of the edge's {workers} worker(s) answered on {url} within "
+                                       f"{timeout:.0f} s: {self._log_tail()}")
+                time.sleep(0.05)
 
     def _log_tail(self) -> str:
         if self.log_path is None or not self.log_path.exists():
