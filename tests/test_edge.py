@@ -230,6 +230,23 @@ def test_the_edge_exports_metrics_per_worker(edge) -> None:
     assert len(eventually(counted, 10)) == WORKERS  # one series per worker process
 
 
+def test_healthz_names_its_worker_and_a_missing_worker_is_a_typed_error(api) -> None:
+    """``/edge/healthz`` names the worker that answered (the same name as its ``X-Served-By``); waiting for more
+    workers than the edge runs ends in a ``KinorayError`` naming how many answered, not a hang."""
+    from kinoray.errors import KinorayError
+
+    process, url = api.start_granian_edge(workers=1)
+    try:
+        worker = _fresh("GET", f"{url}/edge/healthz").json()["worker"]
+        assert worker == _fresh("GET", f"{url}/NoSuchPlaybackId.m3u8").headers["X-Served-By"]
+        started = time.monotonic()
+        with pytest.raises(KinorayError, match="1 of the edge's 2 worker"):
+            process.wait_ready(url, timeout=2, workers=2)
+        assert time.monotonic() - started < 15
+    finally:
+        process.stop()
+
+
 def test_serves_plain_503_is_told_as_a_typed_over_capacity(api) -> None:
     """Ray Serve refuses past its queue bound with a plain-text 503; through the edge the client gets kinoray's
     typed ``over_capacity`` (with Retry-After), like the API's own shedding."""
