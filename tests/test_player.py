@@ -470,6 +470,10 @@ def test_captions_show_from_the_menu_and_the_c_key(browser_api, ready_media, tab
     tab.wait(f"{P}.video.currentTime >= 1", what="1 s of playhead")
     tab.page.keyboard.press("k")
     tab.wait(f"{P}.video.paused", what="k to pause")
+    # where the pause lands depends on the machine's load: put the playhead at 1.5 s, inside the first cue, so
+    # the 5 s step below lands at 6.5 s, inside the second (3.5–7 s)
+    tab.eval(f"{P}.video.currentTime = 1.5")
+    tab.wait(f"Math.abs({P}.video.currentTime - 1.5) < 0.01 && !{P}.video.seeking", what="the playhead at 1.5 s")
     tab.wait(f"{TEXT_TRACKS}.some(t => t.mode === 'showing' && t.cues && t.cues.length)", what="an active cue")
     (track,) = tab.eval(TEXT_TRACKS)
     assert (track["label"], track["language"], track["kind"], track["mode"]) == ("English", "en", "subtitles",
@@ -500,7 +504,8 @@ def test_captions_show_from_the_menu_and_the_c_key(browser_api, ready_media, tab
     assert pixel_diff(tab, with_cue, picture(tab))["count"] < 30
     # the second cue takes over at 3.5 s
     tab.page.keyboard.press("ArrowRight")
-    tab.wait(f"{P}.video.currentTime >= 5.5 && !{P}.video.seeking", what="a seek into the second cue")
+    tab.wait(f"Math.abs({P}.video.currentTime - 6.5) < 0.01 && !{P}.video.seeking",
+             what="a seek into the second cue")
     tab.wait(f"{TEXT_TRACKS}.some(t => t.cues && t.cues.some(c => c[0] === 'kinoray caption two'))",
              what="the second cue")
     assert shown_cues(tab) == ["kinoray caption two"]
