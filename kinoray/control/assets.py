@@ -34,7 +34,6 @@ from kinoray.errors import InvalidParametersError, NotFoundError, StorageError
 from kinoray.media.ladder import DEFAULT_LADDER
 from kinoray.settings import Settings
 from kinoray.store import keys
-from kinoray.store.db import newest_first
 from kinoray.store.keys import input_key, media_prefix
 from kinoray.store.models import (
     Asset,
@@ -43,13 +42,13 @@ from kinoray.store.models import (
     LiveStreamPlaybackId,
     PlaybackId,
     PlaybackPolicy,
-    Upload,
     is_valid_id,
     new_id,
     utcnow,
 )
 
 if TYPE_CHECKING:
+    from kinoray.control.asset_reads import AssetRow, PlaybackIdRow
     from kinoray.control.platform import Platform
 
 __all__ = [
@@ -72,7 +71,6 @@ __all__ = [
     "input_key",
     "job_options",
     "job_source",
-    "list_assets",
     "list_playback_ids",
     "media_prefix",
     "mux_max_resolution_tier",
@@ -90,12 +88,10 @@ log = logging.getLogger(__name__)
 #: Eager loads of what :func:`asset_view` reads, so showing N assets costs 3 queries, not 2N + 1 (each its own
 #: SELECT: what a locking read, ``FOR UPDATE``, takes; PostgreSQL locks no outer join's nullable side).
 VIEW_LOADS = (selectinload(Asset.playback_ids), selectinload(Asset.upload), selectinload(Asset.static_files))
-#: One asset read to be shown: all of it in one SELECT, its children joined (a row per playback id × static
-#: rendition, a handful). An ORM statement costs more than its rows here: this halves the read (1 query, not 4).
+#: One asset read as an ORM row to be shown: all of it in one SELECT, its children joined (a row per playback id ×
+#: static rendition, a handful). An ORM statement costs more than its rows here: this halves the read (1 query,
+#: not 4). The polled reads skip the ORM altogether (:mod:`kinoray.control.asset_reads`).
 ONE_VIEW_LOADS = (joinedload(Asset.playback_ids), joinedload(Asset.upload), joinedload(Asset.static_files))
-#: A page of assets to be shown: the upload and the playback ids (mostly one an asset) joined, the static
-#: renditions loaded beside: joining them too would multiply a page's rows by playback ids × renditions. 2 queries.
-PAGE_VIEW_LOADS = (joinedload(Asset.playback_ids), joinedload(Asset.upload), selectinload(Asset.static_files))
 
 TIER_HEIGHTS = {"720p": 720, "1080p": 1080, "1440p": 1440, "2160p": 2160}
 #: ``max_resolution_tier`` values Mux answers (``720p`` is kinoray's own: shown as ``1080p``, the lowest Mux tier,
@@ -426,27 +422,6 @@ def get_asset(session: Session, asset_id: str, *, for_update: bool = False) -> A
                 options=VIEW_LOADS if for_update else ONE_VIEW_LOADS)
 
 
-def list_assets(session: Session, *, limit: int, page: int = 1, cursor: str | None = None,
-                upload_id: str | None = None) -> tuple[list[AssetView], str | None]:
-    """One page of assets, newest first (``cursor``, else Mux's numbered ``page``), and the next page's cursor;
-    ``upload_id`` keeps the asset made from that upload.
-
-    Raises:
-        InvalidParametersError: a cursor that is not one of ours.
-    """
-    where = []
-    if upload_id is not None:
-        if not is_valid_id(upload_id):
-            return [], None
-        where.append(Asset.id == sa.select(Upload.asset_id).where(Upload.id == upload_id).scalar_subquery())
-    try:
-        rows, next_cursor = newest_first(session, Asset, limit=limit, cursor=cursor, page=page, where=where,
-                                         options=PAGE_VIEW_LOADS)
-    except ValueError as error:
-        raise InvalidParametersError(str(error)) from None
-    return [asset_view(row) for row in rows], next_cursor
-
-
 def update_asset(session: Session, asset_id: str, update: AssetUpdate) -> AssetView:
     """``PATCH /video/v1/assets/{id}``: change ``passthrough`` and/or ``meta`` (fields left out stay as they
     are), with ``video.asset.updated``.
@@ -588,7 +563,7 @@ def expire_assets(platform: Platform, now: datetime | None = None) -> int:
     return removed
 
 
-def playback_id_view(playback: PlaybackId) -> PlaybackIdView:
+def playback_id_view(playback: PlaybackId | PlaybackIdRow) -> PlaybackIdView:
     return PlaybackIdView(id=playback.id, policy=playback.policy.value)
 
 
@@ -628,14 +603,14 @@ def track_view(track: dict[str, Any], *, primary_audio: str | None) -> TrackView
     return TrackView.model_validate(view)
 
 
-def _progress_percent(asset: Asset) -> float:
+def _progress_percent(asset: Asset | AssetRow) -> float:
     """Mux's ``progress.progress``: percent done, and -1 while the asset is live or once it errored."""
     if asset.progress_state in ("live", "errored"):
         return -1.0
     return round(100 * (asset.progress_fraction or 0.0), 1)
 
 
-def _ingest_type(asset: Asset) -> str:
+def _ingest_type(asset: Asset | AssetRow) -> str:
     if asset.live_stream_id is not None:
         return "live_rtmp"
     if asset.source_asset_id is not None:
@@ -643,9 +618,10 @@ def _ingest_type(asset: Asset) -> str:
     return "on_demand_direct_upload" if asset.upload is not None else "on_demand_url"
 
 
-def asset_view(asset: Asset) -> AssetView:
+def asset_view(asset: Asset | AssetRow) -> AssetView:
     """The asset as the API shows it (:class:`AssetView`): Mux's field names and enums, kinoray's own values in
-    fields named for kinoray (``kinoray_*``, ``video_codec``, ``encoder_backend``)."""
+    fields named for kinoray (``kinoray_*``, ``video_codec``, ``encoder_backend``). ``asset``: an ORM row, or the
+    plain row of a polled read (:mod:`kinoray.control.asset_reads`)."""
     create = asset.create_settings or {}
     tracks = list(asset.tracks or [])
     primary_audio = next((track.get("id") for track in tracks if track.get("type") == "audio"), None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -29,6 +29,9 @@ from kinoray.errors import ConflictError, InvalidParametersError, NotFoundError
 from kinoray.settings import Settings
 from kinoray.store.db import Database
 from kinoray.store.models import Asset, AssetStatus, new_secret, utcnow
+
+if TYPE_CHECKING:
+    from kinoray.control.asset_reads import AssetRow
 
 __all__ = ["TOKEN_PATTERN", "MasterAccessUpdate", "expire_masters", "fail_master", "master_key", "master_ready",
            "master_view", "set_master_access"]
@@ -43,7 +46,7 @@ class MasterAccessUpdate(RequestModel):
     master_access: Literal["temporary", "none"]
 
 
-def master_view(asset: Asset, now: datetime | None = None) -> tuple[str, MasterView | None]:
+def master_view(asset: Asset | AssetRow, now: datetime | None = None) -> tuple[str, MasterView | None]:
     """``(master_access, master)`` as Mux shows them; an expired download the sweep has not removed yet already
     reads ``none``."""
     if asset.master_status is None or (asset.master_expires_at is not None

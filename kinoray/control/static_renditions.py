@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
 from pydantic import Field
@@ -57,6 +57,9 @@ from kinoray.store.models import (
     utcnow,
 )
 from kinoray.store.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from kinoray.control.asset_reads import AssetRow, StaticRenditionRow
 
 __all__ = [
     "MP4_SUPPORT",
@@ -129,7 +132,7 @@ def _tier(short_side: int) -> str:
     return next((tier for tier, limit in _TIERS if short_side <= limit), "2160p")
 
 
-def rendition_view(row: StaticRendition) -> StaticRenditionView:
+def rendition_view(row: StaticRendition | StaticRenditionRow) -> StaticRenditionView:
     """One file as Mux shows it (``StaticRendition``); kinoray's reason for a skip or error in
     ``kinoray_reason``."""
     audio = row.name == _AUDIO
@@ -146,11 +149,11 @@ def rendition_view(row: StaticRendition) -> StaticRenditionView:
         else None})
 
 
-def static_renditions_view(asset: Asset) -> StaticRenditionsView | None:
+def static_renditions_view(asset: Asset | AssetRow) -> StaticRenditionsView | None:
     """Mux's ``static_renditions`` (``{"status", "files"}``); ``None`` when the asset has none and none pending.
     ``preparing`` while any file is (or, for legacy ``mp4_support``, the asset still is), else ``ready`` when any
     file is, ``errored`` when one errored, else ``disabled``."""
-    rows = list(asset.static_files)
+    rows: list[StaticRendition | StaticRenditionRow] = list(asset.static_files)
     pending = asset.status == AssetStatus.PREPARING and (asset.mp4_support or "none") != "none"
     if not rows and not pending:
         return None

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 __all__ = ["Database", "alembic_config", "database_url", "decode_cursor", "downgrade", "encode_cursor", "is_transient",
-           "migrate", "newest_first"]
+           "migrate", "newest_first", "newest_first_select", "page_and_cursor"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _READ_ONLY = "kinoray_read_only"  # execution option of the reader sessions' engine
 _MIGRATION_LOCK = 0x6B696E6F  # PostgreSQL advisory lock id held while migrating ("kino")
 M = TypeVar("M", bound=Base)
+R = TypeVar("R")
+S = TypeVar("S", bound=sa.Select[Any])
 
 
 def _normalize_url(url: str) -> str:
@@ -256,20 +258,32 @@ def newest_first(session: Session, model: type[M], *, limit: int, cursor: str | 
     and the cursor of the next page (``None`` on the last). With ``cursor``, keyset pagination: rows created
     meanwhile never shift a page; without, Mux's numbered ``page`` (1 = newest). ``options`` are loader options
     (``selectinload(...)``). ``ValueError`` for a bad cursor or page."""
+    query = newest_first_select(sa.select(model).options(*options).where(*where), model.__table__, limit=limit,
+                                cursor=cursor, page=page)
+    rows = list(session.scalars(query).unique())  # unique(): options may join a collection
+    return page_and_cursor(rows, limit)
+
+
+def newest_first_select(query: S, table: sa.FromClause, *, limit: int, cursor: str | None = None,
+                        page: int = 1) -> S:
+    """``query`` (rows of ``table``, or columns of it) ordered and cut as :func:`newest_first`'s page, with one
+    row more than ``limit``: :func:`page_and_cursor` tells from it whether a next page exists. ``ValueError`` for a
+    bad cursor or page."""
     if limit < 1 or page < 1:
         raise ValueError("limit and page must be at least 1")
-    table = model.__table__
     created, row_id = table.c.created_at, table.c.id
-    query = (sa.select(model).options(*options).where(*where).order_by(created.desc(), row_id.desc())
-             .limit(limit + 1))
-    if cursor is not None:
-        after_time, after_id = decode_cursor(cursor)
-        query = query.where(sa.or_(created < after_time, sa.and_(created == after_time, row_id < after_id)))
-    else:
-        query = query.offset((page - 1) * limit)
-    rows = list(session.scalars(query).unique())  # unique(): options may join a collection
+    query = query.order_by(created.desc(), row_id.desc()).limit(limit + 1)
+    if cursor is None:
+        return query.offset((page - 1) * limit)
+    after_time, after_id = decode_cursor(cursor)
+    return query.where(sa.or_(created < after_time, sa.and_(created == after_time, row_id < after_id)))
+
+
+def page_and_cursor(rows: list[R], limit: int) -> tuple[list[R], str | None]:
+    """The page in ``rows`` (read with :func:`newest_first_select`: rows, or Core rows with ``created_at`` and
+    ``id``) and the cursor of the next page (``None`` on the last)."""
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
-    last = rows[-1]
-    return rows, encode_cursor(last.created_at, last.id)  # type: ignore[attr-defined]
+    last: Any = rows[-1]
+    return rows, encode_cursor(last.created_at, last.id)

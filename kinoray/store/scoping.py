@@ -16,8 +16,9 @@ events then do the isolating, so no route or control function can forget it:
 Sessions opened without an environment (the job runner, the webhook sender, the delivery edge's playback
 lookups, the CLI) see every environment: what they write takes its environment from the row it derives from
 (an upload's asset, a live stream's recording), else the default environment. Core statements over
-``Model.__table__`` bypass the ORM and must add the predicate themselves (``delete_environment`` counts another
-environment's rows that way, on purpose).
+``Model.__table__`` bypass the ORM and must add the predicate themselves: :func:`own_criteria` is the one the ORM
+adds for an environment's own table (the polled asset reads, :mod:`kinoray.control.asset_reads`, read that way);
+``delete_environment`` counts another environment's rows without it, on purpose.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from kinoray.store.models import (
 )
 
 __all__ = ["ENVIRONMENT_KEY", "SCOPED_MODELS", "current_env_key_filters", "current_environment", "environment_of",
-           "scoped"]
+           "own_criteria", "scoped"]
 
 #: ``session.info`` key holding the session's environment id (absent: unscoped).
 ENVIRONMENT_KEY = "kinoray_environment_id"
@@ -112,6 +113,20 @@ def environment_of(session: Session) -> str | None:
     """The environment ``session`` is scoped to (``None``: unscoped)."""
     value = session.info.get(ENVIRONMENT_KEY)
     return value if isinstance(value, str) else None
+
+
+def own_criteria(session: Session, table: sa.FromClause) -> tuple[sa.ColumnElement[bool], ...]:
+    """What a Core statement reading ``table`` (an :class:`~kinoray.store.models.EnvironmentScoped` model's) adds
+    to see only ``session``'s environment, as the ORM's criteria would (none in an unscoped session). Its child
+    tables joined by their parent's id need none: the parent's row decides.
+
+    Raises:
+        ValueError: ``table`` names no environment (a child table: scope the parent it is joined to).
+    """
+    if "environment_id" not in table.c:
+        raise ValueError(f"{table.description} names no environment: scope the table it belongs to")
+    environment_id = environment_of(session)
+    return () if environment_id is None else (table.c.environment_id == environment_id,)
 
 
 @event.listens_for(Session, "do_orm_execute")

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from kinoray.control import assets
+from kinoray.control import asset_reads, assets
 from kinoray.control.assets import AssetCreate, AssetUpdate, PlaybackIdCreate
 from kinoray.control.input_info import InputInfo, input_info
 from kinoray.control.platform import Platform
@@ -51,8 +51,8 @@ async def list_assets(platform: PlatformDep, token: CurrentToken, pages: PageDep
 
 def _list_assets(platform: Platform, pages: Pagination, upload_id: str | None) -> CursorListing[AssetView]:
     with platform.db.reader() as session:
-        rows, next_cursor = assets.list_assets(session, limit=pages.limit, page=pages.page, cursor=pages.cursor,
-                                               upload_id=upload_id)
+        rows, next_cursor = asset_reads.read_assets(session, limit=pages.limit, page=pages.page,
+                                                    cursor=pages.cursor, upload_id=upload_id)
     return CursorListing(data=rows, next_cursor=next_cursor)
 
 
@@ -63,7 +63,7 @@ async def get(asset_id: str, platform: PlatformDep, token: CurrentToken) -> Enve
 
 def _get(platform: Platform, asset_id: str) -> Envelope[AssetView]:
     with platform.db.reader() as session:
-        return Envelope(data=assets.asset_view(assets.get_asset(session, asset_id)))
+        return Envelope(data=asset_reads.read_asset(session, asset_id))
 
 
 class InputInfoList(BaseModel):
