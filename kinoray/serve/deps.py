@@ -9,7 +9,7 @@ before the response is built.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
@@ -27,7 +27,8 @@ from kinoray.store import scoping
 from kinoray.store.models import request_fingerprint
 
 __all__ = ["MAX_PAGE_SIZE", "AdminToken", "CurrentToken", "IdempotentRoute", "PageDep", "Pagination", "PlatformDep",
-           "RankedPageDep", "admin_token", "client_address", "get_platform", "pagination", "rate_limit_headers", "set_platform"]
+           "RankedPageDep", "admin_token", "client_address", "get_platform", "pagination", "rate_limit_headers",
+           "set_platform"]
 
 _platform: Platform | None = None
 
@@ -44,7 +45,13 @@ def get_platform() -> Platform:
     return _platform
 
 
-PlatformDep = Annotated[Platform, Depends(get_platform)]
+async def _platform_dependency() -> Platform:
+    """:func:`get_platform` as a dependency. Every dependency of the API is ``async`` and does no I/O: FastAPI
+    runs a sync one in a worker thread, a hop that cost more than the work (one per dependency per request)."""
+    return get_platform()
+
+
+PlatformDep = Annotated[Platform, Depends(_platform_dependency)]
 
 
 def rate_limit_headers(limit: int, remaining: int) -> dict[str, str]:
@@ -133,7 +140,7 @@ class Pagination:
     cursor: str | None = None
 
 
-def _keyset(
+async def _keyset(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="rows per page")] = 25,
     page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Mux's numbered pages (1 = newest); cursor wins")] = 1,
     cursor: Annotated[str | None, Query(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_-]+$",
@@ -142,14 +149,14 @@ def _keyset(
     return Pagination(limit=limit, page=page, cursor=cursor)
 
 
-def _numbered(
+async def _numbered(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="rows per page")] = 100,
     page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Mux's numbered pages (1 = first)")] = 1,
 ) -> Pagination:
     return Pagination(limit=limit, page=page)
 
 
-def pagination(*, cursor: bool = True) -> Callable[..., Pagination]:
+def pagination(*, cursor: bool = True) -> Callable[..., Awaitable[Pagination]]:
     """The pagination dependency of a list route: Mux's ``limit`` (default 25, at most 100) and numbered ``page``,
     and kinoray's keyset ``cursor`` (from the previous page's ``next_cursor``, stable while rows are added). A
     list in another order than newest first (a ranking) takes ``cursor=False``: numbered pages only, Mux's
@@ -202,7 +209,7 @@ class IdempotentRoute(APIRoute):
         return route
 
 
-def admin_token(token: CurrentToken) -> TokenInfo:
+async def admin_token(token: CurrentToken) -> TokenInfo:
     """:data:`CurrentToken` with ``system=full`` (:func:`kinoray.control.permissions.require_admin`)."""
     permissions.require_admin(token.permissions)
     return token
