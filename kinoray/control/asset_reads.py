@@ -7,13 +7,14 @@ into plain rows (:class:`AssetRow`, the attributes of an ORM :class:`~kinoray.st
 and :func:`~kinoray.control.assets.asset_view` builds the one :class:`~kinoray.control.views.AssetView` from
 either. Everything that writes keeps the ORM (:func:`~kinoray.control.assets.get_asset`).
 
-A Core statement gets none of the ORM's environment criteria (:mod:`kinoray.store.scoping`): each read here
-adds :func:`~kinoray.store.scoping.own_criteria` for the assets table, which is what the ORM adds to an asset
-read; the children are joined by the asset's id.
+A Core statement gets none of the ORM's environment criteria (:mod:`kinoray.store.scoping`): in a scoped session
+each read here runs its statement with :func:`~kinoray.store.scoping.own_criterion` on the assets table, which is
+what the ORM adds to an asset read; the children are joined by the asset's id.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 from kinoray.control.assets import asset_view
 from kinoray.control.views import AssetView
 from kinoray.errors import InvalidParametersError, NotFoundError
-from kinoray.store.db import newest_first_select, page_and_cursor
+from kinoray.store.db import newest_first_params, newest_first_select, page_and_cursor
 from kinoray.store.models import (
     Asset,
     AssetStatus,
@@ -36,7 +37,7 @@ from kinoray.store.models import (
     Upload,
     is_valid_id,
 )
-from kinoray.store.scoping import own_criteria
+from kinoray.store.scoping import ENVIRONMENT_PARAM, environment_of, own_criterion
 
 __all__ = ["AssetRow", "PlaybackIdRow", "StaticRenditionRow", "UploadRow", "read_asset", "read_assets"]
 
@@ -137,18 +138,32 @@ def _add_children(asset: AssetRow, row: Sequence[Any], playback_seen: set[str], 
         asset.static_files.append(StaticRenditionRow(*row[_RENDITION_AT:]))
 
 
-# The statements without their WHERE, built once: building a select of some forty columns costs more than
-# running it.
-_ONE = (sa.select(*_ASSET, _uploads.c.id, *_PLAYBACK_ID, *_RENDITION)
-        .select_from(_assets.outerjoin(_uploads, _uploads.c.asset_id == _assets.c.id)
-                     .outerjoin(_playback_ids, _playback_ids.c.asset_id == _assets.c.id)
-                     .outerjoin(_renditions, _renditions.c.asset_id == _assets.c.id))
-        .order_by(_playback_ids.c.created_at, _renditions.c.created_at))
-_PAGE = (sa.select(*_ASSET, _uploads.c.id, *_PLAYBACK_ID)
-         .select_from(_assets.outerjoin(_uploads, _uploads.c.asset_id == _assets.c.id)
+# The statements, built once with bound parameters for what varies (their cache keys too): building a select of
+# some forty columns cost more than running it. Each comes scoped (an environment's own rows) and unscoped.
+_WITH_PLAYBACK_IDS = (_assets.outerjoin(_uploads, _uploads.c.asset_id == _assets.c.id)
                       .outerjoin(_playback_ids, _playback_ids.c.asset_id == _assets.c.id))
-         .order_by(_assets.c.created_at.desc(), _assets.c.id.desc(), _playback_ids.c.created_at))
-_PAGE_RENDITIONS = sa.select(_renditions.c.asset_id, *_RENDITION).order_by(_renditions.c.created_at)
+_ONE = (sa.select(*_ASSET, _uploads.c.id, *_PLAYBACK_ID, *_RENDITION)
+        .select_from(_WITH_PLAYBACK_IDS.outerjoin(_renditions, _renditions.c.asset_id == _assets.c.id))
+        .where(_assets.c.id == sa.bindparam("asset_id"))
+        .order_by(_playback_ids.c.created_at, _renditions.c.created_at))
+_ONE_SCOPED = _ONE.where(own_criterion(_assets))
+_PAGE_RENDITIONS = (sa.select(_renditions.c.asset_id, *_RENDITION)
+                    .where(_renditions.c.asset_id.in_(sa.bindparam("asset_ids", expanding=True)))
+                    .order_by(_renditions.c.created_at))
+
+
+@functools.cache
+def _page_statement(*, scoped: bool, keyset: bool, by_upload: bool) -> sa.Select[Any]:
+    """A page's assets (their ids a subquery: newest first, after a cursor or at an offset, of one environment,
+    of one upload) joined with their upload and playback ids."""
+    where = [own_criterion(_assets)] if scoped else []
+    if by_upload:
+        where.append(_assets.c.id == sa.select(_uploads.c.asset_id).where(_uploads.c.id == sa.bindparam("upload_id"))
+                     .scalar_subquery())
+    ids = newest_first_select(sa.select(_assets.c.id).where(*where), _assets, keyset=keyset)
+    return (sa.select(*_ASSET, _uploads.c.id, *_PLAYBACK_ID).select_from(_WITH_PLAYBACK_IDS)
+            .where(_assets.c.id.in_(ids))
+            .order_by(_assets.c.created_at.desc(), _assets.c.id.desc(), _playback_ids.c.created_at))
 
 
 def read_asset(session: Session, asset_id: str) -> AssetView:
@@ -160,7 +175,9 @@ def read_asset(session: Session, asset_id: str) -> AssetView:
     """
     if not is_valid_id(asset_id):
         raise NotFoundError(f"no asset {asset_id[:80]!r}")
-    rows = session.connection().execute(_ONE.where(_assets.c.id == asset_id, *own_criteria(session, _assets))).all()
+    environment_id = environment_of(session)
+    rows = session.connection().execute(_ONE if environment_id is None else _ONE_SCOPED,
+                                        {"asset_id": asset_id, ENVIRONMENT_PARAM: environment_id}).all()
     if not rows:
         raise NotFoundError(f"no asset {asset_id!r}")
     asset = _asset_row(rows[0])
@@ -175,34 +192,32 @@ def read_assets(session: Session, *, limit: int, page: int = 1, cursor: str | No
                 upload_id: str | None = None) -> tuple[list[AssetView], str | None]:
     """``GET /video/v1/assets``: one page of assets, newest first (``cursor``, else Mux's numbered ``page``), and
     the next page's cursor; ``upload_id`` keeps the asset made from that upload. Two SELECTs: the page's assets
-    (their ids a subquery) joined with their upload and playback ids, then their static renditions (joining
-    those too would multiply a page's rows by playback ids × renditions).
+    joined with their upload and playback ids, then their static renditions (joining those too would multiply
+    a page's rows by playback ids × renditions).
 
     Raises:
         InvalidParametersError: a cursor that is not one of ours.
     """
-    where = list(own_criteria(session, _assets))
-    if upload_id is not None:
-        if not is_valid_id(upload_id):
-            return [], None
-        where.append(_assets.c.id == sa.select(_uploads.c.asset_id).where(_uploads.c.id == upload_id)
-                     .scalar_subquery())
+    if upload_id is not None and not is_valid_id(upload_id):
+        return [], None
     try:
-        ids = newest_first_select(sa.select(_assets.c.id).where(*where), _assets, limit=limit, cursor=cursor,
-                                  page=page)
+        params = newest_first_params(limit=limit, cursor=cursor, page=page)
     except ValueError as error:
         raise InvalidParametersError(str(error)) from None
+    environment_id = environment_of(session)
+    query = _page_statement(scoped=environment_id is not None, keyset=cursor is not None,
+                            by_upload=upload_id is not None)
     connection = session.connection()
     assets: dict[str, AssetRow] = {}
     playback_seen: set[str] = set()
-    for row in connection.execute(_PAGE.where(_assets.c.id.in_(ids))):
+    for row in connection.execute(query, {**params, ENVIRONMENT_PARAM: environment_id, "upload_id": upload_id}):
         asset = assets.get(row[0])
         if asset is None:
             asset = assets[row[0]] = _asset_row(row)
         _add_children(asset, row, playback_seen, set())
     rows, next_cursor = page_and_cursor(list(assets.values()), limit)
     if rows:
-        for asset_id, *rendition in connection.execute(
-                _PAGE_RENDITIONS.where(_renditions.c.asset_id.in_([asset.id for asset in rows]))):
+        for asset_id, *rendition in connection.execute(_PAGE_RENDITIONS,
+                                                       {"asset_ids": [asset.id for asset in rows]}):
             assets[asset_id].static_files.append(StaticRenditionRow(*rendition))
     return [asset_view(asset) for asset in rows], next_cursor

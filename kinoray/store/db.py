@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 __all__ = ["Database", "alembic_config", "database_url", "decode_cursor", "downgrade", "encode_cursor", "is_transient",
-           "migrate", "newest_first", "newest_first_select", "page_and_cursor"]
+           "migrate", "newest_first", "newest_first_params", "newest_first_select", "page_and_cursor"]
 
 log = logging.getLogger(__name__)
 
@@ -258,25 +258,36 @@ def newest_first(session: Session, model: type[M], *, limit: int, cursor: str | 
     and the cursor of the next page (``None`` on the last). With ``cursor``, keyset pagination: rows created
     meanwhile never shift a page; without, Mux's numbered ``page`` (1 = newest). ``options`` are loader options
     (``selectinload(...)``). ``ValueError`` for a bad cursor or page."""
-    query = newest_first_select(sa.select(model).options(*options).where(*where), model.__table__, limit=limit,
-                                cursor=cursor, page=page)
-    rows = list(session.scalars(query).unique())  # unique(): options may join a collection
+    params = newest_first_params(limit=limit, cursor=cursor, page=page)
+    query = newest_first_select(sa.select(model).options(*options).where(*where), model.__table__,
+                                keyset=cursor is not None)
+    rows = list(session.scalars(query, params).unique())  # unique(): options may join a collection
     return page_and_cursor(rows, limit)
 
 
-def newest_first_select(query: S, table: sa.FromClause, *, limit: int, cursor: str | None = None,
-                        page: int = 1) -> S:
-    """``query`` (rows of ``table``, or columns of it) ordered and cut as :func:`newest_first`'s page, with one
-    row more than ``limit``: :func:`page_and_cursor` tells from it whether a next page exists. ``ValueError`` for a
-    bad cursor or page."""
+def newest_first_select(query: S, table: sa.FromClause, *, keyset: bool) -> S:
+    """``query`` (rows of ``table``, or columns of it) ordered and cut as :func:`newest_first`'s page — after a
+    cursor's row (``keyset``) or at a numbered page's offset — with one row more than the page:
+    :func:`page_and_cursor` tells from it whether a next page exists. Its bound parameters are
+    :func:`newest_first_params`', so one statement serves every page (built once, its cache key too)."""
+    created, row_id = table.c.created_at, table.c.id
+    query = query.order_by(created.desc(), row_id.desc()).limit(sa.bindparam("page_rows", type_=sa.Integer))
+    if not keyset:
+        return query.offset(sa.bindparam("page_offset", type_=sa.Integer))
+    after_time = sa.bindparam("after_created_at", type_=created.type)
+    return query.where(sa.or_(created < after_time, sa.and_(created == after_time,
+                                                           row_id < sa.bindparam("after_id", type_=row_id.type))))
+
+
+def newest_first_params(*, limit: int, cursor: str | None = None, page: int = 1) -> dict[str, Any]:
+    """The bound parameters of :func:`newest_first_select`'s statement for one page (``keyset`` when ``cursor``
+    is given). ``ValueError`` for a bad cursor or page."""
     if limit < 1 or page < 1:
         raise ValueError("limit and page must be at least 1")
-    created, row_id = table.c.created_at, table.c.id
-    query = query.order_by(created.desc(), row_id.desc()).limit(limit + 1)
     if cursor is None:
-        return query.offset((page - 1) * limit)
+        return {"page_rows": limit + 1, "page_offset": (page - 1) * limit}
     after_time, after_id = decode_cursor(cursor)
-    return query.where(sa.or_(created < after_time, sa.and_(created == after_time, row_id < after_id)))
+    return {"page_rows": limit + 1, "after_created_at": after_time, "after_id": after_id}
 
 
 def page_and_cursor(rows: list[R], limit: int) -> tuple[list[R], str | None]:

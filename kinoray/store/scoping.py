@@ -16,7 +16,7 @@ events then do the isolating, so no route or control function can forget it:
 Sessions opened without an environment (the job runner, the webhook sender, the delivery edge's playback
 lookups, the CLI) see every environment: what they write takes its environment from the row it derives from
 (an upload's asset, a live stream's recording), else the default environment. Core statements over
-``Model.__table__`` bypass the ORM and must add the predicate themselves: :func:`own_criteria` is the one the ORM
+``Model.__table__`` bypass the ORM and must add the predicate themselves: :func:`own_criterion` is the one the ORM
 adds for an environment's own table (the polled asset reads, :mod:`kinoray.control.asset_reads`, read that way);
 ``delete_environment`` counts another environment's rows without it, on purpose.
 """
@@ -50,8 +50,8 @@ from kinoray.store.models import (
     WebhookEndpoint,
 )
 
-__all__ = ["ENVIRONMENT_KEY", "SCOPED_MODELS", "current_env_key_filters", "current_environment", "environment_of",
-           "own_criteria", "scoped"]
+__all__ = ["ENVIRONMENT_KEY", "ENVIRONMENT_PARAM", "SCOPED_MODELS", "current_env_key_filters", "current_environment",
+           "environment_of", "own_criterion", "scoped"]
 
 #: ``session.info`` key holding the session's environment id (absent: unscoped).
 ENVIRONMENT_KEY = "kinoray_environment_id"
@@ -115,18 +115,24 @@ def environment_of(session: Session) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def own_criteria(session: Session, table: sa.FromClause) -> tuple[sa.ColumnElement[bool], ...]:
+#: The bound parameter :func:`own_criterion` compares with: a statement using it is executed with
+#: ``{ENVIRONMENT_PARAM: environment_of(session)}``.
+ENVIRONMENT_PARAM = "kinoray_environment_id"
+
+
+def own_criterion(table: sa.FromClause) -> sa.ColumnElement[bool]:
     """What a Core statement reading ``table`` (an :class:`~kinoray.store.models.EnvironmentScoped` model's) adds
-    to see only ``session``'s environment, as the ORM's criteria would (none in an unscoped session). Its child
-    tables joined by their parent's id need none: the parent's row decides.
+    to see one environment only, as the ORM's criteria do: ``environment_id = :kinoray_environment_id``, bound per
+    execution to the session's environment (:data:`ENVIRONMENT_PARAM`), so the statement is built once. A session
+    with no environment (:func:`environment_of` is ``None``) runs the statement without it. Child tables joined by
+    their parent's id need none: the parent's row decides.
 
     Raises:
         ValueError: ``table`` names no environment (a child table: scope the parent it is joined to).
     """
     if "environment_id" not in table.c:
         raise ValueError(f"{table.description} names no environment: scope the table it belongs to")
-    environment_id = environment_of(session)
-    return () if environment_id is None else (table.c.environment_id == environment_id,)
+    return table.c.environment_id == sa.bindparam(ENVIRONMENT_PARAM, type_=table.c.environment_id.type)
 
 
 @event.listens_for(Session, "do_orm_execute")
