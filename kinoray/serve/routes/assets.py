@@ -11,7 +11,6 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from kinoray.control import asset_reads, assets
@@ -19,7 +18,7 @@ from kinoray.control.assets import AssetCreate, AssetUpdate, PlaybackIdCreate
 from kinoray.control.input_info import InputInfo, input_info
 from kinoray.control.platform import Platform
 from kinoray.control.views import AssetView, PlaybackIdTargetView, PlaybackIdView
-from kinoray.serve.deps import CurrentToken, IdempotentRoute, PageDep, Pagination, PlatformDep
+from kinoray.serve.deps import CurrentToken, IdempotentRoute, PageDep, Pagination, PlatformDep, read_database
 from kinoray.serve.schemas import AUTHENTICATED, CursorListing, Envelope, Listing, error_responses
 
 __all__ = ["router"]
@@ -38,15 +37,16 @@ def create(body: AssetCreate, platform: PlatformDep, token: CurrentToken) -> Env
         return Envelope(data=assets.asset_view(assets.create_asset_from_request(session, platform.settings, body)))
 
 
-# The two reads clients poll (an asset's status while it transcodes) are async routes that read in one worker
-# thread: a sync route costs a second thread hop, FastAPI's validation of the answer.
+# The two reads clients poll (an asset's status while it transcodes) are async routes that read on the event loop
+# (SQLite) or in one worker thread (PostgreSQL): a sync route costs a thread hop, and FastAPI validates its answer
+# in another.
 
 @router.get("/assets", response_model=CursorListing[AssetView], responses=error_responses(*AUTHENTICATED))
 async def list_assets(platform: PlatformDep, token: CurrentToken, pages: PageDep,
                       upload_id: Annotated[str | None, Query(max_length=64)] = None) -> CursorListing[AssetView]:
     """Newest first. Either ``page`` (offset pages, like Mux) or ``cursor`` (from ``next_cursor``; stable while
     assets are added)."""
-    return await run_in_threadpool(_list_assets, platform, pages, upload_id)
+    return await read_database(platform, _list_assets, platform, pages, upload_id)
 
 
 def _list_assets(platform: Platform, pages: Pagination, upload_id: str | None) -> CursorListing[AssetView]:
@@ -58,7 +58,7 @@ def _list_assets(platform: Platform, pages: Pagination, upload_id: str | None) -
 
 @router.get("/assets/{asset_id}", response_model=Envelope[AssetView], responses=error_responses(*AUTHENTICATED, 404))
 async def get(asset_id: str, platform: PlatformDep, token: CurrentToken) -> Envelope[AssetView]:
-    return await run_in_threadpool(_get, platform, asset_id)
+    return await read_database(platform, _get, platform, asset_id)
 
 
 def _get(platform: Platform, asset_id: str) -> Envelope[AssetView]:
