@@ -84,21 +84,26 @@ def made(platform: Platform) -> dict[str, list[str]]:
 
 def test_one_read_shows_what_the_orm_read_shows(platform: Platform, made: dict[str, list[str]]) -> None:
     for environment_id, ids in made.items():
-        with scoping.scoped(environment_id), platform.db.reader() as session:
+        with scoping.scoped(environment_id), platform.db.reader() as session, \
+                platform.db.read_connection() as connection:
             for asset_id in ids:
-                assert asset_reads.read_asset(session, asset_id) == asset_view(get_asset(session, asset_id))
-    with platform.db.reader() as session:  # unscoped (the runner, the CLI): every environment
+                assert asset_reads.read_asset(connection, asset_id) == asset_view(get_asset(session, asset_id))
+    with platform.db.read_connection() as connection:  # unscoped (the runner, the CLI): every environment
         for asset_id in made[OTHER]:
-            assert asset_reads.read_asset(session, asset_id).id == asset_id
+            assert asset_reads.read_asset(connection, asset_id).id == asset_id
+    with platform.db.read_connection(environment_id=OTHER) as connection:  # scoped explicitly, as sessions are
+        with pytest.raises(NotFoundError):
+            asset_reads.read_asset(connection, made["default"][0])
 
 
 def test_a_page_shows_what_the_orm_page_shows(platform: Platform, made: dict[str, list[str]]) -> None:
     for environment_id in made:
-        with scoping.scoped(environment_id), platform.db.reader() as session:
+        with scoping.scoped(environment_id), platform.db.reader() as session, \
+                platform.db.read_connection() as connection:
             cursor: str | None = None
             shown: list[str] = []
             while True:
-                page, next_cursor = asset_reads.read_assets(session, limit=3, cursor=cursor)
+                page, next_cursor = asset_reads.read_assets(connection, limit=3, cursor=cursor)
                 rows, orm_cursor = newest_first(session, Asset, limit=3, cursor=cursor)
                 assert page == [asset_view(row) for row in rows] and next_cursor == orm_cursor
                 shown += [view.id for view in page]
@@ -106,7 +111,7 @@ def test_a_page_shows_what_the_orm_page_shows(platform: Platform, made: dict[str
                     break
                 cursor = next_cursor
             assert sorted(shown) == sorted(made[environment_id])
-            numbered, _ = asset_reads.read_assets(session, limit=1, page=2)
+            numbered, _ = asset_reads.read_assets(connection, limit=1, page=2)
             assert [view.id for view in numbered] == shown[1:2]
 
 
@@ -114,17 +119,17 @@ def test_another_environments_asset_is_not_found(platform: Platform, made: dict[
     with platform.db.reader() as session:
         upload = get_asset(session, made["default"][3]).upload
         assert upload is not None
-    with scoping.scoped(OTHER), platform.db.reader() as session:
+    with scoping.scoped(OTHER), platform.db.read_connection() as connection:
         with pytest.raises(NotFoundError):
-            asset_reads.read_asset(session, made["default"][0])
-        assert asset_reads.read_assets(session, limit=25, upload_id=upload.id) == ([], None)
-    with scoping.scoped("default"), platform.db.reader() as session:
+            asset_reads.read_asset(connection, made["default"][0])
+        assert asset_reads.read_assets(connection, limit=25, upload_id=upload.id) == ([], None)
+    with scoping.scoped("default"), platform.db.read_connection() as connection:
         with pytest.raises(NotFoundError):
-            asset_reads.read_asset(session, made[OTHER][0])
-        listed, _ = asset_reads.read_assets(session, limit=25, upload_id=upload.id)
+            asset_reads.read_asset(connection, made[OTHER][0])
+        listed, _ = asset_reads.read_assets(connection, limit=25, upload_id=upload.id)
         assert [view.id for view in listed] == [made["default"][3]]
         with pytest.raises(NotFoundError):
-            asset_reads.read_asset(session, "../not-an-id")
+            asset_reads.read_asset(connection, "../not-an-id")
         with pytest.raises(InvalidParametersError):
-            asset_reads.read_assets(session, limit=25, cursor="not-a-cursor")
+            asset_reads.read_assets(connection, limit=25, cursor="not-a-cursor")
 

@@ -7,8 +7,9 @@ into plain rows (:class:`AssetRow`, the attributes of an ORM :class:`~kinoray.st
 and :func:`~kinoray.control.assets.asset_view` builds the one :class:`~kinoray.control.views.AssetView` from
 either. Everything that writes keeps the ORM (:func:`~kinoray.control.assets.get_asset`).
 
-A Core statement gets none of the ORM's environment criteria (:mod:`kinoray.store.scoping`): in a scoped session
-each read here runs its statement with :func:`~kinoray.store.scoping.own_criterion` on the assets table, which is
+Each read takes a :meth:`~kinoray.store.db.Database.read_connection` (no ORM session). A Core statement gets none
+of the ORM's environment criteria (:mod:`kinoray.store.scoping`): on a scoped connection each read here runs its
+statement with :func:`~kinoray.store.scoping.own_criterion` on the assets table, which is
 what the ORM adds to an asset read; the children are joined by the asset's id.
 """
 
@@ -21,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
 
 from kinoray.control.assets import asset_view
 from kinoray.control.views import AssetView
@@ -166,18 +167,18 @@ def _page_statement(*, scoped: bool, keyset: bool, by_upload: bool) -> sa.Select
             .order_by(_assets.c.created_at.desc(), _assets.c.id.desc(), _playback_ids.c.created_at))
 
 
-def read_asset(session: Session, asset_id: str) -> AssetView:
+def read_asset(connection: Connection, asset_id: str) -> AssetView:
     """``GET /video/v1/assets/{id}``: the asset as :func:`~kinoray.control.assets.asset_view` shows it, in one
     SELECT joining its upload, playback ids and static renditions (a row per playback id × rendition).
 
     Raises:
-        NotFoundError: no such asset in the session's environment (also for ids that cannot be ours).
+        NotFoundError: no such asset in the connection's environment (also for ids that cannot be ours).
     """
     if not is_valid_id(asset_id):
         raise NotFoundError(f"no asset {asset_id[:80]!r}")
-    environment_id = environment_of(session)
-    rows = session.connection().execute(_ONE if environment_id is None else _ONE_SCOPED,
-                                        {"asset_id": asset_id, ENVIRONMENT_PARAM: environment_id}).all()
+    environment_id = environment_of(connection)
+    rows = connection.execute(_ONE if environment_id is None else _ONE_SCOPED,
+                              {"asset_id": asset_id, ENVIRONMENT_PARAM: environment_id}).all()
     if not rows:
         raise NotFoundError(f"no asset {asset_id!r}")
     asset = _asset_row(rows[0])
@@ -188,7 +189,7 @@ def read_asset(session: Session, asset_id: str) -> AssetView:
     return asset_view(asset)
 
 
-def read_assets(session: Session, *, limit: int, page: int = 1, cursor: str | None = None,
+def read_assets(connection: Connection, *, limit: int, page: int = 1, cursor: str | None = None,
                 upload_id: str | None = None) -> tuple[list[AssetView], str | None]:
     """``GET /video/v1/assets``: one page of assets, newest first (``cursor``, else Mux's numbered ``page``), and
     the next page's cursor; ``upload_id`` keeps the asset made from that upload. Two SELECTs: the page's assets
@@ -204,10 +205,9 @@ def read_assets(session: Session, *, limit: int, page: int = 1, cursor: str | No
         params = newest_first_params(limit=limit, cursor=cursor, page=page)
     except ValueError as error:
         raise InvalidParametersError(str(error)) from None
-    environment_id = environment_of(session)
+    environment_id = environment_of(connection)
     query = _page_statement(scoped=environment_id is not None, keyset=cursor is not None,
                             by_upload=upload_id is not None)
-    connection = session.connection()
     assets: dict[str, AssetRow] = {}
     playback_seen: set[str] = set()
     for row in connection.execute(query, {**params, ENVIRONMENT_PARAM: environment_id, "upload_id": upload_id}):

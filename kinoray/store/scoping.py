@@ -31,6 +31,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
 from kinoray.store.models import (
@@ -53,7 +54,7 @@ from kinoray.store.models import (
 __all__ = ["ENVIRONMENT_KEY", "ENVIRONMENT_PARAM", "SCOPED_MODELS", "current_env_key_filters", "current_environment",
            "environment_of", "own_criterion", "scoped"]
 
-#: ``session.info`` key holding the session's environment id (absent: unscoped).
+#: ``session.info`` key (a read connection's execution option) holding its environment id (absent: unscoped).
 ENVIRONMENT_KEY = "kinoray_environment_id"
 
 _current: ContextVar[str | None] = ContextVar("kinoray_environment_id", default=None)
@@ -109,9 +110,11 @@ SCOPED_MODELS: dict[type, Callable[[str], sa.ColumnElement[bool]]] = {
 }
 
 
-def environment_of(session: Session) -> str | None:
-    """The environment ``session`` is scoped to (``None``: unscoped)."""
-    value = session.info.get(ENVIRONMENT_KEY)
+def environment_of(target: Session | Connection) -> str | None:
+    """The environment a session, or a :meth:`~kinoray.store.db.Database.read_connection`, is scoped to
+    (``None``: unscoped)."""
+    options = target.info if isinstance(target, Session) else target.get_execution_options()
+    value = options.get(ENVIRONMENT_KEY)
     return value if isinstance(value, str) else None
 
 

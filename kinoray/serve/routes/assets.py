@@ -50,8 +50,8 @@ async def list_assets(platform: PlatformDep, token: CurrentToken, pages: PageDep
 
 
 def _list_assets(platform: Platform, pages: Pagination, upload_id: str | None) -> CursorListing[AssetView]:
-    with platform.db.reader() as session:
-        rows, next_cursor = asset_reads.read_assets(session, limit=pages.limit, page=pages.page,
+    with platform.db.read_connection() as connection:
+        rows, next_cursor = asset_reads.read_assets(connection, limit=pages.limit, page=pages.page,
                                                     cursor=pages.cursor, upload_id=upload_id)
     return CursorListing(data=rows, next_cursor=next_cursor)
 
@@ -62,8 +62,8 @@ async def get(asset_id: str, platform: PlatformDep, token: CurrentToken) -> Enve
 
 
 def _get(platform: Platform, asset_id: str) -> Envelope[AssetView]:
-    with platform.db.reader() as session:
-        return Envelope(data=asset_reads.read_asset(session, asset_id))
+    with platform.db.read_connection() as connection:
+        return Envelope(data=asset_reads.read_asset(connection, asset_id))
 
 
 class InputInfoList(BaseModel):
