@@ -111,11 +111,14 @@ def _ingress_env(settings: Settings) -> dict[str, str]:
     listens on fixed stats/metrics ports unless told otherwise: each ``kinoray up`` gets its own (a short
     directory: the admin socket is a Unix socket, whose path must stay under 108 bytes), so two can run on one
     machine. A stopping replica stays reachable for ``serve.ingress_drain_seconds`` (Ray's 30 s default made
-    every stop of ``kinoray up`` take 35 s)."""
+    every stop of ``kinoray up`` take 35 s). HAProxy's request metrics are off: with them HAProxy sends a syslog
+    datagram per request that Serve's proxy actor parses in Python, which cost more CPU than the replica's own
+    request metrics that replace them (docs/ARCHITECTURE.md, "Cheaper reads again")."""
     if settings.serve.ingress != "haproxy":
         return {}
     state = Path(tempfile.mkdtemp(prefix="kinoray-haproxy-"))
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
