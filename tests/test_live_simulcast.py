@@ -130,12 +130,13 @@ def _free_port() -> int:
 
 
 def _listening(port: int) -> bool:
-    """Whether a TCP socket listens on ``port`` (from the kernel's table: connecting would use up the
-    single connection an ``ffmpeg -listen 1`` accepts)."""
+    """Whether a TCP socket listens on ``port``, or already took its connection there (from the kernel's table:
+    connecting would use up the single connection an ``ffmpeg -listen 1`` accepts; once it has accepted one it
+    closes its listening socket, and a retrying pusher can get in between two looks)."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in ("0A", "01"):  # LISTEN, ESTABLISHED
                 return True
     return False
 
@@ -371,6 +372,7 @@ def test_the_source_is_pushed_to_every_target_and_a_refusing_one_is_retried(
         errored = _eventually(lambda: (view := _target(api, live_id, second))["status"] == "errored" and view, 30,
                               lambda: f"second target: {_target(api, live_id, second)}")
         assert errored["error_severity"] == "normal" and errored["passthrough"] == "late"
+        assert publisher.is_alive(), "the stream ended before the second target could be retried"
         late = _RtmpReceiver(late_port, "late-key", tmp_path / "late.flv")  # now it listens: the retry lands
         _eventually(lambda: _target(api, live_id, second)["status"] == "broadcasting", 20,
                     lambda: f"second target: {_target(api, live_id, second)}")
