@@ -10,6 +10,7 @@ frames keep coming (``currentTime`` advances) through all of it, and no request 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -108,12 +109,15 @@ def test_the_player_plays_live_shows_latency_and_seeks_in_the_dvr_window(api, br
             wait(f"{PLAYER}.live.live && {PLAYER}.live.latency !== null && !{PLAYER}.video.paused",
                  what="the player to play live")
             wait(f"{PLAYER}.live.atEdge", what="playback at the live edge")
-            live = page.evaluate(f"{PLAYER}.live")
-            shown = page.evaluate(f"{PLAYER}.shadowRoot.querySelector('.kr-latency').textContent")
+            live, shown = page.evaluate(f"[{PLAYER}.live, "
+                                        f"{PLAYER}.shadowRoot.querySelector('.kr-latency').textContent]")
             # the latency shown is the glass-to-glass delay the playlist tells anyone: the player is a few
             # segments (hls.js's live sync distance) behind the newest segment's capture, not more
             edge = _edge_latency(media_url)
-            assert shown == f"{live['latency']:.1f} s"
+            # the label is redrawn on the video's timeupdate (~4 per second; later on a busy machine) while the
+            # latency grows with the clock between frames: the label is at most that far behind
+            assert re.fullmatch(r"\d+\.\d s", shown), shown
+            assert abs(float(shown.removesuffix(" s")) - live["latency"]) <= 0.6, (shown, live)
             assert edge - 1 <= live["latency"] <= edge + 6 * SEGMENT + 3, (live, edge)
             button = page.evaluate(f"(() => {{ const b = {PLAYER}.shadowRoot.querySelector('.kr-live');"
                                    " return {hidden: b.hidden, pressed: b.getAttribute('aria-pressed'),"
@@ -128,7 +132,10 @@ def test_the_player_plays_live_shows_latency_and_seeks_in_the_dvr_window(api, br
             behind = page.evaluate(f"{PLAYER}.live")
             assert 7 <= behind["behind"] <= 14 and behind["window"][0] <= page.evaluate(
                 f"{PLAYER}.video.currentTime"), behind
-            label = page.evaluate(f"{PLAYER}.shadowRoot.querySelector('.kr-time').textContent")
+            # the time label is redrawn on the next timeupdate after the seek (late on a busy machine): wait for it
+            label = wait(f"(t => /^-0:\\d\\d$/.test(t) && Number(t.slice(3)) >= 6 && t)"
+                         f"({PLAYER}.shadowRoot.querySelector('.kr-time').textContent)", timeout=10,
+                         what="the time to show how far behind live")
             assert label.startswith("-0:") and int(label[3:]) >= 6, label
             before = page.evaluate(f"{PLAYER}.video.currentTime")
             wait(f"{PLAYER}.video.currentTime > {before + 1}", timeout=20, what="playback going on behind live")
