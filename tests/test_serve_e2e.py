@@ -259,7 +259,14 @@ def test_a_platform_whose_cluster_dies_exits_and_finishes_the_interrupted_job_on
         # (3 probes 5 s apart) and exits non-zero, before Ray's own 60 s wait for its control store ends
         assert running.process is not None
         edge = {pid for pid in _children(running.process.pid) if b"kinoray.cli\x00edge" in _cmdline(pid)}
-        ray_processes = _descendants(running.process.pid, skip=edge)
+        # frozen first, then killed: a process forked between a look at the tree and the kill (Serve reloading
+        # its HAProxy, say) would outlive its killed parent, orphaned, and hold the API's port past the restart
+        ray_processes: set[int] = set()
+        while fresh := set(_descendants(running.process.pid, skip=edge)) - ray_processes:
+            for pid in fresh:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            ray_processes |= fresh
         assert any(b"gcs_server" in _cmdline(pid) for pid in ray_processes), ray_processes
         for pid in ray_processes:
             with contextlib.suppress(ProcessLookupError):
