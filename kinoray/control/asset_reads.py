@@ -25,8 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from kinoray.control.assets import asset_view
+from kinoray.control.lookup import not_found, require_id
 from kinoray.control.views import AssetView
-from kinoray.errors import InvalidParametersError, NotFoundError
+from kinoray.errors import InvalidParametersError
 from kinoray.store.db import newest_first_params, newest_first_select, page_and_cursor
 from kinoray.store.models import (
     Asset,
@@ -174,13 +175,12 @@ def read_asset(connection: Connection, asset_id: str) -> AssetView:
     Raises:
         NotFoundError: no such asset in the connection's environment (also for ids that cannot be ours).
     """
-    if not is_valid_id(asset_id):
-        raise NotFoundError(f"no asset {asset_id[:80]!r}")
+    require_id(asset_id, what="asset")
     environment_id = environment_of(connection)
     rows = connection.execute(_ONE if environment_id is None else _ONE_SCOPED,
                               {"asset_id": asset_id, ENVIRONMENT_PARAM: environment_id}).all()
     if not rows:
-        raise NotFoundError(f"no asset {asset_id!r}")
+        raise not_found(asset_id, what="asset")
     asset = _asset_row(rows[0])
     playback_seen: set[str] = set()
     renditions_seen: set[str] = set()
