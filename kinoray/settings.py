@@ -122,6 +122,14 @@ class ServeSettings(BaseModel):
                     "ray[serve]) in front of replicas that serve HTTP themselves (Ray's throughput-optimized "
                     "mode); python = Serve's Python proxy actor. A cluster kinoray up joins (RAY_ADDRESS) keeps "
                     "its own")
+    ingress_stats_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="HAProxy's stats page port on a cluster kinoray up starts (every address); 0 = a free port "
+                    "picked at each start (picked again if something takes it before HAProxy binds it)")
+    ingress_metrics_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="HAProxy's Prometheus metrics port on a cluster kinoray up starts (every address); 0 = a free "
+                    "port picked at each start, as ingress_stats_port")
     ingress_drain_seconds: float = Field(
         default=2.0, ge=0,
         description="how long a stopping API replica stays reachable behind HAProxy, so the proxy stops routing "

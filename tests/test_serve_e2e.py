@@ -4,7 +4,8 @@ runner) as a subprocess, on SQLite and on PostgreSQL.
 A direct upload with tuspy (the official tus client) is cut mid-upload and resumed; the stored input is
 byte-identical to the file; the asset becomes ready with Mux's fields, its HLS output decodes with Debian's
 ffprobe; a local webhook receiver gets ``video.asset.ready`` with a valid ``Mux-Signature``; list, pagination
-and delete work; a platform killed mid-transcode and started again finishes the asset.
+and delete work; a platform killed mid-transcode and started again finishes the asset. HAProxy ports taken
+between their pick and its bind are picked again; a given port in use is a typed configuration error.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,12 +45,14 @@ class Platform:
         if database_url:
             self.env["KINORAY_DATABASE_URL"] = database_url
         self.process: subprocess.Popen[bytes] | None = None
+        #: the command line before ``up`` (a test may wrap kinoray's CLI)
+        self.launcher = [sys.executable, "-m", "kinoray.cli"]
 
     def start(self, *extra: str) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = (self.data_dir / f"up-{time.time_ns()}.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kinoray.cli", "up", "--port", str(self.port), "--api-port", str(self.api_port),
+            [*self.launcher, "up", "--port", str(self.port), "--api-port", str(self.api_port),
              "--rtmp-port", str(self.rtmp_port), "--data-dir", str(self.data_dir), *extra],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 180
@@ -382,3 +386,73 @@ def _children(parent: int) -> list[int]:
             except (OSError, IndexError, ValueError):
                 continue
     return children
+
+
+#: ``kinoray up`` whose first picks of a free port (HAProxy's stats and metrics ports) are the ports given in
+#: argv[1]: a fault injected into a real start, as if another process had taken them after they were picked.
+_FIRST_PICKS_TAKEN = """
+import sys
+import kinoray.serve.launch as launch
+taken = iter(int(port) for port in sys.argv[1].split(","))
+pick = launch._free_port
+launch._free_port = lambda: next(taken, None) or pick()
+from kinoray.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _configs_naming(ports: list[int]) -> list[Path]:
+    """HAProxy configurations of any `kinoray up` on this machine that bind one of ``ports``."""
+    found = []
+    for config in Path(tempfile.gettempdir()).glob("kinoray-haproxy-*/*/haproxy.cfg"):
+        with contextlib.suppress(OSError):  # another run's, removed meanwhile
+            text = config.read_text(errors="replace")
+            if any(f":{port}\n" in text for port in ports):
+                found.append(config)
+    return found
+
+
+def test_haproxy_ports_taken_before_it_binds_them_are_picked_again(tmp_path: Path) -> None:
+    """HAProxy's stats and metrics ports are picked free before Ray starts and bound only once Serve is up;
+    something took them meanwhile (here the test itself, listening on every address): `kinoray up` starts its
+    cluster again on fresh ports and comes up, the failed attempt leaves no HAProxy directory behind, and the
+    ports stay with their holder."""
+    held = [socket.create_server(("0.0.0.0", 0)) for _ in range(2)]  # noqa: S104 - as a process on the node would
+    ports = [int(sock.getsockname()[1]) for sock in held]
+    running = Platform(tmp_path / "data", None)
+    running.launcher = [sys.executable, "-c", _FIRST_PICKS_TAKEN, ",".join(map(str, ports))]
+    try:
+        running.start()
+        assert "ingress port taken before HAProxy bound it" in running.output(), running.output()
+        assert requests.get(f"http://127.0.0.1:{running.api_port}/healthz", timeout=30).status_code == 200
+        assert running.client.get(f"{running.url}/video/v1/assets", timeout=30).status_code == 200
+        assert _configs_naming(ports) == []
+        for sock, port in zip(held, ports, strict=True):  # still the holder's: a connection reaches it
+            sock.settimeout(10)
+            with socket.create_connection(("127.0.0.1", port), timeout=10):
+                sock.accept()[0].close()
+    finally:
+        running.stop()
+        for sock in held:
+            sock.close()
+    assert running.process is not None and running.process.returncode == 0, running.output()
+
+
+def test_a_given_port_in_use_is_a_configuration_error(tmp_path: Path) -> None:
+    """A port the user gave (here `--api-port`) that something else holds: `kinoray up` exits non-zero at once
+    with a typed error naming the port and the option, instead of retrying or an internal error."""
+    with socket.create_server(("0.0.0.0", 0)) as held:  # noqa: S104 - as a process on the node would
+        port = int(held.getsockname()[1])
+        done = subprocess.run(
+            [sys.executable, "-m", "kinoray.cli", "up", "--port", str(free_port()), "--api-port", str(port),
+             "--rtmp-port", str(free_port()), "--data-dir", str(tmp_path / "data")],
+            env={**os.environ, "KINORAY_DATA_DIR": str(tmp_path / "data")}, capture_output=True, timeout=180,
+            check=False, start_new_session=True)
+    assert done.returncode != 0
+    # the CLI's one JSON line on stderr (Ray may print its own lines around it)
+    lines = [line for line in done.stderr.decode().splitlines() if line.startswith('{"error"')]
+    assert len(lines) == 1, done.stderr.decode()[-3000:]
+    error = json.loads(lines[0])["error"]
+    assert error["type"] == "configuration_error", error
+    assert f"{port} (--api-port" in error["messages"][0], error
+    assert _configs_naming([port]) == []

@@ -17,6 +17,7 @@ import base64
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,7 +36,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from kinoray.control.auth import create_token
 from kinoray.control.platform import Platform
 from kinoray.edge.server import EdgeProcess, wait_ok
-from kinoray.errors import KinorayError
+from kinoray.errors import ConfigurationError, KinorayError
 from kinoray.priority import SHARED_NODE_EDGE_NICE, ray_env, shared_node_edge_cpus
 from kinoray.settings import LiveSettings, Settings, get_settings
 from kinoray.store.models import AccessToken, is_valid_id
@@ -49,6 +50,8 @@ CREDENTIALS_FILE = "credentials.json"
 WATCHDOG_SECONDS = 5.0
 WATCHDOG_TIMEOUT_SECONDS = 5.0
 WATCHDOG_FAILURES = 3
+#: Starts of a local cluster whose HAProxy found a port picked for it taken meanwhile (:func:`start`).
+INGRESS_ATTEMPTS = 3
 
 
 def bootstrap_token(settings: Settings) -> tuple[str, str]:
@@ -99,9 +102,21 @@ def _settings_env(host: str, port: int, api_port: int, data_dir: Path,
 
 
 def _free_port() -> int:
+    """A port that no socket on any of this machine's addresses holds now: HAProxy binds its stats and metrics
+    ports on every address, so a port free on 127.0.0.1 alone is not enough."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind(("0.0.0.0", 0))  # noqa: S104 - a probe, closed at once
         return int(probe.getsockname()[1])
+
+
+#: HAProxy's refusal to start, as Serve reports it: "... cannot bind socket (Address already in use) for
+#: [0.0.0.0:PORT]".
+_BIND_REFUSED = re.compile(r"cannot bind socket \([^)]*\) for \[[^\]]*:(\d+)\]")
+
+
+def _ports_refused(error: BaseException) -> set[int]:
+    """The ports HAProxy could not bind, if that is why Serve failed to start (else empty)."""
+    return {int(port) for port in _BIND_REFUSED.findall(str(error))} if "HAProxy" in str(error) else set()
 
 
 def _ingress_env(settings: Settings) -> dict[str, str]:
@@ -116,6 +131,8 @@ def _ingress_env(settings: Settings) -> dict[str, str]:
     request metrics that replace them (docs/ARCHITECTURE.md, "Cheaper reads again")."""
     if settings.serve.ingress != "haproxy":
         return {}
+    stats_port = settings.serve.ingress_stats_port or _free_port()
+    metrics_port = settings.serve.ingress_metrics_port or _free_port()
     state = Path(tempfile.mkdtemp(prefix="kinoray-haproxy-"))
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
             "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
@@ -123,7 +140,7 @@ def _ingress_env(settings: Settings) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{settings.serve.ingress_drain_seconds:g}"}
 
 
@@ -170,7 +187,6 @@ def start(host: str, port: int, data_dir: Path, api_port: int | None = None,
     """Start local Ray, the Serve application (on ``api_port``, default ``port`` + 1) and the edge (on
     ``port``); returns what to stop. Non-blocking."""
     import ray
-    from ray import serve
 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -178,36 +194,102 @@ def start(host: str, port: int, data_dir: Path, api_port: int | None = None,
     env = _settings_env(host, port, api_port, data_dir, rtmp_port)
     settings = get_settings()
     token = bootstrap_token(settings)  # also migrates the database before any replica starts
-    ingress: dict[str, str] = {}
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        if not address:
-            # a local cluster's processes (Serve's controller, HAProxy, replicas) inherit this process's
-            # environment; Ray's workers at niceness 0 (kinoray.priority)
-            ingress = _ingress_env(settings)
-            os.environ.update({**ingress, **ray_env()})
-        ray.init(address=address or "local", runtime_env={"env_vars": env}, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING, namespace="kinoray")
+    state: Path | None = None
+    if ray.is_initialized():
+        _start_serve(settings, host, api_port)
+    elif os.environ.get("RAY_ADDRESS"):
+        _init_ray(os.environ["RAY_ADDRESS"], env)
+        _start_serve(settings, host, api_port)
+    else:
+        state = _start_local_cluster(settings, env, host, api_port)
+    edge: EdgeProcess | None = None
+    try:
+        _wait_healthy(settings.edge.api_url or "")
+        edge = EdgeProcess(env, log_path=data_dir / "edge.log").start()
+        edge.wait_ready(settings.public_url)
+        _wait_healthy(settings.public_url)  # the API through the edge
+    except BaseException:
+        if edge is not None:
+            edge.stop()
+        if state is not None:
+            shutil.rmtree(state, ignore_errors=True)
+        raise
+    return Running(settings, token, edge, state)
+
+
+def _init_ray(address: str, env: dict[str, str]) -> None:
+    import ray
+
+    ray.init(address=address, runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING, namespace="kinoray")
+
+
+def _start_serve(settings: Settings, host: str, api_port: int) -> None:
+    """Serve's ingress on ``api_port`` and kinoray's application on it."""
+    from ray import serve
     from ray.serve.schema import LoggingConfig
+
+    from kinoray.serve.app import build_app
 
     # Per-request access log lines cost more CPU than a small API request itself; kinoray's own metrics and
     # logs cover requests. This is the proxy's and the controller's; the API replicas' is their deployment's
     # (kinoray/serve/app.py).
     serve.start(http_options={"host": host, "port": api_port},
                 logging_config=LoggingConfig(enable_access_log=False, log_level="WARNING"))
-    from kinoray.serve.app import build_app
-
     serve.run(build_app(settings.serve.api_replicas), name="kinoray", route_prefix="/", blocking=False)
-    _wait_healthy(settings.edge.api_url or "")
-    edge = EdgeProcess(env, log_path=data_dir / "edge.log").start()
-    try:
-        edge.wait_ready(settings.public_url)
-        _wait_healthy(settings.public_url)  # the API through the edge
-    except BaseException:
-        edge.stop()
-        raise
-    state = ingress.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
-    return Running(settings, token, edge, Path(state) if state else None)
+
+
+def _stop_local_cluster() -> None:
+    """Stop what a failed start left of the local cluster: Serve first (which also forgets its cached client:
+    a new cluster's first driver has the same job id, so a stale one passes for current), then Ray."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        except Exception:  # noqa: BLE001 - the cluster is going anyway
+            log.debug("serve shutdown after a failed start", exc_info=True)
+    ray.shutdown()
+
+
+def _start_local_cluster(settings: Settings, env: dict[str, str], host: str, api_port: int) -> Path | None:
+    """Local Ray and Serve on it; returns HAProxy's private directory (None with Serve's Python proxy).
+
+    HAProxy binds its stats and metrics ports only once Ray and Serve are up, and a free port picked before
+    can be taken meanwhile (by one of the many processes a cluster starts, or anything else on the machine):
+    the cluster is then stopped and started again with ports picked anew, up to :data:`INGRESS_ATTEMPTS` times.
+    A port that was given (``--api-port``, ``serve.ingress_stats_port``/``ingress_metrics_port``) and is taken
+    is a :class:`ConfigurationError` naming it, at once."""
+
+    given = {api_port: "--api-port (serve.port)"}
+    given |= {port: f"serve.{name}" for name, port in (("ingress_stats_port", settings.serve.ingress_stats_port),
+                                                      ("ingress_metrics_port", settings.serve.ingress_metrics_port))
+              if port}
+    for attempt in range(1, INGRESS_ATTEMPTS + 1):
+        # a local cluster's processes (Serve's controller, HAProxy, replicas) inherit this process's
+        # environment; Ray's workers at niceness 0 (kinoray.priority)
+        ingress = _ingress_env(settings)
+        state = ingress.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+        os.environ.update({**ingress, **ray_env()})
+        try:
+            _init_ray("local", env)
+            _start_serve(settings, host, api_port)
+            return Path(state) if state else None
+        except Exception as error:
+            if state:
+                shutil.rmtree(state, ignore_errors=True)
+            _stop_local_cluster()
+            refused = _ports_refused(error)
+            named = sorted(f"{port} ({given[port]})" for port in refused & given.keys())
+            if named:
+                raise ConfigurationError(f"Serve's HAProxy could not listen on {', '.join(named)}: the port is "
+                                         "in use") from error
+            if not refused or attempt == INGRESS_ATTEMPTS:
+                raise
+            log.warning("ingress port taken before HAProxy bound it: starting the cluster again",
+                        extra={"ports": sorted(refused), "attempt": attempt})
+    raise AssertionError("unreachable")
 
 
 def _wait_healthy(url: str, timeout: float = 120.0) -> None:
