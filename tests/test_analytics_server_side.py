@@ -245,7 +245,7 @@ def test_erasure_removes_every_event_of_the_viewers_views_and_nothing_else(tmp_p
 def test_retention_deletes_whole_old_partitions(tmp_path) -> None:
     store = ObjectStore(str(tmp_path))
     writer = EventWriter(store)
-    now = datetime(2026, 12, 5, 12, tzinfo=UTC)
+    now = datetime.now(UTC)  # the view-state file below is judged by its modification time, the wall clock's
     for days_ago in (200, 31, 30, 1):
         player = Player(view_id=f"v-{days_ago}").at(0, "viewstart")
         writer.add(collect(player.batch(), received_at=now - timedelta(days=days_ago)))

@@ -45,8 +45,9 @@ class Platform:
         if database_url:
             self.env["KINORAY_DATABASE_URL"] = database_url
         self.process: subprocess.Popen[bytes] | None = None
-        #: the command line before ``up`` (a test may wrap kinoray's CLI)
+        #: the command line before ``up`` (a test may wrap kinoray's CLI), and sockets a test holds meanwhile
         self.launcher = [sys.executable, "-m", "kinoray.cli"]
+        self.held: list[socket.socket] = []
 
     def start(self, *extra: str) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +97,45 @@ class Platform:
             time.sleep(0.3)
 
 
+#: ``kinoray up`` whose first picks of a free port (HAProxy's stats and metrics ports) are the ports given in
+#: argv[1]: a fault injected into a real start, as if another process had taken them after they were picked.
+_FIRST_PICKS_TAKEN = """
+import sys
+import kinoray.serve.launch as launch
+taken = iter(int(port) for port in sys.argv[1].split(","))
+pick = launch._free_port
+launch._free_port = lambda: next(taken, None) or pick()
+from kinoray.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _configs_naming(ports: list[int]) -> list[Path]:
+    """HAProxy configurations of any `kinoray up` on this machine that bind one of ``ports``."""
+    found = []
+    for config in Path(tempfile.gettempdir()).glob("kinoray-haproxy-*/*/haproxy.cfg"):
+        with contextlib.suppress(OSError):  # another run's, removed meanwhile
+            text = config.read_text(errors="replace")
+            if any(f":{port}\n" in text for port in ports):
+                found.append(config)
+    return found
+
+
+def assert_ingress_ports_picked_again(running: Platform) -> None:
+    """``running`` was started with its first picks for HAProxy's ports taken (``running.held``): it started
+    its cluster again on fresh ones, the failed attempt left no HAProxy directory behind, and the ports stay
+    with their holder."""
+    ports = [int(sock.getsockname()[1]) for sock in running.held]
+    assert len(ports) == 2 and "ingress port taken before HAProxy bound it" in running.output(), running.output()
+    assert requests.get(f"http://127.0.0.1:{running.api_port}/healthz", timeout=30).status_code == 200
+    assert _configs_naming(ports) == []
+    for sock, port in zip(running.held, ports, strict=True):  # still the holder's: a connection reaches it
+        sock.settimeout(10)
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            sock.accept()[0].close()
+
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_clip(tmp_path_factory.mktemp("e2e") / "clip.mp4", width=640, height=360, fps=30, seconds=8)
@@ -104,18 +144,25 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def platform(tmp_path: Path):
     """``kinoray up`` on PostgreSQL, the production database (the other ``kinoray up`` tests below run on the
-    embedded SQLite default; the control plane's own tests cover both)."""
+    embedded SQLite default; the control plane's own tests cover both). A fault is injected into its start: the
+    ports first picked for HAProxy's stats and metrics are taken, held here on every address as another process
+    on the node could after they were picked (:func:`assert_ingress_ports_picked_again`)."""
     from tests.api_server import POSTGRES_URL, Backend
 
     if not POSTGRES_URL:
         pytest.skip("KINORAY_TEST_POSTGRES_URL is empty")
     backend = Backend("postgresql", tmp_path)
     running = Platform(tmp_path / "data", backend.new_url())
-    running.start()
+    running.held = [socket.create_server(("0.0.0.0", 0)) for _ in range(2)]  # noqa: S104 - as a node's process
+    running.launcher = [sys.executable, "-c", _FIRST_PICKS_TAKEN,
+                        ",".join(str(sock.getsockname()[1]) for sock in running.held)]
     try:
+        running.start()
         yield running
     finally:
         running.stop()
+        for sock in running.held:
+            sock.close()
         backend.close()
 
 
@@ -165,6 +212,7 @@ def test_upload_cut_resume_ready_webhook_list_delete(platform: Platform, clip: P
 
     from kinoray.control.webhooks import verify
 
+    assert_ingress_ports_picked_again(platform)
     receiver = Receiver()
     hook = platform.client.post(f"{platform.url}/system/v1/webhook-endpoints", json={"url": receiver.url})
     assert hook.status_code == 201, hook.text
@@ -386,56 +434,6 @@ def _children(parent: int) -> list[int]:
             except (OSError, IndexError, ValueError):
                 continue
     return children
-
-
-#: ``kinoray up`` whose first picks of a free port (HAProxy's stats and metrics ports) are the ports given in
-#: argv[1]: a fault injected into a real start, as if another process had taken them after they were picked.
-_FIRST_PICKS_TAKEN = """
-import sys
-import kinoray.serve.launch as launch
-taken = iter(int(port) for port in sys.argv[1].split(","))
-pick = launch._free_port
-launch._free_port = lambda: next(taken, None) or pick()
-from kinoray.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def _configs_naming(ports: list[int]) -> list[Path]:
-    """HAProxy configurations of any `kinoray up` on this machine that bind one of ``ports``."""
-    found = []
-    for config in Path(tempfile.gettempdir()).glob("kinoray-haproxy-*/*/haproxy.cfg"):
-        with contextlib.suppress(OSError):  # another run's, removed meanwhile
-            text = config.read_text(errors="replace")
-            if any(f":{port}\n" in text for port in ports):
-                found.append(config)
-    return found
-
-
-def test_haproxy_ports_taken_before_it_binds_them_are_picked_again(tmp_path: Path) -> None:
-    """HAProxy's stats and metrics ports are picked free before Ray starts and bound only once Serve is up;
-    something took them meanwhile (here the test itself, listening on every address): `kinoray up` starts its
-    cluster again on fresh ports and comes up, the failed attempt leaves no HAProxy directory behind, and the
-    ports stay with their holder."""
-    held = [socket.create_server(("0.0.0.0", 0)) for _ in range(2)]  # noqa: S104 - as a process on the node would
-    ports = [int(sock.getsockname()[1]) for sock in held]
-    running = Platform(tmp_path / "data", None)
-    running.launcher = [sys.executable, "-c", _FIRST_PICKS_TAKEN, ",".join(map(str, ports))]
-    try:
-        running.start()
-        assert "ingress port taken before HAProxy bound it" in running.output(), running.output()
-        assert requests.get(f"http://127.0.0.1:{running.api_port}/healthz", timeout=30).status_code == 200
-        assert running.client.get(f"{running.url}/video/v1/assets", timeout=30).status_code == 200
-        assert _configs_naming(ports) == []
-        for sock, port in zip(held, ports, strict=True):  # still the holder's: a connection reaches it
-            sock.settimeout(10)
-            with socket.create_connection(("127.0.0.1", port), timeout=10):
-                sock.accept()[0].close()
-    finally:
-        running.stop()
-        for sock in held:
-            sock.close()
-    assert running.process is not None and running.process.returncode == 0, running.output()
 
 
 def test_a_given_port_in_use_is_a_configuration_error(tmp_path: Path) -> None:
