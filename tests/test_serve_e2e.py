@@ -135,7 +135,6 @@ def assert_ingress_ports_picked_again(running: Platform) -> None:
             sock.accept()[0].close()
 
 
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_clip(tmp_path_factory.mktemp("e2e") / "clip.mp4", width=640, height=360, fps=30, seconds=8)

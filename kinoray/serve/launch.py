@@ -195,10 +195,9 @@ def start(host: str, port: int, data_dir: Path, api_port: int | None = None,
     settings = get_settings()
     token = bootstrap_token(settings)  # also migrates the database before any replica starts
     state: Path | None = None
-    if ray.is_initialized():
-        _start_serve(settings, host, api_port)
-    elif os.environ.get("RAY_ADDRESS"):
-        _init_ray(os.environ["RAY_ADDRESS"], env)
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):  # a cluster already there: Serve on it
+        if not ray.is_initialized():
+            _init_ray(os.environ["RAY_ADDRESS"], env)
         _start_serve(settings, host, api_port)
     else:
         state = _start_local_cluster(settings, env, host, api_port)
@@ -261,12 +260,13 @@ def _start_local_cluster(settings: Settings, env: dict[str, str], host: str, api
     the cluster is then stopped and started again with ports picked anew, up to :data:`INGRESS_ATTEMPTS` times.
     A port that was given (``--api-port``, ``serve.ingress_stats_port``/``ingress_metrics_port``) and is taken
     is a :class:`ConfigurationError` naming it, at once."""
-
     given = {api_port: "--api-port (serve.port)"}
     given |= {port: f"serve.{name}" for name, port in (("ingress_stats_port", settings.serve.ingress_stats_port),
                                                       ("ingress_metrics_port", settings.serve.ingress_metrics_port))
               if port}
-    for attempt in range(1, INGRESS_ATTEMPTS + 1):
+    attempt = 0
+    while True:
+        attempt += 1
         # a local cluster's processes (Serve's controller, HAProxy, replicas) inherit this process's
         # environment; Ray's workers at niceness 0 (kinoray.priority)
         ingress = _ingress_env(settings)
@@ -289,7 +289,6 @@ def _start_local_cluster(settings: Settings, env: dict[str, str], host: str, api
                 raise
             log.warning("ingress port taken before HAProxy bound it: starting the cluster again",
                         extra={"ports": sorted(refused), "attempt": attempt})
-    raise AssertionError("unreachable")
 
 
 def _wait_healthy(url: str, timeout: float = 120.0) -> None:
