@@ -98,10 +98,12 @@ class Platform:
 
 
 #: ``kinoray up`` whose first picks of a free port (HAProxy's stats and metrics ports) are the ports given in
-#: argv[1]: a fault injected into a real start, as if another process had taken them after they were picked.
+#: argv[1]: a fault injected into a real start, as if another process had taken them after they were picked
+#: (``KINORAY_TEST_INGRESS_ATTEMPTS`` sets how many starts it may try).
 _FIRST_PICKS_TAKEN = """
-import sys
+import os, sys
 import kinoray.serve.launch as launch
+launch.INGRESS_ATTEMPTS = int(os.environ.get("KINORAY_TEST_INGRESS_ATTEMPTS", launch.INGRESS_ATTEMPTS))
 taken = iter(int(port) for port in sys.argv[1].split(","))
 pick = launch._free_port
 launch._free_port = lambda: next(taken, None) or pick()
@@ -435,21 +437,41 @@ def _children(parent: int) -> list[int]:
     return children
 
 
+def _failed_up(command: list[str], api_port: int, data_dir: Path, **env: str) -> dict:
+    """Run ``kinoray up`` that must fail to start; its typed error (the CLI's one JSON line on stderr, among
+    whatever Ray prints)."""
+    done = subprocess.run(
+        [*command, "up", "--port", str(free_port()), "--api-port", str(api_port), "--rtmp-port", str(free_port()),
+         "--data-dir", str(data_dir)], env={**os.environ, "KINORAY_DATA_DIR": str(data_dir), **env},
+        capture_output=True, timeout=180, check=False, start_new_session=True)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.decode().splitlines() if line.startswith('{"error"')]
+    assert len(lines) == 1, done.stderr.decode()[-3000:]
+    return dict(json.loads(lines[0])["error"])
+
+
 def test_a_given_port_in_use_is_a_configuration_error(tmp_path: Path) -> None:
     """A port the user gave (here `--api-port`) that something else holds: `kinoray up` exits non-zero at once
     with a typed error naming the port and the option, instead of retrying or an internal error."""
     with socket.create_server(("0.0.0.0", 0)) as held:  # noqa: S104 - as a process on the node would
         port = int(held.getsockname()[1])
-        done = subprocess.run(
-            [sys.executable, "-m", "kinoray.cli", "up", "--port", str(free_port()), "--api-port", str(port),
-             "--rtmp-port", str(free_port()), "--data-dir", str(tmp_path / "data")],
-            env={**os.environ, "KINORAY_DATA_DIR": str(tmp_path / "data")}, capture_output=True, timeout=180,
-            check=False, start_new_session=True)
-    assert done.returncode != 0
-    # the CLI's one JSON line on stderr (Ray may print its own lines around it)
-    lines = [line for line in done.stderr.decode().splitlines() if line.startswith('{"error"')]
-    assert len(lines) == 1, done.stderr.decode()[-3000:]
-    error = json.loads(lines[0])["error"]
+        error = _failed_up([sys.executable, "-m", "kinoray.cli"], port, tmp_path / "data")
     assert error["type"] == "configuration_error", error
     assert f"{port} (--api-port" in error["messages"][0], error
     assert _configs_naming([port]) == []
+
+
+def test_picked_ports_taken_at_every_start_are_a_typed_cluster_error(tmp_path: Path) -> None:
+    """The ports picked for HAProxy are taken again at the last start allowed (here the only one): a typed
+    `cluster_unavailable` naming them, and no HAProxy directory left behind."""
+    held = [socket.create_server(("0.0.0.0", 0)) for _ in range(2)]  # noqa: S104 - as a node's process
+    ports = [int(sock.getsockname()[1]) for sock in held]
+    try:
+        error = _failed_up([sys.executable, "-c", _FIRST_PICKS_TAKEN, ",".join(map(str, ports))], free_port(),
+                           tmp_path / "data", KINORAY_TEST_INGRESS_ATTEMPTS="1")
+    finally:
+        for sock in held:
+            sock.close()
+    assert error["type"] == "cluster_unavailable", error
+    assert all(str(port) in error["messages"][0] for port in ports) and "each of 1 start(s)" in error["messages"][0], error
+    assert _configs_naming(ports) == []

@@ -36,7 +36,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from kinoray.control.auth import create_token
 from kinoray.control.platform import Platform
 from kinoray.edge.server import EdgeProcess, wait_ok
-from kinoray.errors import ConfigurationError, KinorayError
+from kinoray.errors import ClusterError, ConfigurationError, KinorayError
 from kinoray.priority import SHARED_NODE_EDGE_NICE, ray_env, shared_node_edge_cpus
 from kinoray.settings import LiveSettings, Settings, get_settings
 from kinoray.store.models import AccessToken, is_valid_id
@@ -257,7 +257,8 @@ def _start_local_cluster(settings: Settings, env: dict[str, str], host: str, api
 
     HAProxy binds its stats and metrics ports only once Ray and Serve are up, and a free port picked before
     can be taken meanwhile (by one of the many processes a cluster starts, or anything else on the machine):
-    the cluster is then stopped and started again with ports picked anew, up to :data:`INGRESS_ATTEMPTS` times.
+    the cluster is then stopped and started again with ports picked anew, up to :data:`INGRESS_ATTEMPTS` times
+    (then a :class:`ClusterError`).
     A port that was given (``--api-port``, ``serve.ingress_stats_port``/``ingress_metrics_port``) and is taken
     is a :class:`ConfigurationError` naming it, at once."""
     given = {api_port: "--api-port (serve.port)"}
@@ -285,8 +286,12 @@ def _start_local_cluster(settings: Settings, env: dict[str, str], host: str, api
             if named:
                 raise ConfigurationError(f"Serve's HAProxy could not listen on {', '.join(named)}: the port is "
                                          "in use") from error
-            if not refused or attempt == INGRESS_ATTEMPTS:
+            if not refused:
                 raise
+            if attempt >= INGRESS_ATTEMPTS:
+                raise ClusterError(f"Serve's HAProxy could not listen on ports picked free for it at each of "
+                                   f"{attempt} start(s) (last: {', '.join(map(str, sorted(refused)))} in use): something on "
+                                   "this machine keeps taking them") from error
             log.warning("ingress port taken before HAProxy bound it: starting the cluster again",
                         extra={"ports": sorted(refused), "attempt": attempt})
 
